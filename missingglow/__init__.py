@@ -1,0 +1,13 @@
+"""missingglow: Glow normalizing flows trained on images with missing squares."""
+import warnings
+
+# torch warns at import when NumPy is absent; missingglow never uses NumPy, so that is expected.
+warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+
+from .errors import UserError
+from .model import Glow
+from .preprocess import bits_per_dim, dequantize, quantize, to_unit_range
+from .rosinality import from_rosinality
+
+__all__ = ["Glow", "UserError", "bits_per_dim", "dequantize", "from_rosinality", "quantize",
+           "to_unit_range"]

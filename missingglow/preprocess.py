@@ -1,0 +1,31 @@
+"""Quantisation, dequantisation and the bits-per-dim loss of SPEC §1 (rosinality's train.py).
+
+Images in [0, 1] become multiples of 1/2^b in [−0.5, 0.5); training adds U(0, 1/2^b) noise so the
+model sees a continuous density whose integral over each bin is the discrete probability.
+"""
+import math
+
+import torch
+
+
+def quantize(images, n_bits=5):
+    """[0, 1] images → floor(x·255 / 2^(8−b)) / 2^b − 0.5. Grey 128/255 maps to exactly 0 at 5 bits."""
+    bins = 2 ** n_bits
+    return torch.floor(images * 255 / 2 ** (8 - n_bits)) / bins - 0.5
+
+
+def dequantize(quantized, n_bits=5, generator=None):
+    """Add U(0, 1/2^b) noise: the continuous input the flow is trained on."""
+    noise = torch.rand(quantized.shape, generator=generator, dtype=quantized.dtype,
+                       device=quantized.device)
+    return quantized + noise / 2 ** n_bits
+
+
+def to_unit_range(x):
+    """Model space [−0.5, 0.5) → displayable [0, 1]; non-finite values are left for the caller to count."""
+    return (x + 0.5).clamp(0, 1)
+
+
+def bits_per_dim(log_prob, n_bits, dims):
+    """(−log p(x) + D·log 2^b) / (D·log 2): the cost of the discretised image in bits per number."""
+    return (-log_prob + dims * math.log(2 ** n_bits)) / (dims * math.log(2))

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Two verbs that work on a fresh machine (Python 3.11) and are safe to run twice:
+#   ./run.sh main   set up .venv and run the main job on the built-in default
+#   ./run.sh test   set up .venv and run the test suite
+# and one for CI and people who touch csrc/cuda:
+#   ./run.sh cuda-build   build and link the CUDA kernels against torch's CUDA build (no GPU needed)
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+CUDA_VENV=${CUDA_VENV:-.venv-cuda}
+CPU_TORCH=torch==2.13.0     # the CPU wheel; this machine keeps it on local disk
+CUDA_TORCH=torch==2.14.1    # a CUDA 13.0 build, matching nvcc 13.0, only to compile and link CUDA
+
+setup_venv() {  # setup_venv DIR TORCH_SPEC
+    local dir=$1 torch_spec=$2
+    [ -x "$dir/bin/python" ] || "$PYTHON" -m venv "$dir"
+    if [ ! -f "$dir/.missingglow-deps" ] || [ "$(cat "$dir/.missingglow-deps")" != "$torch_spec" ]; then
+        "$dir/bin/python" -m pip install -q --upgrade pip
+        "$dir/bin/python" -m pip install -q "$torch_spec" ninja pybind11 pillow click pytest setuptools wheel
+        echo "$torch_spec" > "$dir/.missingglow-deps"
+    fi
+}
+
+build_cpu() {  # editable install; rebuilds _C only when a source is newer than the built library
+    local so
+    so=$(ls missingglow/_C*.so 2>/dev/null | head -n1 || true)
+    if [ -z "$so" ] || [ -n "$(find csrc setup.py -newer "$so" -type f | head -n1)" ] \
+        || ! "$VENV/bin/python" -c "import missingglow._C" 2>/dev/null; then
+        FORCE_ONLY_CPU=1 "$VENV/bin/python" -m pip install -q --no-build-isolation --no-deps -e .
+    fi
+}
+
+case "${1:-}" in
+    main)
+        setup_venv "$VENV" "$CPU_TORCH"; build_cpu
+        shift; "$VENV/bin/missingglow" check "$@"
+        ;;
+    test)
+        setup_venv "$VENV" "$CPU_TORCH"; build_cpu
+        shift; "$VENV/bin/python" -m pytest tests -q "$@"
+        ;;
+    cuda-build)
+        setup_venv "$CUDA_VENV" "$CUDA_TORCH"
+        rm -rf build/cuda
+        # nvcc on the PATH may be a wrapper script; ask it where the toolkit (and libcudart) lives
+        CUDA_HOME=${CUDA_HOME:-$(cd /tmp && nvcc --dryrun -x cu /dev/null 2>&1 | sed -n 's/^#\$ TOP=\(.*\)\/bin\/\.\.$/\1/p')}
+        export CUDA_HOME
+        FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-2}" \
+            "$CUDA_VENV/bin/python" setup.py -q build --build-base build/cuda
+        PYTHONPATH=$(ls -d build/cuda/lib.*) "$CUDA_VENV/bin/python" tests/cuda_build_check.py
+        ;;
+    *)
+        echo "usage: ./run.sh main|test|cuda-build [args passed on]" >&2
+        exit 2
+        ;;
+esac

@@ -1,0 +1,24 @@
+"""The command line as a user meets it: exit codes and what it prints."""
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "missingglow", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_check_reports_a_sound_install():
+    result = run_cli("check")
+    assert result.returncode == 0, result.stderr
+    assert "inverse(forward(x))" in result.stdout and result.stdout.strip().endswith("ok")
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_command_is_one_clear_error():
+    result = run_cli("no-such-command")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr and "No such command" in result.stderr
