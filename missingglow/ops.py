@@ -52,3 +52,17 @@ if AVAILABLE:
 
     torch.library.register_autograd("missingglow::coupling_forward", _coupling_backward,
                                     setup_context=_coupling_setup)
+
+    def _coupling_inverse_backward(ctx, grad_x, grad_logdet):
+        # x = y/s − t and logdet = −Σ log s, with s = sigmoid(log_s + 2) and ds/dlog_s = s(1 − s).
+        # Sampling never needs this; it is here so that gradients through the inverse are right.
+        y_b, log_s, t = ctx.saved_tensors
+        s = torch.sigmoid(log_s + 2)
+        grad_x = torch.zeros_like(y_b) if grad_x is None else grad_x
+        grad_logdet = y_b.new_zeros(y_b.shape[:1]) if grad_logdet is None else grad_logdet
+        per_sample = grad_logdet.view(-1, *([1] * (y_b.dim() - 1)))
+        grad_log_s = -(grad_x * y_b / s + per_sample) * (1 - s)
+        return grad_x / s, grad_log_s, -grad_x
+
+    torch.library.register_autograd("missingglow::coupling_inverse", _coupling_inverse_backward,
+                                    setup_context=_coupling_setup)

@@ -38,6 +38,7 @@ def test_coupling_matches_reference(gen, device, shape, contiguous):
 def test_coupling_gradients(gen, device):
     inputs = [v.requires_grad_() for v in _inputs(gen, (3, 6, 3, 5), device)]
     assert torch.autograd.gradcheck(ops.coupling_forward, inputs)
+    assert torch.autograd.gradcheck(ops.coupling_inverse, inputs)
     y, logdet = ops.coupling_forward(*inputs)
     y_ref, logdet_ref = reference.affine_coupling_forward(*inputs)
     weights = torch.randn(y.shape, generator=gen, dtype=y.dtype).to(device)
@@ -52,7 +53,8 @@ def test_coupling_opcheck(gen, device):
     args = _inputs(gen, (3, 6, 5, 7), device)
     torch.library.opcheck(torch.ops.missingglow.coupling_forward.default,
                           [a.requires_grad_() for a in args])
-    torch.library.opcheck(torch.ops.missingglow.coupling_inverse.default, args)
+    torch.library.opcheck(torch.ops.missingglow.coupling_inverse.default,
+                          [a.detach().requires_grad_() for a in args])
     grad_y, grad_logdet = torch.randn_like(args[0]), torch.randn(3, dtype=args[0].dtype, device=device)
     torch.library.opcheck(torch.ops.missingglow.coupling_backward.default,
                           [grad_y, grad_logdet, *[a.detach() for a in args]])
