@@ -166,8 +166,10 @@ class Glow(nn.Module):
         """n images from ε ~ N(0, t²·I), x = Φ⁻¹(ε)."""
         param = next(self.parameters())
         dim = sum(c * h * w for c, h, w in self.latent_shapes(image_size))
-        eps = torch.randn(n, dim, generator=generator, dtype=param.dtype, device=param.device)
-        return self.decode(eps * temperature)
+        # draw where the generator lives (a CPU generator keeps samples seeded on any device)
+        where = generator.device if generator is not None else param.device
+        eps = torch.randn(n, dim, generator=generator, dtype=param.dtype, device=where)
+        return self.decode(eps.to(param.device) * temperature)
 
     def impute(self, x, alpha):
         """x' = Φ⁻¹(α·Φ(x)): shrink the latent toward the centre, where squares are absent."""

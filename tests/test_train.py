@@ -1,0 +1,170 @@
+"""Training: resume is exact, the non-finite guard skips and rolls back, checkpoints survive
+SIGKILL, and two gloo processes compute what one process does with the same global batch."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from missingglow import checkpoint as ckpt
+from missingglow.errors import UserError
+from missingglow.presets import resolve_config
+from missingglow.train import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(image_size=8, blocks=2, flows=2, hidden=8, batch=8, synthetic_count=48, square=3,
+            iterations=6, lr=1e-3, warmup=2, eval_every=1000, sample_every=1000,
+            checkpoint_every=3, log_every=1, heldout_images=8)
+TINY_ARGS = ["--size", "8", "--blocks", "2", "--flows", "2", "--hidden", "8", "--batch", "8",
+             "--synthetic-count", "48", "--square", "3", "--lr", "1e-3", "--warmup", "2",
+             "--eval-every", "1000", "--sample-every", "1000"]
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MISSINGGLOW_CACHE", str(tmp_path / "cache"))
+
+
+def config(tmp_path, name, **overrides):
+    options = dict(TINY, out=str(tmp_path / name))
+    options.update(overrides)
+    return resolve_config(options, has_gpu=False)[0]
+
+
+def final_params(run_dir):
+    return ckpt.load_checkpoint(run_dir)["model"]
+
+
+def assert_same_params(a, b, atol):
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key].float(), b[key].float(), atol=atol, rtol=0, msg=key)
+
+
+def metrics(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
+    whole = train(config(tmp_path, "whole"), progress=False)
+    part = train(config(tmp_path, "part", iterations=3), progress=False)
+    assert ckpt.load_checkpoint(part)["iteration"] == 3
+    train({"iterations": 6}, resume=part, progress=False)
+    assert ckpt.load_checkpoint(part)["iteration"] == 6
+    assert_same_params(final_params(whole), final_params(part), atol=1e-6)
+    # and training moved the parameters at all
+    start = torch.load(os.path.join(whole, "checkpoints", "ckpt-00000000.pt"), weights_only=True)["model"]
+    moved = final_params(whole)["blocks.0.flows.0.coupling.net.4.conv.weight"]
+    assert not torch.equal(start["blocks.0.flows.0.coupling.net.4.conv.weight"], moved)
+
+
+def test_nonfinite_steps_are_skipped_then_rolled_back(tmp_path):
+    run = train(config(tmp_path, "skip"), progress=False, inject_nonfinite={4})
+    state = ckpt.load_checkpoint(run)["state"]
+    assert state["skipped"] == 1 and state["rollbacks"] == 0
+    assert all(torch.isfinite(v).all() for v in final_params(run).values() if v.is_floating_point())
+
+    run = train(config(tmp_path, "rollback", max_bad_steps=2), progress=False,
+                inject_nonfinite={4, 5})
+    payload = ckpt.load_checkpoint(run)
+    assert payload["iteration"] == 6
+    assert payload["state"]["rollbacks"] == 1 and payload["state"]["lr_scale"] == 0.5
+    events = [m for m in metrics(run) if m.get("event") == "rollback"]
+    assert events and events[0]["iter"] == 3
+
+
+def test_checkpoints_load_weights_only_and_refuse_mismatches(tmp_path):
+    run = train(config(tmp_path, "ckpt", iterations=3), progress=False)
+    payload = torch.load(ckpt.resolve(run), weights_only=True)
+    assert payload["iteration"] == 3 and payload["config"]["image_size"] == 8
+    model, _ = ckpt.load_model(run)
+    assert model.config["blocks"] == 2
+    wrong = dict(payload["model_config"], hidden=16)
+    with pytest.raises(UserError, match="do not fit"):
+        ckpt.build_model(wrong, payload["model"])
+    newer = dict(payload, version=99)
+    torch.save(newer, tmp_path / "newer.pt")
+    with pytest.raises(UserError, match="newer"):
+        ckpt.load_checkpoint(str(tmp_path / "newer.pt"))
+    path = ckpt.resolve(run)
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(tmp_path / "truncated.pt", "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(UserError, match="truncated"):
+        ckpt.load_checkpoint(str(tmp_path / "truncated.pt"))
+    with pytest.raises(UserError, match="already holds a run"):
+        train(config(tmp_path, "ckpt"), progress=False)
+
+
+def _cli(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "missingglow", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_sigkill_at_any_moment_leaves_a_resumable_run(tmp_path):
+    run = str(tmp_path / "killed")
+    env = dict(os.environ, MISSINGGLOW_CACHE=str(tmp_path / "cache"))
+    proc = _cli("train", *TINY_ARGS, "--iterations", "100000", "--checkpoint-every", "1",
+                "--out", run, "--quiet", env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        names = os.listdir(os.path.join(run, "checkpoints")) if os.path.isdir(os.path.join(run, "checkpoints")) else []
+        if sum(n.endswith(".pt") for n in names) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    payload = ckpt.load_checkpoint(run)  # whatever moment it died at, `latest` names a whole file
+    assert payload["iteration"] >= 2
+    leftovers = [n for n in os.listdir(os.path.join(run, "checkpoints")) if not n.endswith(".pt")]
+    assert all(n.startswith(".tmp-") for n in leftovers)
+    resumed = _cli("train", "--resume", run, "--iterations", str(payload["iteration"] + 2), "--quiet", env=env)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert ckpt.load_checkpoint(run)["iteration"] == payload["iteration"] + 2
+
+
+def test_two_gloo_processes_match_one_process(tmp_path):
+    """Same init, same data, same averaged gradients. Parameters are compared element-wise with
+    care: right after ActNorm's data-dependent init some gradients are exactly zero up to rounding,
+    and Adam's first step turns that rounding into ±lr moves, so a handful of elements may differ
+    by about lr while all others agree to float precision (later steps compound this, so one
+    step is compared). The global gradient norm, which Adam's scale invariance would not reveal,
+    must agree too (a sum instead of a mean would double it)."""
+    env = dict(os.environ, MISSINGGLOW_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    one = str(tmp_path / "one")
+    two = str(tmp_path / "two")
+    single = _cli("train", *TINY_ARGS, "--iterations", "1", "--out", one, "--quiet", env=env)
+    assert single.wait(timeout=300) == 0, single.stderr.read()
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "missingglow", "train", *TINY_ARGS, "--iterations", "1", "--out", two, "--quiet"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    a, b = final_params(one), final_params(two)
+    start = torch.load(os.path.join(one, "checkpoints", "ckpt-00000000.pt"), weights_only=True)["model"]
+    start_ddp = torch.load(os.path.join(two, "checkpoints", "ckpt-00000000.pt"), weights_only=True)["model"]
+    assert_same_params(start, start_ddp, atol=0)  # ActNorm initialised on the same global batch
+    diffs = torch.cat([(a[k].float() - b[k].float()).abs().flatten() for k in a])
+    assert (diffs < 1e-6).float().mean() > 0.98, f"{(diffs >= 1e-6).float().mean():.1%} differ"
+    assert diffs.max() < 1e-3  # at most one lr-sized step (lr 1e-3, halved by the warm-up)
+    norm_one = [m["grad_norm"] for m in metrics(one) if "grad_norm" in m][-1]
+    norm_two = [m["grad_norm"] for m in metrics(two) if "grad_norm" in m][-1]
+    assert norm_two == pytest.approx(norm_one, rel=1e-5)
+
+
+def test_cli_says_which_preset_and_refuses_bad_settings(tmp_path):
+    env = dict(os.environ, MISSINGGLOW_CACHE=str(tmp_path / "cache"))
+    proc = _cli("train", "--batch", "0", env=env)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "batch must be at least 1" in err and "Traceback" not in err
+    note, _ = resolve_config({"square": 20}, has_gpu=False)
+    assert note["image_size"] == 16 and note["square"] == 5
+    _, line = resolve_config({"square": 20}, has_gpu=False)
+    assert "small" in line and "5 px at 16×16" in line
