@@ -91,6 +91,213 @@ def train(resume, quiet, **options):
     click.echo(run_dir)
 
 
+def _temperatures(values, default):
+    from .analysis import parse_temperatures
+
+    out = []
+    for text in values or (default,):
+        out += parse_temperatures(text)
+    return out
+
+
+def _echo_err(message):
+    click.echo(message, err=True)
+
+
+@cli.command()
+@click.option("--checkpoint", required=True, help="Run folder or checkpoint file.")
+@click.option("-t", "--temperature", "temperatures", multiple=True,
+              help="Temperature(s): 0.7, a list 0.5,0.7 or a range 0.1:1.5:0.1; repeatable. [0.7]")
+@click.option("-n", "n", type=int, default=None,
+              help="Samples per temperature [64 for one temperature, 8 for several].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--columns", type=int, default=None, help="Grid columns for one temperature [√n].")
+@click.option("--out", default="samples.png", show_default=True, help="PNG file to write.")
+def sample(checkpoint, temperatures, n, seed, columns, out):
+    """Sample a grid PNG: ε ~ N(0, t²·I), x = Φ⁻¹(ε); several temperatures give a row each."""
+    from .analysis import check_positive, open_run, sample_sheet
+    from .plot import save
+
+    ts = _temperatures(temperatures, "0.7")
+    n = check_positive(n if n is not None else (64 if len(ts) == 1 else 8), "-n (samples)")
+    if columns is not None:
+        check_positive(columns, "--columns")
+    run = open_run(checkpoint)
+    image, bad = sample_sheet(run, ts, n, seed, columns)
+    save(image, out)
+    for t, count in bad:
+        if count:
+            click.echo(f"t={t:g}: {count} of {n} samples non-finite (drawn as magenta/black "
+                       "checkerboards)")
+    total = sum(c for _, c in bad)
+    click.echo(f"wrote {out}: {n * len(ts)} samples, {total} non-finite")
+
+
+@cli.command()
+@click.argument("images", nargs=-1)
+@click.option("--checkpoint", default=None, help="Run folder or checkpoint: sample it and print Table 1.")
+@click.option("-t", "--temperature", "temperatures", multiple=True,
+              help="Temperatures (list or START:STOP:STEP); repeatable. [0.1:1.5:0.1]")
+@click.option("-n", "n", type=int, default=50, show_default=True,
+              help="Samples per temperature (the paper counted 50 by hand).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--square", "square", type=int, default=None,
+              help="Square side to look for [the checkpoint's; for images without one: any 4…S/2].")
+@click.option("--size", "image_size", type=int, default=None,
+              help="Resize given images to this side [the checkpoint's, else each image's shorter side].")
+@click.option("--out", default=None, help="Output folder for Table 1 [<run folder>/table1 or ./table1].")
+def squares(images, checkpoint, temperatures, n, seed, square, image_size, out):
+    """Count grey squares: in samples per temperature (the paper's Table 1), or in IMAGES."""
+    import os
+
+    from .analysis import (check_positive, contact_sheet, format_table1, open_run, square_table,
+                          table1_csv, table1_plot)
+    from .plot import save
+
+    if square is not None:
+        check_positive(square, "--square")
+    if image_size is not None:
+        check_positive(image_size, "--size")
+    if images:
+        from .images import load_image
+        from .squares import detect, detector_sizes_for
+        from PIL import Image
+
+        k = square
+        if checkpoint is not None:
+            run = open_run(checkpoint, square)
+            k, image_size = run.square, image_size or run.image_size
+        for path in images:
+            size = image_size
+            if size is None:
+                if not os.path.isfile(path):
+                    raise UserError(f"image {path} not found")
+                try:
+                    with Image.open(path) as img:
+                        size = min(img.size)
+                except Exception:
+                    raise UserError(f"cannot read {path} as an image; pass a PNG, JPEG, BMP or WebP "
+                                    "file") from None
+            found = detect(load_image(path, size), detector_sizes_for(k, size))
+            where = ", ".join(f"({s.top},{s.left},{s.size})" for s in found)
+            click.echo(f"{path}: {len(found)} square{'s' if len(found) != 1 else ''}"
+                       f"{' at (top,left,size) ' + where if found else ''}")
+        return
+    if checkpoint is None:
+        raise UserError("give image files to count squares in, or --checkpoint RUN to sample it "
+                        "and print Table 1")
+    ts = _temperatures(temperatures, "0.1:1.5:0.1")
+    check_positive(n, "-n (samples per temperature)")
+    run = open_run(checkpoint, square)
+    if out is None:
+        out = os.path.join(checkpoint, "table1") if os.path.isdir(checkpoint) else "table1"
+    os.makedirs(out, exist_ok=True)
+    rows = square_table(run, ts, n, seed, say=_echo_err)
+    click.echo(format_table1(rows))
+    bad = sum(r["nonfinite"] for r in rows)
+    if bad:
+        click.echo(f"{bad} of {n * len(rows)} samples were non-finite (the flow's inverse "
+                   "overflowed); shares and E are over the finite ones")
+    table1_csv(os.path.join(out, "table1.csv"), rows)
+    save(table1_plot(rows), os.path.join(out, "table1.png"))
+    sheet, _ = contact_sheet([(r["images"], r["found"]) for r in rows], [f"t={r['t']:g}" for r in rows])
+    save(sheet, os.path.join(out, "contact-sheet.png"))
+    click.echo(f"wrote {out}/table1.csv, table1.png and contact-sheet.png (first "
+               f"{min(n, 16)} samples per t, detected squares outlined in red)")
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True)
+@click.option("--checkpoint", required=True, help="Run folder or checkpoint file.")
+@click.option("--alpha", "alpha", default="0.6", show_default=True,
+              help="Scale(s) of the latent in (0, 1]: 0.6, a list 0.1,0.2 or a range 0.1:1.0:0.1.")
+@click.option("--keep-observed", is_flag=True,
+              help="Restore only the square; keep every other pixel of the input.")
+@click.option("--iterations", type=int, default=1, show_default=True,
+              help="Repeat 'scale the latent, put the observed pixels back' N times "
+                   "(more than 1 implies --keep-observed).")
+@click.option("--square", "square", default=None,
+              help="The square's place TOP,LEFT,SIZE by hand (else: the dataset's for heldout:N, "
+                   "else the detector's).")
+@click.option("--out", default="imputed", show_default=True, help="Output folder.")
+def impute(images, checkpoint, alpha, keep_observed, iterations, square, out):
+    """Restore IMAGES (files, or heldout:N for held-out dataset items) by x' = Φ⁻¹(α·Φ(x))."""
+    import os
+
+    from .analysis import check_positive, open_run, parse_alphas, parse_square
+    from .impute import find_square, impute_files, load_inputs
+
+    alphas = parse_alphas(alpha)
+    check_positive(iterations, "--iterations")
+    by_hand = parse_square(square) if square is not None else None
+    run = open_run(checkpoint)
+    items = load_inputs(run, images, say=_echo_err)
+    keep = keep_observed or iterations > 1
+    if by_hand and not keep:
+        raise UserError("--square gives the square's place for --keep-observed; add --keep-observed")
+    if keep:
+        items = [find_square(run, item, by_hand) for item in items]
+    os.makedirs(out, exist_ok=True)
+    lines, bad = impute_files(run, items, alphas, out, keep, iterations)
+    for line in lines:
+        click.echo(line)
+    click.echo(f"wrote {len(items) * len(alphas)} restored image(s) to {out}"
+               f"{f' ({bad} non-finite)' if bad else ''}")
+
+
+@cli.command("latent-norms")
+@click.option("--checkpoint", required=True, help="Run folder or checkpoint file.")
+@click.option("-n", "n", type=int, default=100, show_default=True, help="Held-out images per variant.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the dequantisation noise.")
+@click.option("--out", default="latent-norms", show_default=True, help="Output folder.")
+def latent_norms_command(checkpoint, n, seed, out):
+    """Histograms of ‖Φ(x)‖ for several square sizes and counts (the paper's Appendix B)."""
+    import os
+
+    from .analysis import check_positive, open_run
+    from .latent_norms import format_table, latent_norms, norms_csv, norms_plot
+    from .plot import save
+
+    check_positive(n, "-n (images)")
+    run = open_run(checkpoint)
+    result = latent_norms(run, n, seed)
+    click.echo(format_table(result))
+    os.makedirs(out, exist_ok=True)
+    norms_csv(os.path.join(out, "latent-norms.csv"), result)
+    save(norms_plot(result), os.path.join(out, "latent-norms.png"))
+    click.echo(f"wrote {out}/latent-norms.csv and latent-norms.png")
+
+
+@cli.command()
+@click.option("--checkpoint", required=True, help="Run folder or checkpoint file.")
+@click.option("-n", "n", type=int, default=100, show_default=True, help="Held-out images.")
+@click.option("--alpha", "alpha", default="0.1:1.0:0.1", show_default=True, help="Alphas to score.")
+@click.option("--iterations", type=int, default=3, show_default=True,
+              help="Also score keep-observed repeated N times (1: skip).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the dequantisation noise.")
+@click.option("--out", default="evaluation", show_default=True, help="Output folder.")
+def evaluate(checkpoint, n, alpha, iterations, seed, out):
+    """Imputation quality on held-out images (RMSE, PSNR; baselines) and masked-vs-clean bits/dim."""
+    import os
+
+    from .analysis import check_positive, open_run, parse_alphas
+    from .evaluate import evaluate as run_evaluation
+    from .evaluate import format_report, report_csv, report_plot
+    from .plot import save
+
+    alphas = parse_alphas(alpha)
+    check_positive(n, "-n (images)")
+    check_positive(iterations, "--iterations")
+    run = open_run(checkpoint)
+    result = run_evaluation(run, n, alphas, iterations, seed)
+    click.echo(format_report(result))
+    os.makedirs(out, exist_ok=True)
+    report_csv(os.path.join(out, "evaluation.csv"), result)
+    save(report_plot(result), os.path.join(out, "evaluation.png"))
+    click.echo(f"wrote {out}/evaluation.csv and evaluation.png")
+
+
+
 def main(argv=None):
     """Entry point: a UserError becomes one line on stderr and exit code 2, never a traceback."""
     try:

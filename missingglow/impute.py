@@ -1,0 +1,168 @@
+"""Imputation by shrinking the latent: x' = Φ⁻¹(α·Φ(x)) (the paper's Fig. 2), optionally keeping
+every observed pixel and restoring only the square, repeated `iterations` times:
+
+    x ← where(square, Φ⁻¹(α·Φ(x)), x_observed)
+
+Inputs are image files (any size or mode: resized and centre-cropped as in training) or items of
+the checkpoint's held-out split, written `heldout:N`; for those the square's place and the clean
+original are known.
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from .analysis import from_model, to_model
+from .errors import UserError
+
+
+@dataclass
+class Item:
+    name: str
+    image: torch.Tensor            # (3, S, S) in [0, 1], as the model sees it
+    clean: torch.Tensor = None     # the original without squares, when known
+    mask: torch.Tensor = None      # (1, S, S) bool, True inside the square(s), when known
+    source: str = ""               # where the square's place came from
+
+
+def heldout_item(run, index):
+    """Held-out item `index` of the checkpoint's dataset, with its square(s) and clean original."""
+    from .data import MaskedImages, open_dataset
+    from .masks import square_mask
+
+    run.need_dataset()
+    c = run.config
+    cache = open_dataset(c.get("data"), run.image_size, synthetic_count=c.get("synthetic_count", 10_000),
+                         quiet=True)
+    items = MaskedImages(cache, c["square"], c.get("squares", 1), c.get("seed", 0), split="heldout")
+    if not 0 <= index < len(items):
+        raise UserError(f"heldout:{index} is out of range: the held-out split has {len(items)} "
+                        f"images (0 to {len(items) - 1})")
+    masked, clean, positions = items[index]
+    return Item(f"heldout-{index}", masked, clean, square_mask(positions, c["square"], run.image_size),
+                "the dataset")
+
+
+def load_inputs(run, specs, say=None):
+    """Image files and `heldout:N` specs → Items. Says once if files were resized or cropped."""
+    from .images import load_image
+
+    items, reshaped = [], []
+    for spec in specs:
+        if spec.startswith("heldout:"):
+            try:
+                index = int(spec.split(":", 1)[1])
+            except ValueError:
+                raise UserError(f"{spec}: write heldout:N with N a whole number") from None
+            items.append(heldout_item(run, index))
+            continue
+        image = load_image(spec, run.image_size)   # UserError for a missing or unreadable file
+        with Image.open(spec) as img:
+            if img.size != (run.image_size, run.image_size) or img.mode != "RGB":
+                reshaped.append(os.path.basename(spec))
+        stem = os.path.splitext(os.path.basename(spec))[0]
+        items.append(Item(stem, image))
+    if reshaped and say:
+        s = run.image_size
+        say(f"{len(reshaped)} input(s) converted to RGB, shorter side resized to {s} and centre-"
+            f"cropped to {s}×{s}, as in training ({', '.join(reshaped[:3])}"
+            f"{' …' if len(reshaped) > 3 else ''})")
+    names = [it.name for it in items]
+    for i, it in enumerate(items):  # unique output names
+        if names.count(it.name) > 1:
+            it.name = f"{it.name}-{i}"
+    return items
+
+
+def find_square(run, item, square=None):
+    """Fill item.mask for --keep-observed: by hand, else from the dataset, else the detector."""
+    from .masks import square_mask
+    from .squares import detect, detector_sizes_for
+
+    size = run.image_size
+    if square is not None:
+        top, left, k = square
+        if top + k > size or left + k > size:
+            raise UserError(f"--square {top},{left},{k} does not fit {size}×{size} images")
+        item.mask = square_mask(torch.tensor([[top, left]]), k, size)
+        item.source = "--square"
+        return item
+    if item.mask is not None:
+        return item
+    found = detect(item.image, detector_sizes_for(run.square, size))
+    if not found:
+        raise UserError(f"no grey square found in {item.name}; give its place by hand with "
+                        "--square TOP,LEFT,SIZE")
+    mask = torch.zeros((1, size, size), dtype=torch.bool)
+    for sq in found:
+        mask[:, sq.top:sq.top + sq.size, sq.left:sq.left + sq.size] = True
+    item.mask, item.source = mask, f"the detector ({len(found)} square{'s' if len(found) > 1 else ''})"
+    return item
+
+
+@torch.no_grad()
+def restore(model, images, alphas, n_bits, mask=None, iterations=1):
+    """Every image (B, 3, S, S) at every alpha → (A, B, 3, S, S) images in [0, 1] (NaN where the
+    flow's inverse was not finite). With a mask (B or 1, 1, S, S), pixels outside it keep the input."""
+    x0 = to_model(images, n_bits)
+    out = []
+    for alpha in alphas:
+        x = x0
+        for _ in range(max(1, iterations)):
+            x = model.decode(alpha * model.encode(x))
+            if mask is not None:
+                x = torch.where(mask, x, x0)
+        out.append(from_model(x, n_bits))
+    return torch.stack(out)
+
+
+def impute_files(run, items, alphas, out_dir, keep_observed=False, iterations=1, min_tile=48):
+    """Restore each item at each alpha; write one PNG per (item, alpha), and with several alphas a
+    strip per item (a row per alpha, the input on top, the original at the bottom when known) and
+    an overview with a column per item (the paper's Fig. 2). Returns a list of summary lines and the
+    number of non-finite results."""
+    from .images import grid, save_png, to_pil
+    from .plot import label_rows, save
+
+    lines, bad_total, columns = [], 0, []
+    size = run.image_size
+    scale = max(1, -(-min_tile // size))
+    for item in items:
+        mask = item.mask[None] if (keep_observed or iterations > 1) else None
+        result = restore(run.model, item.image[None], alphas, run.n_bits, mask, iterations)[:, 0]
+        bad = int((~torch.isfinite(result.flatten(1)).all(1)).sum())
+        bad_total += bad
+        for alpha, image in zip(alphas, result):
+            path = os.path.join(out_dir, f"{item.name}-alpha{alpha:.2f}.png")
+            canvas, _ = grid([image[None]], padding=0)
+            save_png(canvas, path)
+        shown = from_model(to_model(item.image[None], run.n_bits), run.n_bits)[0]
+        column = [shown] + list(result) + ([item.clean] if item.clean is not None else [])
+        columns.append(torch.stack(column))
+        if len(alphas) > 1:
+            labels = ["input"] + [f"α={a:g}" for a in alphas] + (["original"] if item.clean is not None else [])
+            tiles = [torch.nn.functional.interpolate(t[None], scale_factor=scale, mode="nearest")
+                     if scale > 1 else t[None] for t in column]
+            canvas, _ = grid(tiles)
+            save(label_rows(to_pil(canvas), labels, 2, size * scale + 2),
+                 os.path.join(out_dir, f"{item.name}-strip.png"))
+        how = f"keeping observed pixels, square from {item.source}" if mask is not None else "whole image"
+        note = f"; {bad} of {len(alphas)} results non-finite (drawn as checkerboards)" if bad else ""
+        lines.append(f"{item.name}: {len(alphas)} alpha(s), {how}"
+                     f"{f', {iterations} iterations' if iterations > 1 else ''}{note}")
+    if len(alphas) > 1 and len(items) > 1:
+        depth = max(c.shape[0] for c in columns)
+        rows = []
+        for r in range(depth):
+            row = [c[r] if r < c.shape[0] else torch.ones(3, size, size) for c in columns]
+            row = torch.stack(row)
+            rows.append(torch.nn.functional.interpolate(row, scale_factor=scale, mode="nearest")
+                        if scale > 1 else row)
+        labels = ["input"] + [f"α={a:g}" for a in alphas]
+        if depth > len(labels):
+            labels.append("original")
+        canvas, _ = grid(rows)
+        save(label_rows(to_pil(canvas), labels, 2, size * scale + 2),
+             os.path.join(out_dir, "overview.png"))
+    return lines, bad_total
