@@ -21,7 +21,9 @@ from dataclasses import dataclass
 import torch
 
 from .errors import UserError
-from .preprocess import quantize, to_unit_range
+from .images import finite_mask
+from .preprocess import from_model
+from .seeding import generator
 
 DEFAULT_TEMPERATURES = "0.1:1.5:0.1"
 BUCKETS = ("0", "1", "2", "3", "4+")
@@ -116,34 +118,6 @@ def open_run(path, square=None):
     if k is not None and not 0 < k <= size:
         raise UserError(f"square size {k} does not fit {size}×{size} images")
     return Run(model, config, path, size, int(config.get("n_bits", 5)), k or None)
-
-
-def to_model(images, n_bits):
-    """[0, 1] images → model space, at the centre of each quantisation bin."""
-    return quantize(images, n_bits) + 0.5 / 2 ** n_bits
-
-
-def from_model(x, n_bits):
-    """Model space → [0, 1] images; images with any non-finite value become all-NaN (counted by
-    callers, drawn as a checkerboard by images.grid)."""
-    out = to_unit_range(x - 0.5 / 2 ** n_bits)
-    bad = ~torch.isfinite(x.flatten(1)).all(1)
-    if bad.any():
-        out = out.clone()
-        out[bad] = float("nan")
-    return out
-
-
-def finite_rows(images):
-    return torch.isfinite(images.flatten(1)).all(1)
-
-
-def generator(*parts):
-    """A generator seeded from any parts (stable across runs and platforms)."""
-    import hashlib
-
-    digest = hashlib.sha256(":".join(map(str, ("missingglow-analysis",) + parts)).encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
 
 
 @torch.no_grad()
@@ -285,7 +259,7 @@ def sample_sheet(run, temperatures, n, seed, columns=None, min_tile=32):
     rows, labels, bad = [], [], []
     for t in temperatures:
         images = sample_images(run, n, t, seed)
-        bad.append((t, int((~finite_rows(images)).sum())))
+        bad.append((t, int((~finite_mask(images)).sum())))
         per_row = n if len(temperatures) > 1 else (columns or max(1, math.ceil(math.sqrt(n))))
         for i in range(0, n, per_row):
             chunk = images[i:i + per_row]

@@ -11,8 +11,8 @@ import math
 
 import torch
 
-from .analysis import from_model, generator, to_model
-from .preprocess import bits_per_dim, dequantize, quantize
+from .preprocess import bits_per_dim, from_model, quantize, to_model
+from .seeding import generator
 
 BASELINES = ("grey fill", "mean-colour fill")
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from .analysis import from_model, to_model
 from .errors import UserError
+from .preprocess import from_model, to_model
 
 
 @dataclass

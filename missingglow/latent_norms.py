@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from .analysis import generator
+from .seeding import generator
 from .preprocess import dequantize, quantize
 
 PAPER_SIZES = (0, 2, 8, 16, 32)  # at 64×64

@@ -29,3 +29,19 @@ def to_unit_range(x):
 def bits_per_dim(log_prob, n_bits, dims):
     """(−log p(x) + D·log 2^b) / (D·log 2): the cost of the discretised image in bits per number."""
     return (-log_prob + dims * math.log(2 ** n_bits)) / (dims * math.log(2))
+
+
+def to_model(images, n_bits):
+    """[0, 1] images → model space, at the centre of each quantisation bin."""
+    return quantize(images, n_bits) + 0.5 / 2 ** n_bits
+
+
+def from_model(x, n_bits):
+    """Model space → [0, 1] images; images with any non-finite value become all-NaN (counted by
+    callers, drawn as a checkerboard by images.grid)."""
+    out = to_unit_range(x - 0.5 / 2 ** n_bits)
+    bad = ~torch.isfinite(x.flatten(1)).all(1)
+    if bad.any():
+        out = out.clone()
+        out[bad] = float("nan")
+    return out

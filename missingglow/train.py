@@ -5,7 +5,6 @@ dequantisation noise and the sample grids. A run resumed from a checkpoint there
 exactly what an uninterrupted run would have done, and under torchrun every rank takes its slice
 of the same global batch, so N processes compute what one process would with that batch.
 """
-import hashlib
 import json
 import math
 import os
@@ -21,19 +20,10 @@ from .data import MaskedImages, open_dataset
 from .errors import UserError
 from .images import grid, save_png
 from .model import Glow
-from .preprocess import bits_per_dim, dequantize, quantize, to_unit_range
+from .preprocess import bits_per_dim, from_model, quantize
+from .seeding import generator
 
 METRICS = "metrics.jsonl"
-
-
-def seed_for(*parts):
-    """A 63-bit seed from any parts: stable across runs, processes and platforms."""
-    digest = hashlib.sha256(":".join(map(str, ("missingglow",) + parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
-
-
-def generator(*parts):
-    return torch.Generator().manual_seed(seed_for(*parts))
 
 
 def model_config(config):
@@ -143,8 +133,8 @@ def heldout_bits_per_dim(model, heldout, config, device, limit=None):
 @torch.no_grad()
 def sample_grid(model, config, path, n=32, columns=8):
     """A grid of n samples at the configured temperature (fixed seed); returns the non-finite count."""
-    images = model.sample(n, config["temperature"], generator=generator(config["seed"], "samples")).cpu()
-    images = to_unit_range(images).where(torch.isfinite(images), images)  # keep inf/NaN to count
+    images = model.sample(n, config["temperature"], generator=generator(config["seed"], "samples"))
+    images = from_model(images.cpu(), config["n_bits"])  # non-finite samples stay NaN, to be counted
     rows = [images[i:i + columns] for i in range(0, n, columns)]
     canvas, bad = grid(rows)
     save_png(canvas, path)

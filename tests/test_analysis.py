@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-from missingglow.analysis import (contact_sheet, format_table1, from_model, open_run, parse_alphas,
+from missingglow.analysis import (contact_sheet, format_table1, open_run, parse_alphas,
                                   parse_square, parse_temperatures, parse_values, sample_images,
-                                  sample_sheet, square_table, table1_csv, table1_plot, to_model)
+                                  sample_sheet, square_table, table1_csv, table1_plot)
+from missingglow.preprocess import from_model, to_model
 from missingglow.errors import UserError
 from analysis_helpers import tiny_run
 
