@@ -20,4 +20,27 @@ inline void check_coupling_args(const at::Tensor& a, const at::Tensor& log_s, co
   TORCH_CHECK(at::isFloatingType(a.scalar_type()), op, ": expected floating-point tensors");
 }
 
+// The layout the fused ops compute in and return: channels-last when x is a 4-d tensor that is
+// channels-last-dense and not also plainly contiguous (1×1 images or one channel are both);
+// everything else is made contiguous. missingglow/ops.py's fake kernels follow the same rule.
+inline bool layout_is_channels_last(const at::Tensor& x) {
+  return x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+inline at::MemoryFormat layout_of(const at::Tensor& x) {
+  return layout_is_channels_last(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// The whole-tensor coupling ops take x (or y) of shape (N, C, ...) with an even C and the coupling
+// network's output h of the same shape (h = [log_s, t] along channels).
+inline void check_coupling_step_args(const at::Tensor& x, const at::Tensor& h, const char* op) {
+  TORCH_CHECK(x.dim() >= 2, op, ": expected (N, C, ...) activations, got ", x.dim(), " dims");
+  TORCH_CHECK(x.size(1) % 2 == 0, op, ": the channel count must be even, got ", x.size(1));
+  TORCH_CHECK(x.sizes() == h.sizes(), op, ": x and the network output h must have one shape, got ",
+              x.sizes(), " and ", h.sizes());
+  TORCH_CHECK(x.scalar_type() == h.scalar_type(), op, ": x and h must have one dtype");
+  TORCH_CHECK(x.device() == h.device(), op, ": x and h must be on one device");
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": expected floating-point tensors");
+}
+
 }  // namespace missingglow

@@ -12,6 +12,14 @@
 
 namespace missingglow {
 
+#if !defined(__CUDACC__)
+// On the host, pick the float overloads for float (CUDA's device math is overloaded already).
+using std::exp;
+using std::fabs;
+using std::log;
+using std::log1p;
+#endif
+
 // log(sigmoid(v)) without overflow for either sign of v.
 template <typename T>
 MG_HD T log_sigmoid(T v) {
@@ -19,17 +27,70 @@ MG_HD T log_sigmoid(T v) {
 }
 
 // Affine coupling, forward: s = sigmoid(log_s + 2), y = (x + t)·s; writes log s for the logdet.
+// s = sigmoid(v) and 1 − s from one exp, with log s split as linear − log(one_plus_e), where
+// linear = min(v, 0) and one_plus_e = 1 + exp(−|v|) ∈ (1, 2]. Stable for either sign of v. The
+// CPU kernels multiply the one_plus_e of up to 64 elements before taking one log (a product of
+// 64 numbers in (1, 2] cannot overflow even in float32).
+template <typename T>
+MG_HD void sigmoid_factors(T v, T& s, T& one_minus_s, T& linear, T& one_plus_e) {
+  const T e = exp(-fabs(v));  // in (0, 1]
+  one_plus_e = T(1) + e;
+  const T r = T(1) / one_plus_e;
+  const bool positive = v >= T(0);
+  s = positive ? r : e * r;
+  one_minus_s = positive ? e * r : r;
+  linear = positive ? T(0) : v;
+}
+
+// s, 1 − s and log s of v, with one exp and one log.
+template <typename T>
+MG_HD void sigmoid_parts(T v, T& s, T& one_minus_s, T& log_s) {
+  T linear, one_plus_e;
+  sigmoid_factors(v, s, one_minus_s, linear, one_plus_e);
+  log_s = linear - log(one_plus_e);
+}
+
+// How many one_plus_e factors the CPU kernels multiply before one log.
+constexpr int kLogGroup = 64;
+
+// s = sigmoid(v) and 1 − s from one exp (no log), stable for either sign of v.
+template <typename T>
+MG_HD void sigmoid_pair(T v, T& s, T& one_minus_s) {
+  const T e = exp(-fabs(v));
+  const T r = T(1) / (T(1) + e);
+  s = v >= T(0) ? r : e * r;
+  one_minus_s = v >= T(0) ? e * r : r;
+}
+
+// Affine coupling, forward, with log s left factored (see sigmoid_factors).
+template <typename T>
+MG_HD void coupling_forward_factored(T x, T log_s, T t, T& y, T& linear, T& one_plus_e) {
+  T s, one_minus_s;
+  sigmoid_factors(log_s + T(2), s, one_minus_s, linear, one_plus_e);
+  y = (x + t) * s;
+}
+
+// Affine coupling, inverse, with log s left factored.
+template <typename T>
+MG_HD void coupling_inverse_factored(T y, T log_s, T t, T& x, T& linear, T& one_plus_e) {
+  T s, one_minus_s;
+  sigmoid_factors(log_s + T(2), s, one_minus_s, linear, one_plus_e);
+  x = y / s - t;
+}
+
 template <typename T>
 MG_HD void coupling_forward_elem(T x, T log_s, T t, T& y, T& log_scale) {
-  log_scale = log_sigmoid(log_s + T(2));
-  y = (x + t) * exp(log_scale);
+  T s, one_minus_s;
+  sigmoid_parts(log_s + T(2), s, one_minus_s, log_scale);
+  y = (x + t) * s;
 }
 
 // Affine coupling, inverse: x = y / s − t; writes log s (the inverse's logdet is −Σ log s).
 template <typename T>
 MG_HD void coupling_inverse_elem(T y, T log_s, T t, T& x, T& log_scale) {
-  log_scale = log_sigmoid(log_s + T(2));
-  x = y * exp(-log_scale) - t;
+  T s, one_minus_s;
+  sigmoid_parts(log_s + T(2), s, one_minus_s, log_scale);
+  x = y / s - t;
 }
 
 // Affine coupling, backward of (y, logdet) with respect to (x, log_s, t).
@@ -37,11 +98,44 @@ MG_HD void coupling_inverse_elem(T y, T log_s, T t, T& x, T& log_scale) {
 template <typename T>
 MG_HD void coupling_backward_elem(T grad_y, T grad_logdet, T x, T log_s, T t,
                                   T& grad_x, T& grad_log_s, T& grad_t) {
-  const T s = exp(log_sigmoid(log_s + T(2)));
-  const T one_minus_s = exp(log_sigmoid(-(log_s + T(2))));
+  T s, one_minus_s;
+  sigmoid_pair(log_s + T(2), s, one_minus_s);
   grad_x = grad_y * s;
   grad_t = grad_x;
   grad_log_s = (grad_y * (x + t) * s + grad_logdet) * one_minus_s;
+}
+
+// Affine coupling, backward from the output: with y = (x + t)·s, dy/dlog_s = y·(1 − s), so the
+// gradients need only y, not x; this lets the memory-saving path and the saved-output autograd
+// skip rebuilding x_b. Gradients with respect to (x_b, log_s, t).
+template <typename T>
+MG_HD void coupling_backward_from_output_elem(T grad_y, T grad_logdet, T y, T log_s,
+                                              T& grad_x, T& grad_log_s, T& grad_t) {
+  T s, one_minus_s;
+  sigmoid_pair(log_s + T(2), s, one_minus_s);
+  grad_x = grad_y * s;
+  grad_t = grad_x;
+  grad_log_s = (grad_y * y + grad_logdet) * one_minus_s;
+}
+
+// Offsets of channel c (< C/2, the passed-through half) and of its partner c + C/2 at pixel p of a
+// sample with C channels and P pixels, in NCHW (channel-major) or NHWC (pixel-major) order.
+struct HalfOffsets {
+  int64_t a, b;
+};
+
+MG_HD HalfOffsets half_offsets(bool channels_last, int64_t c, int64_t p, int64_t channels,
+                               int64_t pixels) {
+  const int64_t half = channels / 2;
+  return channels_last ? HalfOffsets{p * channels + c, p * channels + c + half}
+                       : HalfOffsets{c * pixels + p, (c + half) * pixels + p};
+}
+
+// The j-th of the C/2·P (channel, pixel) pairs of one sample, walked in memory order.
+MG_HD HalfOffsets half_offsets_at(bool channels_last, int64_t j, int64_t channels, int64_t pixels) {
+  const int64_t half = channels / 2;
+  return channels_last ? half_offsets(true, j % half, j / half, channels, pixels)
+                       : half_offsets(false, j / pixels, j % pixels, channels, pixels);
 }
 
 }  // namespace missingglow

@@ -4,14 +4,31 @@
 flattened in (C, H, W) order and concatenated from the first split to the last block. Sampling,
 imputation and the latent-norm study all work in this space, where the data should look N(0, I).
 """
+import warnings
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from . import ops
+from .fused import FusedFlowStep, flows_without_activations
 from .reference import FlowStep, ZeroConv2d, gaussian_log_p, squeeze2x2, unsqueeze2x2
 
 LATENTS = ("standardised", "raw")
+IMPLS = ("fused", "reference")
+
+
+def resolve_impl(impl):
+    """"fused" when the compiled ops loaded (the default), else "reference" with one warning."""
+    if impl is None:
+        impl = "fused"
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "fused" and not ops.AVAILABLE:
+        warnings.warn(f"fused ops unavailable, running the pure-PyTorch reference: {ops.WHY_UNAVAILABLE}",
+                      RuntimeWarning, stacklevel=3)
+        impl = "reference"
+    return impl
 
 
 class Block(nn.Module):
@@ -21,11 +38,14 @@ class Block(nn.Module):
     zero-initialised conv applied to zeros (a learned constant mean and scale).
     """
 
-    def __init__(self, in_channels, flows, hidden, affine, lu, split):
+    def __init__(self, in_channels, flows, hidden, affine, lu, split, impl="reference",
+                 memory_saving=False):
         super().__init__()
         channels = in_channels * 4
         self.split = split
-        self.flows = nn.ModuleList(FlowStep(channels, hidden, affine, lu) for _ in range(flows))
+        self.memory_saving = memory_saving
+        step = FusedFlowStep if resolve_impl(impl) == "fused" else FlowStep
+        self.flows = nn.ModuleList(step(channels, hidden, affine, lu) for _ in range(flows))
         if split:
             self.prior = ZeroConv2d(in_channels * 2, in_channels * 4)
         else:
@@ -39,10 +59,13 @@ class Block(nn.Module):
     def forward(self, x):
         """x → (kept half or None, logdet (N,), log_p (N,), z, ε)."""
         out = squeeze2x2(x)
-        logdet = x.new_zeros(x.shape[0])
-        for flow in self.flows:
-            out, det = flow(out)
-            logdet = logdet + det
+        if self.memory_saving:
+            out, logdet = flows_without_activations(self.flows, out)
+        else:
+            logdet = x.new_zeros(x.shape[0])
+            for flow in self.flows:
+                out, det = flow(out)
+                logdet = logdet + det
         if self.split:
             out, z = out.chunk(2, 1)
             mean, log_sd = self.prior_params(out)
@@ -78,12 +101,16 @@ class Glow(nn.Module):
     """Glow (Kingma & Dhariwal 2018) in rosinality/glow-pytorch's conventions (SPEC §1).
 
     `lu` may be a list with one flag per block: rosinality's code always builds its last block in
-    LU form, and `from_rosinality` reproduces that exactly.
+    LU form, and `from_rosinality` reproduces that exactly. `impl` picks the flow steps: "fused"
+    (missingglow/fused.py, the default when the compiled ops loaded) or "reference" (pure PyTorch);
+    both have the same parameters and give the same numbers. `memory_saving=True` keeps no
+    activations inside the flow for the backward and rebuilds them through the inverse instead.
     """
 
     def __init__(self, blocks=4, flows=32, hidden=512, affine=True, lu=True, in_channels=3,
-                 image_size=64):
+                 image_size=64, impl=None, memory_saving=False):
         super().__init__()
+        impl = resolve_impl(impl)
         lu_per_block = list(lu) if isinstance(lu, (list, tuple)) else [bool(lu)] * blocks
         if len(lu_per_block) != blocks:
             raise ValueError(f"lu has {len(lu_per_block)} flags for {blocks} blocks")
@@ -91,14 +118,16 @@ class Glow(nn.Module):
             raise ValueError(f"image_size {image_size} is not divisible by 2^blocks = {2 ** blocks}")
         self.config = dict(blocks=blocks, flows=flows, hidden=hidden, affine=affine,
                            lu=lu if isinstance(lu, bool) else lu_per_block,
-                           in_channels=in_channels, image_size=image_size)
+                           in_channels=in_channels, image_size=image_size, impl=impl,
+                           memory_saving=memory_saving)
         self.in_channels = in_channels
         self.image_size = image_size
         self.blocks = nn.ModuleList()
         channels = in_channels
         for i in range(blocks):
             last = i == blocks - 1
-            self.blocks.append(Block(channels, flows, hidden, affine, lu_per_block[i], split=not last))
+            self.blocks.append(Block(channels, flows, hidden, affine, lu_per_block[i], split=not last,
+                                     impl=impl, memory_saving=memory_saving))
             channels *= 2
 
     # --- shapes -----------------------------------------------------------------------------------

@@ -73,3 +73,175 @@ def test_bad_arguments_are_refused():
         ops.coupling_forward(x, torch.zeros(2, 3, 4, 5), x)
     with pytest.raises(RuntimeError, match="one dtype"):
         ops.coupling_forward(x, x.double(), x)
+
+
+# --- actnorm + 1×1 conv ----------------------------------------------------------------------------
+
+CHANNEL_SHAPES = [(1, 6, 1, 1), (3, 12, 5, 7), (3, 48, 32, 32), (1, 6, 17, 3), (3, 12, 32, 32)]
+LAYOUTS = ["contiguous", "channels_last", "strided"]
+
+
+def _activations(gen, shape, device, layout, dtype=torch.float64):
+    if layout == "strided":  # every other channel of a wider tensor: neither layout is dense
+        x = torch.randn(shape[0], shape[1] * 2, *shape[2:], generator=gen, dtype=dtype)[:, ::2]
+    else:
+        x = torch.randn(shape, generator=gen, dtype=dtype)
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+    return x.to(device)
+
+
+def _actnorm_conv_params(gen, c, device, dtype=torch.float64, weight_4d=False):
+    loc = torch.randn(1, c, 1, 1, generator=gen, dtype=dtype)
+    scale = torch.rand(1, c, 1, 1, generator=gen, dtype=dtype) + 0.5
+    scale[0, 0] *= -1  # ActNorm's scale may be negative: the logdet uses |scale|
+    q, _ = torch.linalg.qr(torch.randn(c, c, generator=gen, dtype=dtype))
+    weight = q + 0.1 * torch.randn(c, c, generator=gen, dtype=dtype) / c ** 0.5
+    if weight_4d:
+        weight = weight.view(c, c, 1, 1)
+    return [t.to(device) for t in (loc, scale, weight)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", CHANNEL_SHAPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_actnorm_conv_matches_reference(gen, device, shape, layout):
+    x = _activations(gen, shape, device, layout)
+    loc, scale, weight = _actnorm_conv_params(gen, shape[1], device, weight_4d=shape[1] == 12)
+    y = ops.actnorm_conv(x, loc, scale, weight)
+    torch.testing.assert_close(y, reference.actnorm_conv_forward(x, loc, scale, weight),
+                               rtol=1e-12, atol=1e-12)
+    back = ops.actnorm_conv_inverse(y, loc, scale, weight)
+    torch.testing.assert_close(back, reference.actnorm_conv_inverse(y, loc, scale, weight),
+                               rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(back, x, rtol=1e-10, atol=1e-10)
+    # the layout rule the fake kernels promise: channels-last stays channels-last
+    if layout == "channels_last" and not x.is_contiguous():
+        assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    else:
+        assert y.is_contiguous()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_actnorm_conv_gradients(gen, device, layout):
+    x = _activations(gen, (3, 6, 3, 5), device, layout).requires_grad_()
+    params = [p.requires_grad_() for p in _actnorm_conv_params(gen, 6, device)]
+    # fast_mode checks the Jacobian along random directions: the full one is ~300×300 here
+    assert torch.autograd.gradcheck(ops.actnorm_conv, [x, *params], fast_mode=True)
+    assert torch.autograd.gradcheck(ops.actnorm_conv_inverse, [x, *params], fast_mode=True)
+    small = [_activations(gen, (2, 4, 2, 3), device, layout).requires_grad_(),
+             *[p.requires_grad_() for p in _actnorm_conv_params(gen, 4, device)]]
+    assert torch.autograd.gradcheck(ops.actnorm_conv, small)
+    assert torch.autograd.gradcheck(ops.actnorm_conv_inverse, small)
+    y = ops.actnorm_conv(x, *params)
+    y_ref = reference.actnorm_conv_forward(x, *params)
+    weights = torch.randn(y.shape, generator=gen, dtype=y.dtype).to(device)
+    grads = torch.autograd.grad((y * weights).sum(), [x, *params])
+    grads_ref = torch.autograd.grad((y_ref * weights).sum(), [x, *params])
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_actnorm_conv_gradients_reach_the_lu_parameters(gen):
+    layer = reference.InvConv2dLU(6).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    x = torch.randn(2, 6, 4, 4, generator=gen, dtype=torch.float64)
+    loc, scale, _ = _actnorm_conv_params(gen, 6, "cpu")
+    y = ops.actnorm_conv(x, loc, scale, layer.matrix())
+    grads = torch.autograd.grad(y.pow(2).sum(), [layer.w_l, layer.w_s, layer.w_u])
+    y_ref = layer(scale * (x + loc))[0]
+    grads_ref = torch.autograd.grad(y_ref.pow(2).sum(), [layer.w_l, layer.w_s, layer.w_u])
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_actnorm_conv_opcheck(gen, device, layout):
+    x = _activations(gen, (3, 6, 5, 7), device, layout)
+    params = _actnorm_conv_params(gen, 6, device)
+    for op in (torch.ops.missingglow.actnorm_conv_forward.default,
+               torch.ops.missingglow.actnorm_conv_inverse.default):
+        torch.library.opcheck(op, [x.detach().requires_grad_(), *[p.detach().requires_grad_() for p in params]])
+    torch.library.opcheck(torch.ops.missingglow.actnorm_conv_backward.default,
+                          [torch.randn_like(x), x, *params])
+
+
+def test_actnorm_conv_refuses_bad_arguments():
+    x = torch.zeros(2, 4, 3, 3)
+    with pytest.raises(RuntimeError, match="one per channel"):
+        ops.actnorm_conv(x, torch.zeros(3), torch.ones(4), torch.eye(4))
+    with pytest.raises(RuntimeError, match="weight must be"):
+        ops.actnorm_conv(x, torch.zeros(4), torch.ones(4), torch.eye(3))
+    with pytest.raises(RuntimeError, match="one dtype"):
+        ops.actnorm_conv(x, torch.zeros(4), torch.ones(4), torch.eye(4, dtype=torch.float64))
+
+
+# --- the whole-tensor coupling ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", CHANNEL_SHAPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_coupling_step_matches_reference(gen, device, shape, layout):
+    x = _activations(gen, shape, device, layout)
+    h = 3 * _activations(gen, shape, device, layout)
+    y, logdet = ops.coupling_step(x, h)
+    x_a, x_b = x.chunk(2, 1)
+    y_b, logdet_ref = reference.affine_coupling_forward(x_b, *h.chunk(2, 1))
+    torch.testing.assert_close(y, torch.cat([x_a, y_b], 1), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(logdet, logdet_ref, rtol=1e-12, atol=1e-10)
+    back, inv_logdet = ops.coupling_step_inverse(y, h)
+    torch.testing.assert_close(back, x, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(inv_logdet, -logdet_ref, rtol=1e-12, atol=1e-10)
+    channels_last = layout == "channels_last" and not x.is_contiguous()
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_coupling_step_gradients(gen, device, layout):
+    x = _activations(gen, (3, 6, 3, 5), device, layout).requires_grad_()
+    h = (3 * _activations(gen, (3, 6, 3, 5), device, layout)).requires_grad_()
+    assert torch.autograd.gradcheck(ops.coupling_step, [x, h])
+    assert torch.autograd.gradcheck(ops.coupling_step_inverse, [x, h])
+    y, logdet = ops.coupling_step(x, h)
+    x_a, x_b = x.chunk(2, 1)
+    y_b, logdet_ref = reference.affine_coupling_forward(x_b, *h.chunk(2, 1))
+    y_ref = torch.cat([x_a, y_b], 1)
+    weights = torch.randn(y.shape, generator=gen, dtype=y.dtype).to(device)
+    grads = torch.autograd.grad((y * weights).sum() + logdet.pow(2).sum(), [x, h])
+    grads_ref = torch.autograd.grad((y_ref * weights).sum() + logdet_ref.pow(2).sum(), [x, h])
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_coupling_step_opcheck(gen, device, layout):
+    x = _activations(gen, (3, 6, 5, 7), device, layout)
+    h = _activations(gen, (3, 6, 5, 7), device, layout)
+    for op in (torch.ops.missingglow.coupling_step_forward.default,
+               torch.ops.missingglow.coupling_step_inverse.default):
+        torch.library.opcheck(op, [x.detach().requires_grad_(), h.detach().requires_grad_()])
+    grad_logdet = torch.randn(3, dtype=x.dtype, device=device)
+    torch.library.opcheck(torch.ops.missingglow.coupling_step_backward.default,
+                          [torch.randn_like(x), grad_logdet, x, h])
+
+
+def test_coupling_step_is_stable_for_extreme_scales():
+    x = torch.ones(1, 4, 1, 1)
+    h = torch.tensor([-200.0, 200.0, 0.0, 0.0]).view(1, 4, 1, 1)
+    y, logdet = ops.coupling_step(x, h)
+    assert torch.isfinite(logdet).all() and logdet.item() == pytest.approx(-198.0)
+    assert y[0, 2].item() == 0.0 and y[0, 3].item() == pytest.approx(1.0)
+
+
+def test_coupling_step_refuses_bad_arguments():
+    x = torch.zeros(2, 4, 3, 3)
+    with pytest.raises(RuntimeError, match="even"):
+        ops.coupling_step(torch.zeros(2, 3, 3, 3), torch.zeros(2, 3, 3, 3))
+    with pytest.raises(RuntimeError, match="one shape"):
+        ops.coupling_step(x, torch.zeros(2, 4, 3, 4))

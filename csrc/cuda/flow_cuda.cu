@@ -5,24 +5,10 @@
 
 #include "flow.h"
 #include "flow_math.h"
+#include "block_reduce.cuh"
 
 namespace missingglow {
 namespace {
-
-constexpr int kThreads = 256;
-
-// Sums `value` over the threads of a block; thread 0 adds the block's total to *out.
-template <typename T>
-__device__ void block_sum_to(T value, T* out) {
-  __shared__ T partial[kThreads];
-  partial[threadIdx.x] = value;
-  __syncthreads();
-  for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
-    if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) atomicAdd(out, partial[0]);
-}
 
 // grid = (chunks, N): each block covers part of one sample and adds its share of Σ log s.
 template <typename T, bool kInverse>
@@ -57,11 +43,6 @@ __global__ void coupling_backward_kernel(const T* __restrict__ grad_y, const T* 
     coupling_backward_elem(grad_y[i], grad_logdet[i / per], x[i], log_s[i], t[i], grad_x[i],
                            grad_log_s[i], grad_t[i]);
   }
-}
-
-dim3 sample_grid(int64_t n, int64_t per) {
-  const int64_t chunks = std::min<int64_t>((per + kThreads - 1) / kThreads, 1024);
-  return dim3(static_cast<unsigned>(std::max<int64_t>(chunks, 1)), static_cast<unsigned>(n));
 }
 
 template <bool kInverse>

@@ -1,0 +1,208 @@
+"""The Glow flow step on the fused ops, and memory-saving training over a block's flow steps.
+
+`FusedFlowStep` is a `reference.FlowStep` (same modules, parameter names and state-dict keys, so
+checkpoints move freely between the two) whose forward and reverse run:
+
+    ActNorm + 1×1 conv   one GEMM with folded weights and bias   ops.actnorm_conv
+    coupling network     ATen's conv2d, channels-last, the zero-conv's pad-with-1 replaced by a
+                         precomputed border bias and its exp(3·scale) folded into the weights
+    affine coupling      one pass over the whole tensor          ops.coupling_step
+
+Activations stay channels-last from step to step (the layout ATen's CPU convolutions run fastest
+in); the values are the reference's, only the strides differ.
+
+`flows_without_activations` runs a list of flow steps under a torch.autograd.Function that keeps
+only the last output: its backward rebuilds each step's input from its output with the step's
+inverse and recomputes that step to get its gradients (the flow is invertible), so activation
+memory no longer grows with the number of steps.
+"""
+import torch
+from torch.nn import functional as F
+
+from . import ops, reference
+
+
+def zero_conv_folded(zero_conv, x):
+    """reference.ZeroConv2d(x) without the padded copy of x.
+
+    conv(pad_1(x))·e with e = exp(3·scale) equals conv_0(x; W·e, b·e) + border, where conv_0 pads
+    with zeros and border (1, C_out, H, W) is what the ones of the padding contribute: the conv of
+    a ones-padded zero image, computed on one channel with the weights summed over inputs.
+    """
+    gain = torch.exp(zero_conv.scale * 3).reshape(-1)
+    weight = zero_conv.conv.weight * gain[:, None, None, None]
+    bias = zero_conv.conv.bias * gain
+    out = F.conv2d(x, weight, bias, padding=1)
+    frame = F.pad(x.new_zeros(1, 1, x.shape[2], x.shape[3]), [1, 1, 1, 1], value=1)
+    border = F.conv2d(frame, weight.sum(1, keepdim=True))
+    return out + border
+
+
+def coupling_net(coupling, x_a):
+    """The coupling network of reference.AffineCoupling, same parameters, same values."""
+    net = coupling.net
+    hidden = F.relu(F.conv2d(x_a, net[0].weight, net[0].bias, padding=1), inplace=True)
+    hidden = F.relu(F.conv2d(hidden, net[2].weight, net[2].bias), inplace=True)
+    return zero_conv_folded(net[4], hidden)
+
+
+class FusedFlowStep(reference.FlowStep):
+    """reference.FlowStep computed with the fused ops (see the module docstring)."""
+
+    def __init__(self, channels, hidden=512, affine=True, lu=True):
+        super().__init__(channels, hidden, affine, lu)
+        # ActNorm's `initialized` flag is read once, not every call: `.item()` would split a
+        # torch.compile graph. Loading a state dict may clear the flag, so it is read again then.
+        self._initialized_seen = False
+        self._register_load_state_dict_pre_hook(self._forget_initialized)
+
+    def _forget_initialized(self, *args, **kwargs):
+        self._initialized_seen = False
+
+    def _ensure_initialized(self, x):
+        if not self._initialized_seen:
+            if self.actnorm.initialized.item() == 0:
+                self.actnorm.initialize(x)
+            self._initialized_seen = True
+
+    def _weight_and_logdet(self, pixels):
+        """The 1×1 conv's (C, C) matrix and the per-image logdet of ActNorm + 1×1 conv."""
+        invconv = self.invconv
+        if isinstance(invconv, reference.InvConv2dLU):
+            weight = invconv.matrix()
+            conv_logdet = invconv.w_s.sum()
+        else:
+            weight = invconv.matrix()
+            conv_logdet = torch.linalg.slogdet(weight)[1]
+        return weight, pixels * (torch.log(torch.abs(self.actnorm.scale)).sum() + conv_logdet)
+
+    def forward(self, x):
+        x = _channels_last(x)
+        self._ensure_initialized(x)
+        weight, logdet = self._weight_and_logdet(x.shape[2] * x.shape[3])
+        out = ops.actnorm_conv(x, self.actnorm.loc, self.actnorm.scale, weight)
+        half = out.shape[1] // 2
+        h = coupling_net(self.coupling, out[:, :half])
+        if self.coupling.affine:
+            out, det_coupling = ops.coupling_step(out, h)
+            return out, logdet.expand(x.shape[0]) + det_coupling
+        out = torch.cat([out[:, :half], out[:, half:] + h], 1)
+        return _channels_last(out), logdet.expand(x.shape[0])
+
+    def backward_from_output(self, y, grad_y, grad_logdet):
+        """Rebuild this step's input x from its output y and backprop through the step.
+
+        Returns (x, grad_x, {parameter: gradient}). The coupling network runs once, on y_a (which
+        is the half it saw in the forward): its output serves both the inverse and the gradients,
+        and the coupling's backward needs only y. One forward of the network less than rebuilding
+        x and running the step again.
+        """
+        y = _channels_last(y.detach())
+        half = y.shape[1] // 2
+        actnorm, coupling = self.actnorm, self.coupling
+        with torch.enable_grad():
+            y_a = y[:, :half].detach().requires_grad_()
+            h = coupling_net(coupling, y_a)
+            weight, logdet = self._weight_and_logdet(y.shape[2] * y.shape[3])
+        with torch.no_grad():
+            if coupling.affine:
+                out = ops.coupling_step_inverse(y, h.detach())[0]
+                grad_out, grad_h = torch.ops.missingglow.coupling_step_backward.default(
+                    grad_y, grad_logdet, y, h.detach())
+            else:
+                out = _channels_last(torch.cat([y_a.detach(), y[:, half:] - h.detach()], 1))
+                grad_out, grad_h = grad_y, grad_y[:, half:]
+            x = ops.actnorm_conv_inverse(out, actnorm.loc, actnorm.scale, weight.detach())
+        net_params = [p for p in coupling.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(h, [y_a] + net_params, grad_h)
+        grad_out = grad_out.clone()
+        grad_out[:, :half] += grads[0]
+        result = dict(zip(net_params, grads[1:]))
+        grad_x, grad_loc, grad_scale, grad_weight = torch.ops.missingglow.actnorm_conv_backward.default(
+            grad_out, _channels_last(x), actnorm.loc, actnorm.scale, weight.detach())
+        lin_params = [p for p in (actnorm.scale, *self.invconv.parameters()) if p.requires_grad]
+        lin_grads = torch.autograd.grad((weight, logdet), lin_params, (grad_weight, grad_logdet.sum()),
+                                        allow_unused=True)
+        for p, g in zip(lin_params, lin_grads):
+            if g is not None:
+                result[p] = g
+        if actnorm.loc.requires_grad:
+            result[actnorm.loc] = grad_loc
+        if actnorm.scale.requires_grad:
+            result[actnorm.scale] = result.get(actnorm.scale, 0) + grad_scale
+        return x, grad_x, result
+
+    def reverse(self, y):
+        y = _channels_last(y)
+        half = y.shape[1] // 2
+        h = coupling_net(self.coupling, y[:, :half])
+        if self.coupling.affine:
+            out, _ = ops.coupling_step_inverse(y, h)
+        else:
+            out = _channels_last(torch.cat([y[:, :half], y[:, half:] - h], 1))
+        return ops.actnorm_conv_inverse(out, self.actnorm.loc, self.actnorm.scale, self.invconv.matrix())
+
+
+def _channels_last(x):
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+# --- memory-saving training ---------------------------------------------------------------------
+
+class _FlowsWithoutActivations(torch.autograd.Function):
+    """(x, flows, *params) → (y, logdet) through every flow step, saving only y."""
+
+    @staticmethod
+    def forward(ctx, x, flows, *params):
+        with torch.no_grad():
+            out, logdet = x, x.new_zeros(x.shape[0])
+            for flow in flows:
+                out, det = flow(out)
+                logdet = logdet + det
+        ctx.flows = flows
+        ctx.save_for_backward(out)
+        return out, logdet
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_logdet):
+        (y,) = ctx.saved_tensors
+        y = y.detach()
+        if grad_out is None:
+            grad_out = torch.zeros_like(y)
+        if grad_logdet is None:
+            grad_logdet = y.new_zeros(y.shape[0])
+        param_grads = []
+        for flow in reversed(ctx.flows):
+            params = list(flow.parameters())
+            if isinstance(flow, FusedFlowStep):
+                x, grad_out, by_param = flow.backward_from_output(y, grad_out, grad_logdet)
+            else:
+                with torch.no_grad():
+                    x = flow.reverse(y)  # this step's input, rebuilt from its output
+                with torch.enable_grad():
+                    x = x.detach().requires_grad_()
+                    out, det = flow(x)
+                    wanted = [p for p in params if p.requires_grad]
+                    grads = torch.autograd.grad((out, det), [x] + wanted, (grad_out, grad_logdet),
+                                                allow_unused=True)
+                grad_out, by_param = grads[0], dict(zip(wanted, grads[1:]))
+            param_grads.append([by_param.get(p) for p in params])
+            y = x.detach()
+        ordered = [g for step in reversed(param_grads) for g in step]
+        return (grad_out, None, *ordered)
+
+
+def flows_without_activations(flows, x):
+    """(y, logdet) of the flow steps applied in order, keeping no activations for the backward.
+
+    Gradients equal the standard ones up to the rounding of rebuilding each input through the
+    inverse. Under torch.no_grad it is simply the plain loop.
+    """
+    params = [p for flow in flows for p in flow.parameters()]
+    if not torch.is_grad_enabled():
+        out, logdet = x, x.new_zeros(x.shape[0])
+        for flow in flows:
+            out, det = flow(out)
+            logdet = logdet + det
+        return out, logdet
+    return _FlowsWithoutActivations.apply(x, list(flows), *params)

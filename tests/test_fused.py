@@ -1,0 +1,142 @@
+"""The fused Glow (missingglow/fused.py) against the reference, and memory-saving training.
+
+Every comparison is float64 on a model whose parameters are all randomly perturbed (conftest's
+`randomize`), so each layer acts on its input; both models share one state dict.
+"""
+import pytest
+import torch
+
+from missingglow import Glow, fused, model as model_module, ops, reference
+from conftest import randomize
+
+pytestmark = pytest.mark.skipif(not ops.AVAILABLE, reason=str(ops.WHY_UNAVAILABLE))
+
+
+def _pair(gen, impls=("reference", "fused"), memory_saving=(False, False), **kw):
+    """Models of the given impls sharing one randomised, data-initialised state dict."""
+    cfg = dict(blocks=3, flows=2, hidden=8, image_size=16)
+    cfg.update(kw)
+    models = [Glow(**cfg, impl=impl, memory_saving=ms).double() for impl, ms in zip(impls, memory_saving)]
+    with torch.no_grad():
+        models[0](_images(gen, n=8, size=cfg["image_size"]))
+    randomize(models[0], gen, scale=0.05)
+    for m in models[1:]:
+        m.load_state_dict(models[0].state_dict())
+    return models
+
+
+def _images(gen, n=3, size=16):
+    return (torch.rand(n, 3, size, size, generator=gen) - 0.5).double()
+
+
+def _grads(model, x):
+    model.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_()
+    log_p = model.log_prob(x)
+    (log_p * torch.arange(1.0, x.shape[0] + 1, dtype=x.dtype)).sum().backward()
+    return [x.grad] + [p.grad for p in model.parameters()]
+
+
+def _assert_grads_close(grads, grads_ref, rtol=1e-9):
+    assert len(grads) == len(grads_ref)
+    for g, g_ref in zip(grads, grads_ref):
+        assert g is not None and g_ref is not None
+        torch.testing.assert_close(g, g_ref, rtol=rtol, atol=rtol * g_ref.abs().max().item())
+
+
+def test_default_impl_is_fused():
+    model = Glow(blocks=2, flows=1, hidden=4, image_size=8)
+    assert model.config["impl"] == "fused" and model.config["memory_saving"] is False
+    assert all(isinstance(f, fused.FusedFlowStep) for b in model.blocks for f in b.flows)
+    model = Glow(blocks=2, flows=1, hidden=4, image_size=8, impl="reference")
+    assert not any(isinstance(f, fused.FusedFlowStep) for b in model.blocks for f in b.flows)
+    with pytest.raises(ValueError, match="impl"):
+        Glow(blocks=2, flows=1, hidden=4, image_size=8, impl="fast")
+
+
+def test_without_extension_the_reference_runs_with_one_warning(monkeypatch):
+    monkeypatch.setattr(ops, "AVAILABLE", False)
+    monkeypatch.setattr(ops, "WHY_UNAVAILABLE", "missingglow._C could not be loaded (test)")
+    with pytest.warns(RuntimeWarning, match="reference.*could not be loaded") as record:
+        model = Glow(blocks=2, flows=1, hidden=4, image_size=8)
+    assert len(record) == 1
+    assert model.config["impl"] == "reference"
+    assert not any(isinstance(f, fused.FusedFlowStep) for b in model.blocks for f in b.flows)
+
+
+@pytest.mark.parametrize("affine,lu", [(True, True), (True, False), (False, True)])
+def test_fused_glow_matches_reference(gen, affine, lu):
+    ref, fast = _pair(gen, affine=affine, lu=lu)
+    x = _images(gen)
+    with torch.no_grad():
+        enc, enc_ref = fast(x), ref(x)
+        torch.testing.assert_close(enc.log_p + enc.logdet, enc_ref.log_p + enc_ref.logdet,
+                                   rtol=1e-10, atol=1e-10)
+        for z, z_ref in zip(enc.z + enc.eps, enc_ref.z + enc_ref.eps):
+            torch.testing.assert_close(z, z_ref, rtol=1e-10, atol=1e-10)
+        eps = 0.8 * ref.encode(_images(gen, n=2))  # a latent the randomised flow inverts finitely
+        torch.testing.assert_close(fast.decode(eps), ref.decode(eps), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(fast.decode(fast.encode(x)), x, rtol=0, atol=1e-10)
+    _assert_grads_close(_grads(fast, x), _grads(ref, x))
+
+
+def test_fused_step_matches_reference_step_on_odd_shapes(gen):
+    for n, c, size in [(1, 6, 1), (3, 12, 5), (3, 48, 3)]:
+        step_ref = reference.FlowStep(c, hidden=7).double()
+        step = fused.FusedFlowStep(c, hidden=7).double()
+        step_ref(torch.randn(4, c, size, size, generator=gen, dtype=torch.float64))  # data init
+        randomize(step_ref, gen, scale=0.1)
+        step.load_state_dict(step_ref.state_dict())
+        x = torch.randn(n, c, size, size, generator=gen, dtype=torch.float64)
+        y, logdet = step(x)
+        y_ref, logdet_ref = step_ref(x)
+        torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(logdet, logdet_ref, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(step.reverse(y_ref), x, rtol=1e-10, atol=1e-10)
+
+
+def test_fused_step_initialises_actnorm_from_its_first_batch(gen):
+    step_ref, step = reference.FlowStep(6, hidden=5).double(), fused.FusedFlowStep(6, hidden=5).double()
+    step.load_state_dict(step_ref.state_dict())
+    x = 2 + 3 * torch.randn(4, 6, 5, 5, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(step(x)[0], step_ref(x)[0], rtol=1e-10, atol=1e-10)
+    assert step.actnorm.initialized.item() == 1
+    torch.testing.assert_close(step.actnorm.loc, step_ref.actnorm.loc)
+    # loading an uninitialised state dict makes it initialise again on the next batch
+    fresh = reference.FlowStep(6, hidden=5).double().state_dict()
+    step.load_state_dict(fresh)
+    step(x + 1)
+    torch.testing.assert_close(step.actnorm.loc, step_ref.actnorm.loc - 1)
+
+
+def test_checkpoints_move_between_impls(gen):
+    ref, fast = _pair(gen)
+    assert list(ref.state_dict()) == list(fast.state_dict())
+
+
+@pytest.mark.parametrize("impl,affine,lu", [("fused", True, True), ("fused", False, False),
+                                             ("fused", True, False), ("reference", True, True)])
+def test_memory_saving_gradients_equal_standard_ones(gen, impl, affine, lu):
+    standard, saving = _pair(gen, impls=(impl, impl), memory_saving=(False, True), affine=affine, lu=lu)
+    x = _images(gen)
+    with torch.no_grad():
+        torch.testing.assert_close(saving.log_prob(x), standard.log_prob(x), rtol=1e-12, atol=1e-12)
+    _assert_grads_close(_grads(saving, x), _grads(standard, x))
+
+
+def test_memory_saving_keeps_no_activations_inside_the_flow(gen):
+    """Bytes saved for the backward (distinct storages) fall to the blocks' outputs and priors."""
+    standard, saving = _pair(gen, memory_saving=(False, True), flows=4)
+    x = _images(gen, n=4)
+    saved = {}
+    for name, model in (("standard", standard), ("saving", saving)):
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model.log_prob(x).sum()
+        saved[name] = sum(storages.values())
+    assert saved["saving"] < saved["standard"] / 4, saved
