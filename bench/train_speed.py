@@ -1,0 +1,77 @@
+"""Seconds per training iteration (forward + backward + Adam) of a preset, fused vs reference.
+
+Both implementations run in the same process, interleaved step by step, on the same batch, so the
+ratio holds even on a busy machine; medians over the timed steps.
+
+    python bench/train_speed.py --preset small --steps 20
+    python bench/train_speed.py --preset paper --steps 3 --threads 2
+"""
+import argparse
+import statistics
+import time
+
+import torch
+
+from missingglow import Glow
+from missingglow.presets import PRESETS
+from missingglow.preprocess import bits_per_dim
+
+
+def make(preset, impl):
+    p = PRESETS[preset]
+    kwargs = dict(blocks=p["blocks"], flows=p["flows"], hidden=p["hidden"], image_size=p["image_size"])
+    if "impl" in Glow.__init__.__code__.co_varnames:
+        kwargs["impl"] = impl
+    elif impl != "reference":
+        return None
+    torch.manual_seed(0)
+    return Glow(**kwargs)
+
+
+def step(model, optimizer, x, bits):
+    start = time.perf_counter()
+    loss = bits_per_dim(model.log_prob(x), bits, x[0].numel()).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small", choices=sorted(PRESETS))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    p = PRESETS[args.preset]
+    x = torch.rand(p["batch"], 3, p["image_size"], p["image_size"]) - 0.5
+    runs = {}
+    for impl in ("reference", "fused"):
+        model = make(args.preset, impl)
+        if model is None:
+            continue
+        with torch.no_grad():
+            model.log_prob(x)  # ActNorm init
+        runs[impl] = (model, torch.optim.Adam(model.parameters(), lr=1e-4), [])
+    for i in range(args.warmup + args.steps):
+        for impl, (model, optimizer, times) in runs.items():
+            t = step(model, optimizer, x, p["n_bits"])
+            if i >= args.warmup:
+                times.append(t)
+    print(f"preset {args.preset}: {p['image_size']}x{p['image_size']}, {p['blocks']} blocks x "
+          f"{p['flows']} flows, hidden {p['hidden']}, batch {p['batch']}, "
+          f"{torch.get_num_threads()} threads, {args.steps} timed steps (median)")
+    print(f"{'impl':<10} {'s/iter':>8} {'images/s':>9}")
+    medians = {}
+    for impl, (_, _, times) in runs.items():
+        medians[impl] = statistics.median(times)
+        print(f"{impl:<10} {medians[impl]:8.3f} {p['batch'] / medians[impl]:9.1f}")
+    if len(medians) == 2:
+        print(f"fused speed-up: {medians['reference'] / medians['fused']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
