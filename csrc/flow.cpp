@@ -64,9 +64,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> coupling_backward_cpu(
     const at::Tensor& grad_y, const at::Tensor& grad_logdet, const at::Tensor& x_b,
     const at::Tensor& log_s, const at::Tensor& t) {
   check_coupling_args(x_b, log_s, t, "coupling_backward");
-  TORCH_CHECK(grad_y.sizes() == x_b.sizes(), "coupling_backward: grad_y must match x_b's shape");
-  TORCH_CHECK(grad_logdet.dim() == 1 && grad_logdet.size(0) == x_b.size(0),
-              "coupling_backward: grad_logdet must have one entry per sample");
+  check_backward_grads(grad_y, grad_logdet, x_b, "coupling_backward", "x_b");
   auto gy = grad_y.contiguous().to(x_b.scalar_type()), gl = grad_logdet.contiguous().to(x_b.scalar_type());
   auto x = x_b.contiguous(), h = log_s.contiguous(), tt = t.contiguous();
   auto gx = at::empty_like(x), gh = at::empty_like(x), gt = at::empty_like(x);

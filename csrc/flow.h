@@ -43,4 +43,13 @@ inline void check_coupling_step_args(const at::Tensor& x, const at::Tensor& h, c
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": expected floating-point tensors");
 }
 
+// The backward ops take grad_y shaped like the tensor `like` (named `like_name` in the message)
+// and one grad_logdet entry per sample; shared by every backward op on both backends.
+inline void check_backward_grads(const at::Tensor& grad_y, const at::Tensor& grad_logdet,
+                                 const at::Tensor& like, const char* op, const char* like_name) {
+  TORCH_CHECK(grad_y.sizes() == like.sizes(), op, ": grad_y must match ", like_name, "'s shape");
+  TORCH_CHECK(grad_logdet.dim() == 1 && grad_logdet.size(0) == like.size(0), op,
+              ": grad_logdet must have one entry per sample");
+}
+
 }  // namespace missingglow

@@ -88,9 +88,7 @@ std::tuple<at::Tensor, at::Tensor> coupling_step_backward_cuda(const at::Tensor&
                                                                const at::Tensor& grad_logdet_,
                                                                const at::Tensor& y_, const at::Tensor& h_) {
   check_coupling_step_args(y_, h_, "coupling_step_backward");
-  TORCH_CHECK(grad_y_.sizes() == y_.sizes(), "coupling_step_backward: grad_y must match y's shape");
-  TORCH_CHECK(grad_logdet_.dim() == 1 && grad_logdet_.size(0) == y_.size(0),
-              "coupling_step_backward: grad_logdet must have one entry per sample");
+  check_backward_grads(grad_y_, grad_logdet_, y_, "coupling_step_backward", "y");
   c10::cuda::CUDAGuard guard(y_.device());
   const auto format = layout_of(y_);
   auto y = y_.contiguous(format), h = h_.contiguous(format);
