@@ -34,7 +34,7 @@ import warnings
 warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # the core never uses it
 import torch  # noqa: E402
 
-from missingglow import analysis  # noqa: E402, checkpoint, evaluate, plot, presets
+from missingglow import analysis, checkpoint, evaluate, plot, presets  # noqa: E402
 from missingglow.data import MaskedImages, open_dataset  # noqa: E402
 from missingglow.train import heldout_bits_per_dim, train  # noqa: E402
 
