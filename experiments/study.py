@@ -50,6 +50,10 @@ LEVERS = {
     "base": dict(lever="base (small preset)", change={}, prediction=(
         "gap shrinks slowly (≈ −0.005 bits/dim per 1k iterations at first, then slower) and stays "
         "positive to 40k; faint squares at t ≥ 0.7 in 10–30 % of samples, none at t ≤ 0.5")),
+    "clean": dict(lever="control: no square", change=dict(square=0), detector_square=5, prediction=(
+        "the detector's false-positive floor: samples of a model that never saw a square, counted "
+        "with base's detector (K = 5). Expect 5–20 % at t ≥ 0.7 while samples are noisy, falling "
+        "as they sharpen; any base count at or below this floor is not evidence of squares")),
     "hidden128": dict(lever="coupling width", change=dict(hidden=128), prediction=(
         "more capacity per flow: lower bits/dim overall and a gap shrinking faster than base "
         "per iteration, at ~2× the cost per iteration")),
@@ -145,9 +149,10 @@ def measured(run_dir):
 
 
 @torch.no_grad()
-def measure(run_dir, train_seconds):
-    """One study record for the run's latest checkpoint (see the module docstring)."""
-    run = analysis.open_run(run_dir)
+def measure(run_dir, train_seconds, detector_square=None):
+    """One study record for the run's latest checkpoint (see the module docstring).
+    `detector_square`: the square size the detector looks for when the run has none (the control)."""
+    run = analysis.open_run(run_dir, square=detector_square)
     config = run.config
     model = run.model.eval()
     cache = open_dataset(config["data"], config["image_size"],
@@ -203,7 +208,7 @@ def run_lever(name, root, until, every, say):
             train({"iterations": milestone}, resume=run_dir, progress=False, say=say)
         seconds += time.perf_counter() - start
         keep_milestone(run_dir, milestone)
-        record = measure(run_dir, round(seconds, 1))
+        record = measure(run_dir, round(seconds, 1), LEVERS[name].get("detector_square"))
         record["name"], record["s_per_iter"] = name, segment_speed(run_dir, milestone - every, milestone)
         append_record(run_dir, record)
         say(summary_line(record))

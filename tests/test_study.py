@@ -76,3 +76,11 @@ def test_every_lever_makes_a_valid_config(study, tmp_path, monkeypatch):
         config = study.run_config(name, str(tmp_path))
         for key, value in lever["change"].items():
             assert key == "data" or config[key] == value, (name, key)
+
+
+def test_the_control_counts_with_the_base_detector(study, tmp_path):
+    root = str(tmp_path / "runs")
+    study.main(["run", "clean", "--until", "2", "--every", "2", "--root", root])
+    (record,) = records(os.path.join(root, "clean", "study.jsonl"))
+    assert record["heldout"]["gap"] == 0  # no square: masked and clean are the same images
+    assert len(record["table1"]) == len(study.TEMPERATURES)
