@@ -262,20 +262,29 @@ def gap_chart(runs, split="heldout"):
                            note="below 0: the square is cheaper than the face it hides")
 
 
-def square_free_chart(name, records, at_most=5):
-    """Share of finite samples without a detected square vs t, one line per milestone."""
+def _square_free(record, label, **style):
+    return plot.Series(label, [row["t"] for row in record["table1"]],
+                       [100 - row["with_square_pct"] if row["with_square_pct"] is not None
+                        else float("nan") for row in record["table1"]], **style)
+
+
+def square_free_chart(name, records, control=None, at_most=5):
+    """Share of finite samples without a detected square vs t, one line per milestone; dashed, the
+    no-square control at the latest milestone it has up to the last one shown (the detector's floor)."""
     step = max(1, len(records) // at_most)
     chosen = records[::-1][::step][::-1][-at_most:]
-    series = [plot.Series(f"{r['iter']:,} it", [row["t"] for row in r["table1"]],
-                          [100 - row["with_square_pct"] if row["with_square_pct"] is not None
-                           else float("nan") for row in r["table1"]]) for r in chosen]
+    series = [_square_free(r, f"{r['iter']:,} it") for r in chosen]
+    before = [r for r in control or [] if r["iter"] <= chosen[-1]["iter"]]
+    if before and name != "clean":
+        series.append(_square_free(before[-1], f"control, no square ({before[-1]['iter']:,} it)",
+                                   dashed=True, colour=(120, 120, 120)))
     return plot.line_chart(series, title=f"{name}: square-free samples vs temperature",
                            xlabel="temperature t", ylabel="% of finite samples square-free",
                            ylim=(0, 105), note="automatic detector, 50 samples per t")
 
 
 def table_markdown(runs):
-    head = ("| run | lever | iterations | s/it | held-out gap | train gap | "
+    head = ("| run | lever | iterations | s/it | held-out gap | gap / clean bpd | train gap | "
             + " | ".join(f"% sq. t={t}" for t in TEMPERATURES)
             + " | non-finite (of 300) | impute α=0.6 | keep obs. α=0.6 | grey | mean fill |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -286,7 +295,8 @@ def table_markdown(runs):
         bad = sum(row["nonfinite"] for row in r["table1"])
         lines.append(
             f"| {name} | {LEVERS[name]['lever']} | {r['iter']:,} | {r['s_per_iter']} | "
-            f"{r['heldout']['gap']:+.3f} | {r['train']['gap']:+.3f} | {pct} | {bad} | "
+            f"{r['heldout']['gap']:+.3f} | {100 * r['heldout']['gap'] / r['heldout']['clean']:+.1f} % | "
+            f"{r['train']['gap']:+.3f} | {pct} | {bad} | "
             f"{impute_rmse(r, 'flow', 0.6):.3f} | {impute_rmse(r, 'flow + keep observed', 0.6):.3f} | "
             f"{impute_rmse(r, 'grey fill'):.3f} | {impute_rmse(r, 'mean-colour fill'):.3f} |")
     return "\n".join(lines) + "\n"
@@ -312,7 +322,7 @@ def report(root, out, md, names):
     plot.save(gap_chart(runs), os.path.join(out, "gap-vs-iterations.png"))
     plot.save(gap_chart(runs, "train"), os.path.join(out, "train-gap-vs-iterations.png"))
     for name, records in runs.items():
-        plot.save(square_free_chart(name, records), os.path.join(out, f"square-free-vs-t-{name}.png"))
+        plot.save(square_free_chart(name, records, runs.get("clean")), os.path.join(out, f"square-free-vs-t-{name}.png"))
     text = table_markdown(runs) + "\n" + gap_markdown(runs)
     if md:
         checkpoint.atomic_write(md, lambda f: f.write(text.encode()))

@@ -17,37 +17,36 @@ inverse and recomputes that step to get its gradients (the flow is invertible), 
 memory no longer grows with the number of steps.
 """
 import torch
-from torch.nn import functional as F
 
 from . import ops, reference
 
 
 def zero_conv_folded(zero_conv, x):
-    """reference.ZeroConv2d(x) without the padded copy of x.
+    """reference.ZeroConv2d(x) without the padded copy of x (ops.zero_conv)."""
+    return ops.zero_conv(x, zero_conv.conv.weight, zero_conv.conv.bias, zero_conv.scale)
 
-    conv(pad_1(x))·e with e = exp(3·scale) equals conv_0(x; W·e, b·e) + border, where conv_0 pads
-    with zeros and border (1, C_out, H, W) is what the ones of the padding contribute: the conv of
-    a ones-padded zero image, computed on one channel with the weights summed over inputs.
-    """
-    gain = torch.exp(zero_conv.scale * 3).reshape(-1)
-    weight = zero_conv.conv.weight * gain[:, None, None, None]
-    bias = zero_conv.conv.bias * gain
-    out = F.conv2d(x, weight, bias, padding=1)
-    frame = F.pad(x.new_zeros(1, 1, x.shape[2], x.shape[3]), [1, 1, 1, 1], value=1)
-    border = F.conv2d(frame, weight.sum(1, keepdim=True))
-    return out + border
+
+def coupling_net_params(coupling):
+    """The coupling network's (w1, b1, w2, b2, w3, b3, s3), in the order the ops take them."""
+    net = coupling.net
+    return (net[0].weight, net[0].bias, net[2].weight, net[2].bias, net[4].conv.weight,
+            net[4].conv.bias, net[4].scale)
 
 
 def coupling_net(coupling, x_a):
     """The coupling network of reference.AffineCoupling, same parameters, same values."""
-    net = coupling.net
-    hidden = F.relu(F.conv2d(x_a, net[0].weight, net[0].bias, padding=1), inplace=True)
-    hidden = F.relu(F.conv2d(hidden, net[2].weight, net[2].bias), inplace=True)
-    return zero_conv_folded(net[4], hidden)
+    return ops.coupling_net(x_a, *coupling_net_params(coupling))
 
 
 class FusedFlowStep(reference.FlowStep):
-    """reference.FlowStep computed with the fused ops (see the module docstring)."""
+    """reference.FlowStep computed with the fused ops (see the module docstring).
+
+    `driver` (a class attribute; set it on an instance to change one step) picks how an affine
+    step runs: True, the whole step as one op driven from C++ (ops.flow_step, csrc/flow_step.cpp);
+    False, the ops above called one by one from Python. Same values either way.
+    """
+
+    driver = True
 
     def __init__(self, channels, hidden=512, affine=True, lu=True):
         super().__init__(channels, hidden, affine, lu)
@@ -80,6 +79,10 @@ class FusedFlowStep(reference.FlowStep):
         x = _channels_last(x)
         self._ensure_initialized(x)
         weight, logdet = self._weight_and_logdet(x.shape[2] * x.shape[3])
+        if self.driver and self.coupling.affine:
+            out, det_coupling = ops.flow_step(x, self.actnorm.loc, self.actnorm.scale, weight,
+                                              *coupling_net_params(self.coupling))
+            return out, logdet.expand(x.shape[0]) + det_coupling
         out = ops.actnorm_conv(x, self.actnorm.loc, self.actnorm.scale, weight)
         half = out.shape[1] // 2
         h = coupling_net(self.coupling, out[:, :half])
@@ -134,6 +137,9 @@ class FusedFlowStep(reference.FlowStep):
 
     def reverse(self, y):
         y = _channels_last(y)
+        if self.driver and self.coupling.affine:
+            return ops.flow_step_inverse(y, self.actnorm.loc, self.actnorm.scale, self.invconv.matrix(),
+                                         *coupling_net_params(self.coupling))[0]
         half = y.shape[1] // 2
         h = coupling_net(self.coupling, y[:, :half])
         if self.coupling.affine:

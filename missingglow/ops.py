@@ -5,6 +5,7 @@ compiled extension, `AVAILABLE` is False, `WHY_UNAVAILABLE` says why, and the mo
 the pure-PyTorch reference (missingglow/reference.py) with one warning.
 """
 import torch
+from torch.nn import functional as F
 
 try:
     from . import _C  # noqa: F401  (loading it registers the ops)
@@ -51,6 +52,45 @@ def coupling_forward(x_b, log_s, t):
 def coupling_inverse(y_b, log_s, t):
     """(x_b, logdet): x_b = y_b / sigmoid(log_s + 2) − t, logdet = −Σ log sigmoid(log_s + 2)."""
     return torch.ops.missingglow.coupling_inverse.default(y_b, log_s, t)
+
+
+def flow_step(x, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3):
+    """(y, logdet) of a whole affine flow step in one op (csrc/flow_step.cpp).
+
+    ActNorm (loc, scale) and the 1×1 conv (weight, a (C, C) matrix) as `actnorm_conv`, the coupling
+    network conv3x3(w1, b1) → ReLU → conv1x1(w2, b2) → ReLU → ZeroConv2d(w3, b3, s3) on the first
+    half, and `coupling_step`. logdet is the coupling's alone: the caller adds ActNorm's and the
+    1×1 conv's. y is channels-last; gradients flow to x and all ten parameters.
+    """
+    y, logdet, _, _, _ = torch.ops.missingglow.flow_step_forward.default(
+        x, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3)
+    return y, logdet
+
+
+def flow_step_inverse(y, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3):
+    """(x, logdet): the inverse of `flow_step`, logdet = minus the coupling's logdet."""
+    return torch.ops.missingglow.flow_step_inverse.default(y, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3)
+
+
+def zero_conv(x, weight, bias, scale):
+    """reference.ZeroConv2d(x) without the padded copy of x.
+
+    conv(pad_1(x))·e with e = exp(3·scale) equals conv_0(x; W·e, b·e) + border, where conv_0 pads
+    with zeros and border (1, C_out, H, W) is what the ones of the padding contribute: the conv of
+    a ones-padded zero image, computed on one channel with the weights summed over inputs.
+    """
+    gain = torch.exp(scale * 3).reshape(-1)
+    weight = weight * gain[:, None, None, None]
+    out = F.conv2d(x, weight, bias * gain, padding=1)
+    frame = F.pad(x.new_zeros(1, 1, x.shape[2], x.shape[3]), [1, 1, 1, 1], value=1)
+    return out + F.conv2d(frame, weight.sum(1, keepdim=True))
+
+
+def coupling_net(x_a, w1, b1, w2, b2, w3, b3, s3):
+    """reference.AffineCoupling's network conv3x3 → ReLU → conv1x1 → ReLU → ZeroConv2d, same values."""
+    hidden = F.relu(F.conv2d(x_a, w1, b1, padding=1), inplace=True)
+    hidden = F.relu(F.conv2d(hidden, w2, b2), inplace=True)
+    return zero_conv(hidden, w3, b3, s3)
 
 
 if AVAILABLE:
@@ -194,3 +234,59 @@ if AVAILABLE:
 
     torch.library.register_autograd("missingglow::coupling_step_inverse", _coupling_step_inverse_backward,
                                     setup_context=_coupling_step_inverse_setup)
+
+    # --- a whole flow step ---------------------------------------------------------------------
+
+    def _hidden_like(x, w1):
+        n, _, height, width = x.shape
+        return x.new_empty(n, w1.shape[0], height, width).contiguous(memory_format=torch.channels_last)
+
+    @torch.library.register_fake("missingglow::flow_step_forward")
+    def _(x, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3):
+        cl = torch.channels_last
+        return (torch.empty_like(x, memory_format=cl), _per_sample(x), _hidden_like(x, w1),
+                _hidden_like(x, w1), torch.empty_like(x, memory_format=cl))
+
+    @torch.library.register_fake("missingglow::flow_step_inverse")
+    def _(y, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3):
+        return torch.empty_like(y, memory_format=torch.channels_last), _per_sample(y)
+
+    @torch.library.register_fake("missingglow::flow_step_backward")
+    def _(grad_y, grad_logdet, x, y, h1, h2, h, *params):
+        grads = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in params]
+        return (torch.empty_like(x, memory_format=torch.channels_last), *grads)
+
+    def _flow_step_setup(ctx, inputs, output):
+        x, *params = inputs
+        y, _, h1, h2, h = output
+        ctx.mark_non_differentiable(h1, h2, h)
+        ctx.save_for_backward(x, y, h1, h2, h, *params)
+
+    def _flow_step_backward(ctx, grad_y, grad_logdet, *unused):
+        x, y, *rest = ctx.saved_tensors
+        if grad_y is None:
+            grad_y = torch.zeros_like(y)
+        if grad_logdet is None:
+            grad_logdet = y.new_zeros(y.shape[:1])
+        return torch.ops.missingglow.flow_step_backward.default(grad_y, grad_logdet, x, y, *rest)
+
+    torch.library.register_autograd("missingglow::flow_step_forward", _flow_step_backward,
+                                    setup_context=_flow_step_setup)
+
+    def _flow_step_inverse_setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def _flow_step_inverse_backward(ctx, grad_x, grad_logdet):
+        # Sampling never needs this; it is here so that gradients through the inverse are right:
+        # the inverse again from the differentiable pieces, and its vector-Jacobian product.
+        y, loc, scale, weight, *net = [t.detach().requires_grad_() for t in ctx.saved_tensors]
+        with torch.enable_grad():
+            half = y.shape[1] // 2
+            out, logdet = coupling_step_inverse(y, coupling_net(y[:, :half], *net))
+            x = actnorm_conv_inverse(out, loc, scale, weight)
+        grad_x = torch.zeros_like(x) if grad_x is None else grad_x
+        grad_logdet = torch.zeros_like(logdet) if grad_logdet is None else grad_logdet
+        return torch.autograd.grad((x, logdet), [y, loc, scale, weight, *net], (grad_x, grad_logdet))
+
+    torch.library.register_autograd("missingglow::flow_step_inverse", _flow_step_inverse_backward,
+                                    setup_context=_flow_step_inverse_setup)
