@@ -194,9 +194,41 @@ def keep_milestone(run_dir, iteration):
         os.replace(target + ".tmp", target)
 
 
+def claim(run_dir):
+    """Take RUN/.lock for this process, so that two study processes never train one run; False
+    when a live process holds it. A lock left by a dead process is taken over."""
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, ".lock")
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            with open(path) as f:
+                os.kill(int(f.read().strip() or 0), 0)
+            return False
+        except (ValueError, ProcessLookupError):
+            os.remove(path)
+            return claim(run_dir)
+        except PermissionError:
+            return False
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
+
 def run_lever(name, root, until, every, say):
     config = run_config(name, root)
     run_dir = config["out"]
+    if not claim(run_dir):
+        say(f"{name}: another study process is training it; skipped")
+        return
+    try:
+        _run_milestones(name, config, run_dir, until, every, say)
+    finally:
+        os.remove(os.path.join(run_dir, ".lock"))
+
+
+def _run_milestones(name, config, run_dir, until, every, say):
     done = measured(run_dir)
     seconds = max((r["train_seconds"] for r in done.values()), default=0.0)
     for milestone in range(every, until + 1, every):
@@ -226,6 +258,10 @@ def segment_speed(run_dir, first, last):
                 values.append(record["s_per_iter"])
     values.sort()
     return round(values[len(values) // 2], 4) if values else None
+
+
+def _fmt(value):
+    return f"{value:.3f}" if value == value else "—"
 
 
 def summary_line(r):
@@ -300,9 +336,9 @@ def table_markdown(runs):
             f"| {name} | {LEVERS[name]['lever']} | {r['iter']:,} | {r['s_per_iter']} | "
             f"{r['heldout']['gap']:+.3f} | {100 * r['heldout']['gap'] / r['heldout']['clean']:+.1f} % | "
             f"{r['train']['gap']:+.3f} | {pct} | {bad} | "
-            f"{impute_rmse(r, 'flow', 0.6):.3f} | {impute_rmse(r, 'grey fill'):.3f} | "
-            f"{impute_rmse(r, 'mean-colour fill'):.3f} | {impute_rmse(r, 'flow', 0.6, 'rmse_out'):.3f} | "
-            f"{impute_rmse(r, f'flow + keep observed ×{KEEP_ITERATIONS}', 0.6):.3f} |")
+            f"{_fmt(impute_rmse(r, 'flow', 0.6))} | {_fmt(impute_rmse(r, 'grey fill'))} | "
+            f"{_fmt(impute_rmse(r, 'mean-colour fill'))} | {_fmt(impute_rmse(r, 'flow', 0.6, 'rmse_out'))} | "
+            f"{_fmt(impute_rmse(r, f'flow + keep observed ×{KEEP_ITERATIONS}', 0.6))} |")
     return "\n".join(lines) + "\n"
 
 

@@ -84,3 +84,17 @@ def test_the_control_counts_with_the_base_detector(study, tmp_path):
     (record,) = records(os.path.join(root, "clean", "study.jsonl"))
     assert record["heldout"]["gap"] == 0  # no square: masked and clean are the same images
     assert len(record["table1"]) == len(study.TEMPERATURES)
+
+
+def test_a_run_held_by_a_live_process_is_skipped(study, tmp_path):
+    root = str(tmp_path / "runs")
+    os.makedirs(os.path.join(root, "base"))
+    with open(os.path.join(root, "base", ".lock"), "w") as f:
+        f.write(str(os.getppid()))  # alive
+    study.main(["run", "base", "--until", "2", "--every", "2", "--root", root])
+    assert not os.path.exists(os.path.join(root, "base", "study.jsonl"))
+    with open(os.path.join(root, "base", ".lock"), "w") as f:
+        f.write("999999999")  # no such process: taken over
+    study.main(["run", "base", "--until", "2", "--every", "2", "--root", root])
+    assert [r["iter"] for r in records(os.path.join(root, "base", "study.jsonl"))] == [2]
+    assert not os.path.exists(os.path.join(root, "base", ".lock"))
