@@ -369,6 +369,27 @@ def report(root, out, md, names):
     print(text)
 
 
+def sheet(specs, root, out, n=8):
+    """Samples per t of several kept checkpoints side by side (`RUN@ITERATION`), same seeds: what a
+    person checks the detector's counts against. Larger tiles than the per-milestone sheets."""
+    from PIL import Image, ImageDraw
+
+    panels = []
+    for spec in specs:
+        name, _, iteration = spec.partition("@")
+        path = os.path.join(root, name, "kept", f"ckpt-{int(iteration):08d}.pt")
+        if not os.path.exists(path):
+            raise SystemExit(f"no kept checkpoint {path}")
+        run = analysis.open_run(path, square=LEVERS.get(name, {}).get("detector_square"))
+        image, _ = analysis.sample_sheet(run, TEMPERATURES, n, seed=0, min_tile=48)
+        title = f"{name}, {int(iteration):,} iterations"
+        panel = Image.new("RGB", (image.size[0], image.size[1] + 22), (255, 255, 255))
+        panel.paste(image, (0, 22))
+        ImageDraw.Draw(panel).text((60, 3), title, fill=(0, 0, 0), font=plot.font(14))
+        panels.append(panel)
+    plot.save(plot.stack(panels, vertical=False, gap=24), out)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -384,7 +405,15 @@ def main(argv=None):
     rep.add_argument("--root", default="study-runs")
     rep.add_argument("--out", default="study-report")
     rep.add_argument("--md", default=None)
+    cmp = sub.add_parser("sheet", help="samples per t of kept checkpoints side by side (PNG)")
+    cmp.add_argument("specs", nargs="+", metavar="RUN@ITERATION")
+    cmp.add_argument("--root", default="study-runs")
+    cmp.add_argument("--out", required=True)
+    cmp.add_argument("-n", type=int, default=8, help="samples per temperature")
     args = parser.parse_args(argv)
+    if args.command == "sheet":
+        sheet(args.specs, args.root, args.out, args.n)
+        return
     if args.command == "list":
         for name, lever in LEVERS.items():
             print(f"{name:<10} {lever['lever']:<32} {lever['change']}\n{'':<11}prediction: "

@@ -98,3 +98,16 @@ def test_a_run_held_by_a_live_process_is_skipped(study, tmp_path):
     study.main(["run", "base", "--until", "2", "--every", "2", "--root", root])
     assert [r["iter"] for r in records(os.path.join(root, "base", "study.jsonl"))] == [2]
     assert not os.path.exists(os.path.join(root, "base", ".lock"))
+
+
+def test_sheet_puts_kept_checkpoints_side_by_side(study, tmp_path):
+    from PIL import Image
+
+    root, out = str(tmp_path / "runs"), str(tmp_path / "sheet.png")
+    study.main(["run", "base", "--until", "2", "--every", "2", "--root", root])
+    study.main(["run", "clean", "--until", "2", "--every", "2", "--root", root])
+    study.main(["sheet", "base@2", "clean@2", "--root", root, "--out", out, "-n", "3"])
+    with Image.open(out) as image:
+        assert image.size[0] > 2 * 3 * 48
+    with pytest.raises(SystemExit, match="no kept checkpoint"):
+        study.main(["sheet", "base@4", "--root", root, "--out", out])
