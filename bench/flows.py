@@ -8,6 +8,16 @@ Each row times the fused and the reference version interleaved in one loop (fuse
 fused, ...) and reports the medians, so load from other processes hits both alike. `speedup` is
 reference_ms / fused_ms. "compiled_ms" is torch.compile of the reference where it compiles.
 
+The flow step and model rows also time the fused step's other mode, interleaved in the same loop
+and against the same reference times: a whole affine step as one op driven from C++
+(fused.FusedFlowStep.driver = True, csrc/flow_step.cpp) or the fused ops called one by one from
+Python (driver = False). Its row is labelled "C++ driver on" or "C++ driver off", whichever is
+not the default.
+
+--keep-freed-memory asks glibc (mallopt) to keep freed memory instead of handing it back to the
+system, so a training step does not page-fault its activations in again every time (see
+bench/RESULTS.md); it applies to every version alike.
+
 Peak memory of a training step (forward + backward) is measured in a fresh child process per
 configuration: on CUDA torch.cuda.max_memory_allocated, on CPU the growth of the process's peak
 resident set over one step (VmHWM after resetting it through /proc/self/clear_refs, minus VmRSS
@@ -57,6 +67,28 @@ def make_glow(impl, preset, device, memory_saving=False, seed=0):
     model = Glow(blocks=preset["blocks"], flows=preset["flows"], hidden=preset["hidden"],
                  image_size=preset["size"], impl=impl, memory_saving=memory_saving).to(device)
     return model
+
+
+OTHER_MODE = "C++ driver " + ("off" if fused.FusedFlowStep.driver else "on")
+
+
+def other_mode(module):
+    """module with every fused flow step switched to the non-default mode (see the docstring)."""
+    for m in module.modules():
+        if isinstance(m, fused.FusedFlowStep):
+            m.driver = not fused.FusedFlowStep.driver
+    return module
+
+
+def keep_freed_memory():
+    """glibc: never hand freed heap back to the system, no mmap for blocks under 32 MiB."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    ok = libc.mallopt(m_trim_threshold, 2**31 - 1) and libc.mallopt(m_mmap_threshold, 32 * 2**20)
+    if not ok:
+        sys.exit("mallopt refused the settings")
 
 
 def glow_pair(preset, device, gen):
@@ -151,6 +183,8 @@ def step_rows(preset, device, repeats, gen, compile_ref):
         ref(x)
     fast = fused.FusedFlowStep(c, hidden).to(device)
     fast.load_state_dict(ref.state_dict())
+    other = other_mode(fused.FusedFlowStep(c, hidden).to(device))
+    other.load_state_dict(ref.state_dict())
     xg = x.detach().requires_grad_()
     rows = []
     compiled = try_compile(ref, (x,)) if compile_ref else None
@@ -163,15 +197,19 @@ def step_rows(preset, device, repeats, gen, compile_ref):
             (y.sum() + logdet.sum()).backward()
         return run
 
+    def add(direction, f_ms, r_ms, c_ms, o_ms):
+        rows.append(row("flow step", device, shape, direction, f_ms, r_ms, c_ms))
+        rows.append(row(f"flow step, {OTHER_MODE}", device, shape, direction, o_ms, r_ms))
+
     with torch.no_grad():
-        f_ms, r_ms, c_ms = interleaved([lambda: fast(x), lambda: ref(x),
-                                        None if compiled is None else (lambda: compiled(x))], device, repeats)
-        rows.append(row("flow step", device, shape, "forward", f_ms, r_ms, c_ms))
-        f_ms, r_ms, c_ms = interleaved([lambda: fast.reverse(x), lambda: ref.reverse(x),
-                                        None if compiled_rev is None else (lambda: compiled_rev(x))], device, repeats)
-        rows.append(row("flow step", device, shape, "inverse", f_ms, r_ms, c_ms))
-    f_ms, r_ms, c_ms = interleaved([fb(fast), fb(ref), None if compiled is None else fb(compiled)], device, repeats)
-    rows.append(row("flow step", device, shape, "forward+backward", f_ms, r_ms, c_ms))
+        add("forward", *interleaved([lambda: fast(x), lambda: ref(x),
+                                     None if compiled is None else (lambda: compiled(x)),
+                                     lambda: other(x)], device, repeats))
+        add("inverse", *interleaved([lambda: fast.reverse(x), lambda: ref.reverse(x),
+                                     None if compiled_rev is None else (lambda: compiled_rev(x)),
+                                     lambda: other.reverse(x)], device, repeats))
+    add("forward+backward", *interleaved([fb(fast), fb(ref), None if compiled is None else fb(compiled),
+                                          fb(other)], device, repeats))
     return rows
 
 
@@ -181,15 +219,18 @@ def model_rows(preset, device, repeats, gen, label, memory):
     ref, fast, x = glow_pair(preset, device, gen)
     saving = make_glow("fused", preset, device, memory_saving=True)
     saving.load_state_dict(ref.state_dict())
+    other = other_mode(make_glow("fused", preset, device))
+    other.load_state_dict(ref.state_dict())
     n = preset["batch"]
     rows = []
     with torch.no_grad():
-        f_ms, r_ms = interleaved([lambda: fast.log_prob(x), lambda: ref.log_prob(x)], device, repeats)
-        rows.append(row(f"model {label}", device, shape, "forward", f_ms, r_ms))
-        f_ms, r_ms = interleaved([lambda: fast.sample(n), lambda: ref.sample(n)], device, repeats)
-        rows.append(row(f"model {label}", device, shape, "inverse", f_ms, r_ms))
-    f_ms, r_ms, s_ms = interleaved([train_step(fast, x), train_step(ref, x), train_step(saving, x)],
-                                   device, repeats)
+        for direction, run in (("forward", lambda m: m.log_prob(x)), ("inverse", lambda m: m.sample(n))):
+            f_ms, r_ms, o_ms = interleaved([lambda: run(fast), lambda: run(ref), lambda: run(other)],
+                                           device, repeats)
+            rows.append(row(f"model {label}", device, shape, direction, f_ms, r_ms))
+            rows.append(row(f"model {label}, {OTHER_MODE}", device, shape, direction, o_ms, r_ms))
+    f_ms, r_ms, s_ms, o_ms = interleaved([train_step(fast, x), train_step(ref, x), train_step(saving, x),
+                                          train_step(other, x)], device, repeats)
     mem = {}
     if memory:
         for key, impl, ms in (("fused", "fused", False), ("reference", "reference", False),
@@ -204,7 +245,7 @@ def model_rows(preset, device, repeats, gen, label, memory):
                       reference_peak_mb=mem["reference"]["peak_mb"],
                       fused_saved_mb=mem["memory_saving"]["saved_mb"],
                       reference_saved_mb=mem["reference"]["saved_mb"])
-    rows += [train, ms_row]
+    rows += [train, row(f"model {label}, {OTHER_MODE}", device, shape, "forward+backward", o_ms, r_ms), ms_row]
     return rows
 
 
@@ -281,7 +322,7 @@ def memory_child(spec):
 
 # --- table ----------------------------------------------------------------------------------------
 
-COLUMNS = [("name", 30), ("device", 6), ("shape", 28), ("direction", 17), ("fused_ms", 10),
+COLUMNS = [("name", 36), ("device", 6), ("shape", 28), ("direction", 17), ("fused_ms", 10),
            ("reference_ms", 12), ("speedup", 8), ("compiled_ms", 11), ("fused_peak_mb", 13),
            ("reference_peak_mb", 17), ("fused_saved_mb", 14), ("reference_saved_mb", 18)]
 
@@ -311,25 +352,31 @@ def main(argv=None):
     p.add_argument("--skip-paper", action="store_true")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="glibc mallopt: keep freed memory (no page faults from re-growing the heap)")
+    p.add_argument("--small-only", action="store_true", help="only the small preset's step and model rows")
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
+    if args.keep_freed_memory:
+        keep_freed_memory()
     if args.memory_child:
         return memory_child(json.loads(args.memory_child))
     gen = torch.Generator().manual_seed(0)
     small = dict(size=args.size, blocks=args.blocks, flows=args.flows, hidden=args.hidden, batch=args.batch)
     paper_flows = args.paper_flows or (32 if args.device == "cuda" else 2)
     paper = dict(size=64, blocks=4, flows=paper_flows, hidden=512, batch=args.paper_batch)
-    rows = op_rows(small, args.device, args.repeats, gen)
+    rows = [] if args.small_only else op_rows(small, args.device, args.repeats, gen)
     rows += step_rows(small, args.device, args.repeats, gen, not args.no_compile)
     rows += model_rows(small, args.device, args.repeats, gen, "small", not args.no_memory)
-    if not args.skip_paper:
+    if not (args.skip_paper or args.small_only):
         rows += step_rows(paper, args.device, max(3, args.repeats // 3), gen, False)
         rows += model_rows(paper, args.device, max(3, args.repeats // 3), gen, "paper", not args.no_memory)
     print(f"# torch {torch.__version__}, device {args.device}, "
-          f"{torch.get_num_threads()} thread(s), medians of {args.repeats} interleaved repeats")
+          f"{torch.get_num_threads()} thread(s), medians of {args.repeats} interleaved repeats"
+          + (", glibc keeps freed memory" if args.keep_freed_memory else ""))
     print(table(rows))
     if args.json:
         with open(args.json, "w") as f:

@@ -9,7 +9,11 @@ checkpoints move freely between the two) whose forward and reverse run:
     affine coupling      one pass over the whole tensor          ops.coupling_step
 
 Activations stay channels-last from step to step (the layout ATen's CPU convolutions run fastest
-in); the values are the reference's, only the strides differ.
+in); the values are the reference's, only the strides differ. With `FusedFlowStep.driver` set (off
+by default: bench/RESULTS.md) an affine step runs all of the above as one op driven from C++
+(ops.flow_step, csrc/flow_step.cpp), forward, inverse and backward; the LU weight matrix and the
+ActNorm and 1×1 logdets stay in Python. Additive steps and memory-saving training's backward use
+the ops one by one.
 
 `flows_without_activations` runs a list of flow steps under a torch.autograd.Function that keeps
 only the last output: its backward rebuilds each step's input from its output with the step's
@@ -43,10 +47,12 @@ class FusedFlowStep(reference.FlowStep):
 
     `driver` (a class attribute; set it on an instance to change one step) picks how an affine
     step runs: True, the whole step as one op driven from C++ (ops.flow_step, csrc/flow_step.cpp);
-    False, the ops above called one by one from Python. Same values either way.
+    False (the default), the ops above called one by one from Python. Same values either way.
+    The driver is 1.5–2 % faster on the small preset's training step, but an isolated step's
+    backward page-faults more with glibc's default allocator (bench/RESULTS.md), so it is off.
     """
 
-    driver = True
+    driver = False
 
     def __init__(self, channels, hidden=512, affine=True, lu=True):
         super().__init__(channels, hidden, affine, lu)

@@ -1,0 +1,149 @@
+"""The whole flow step as one op (csrc/flow_step.cpp, ops.flow_step) against reference.FlowStep.
+
+float64, fresh random inputs with odd shapes, every parameter randomly perturbed (conftest's
+`randomize`) so that each piece of the step acts on its input.
+"""
+import pytest
+import torch
+
+from missingglow import fused, ops, reference
+from conftest import randomize
+
+pytestmark = pytest.mark.skipif(not ops.AVAILABLE, reason=str(ops.WHY_UNAVAILABLE))
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+SHAPES = [(1, 6, 1, 1), (3, 12, 5, 7), (3, 48, 3, 3), (1, 6, 32, 32), (3, 12, 32, 32), (3, 6, 1, 5)]
+
+
+def _steps(gen, c, hidden=7, device="cpu"):
+    """A randomised, data-initialised reference step and a fused step with its state dict."""
+    ref = reference.FlowStep(c, hidden).double()
+    ref(torch.randn(4, c, 4, 4, generator=gen, dtype=torch.float64))  # ActNorm's data init
+    randomize(ref, gen, scale=0.1)
+    step = fused.FusedFlowStep(c, hidden).double()
+    step.load_state_dict(ref.state_dict())
+    return ref.to(device), step.to(device)
+
+
+def _op_args(step):
+    """The op's parameters (loc, scale, W, w1, b1, w2, b2, w3, b3, s3) of a fused step."""
+    return [step.actnorm.loc, step.actnorm.scale, step.invconv.matrix(),
+            *fused.coupling_net_params(step.coupling)]
+
+
+def _x(gen, shape, device, channels_last=False):
+    x = torch.randn(shape, generator=gen, dtype=torch.float64).to(device)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_flow_step_op_matches_reference(gen, device, shape, channels_last):
+    ref, step = _steps(gen, shape[1], device=device)
+    x = _x(gen, shape, device, channels_last)
+    with torch.no_grad():
+        out, _ = ref.actnorm(x)
+        out, _ = ref.invconv(out)
+        y_ref, logdet_ref = ref.coupling(out)  # the op's logdet is the coupling's
+        y, logdet = ops.flow_step(x, *_op_args(step))
+        torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(logdet, logdet_ref, rtol=1e-10, atol=1e-10)
+        back, inv_logdet = ops.flow_step_inverse(y, *_op_args(step))
+        torch.testing.assert_close(back, x, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(inv_logdet, -logdet, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(ops.flow_step_inverse(y_ref, *_op_args(step))[0],
+                                   ref.reverse(y_ref), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("driver", [True, False])
+@pytest.mark.parametrize("shape", [(1, 6, 1, 1), (3, 12, 5, 7), (3, 48, 3, 3), (3, 12, 32, 32)])
+def test_fused_step_gradients_match_reference(gen, device, driver, shape, monkeypatch):
+    """Through the module, both ways of running it: the LU parameters, ActNorm, the network."""
+    monkeypatch.setattr(fused.FusedFlowStep, "driver", driver)
+    ref, step = _steps(gen, shape[1], device=device)
+    x = _x(gen, shape, device).requires_grad_()
+    y, logdet = step(x)
+    y_ref, logdet_ref = ref(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(logdet, logdet_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(step.reverse(y_ref), x.detach(), rtol=1e-9, atol=1e-9)
+    weights = torch.randn(y.shape, generator=gen, dtype=y.dtype).to(device)
+    names = [name for name, _ in ref.named_parameters()]
+    grads = torch.autograd.grad((y * weights).sum() + logdet.pow(2).sum(), [x, *step.parameters()])
+    grads_ref = torch.autograd.grad((y_ref * weights).sum() + logdet_ref.pow(2).sum(),
+                                    [x, *ref.parameters()])
+    for name, g, g_ref in zip(["x"] + names, grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-9 * (1 + g_ref.abs().max().item()),
+                                   msg=lambda m: f"{name}: {m}")
+
+
+def test_the_driver_runs_affine_steps_by_default(gen, monkeypatch):
+    _, step = _steps(gen, 6)
+    calls = []
+    real = ops.flow_step
+    monkeypatch.setattr(ops, "flow_step", lambda *a: calls.append(1) or real(*a))
+    step(torch.randn(2, 6, 4, 4, generator=gen, dtype=torch.float64))
+    assert calls == ([1] if fused.FusedFlowStep.driver else [])
+    step.driver = False
+    step(torch.randn(2, 6, 4, 4, generator=gen, dtype=torch.float64))
+    assert len(calls) == (1 if fused.FusedFlowStep.driver else 0)
+
+
+def _small_args(gen, device, n=2, c=4, size=3, hidden=3):
+    _, step = _steps(gen, c, hidden, device)
+    x = _x(gen, (n, c, size, size), device, channels_last=True)
+    return [x, *[p.detach() for p in _op_args(step)]]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_flow_step_op_gradcheck(gen, device):
+    args = [a.requires_grad_() for a in _small_args(gen, device)]
+    assert torch.autograd.gradcheck(ops.flow_step, args)
+    y = ops.flow_step(*args)[0].detach().requires_grad_()
+    assert torch.autograd.gradcheck(ops.flow_step_inverse, [y, *args[1:]], fast_mode=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_flow_step_opcheck(gen, device, channels_last):
+    x, *params = _small_args(gen, device, n=3, c=6, size=5)
+    if not channels_last:
+        x = x.contiguous()
+    for op in (torch.ops.missingglow.flow_step_forward.default, torch.ops.missingglow.flow_step_inverse.default):
+        torch.library.opcheck(op, [x.detach().requires_grad_(), *[p.detach().requires_grad_() for p in params]])
+    y, logdet, h1, h2, h = torch.ops.missingglow.flow_step_forward.default(x, *params)
+    torch.library.opcheck(torch.ops.missingglow.flow_step_backward.default,
+                          [torch.randn_like(y), torch.randn_like(logdet), x, y, h1, h2, h, *params])
+
+
+def test_compiled_driver_step_matches_eager_without_graph_breaks(gen, monkeypatch):
+    monkeypatch.setattr(fused.FusedFlowStep, "driver", True)
+    torch._dynamo.reset()
+    _, step = _steps(gen, 12, hidden=5)
+    x = torch.randn(3, 12, 6, 6, generator=gen, dtype=torch.float64)
+
+    def loss(x):
+        y, logdet = step(x)
+        return (y * y).sum() + logdet.sum()
+
+    eager = loss(x)
+    grads = torch.autograd.grad(eager, list(step.parameters()))
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    torch.testing.assert_close(out, eager, rtol=1e-12, atol=1e-12)
+    for g, g_ref in zip(torch.autograd.grad(out, list(step.parameters())), grads):
+        torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_flow_step_op_refuses_bad_arguments(gen):
+    x, *params = _small_args(gen, "cpu")
+    with pytest.raises(RuntimeError, match="even"):
+        ops.flow_step(torch.zeros(2, 3, 3, 3, dtype=x.dtype), *params)
+    with pytest.raises(RuntimeError, match="w1 must be"):
+        ops.flow_step(torch.zeros(2, 6, 3, 3, dtype=x.dtype), *params)
+    with pytest.raises(RuntimeError, match="one dtype"):
+        ops.flow_step(x.float(), *params)
+    with pytest.raises(RuntimeError, match="N, C, H, W"):
+        ops.flow_step(x[0], *params)
