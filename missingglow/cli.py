@@ -21,13 +21,16 @@ def cli():
 @click.option("--synthetic-count", type=int, default=10_000, show_default=True,
               help="How many synthetic faces, when no --data is given.")
 @click.option("--synthetic-seed", type=int, default=0, show_default=True)
+@click.option("--synthetic-detail", type=click.Choice(["full", "low"]), default="full", show_default=True,
+              help="Synthetic faces as drawn, or drawn at half size and enlarged (the small preset's).")
 @click.option("--rebuild", is_flag=True, help="Decode again even if a good cache exists.")
-def prepare(data_dir, size, cache_dir, workers, synthetic_count, synthetic_seed, rebuild):
+def prepare(data_dir, size, cache_dir, workers, synthetic_count, synthetic_seed, synthetic_detail, rebuild):
     """Decode an image folder once into the memory-mapped cache (reused when up to date)."""
     from .data import open_dataset
 
     cache = open_dataset(data_dir, size, cache_dir=cache_dir, workers=workers, rebuild=rebuild,
-                         synthetic_count=synthetic_count, synthetic_seed=synthetic_seed)
+                         synthetic_count=synthetic_count, synthetic_seed=synthetic_seed,
+                         synthetic_detail=synthetic_detail)
     click.echo(cache.path)
 
 
@@ -47,6 +50,8 @@ def check():
                    "given, else small.")
 @click.option("--data", default=None, help="Image folder (or .mgcache). Default: synthetic faces.")
 @click.option("--synthetic-count", type=int, default=None, help="Synthetic faces to draw [10000].")
+@click.option("--synthetic-detail", type=click.Choice(["full", "low"]), default=None,
+              help="Synthetic faces as drawn, or drawn at half size and enlarged [small: low, paper: full].")
 @click.option("--size", "image_size", type=int, default=None, help="Image side S in pixels.")
 @click.option("--square", type=int, default=None,
               help="Grey square side K in pixels (paper: 20 at 64×64; taken at 64-px scale when "

@@ -24,7 +24,7 @@ from .cache import SUFFIX, CacheMismatch, ImageCache, read_header, write_cache
 from .errors import UserError
 from .masks import GREY, apply_squares, check_squares, square_mask, square_positions
 
-__all__ = ["open_dataset", "open_cache", "cache_path", "default_cache_dir", "heldout_indices",
+__all__ = ["open_dataset", "dataset_of", "open_cache", "cache_path", "default_cache_dir", "heldout_indices",
            "MaskedImages", "square_positions", "square_mask", "GREY"]
 
 SYNTHETIC_COUNT = 10_000
@@ -41,8 +41,9 @@ def default_cache_dir():
     return os.path.join(base, "missingglow")
 
 
-def synthetic_source(seed, count):
-    return f"synthetic:seed={seed},n={count},v={synthetic.VERSION}"
+def synthetic_source(seed, count, detail="full"):
+    low = f",detail={detail}" if detail != "full" else ""  # full detail keeps its old caches
+    return f"synthetic:seed={seed},n={count}{low},v={synthetic.VERSION}"
 
 
 def cache_path(source, size, cache_dir=None):
@@ -70,7 +71,7 @@ def open_cache(path):
 
 
 def open_dataset(data=None, size=64, *, cache_dir=None, workers=None, rebuild=False,
-                 synthetic_count=SYNTHETIC_COUNT, synthetic_seed=0, quiet=False):
+                 synthetic_count=SYNTHETIC_COUNT, synthetic_seed=0, synthetic_detail="full", quiet=False):
     """The cache of `data` (an image folder, a `.mgcache` file, or None for the synthetic faces)
     at `size`×`size`, built if missing or stale, else reused at once. Returns an ImageCache.
 
@@ -89,10 +90,14 @@ def open_dataset(data=None, size=64, *, cache_dir=None, workers=None, rebuild=Fa
     if data is None:
         if synthetic_count < 1:
             raise UserError(f"the synthetic set needs at least 1 image, not {synthetic_count}")
-        source = synthetic_source(synthetic_seed, synthetic_count)
+        if synthetic_detail not in synthetic.DETAILS:
+            raise UserError(f"synthetic detail must be {' or '.join(synthetic.DETAILS)}, "
+                            f"not {synthetic_detail!r}")
+        source = synthetic_source(synthetic_seed, synthetic_count, synthetic_detail)
         digest = hashlib.sha256(source.encode()).hexdigest()
-        items = [(synthetic_seed, i, size) for i in range(synthetic_count)]
-        job, what = synthetic.face_bytes, f"drawing {synthetic_count} synthetic faces"
+        items = [(synthetic_seed, i, size, synthetic_detail) for i in range(synthetic_count)]
+        detail = " low-detail" if synthetic_detail == "low" else ""
+        job, what = synthetic.face_bytes, f"drawing {synthetic_count}{detail} synthetic faces"
     else:
         root = os.path.abspath(os.path.expanduser(os.fspath(data)))
         if not os.path.exists(root):
@@ -125,6 +130,13 @@ def open_dataset(data=None, size=64, *, cache_dir=None, workers=None, rebuild=Fa
         raise UserError(f"none of the {len(items)} image files in {data} could be read; "
                         "see the line above for why")
     return cache
+
+
+def dataset_of(config, size=None, quiet=True):
+    """The dataset a training config names (its image folder, or its synthetic faces)."""
+    return open_dataset(config.get("data"), size or config["image_size"],
+                        synthetic_count=config.get("synthetic_count", SYNTHETIC_COUNT),
+                        synthetic_detail=config.get("synthetic_detail", "full"), quiet=quiet)
 
 
 def _reusable(path, source, digest, size, say):

@@ -65,13 +65,12 @@ def evaluate(run, n, alphas, iterations=1, seed=0, batch=32, say=None):
     """Scores and bits/dim on the first n held-out images of the checkpoint's dataset.
 
     Returns {"rows": [...], "bpd": {...}, "images": n, "square": K, "count": squares per image}."""
-    from .data import MaskedImages, open_dataset
+    from .data import MaskedImages, dataset_of
     from .masks import square_mask
 
     run.need_dataset()
     c = run.config
-    cache = open_dataset(c.get("data"), run.image_size, synthetic_count=c.get("synthetic_count", 10_000),
-                         quiet=True)
+    cache = dataset_of(c, run.image_size)
     heldout = MaskedImages(cache, c["square"], c.get("squares", 1), c.get("seed", 0), split="heldout")
     whole = n >= len(heldout)
     n = min(n, len(heldout))

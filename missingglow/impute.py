@@ -28,13 +28,12 @@ class Item:
 
 def heldout_item(run, index):
     """Held-out item `index` of the checkpoint's dataset, with its square(s) and clean original."""
-    from .data import MaskedImages, open_dataset
+    from .data import MaskedImages, dataset_of
     from .masks import square_mask
 
     run.need_dataset()
     c = run.config
-    cache = open_dataset(c.get("data"), run.image_size, synthetic_count=c.get("synthetic_count", 10_000),
-                         quiet=True)
+    cache = dataset_of(c, run.image_size)
     items = MaskedImages(cache, c["square"], c.get("squares", 1), c.get("seed", 0), split="heldout")
     if not 0 <= index < len(items):
         raise UserError(f"heldout:{index} is out of range: the held-out split has {len(items)} "

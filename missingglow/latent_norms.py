@@ -37,12 +37,11 @@ def variants(square, count, image_size):
 @torch.no_grad()
 def latent_norms(run, n, seed=0, batch=50):
     """{label: norms tensor (n,)} per variant, plus the variant list and D."""
-    from .data import MaskedImages, open_dataset
+    from .data import MaskedImages, dataset_of
 
     run.need_dataset()
     c = run.config
-    cache = open_dataset(c.get("data"), run.image_size, synthetic_count=c.get("synthetic_count", 10_000),
-                         quiet=True)
+    cache = dataset_of(c, run.image_size)
     square, count = c["square"], c.get("squares", 1)
     specs = variants(square, count, run.image_size)
     norms, done = {}, {}

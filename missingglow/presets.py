@@ -7,6 +7,7 @@ measured in docs/phenomenon.md. With no GPU and no architecture given, `train` p
 import torch
 
 from .errors import UserError
+from .synthetic import DETAILS
 
 PAPER_SIZE = 64  # the image side the paper's square sizes refer to
 
@@ -14,15 +15,17 @@ PRESETS = {
     "paper": dict(image_size=64, blocks=4, flows=32, hidden=512, n_bits=5, batch=16,
                   iterations=200_000, square=20, lr=1e-4, warmup=0),
     # From the scratch runs recorded in issue 5: 16×16, 3 blocks × 8 flows, hidden 64, batch 64
-    # run ~0.14 s per iteration on 2 cores; lr 1e-3 with a 200-step warm-up learned ~3× faster than
-    # 1e-4 without NaNs. 6,000 iterations is ~15 minutes.
+    # run ~0.12 s per iteration on 2 cores; lr 1e-3 with a 200-step warm-up learned ~3× faster than
+    # 1e-4 without NaNs. 6,000 iterations is ~12 minutes. The low-detail faces (synthetic.DETAILS)
+    # are the scale study's best lever: squares in samples at t ≥ 0.7 and none at t ≤ 0.5 within
+    # 4–6k iterations, where the full-detail faces need ~20k (docs/phenomenon.md).
     "small": dict(image_size=16, blocks=3, flows=8, hidden=64, n_bits=5, batch=64,
-                  iterations=6_000, square=20, lr=1e-3, warmup=200),
+                  iterations=6_000, square=20, lr=1e-3, warmup=200, synthetic_detail="low"),
 }
 
 DEFAULTS = dict(
-    preset=None, data=None, synthetic_count=10_000, squares=1, affine=True, lu=True,
-    grad_clip=50.0, seed=0, impl=None, memory_saving=False, sample_every=1000, eval_every=500,
+    preset=None, data=None, synthetic_count=10_000, synthetic_detail="full", squares=1, affine=True,
+    lu=True, grad_clip=50.0, seed=0, impl=None, memory_saving=False, sample_every=1000, eval_every=500,
     checkpoint_every=500, log_every=50, heldout_images=256, max_bad_steps=5, temperature=0.7,
     out=None,
 )
@@ -51,7 +54,9 @@ def resolve_config(options, has_gpu=None):
     config["preset"] = name
     size = config["image_size"]
     if "preset" not in given and name == "small":
-        note = (f"no GPU and no architecture given: using the `small` preset ({size}×{size}, "
+        faces = ", low-detail synthetic faces" if config["data"] is None and \
+            config["synthetic_detail"] == "low" else ""
+        note = (f"no GPU and no architecture given: using the `small` preset ({size}×{size}{faces}, "
                 f"{config['blocks']} blocks × {config['flows']} flows, hidden {config['hidden']}, "
                 f"batch {config['batch']}, {config['iterations']:,} iterations)")
     if "square" not in given or ("image_size" not in given and size != PAPER_SIZE):
@@ -81,6 +86,8 @@ def validate(config):
                                         f"{size}×{size} image; choose --square ≤ {size}"),
         (config["squares"] >= 0, "--squares (squares per image) must be 0 or more"),
         (config["impl"] in (None, "fused", "reference"), "impl must be fused or reference"),
+        (config["synthetic_detail"] in DETAILS,
+         f"--synthetic-detail must be {' or '.join(DETAILS)}, not {config['synthetic_detail']!r}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -20,6 +20,11 @@ from PIL import Image, ImageDraw
 
 VERSION = 1  # bump when the drawing changes: it is part of the cache's source string
 
+# "low": each face drawn at half the size and enlarged again (bilinear), so no feature is sharper
+# than two pixels. The scale study (docs/phenomenon.md) found a Glow learns the square as a factor
+# several times sooner on these than on the full-detail faces; the CPU preset uses them.
+DETAILS = ("full", "low")
+
 SKIN = [(255, 224, 196), (241, 194, 160), (226, 178, 136), (198, 140, 100), (160, 108, 72),
         (112, 74, 52)]
 HAIR = [(24, 18, 14), (58, 38, 24), (104, 70, 40), (186, 148, 88), (150, 66, 32), (172, 168, 164)]
@@ -194,10 +199,17 @@ def draw_face(seed, index, size):
     return img.resize((size, size), Image.LANCZOS, reducing_gap=2.0) if ss > 1 else img
 
 
+def draw(seed, index, size, detail="full"):
+    """Face `index` at the given detail (see DETAILS)."""
+    if detail == "low":
+        return draw_face(seed, index, max(1, size // 2)).resize((size, size), Image.BILINEAR)
+    return draw_face(seed, index, size)
+
+
 def face_bytes(args):
-    """(seed, index, size) -> (name, RGB bytes, note): the item a cache writer takes."""
-    seed, index, size = args
-    return f"synthetic/{index:06d}", draw_face(seed, index, size).tobytes(), ""
+    """(seed, index, size, detail) -> (name, RGB bytes, note): the item a cache writer takes."""
+    seed, index, size, detail = args
+    return f"synthetic/{index:06d}", draw(seed, index, size, detail).tobytes(), ""
 
 
 def contact_sheet(seed, n, size, columns=16):

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from . import checkpoint as ckpt
-from .data import MaskedImages, open_dataset
+from .data import MaskedImages, dataset_of
 from .errors import UserError
 from .images import grid, save_png
 from .model import Glow
@@ -180,12 +180,10 @@ def train(config=None, resume=None, progress=True, say=None, inject_nonfinite=()
 
     # rank 0 builds the dataset cache if needed; the others then open the finished file
     if env.main:
-        cache = open_dataset(config["data"], config["image_size"],
-                             synthetic_count=config["synthetic_count"], quiet=not progress)
+        cache = dataset_of(config, quiet=not progress)
     env.barrier()
     if not env.main:
-        cache = open_dataset(config["data"], config["image_size"],
-                             synthetic_count=config["synthetic_count"], quiet=True)
+        cache = dataset_of(config)
     train_set = MaskedImages(cache, config["square"], config["squares"], config["seed"], "train")
     heldout = MaskedImages(cache, config["square"], config["squares"], config["seed"], "heldout")
     if config["batch"] % env.world:

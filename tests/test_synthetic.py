@@ -56,3 +56,14 @@ def test_contact_sheet_layout():
     sheet = synthetic.contact_sheet(0, 10, 16, columns=4)
     assert sheet.size == (64, 48)
     assert sheet.crop((16, 16, 32, 32)).tobytes() == synthetic.draw_face(0, 5, 16).tobytes()
+
+
+def test_low_detail_is_the_half_size_face_enlarged():
+    low = synthetic.draw(0, 3, 16, "low")
+    assert low.size == (16, 16)
+    assert low.tobytes() == synthetic.draw_face(0, 3, 8).resize((16, 16), 2).tobytes()  # 2: bilinear
+    assert synthetic.draw(0, 3, 16, "full").tobytes() == synthetic.draw_face(0, 3, 16).tobytes()
+    # smoother: neighbouring pixels differ less than in the full faces
+    step = lambda detail: sum((x[1:] - x[:-1]).abs().mean() for x in (  # noqa: E731
+        _tensor(synthetic.draw(0, i, 16, detail)).float() for i in range(16)))
+    assert step("low") < 0.8 * step("full")

@@ -167,4 +167,8 @@ def test_cli_says_which_preset_and_refuses_bad_settings(tmp_path):
     note, _ = resolve_config({"square": 20}, has_gpu=False)
     assert note["image_size"] == 16 and note["square"] == 5
     _, line = resolve_config({"square": 20}, has_gpu=False)
-    assert "small" in line and "5 px at 16×16" in line
+    assert "small" in line and "5 px at 16×16" in line and "low-detail synthetic faces" in line
+    assert note["synthetic_detail"] == "low"
+    assert resolve_config({"preset": "paper"}, has_gpu=False)[0]["synthetic_detail"] == "full"
+    with pytest.raises(UserError, match="--synthetic-detail must be full or low"):
+        resolve_config({"synthetic_detail": "blurry"}, has_gpu=False)
