@@ -16,9 +16,10 @@ PRESETS = {
                   iterations=200_000, square=20, lr=1e-4, warmup=0),
     # From the scratch runs recorded in issue 5: 16×16, 3 blocks × 8 flows, hidden 64, batch 64
     # run ~0.12 s per iteration on 2 cores; lr 1e-3 with a 200-step warm-up learned ~3× faster than
-    # 1e-4 without NaNs. 6,000 iterations is ~12 minutes. The low-detail faces (synthetic.DETAILS)
-    # are the scale study's best lever: squares in samples at t ≥ 0.7 and none at t ≤ 0.5 within
-    # 4–6k iterations, where the full-detail faces need ~20k (docs/phenomenon.md).
+    # 1e-4 without NaNs. 6,000 iterations is 8–15 minutes. The low-detail faces (synthetic.DETAILS)
+    # are the scale study's best lever: squares in samples at t ≥ 0.7 and none at t ≤ 0.4 within
+    # 4–8k iterations (at 12k squares show at every t), where the full-detail faces need 12–20k
+    # (docs/phenomenon.md).
     "small": dict(image_size=16, blocks=3, flows=8, hidden=64, n_bits=5, batch=64,
                   iterations=6_000, square=20, lr=1e-3, warmup=200, synthetic_detail="low"),
 }
