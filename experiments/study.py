@@ -77,11 +77,11 @@ LEVERS = {
     "images1k": dict(lever="training images", change=dict(synthetic_count=1_000), prediction=(
         "overfits: training gap falls faster than base (the square positions of 1k images are "
         "memorised), held-out gap does not")),
-    "simple": dict(lever="dataset simplicity", change=dict(data="simple"), prediction=(
+    "simple": dict(lever="dataset simplicity", change=dict(synthetic_detail="low"), prediction=(
         "blurred faces (drawn at 8 px, bilinear to 16) leave less detail to learn, so capacity "
         "goes to the square sooner: gap falls faster than base, squares in samples at t ≈ 1 "
         "sooner")),
-    "simple-clean": dict(lever="control: simple, no square", change=dict(data="simple", square=0),
+    "simple-clean": dict(lever="control: simple, no square", change=dict(synthetic_detail="low", square=0),
                          detector_square=5, prediction=(
         "the detector's floor on the blurred faces: lower than on the full faces (fewer sharp "
         "features to mistake for a square's edges)")),
@@ -112,31 +112,11 @@ def run_config(name, root):
     if name not in LEVERS:
         raise SystemExit(f"unknown run {name!r}; `study.py list` shows the levers")
     config = base_config()
-    change = dict(LEVERS[name]["change"])
-    if change.get("data") == "simple":
-        change["data"] = simple_faces(os.path.join(root, "data"), config["image_size"],
-                                      config["synthetic_count"])
-    config.update(change)
+    config.update(LEVERS[name]["change"])
     presets.validate(config)
     config.update(out=os.path.join(root, name), sample_every=10**9, eval_every=10**9,
                   checkpoint_every=500, log_every=50)
     return config
-
-
-def simple_faces(folder, size, count):
-    """The synthetic faces with their detail removed (drawn at size/2, bilinear back to size), as a
-    PNG folder: the `simple` lever's dataset. Written once; a finished folder has a DONE file."""
-    from missingglow.synthetic import draw_face
-
-    path = os.path.join(folder, f"simple-faces-{size}px-{count}")
-    if os.path.exists(os.path.join(path, "DONE")):
-        return path
-    os.makedirs(path, exist_ok=True)
-    for i in range(count):
-        face = draw_face(0, i, size // 2).resize((size, size), resample=2)  # 2 = bilinear
-        face.save(os.path.join(path, f"{i:06d}.png"))
-    open(os.path.join(path, "DONE"), "w").close()
-    return path
 
 
 # --- measuring a checkpoint -----------------------------------------------------------------------
@@ -371,7 +351,8 @@ def report(root, out, md, names):
     plot.save(gap_chart(runs), os.path.join(out, "gap-vs-iterations.png"))
     plot.save(gap_chart(runs, "train"), os.path.join(out, "train-gap-vs-iterations.png"))
     for name, records in runs.items():
-        control = runs.get("simple-clean" if LEVERS[name]["change"].get("data") == "simple" else "clean")
+        low = LEVERS[name]["change"].get("synthetic_detail") == "low"
+        control = runs.get("simple-clean" if low else "clean")
         plot.save(square_free_chart(name, records, control), os.path.join(out, f"square-free-vs-t-{name}.png"))
     text = table_markdown(runs) + "\n" + gap_markdown(runs)
     if md:
