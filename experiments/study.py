@@ -36,7 +36,7 @@ warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # the c
 import torch  # noqa: E402
 
 from missingglow import analysis, checkpoint, evaluate, plot, presets  # noqa: E402
-from missingglow.data import MaskedImages, open_dataset  # noqa: E402
+from missingglow.data import MaskedImages, dataset_of  # noqa: E402
 from missingglow.train import heldout_bits_per_dim, train  # noqa: E402
 
 TEMPERATURES = (0.3, 0.5, 0.7, 0.9, 1.1, 1.3)
@@ -143,8 +143,7 @@ def measure(run_dir, train_seconds, detector_square=None):
     run = analysis.open_run(run_dir, square=detector_square)
     config = run.config
     model = run.model.eval()
-    cache = open_dataset(config["data"], config["image_size"],
-                         synthetic_count=config["synthetic_count"], quiet=True)
+    cache = dataset_of(config)
     record = {"iter": checkpoint.load_checkpoint(run_dir)["iteration"], "train_seconds": train_seconds}
     for split in ("train", "heldout"):
         images = MaskedImages(cache, config["square"], config["squares"], config["seed"], split)

@@ -112,3 +112,11 @@ def test_sheet_puts_kept_checkpoints_side_by_side(study, tmp_path):
         assert image.size[0] > 2 * 3 * 48
     with pytest.raises(SystemExit, match="no kept checkpoint"):
         study.main(["sheet", "base@4", "--root", root, "--out", out])
+
+
+def test_the_low_detail_lever_is_measured_on_its_own_faces(study, tmp_path, monkeypatch):
+    caches = []
+    real = study.MaskedImages
+    monkeypatch.setattr(study, "MaskedImages", lambda cache, *a: caches.append(cache.path) or real(cache, *a))
+    study.main(["run", "simple", "--until", "2", "--every", "2", "--root", str(tmp_path / "runs")])
+    assert caches and all("detaillow" in path for path in caches)
