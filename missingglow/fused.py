@@ -25,11 +25,6 @@ import torch
 from . import ops, reference
 
 
-def zero_conv_folded(zero_conv, x):
-    """reference.ZeroConv2d(x) without the padded copy of x (ops.zero_conv)."""
-    return ops.zero_conv(x, zero_conv.conv.weight, zero_conv.conv.bias, zero_conv.scale)
-
-
 def coupling_net_params(coupling):
     """The coupling network's (w1, b1, w2, b2, w3, b3, s3), in the order the ops take them."""
     net = coupling.net
