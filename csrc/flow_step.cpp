@@ -113,13 +113,17 @@ Tensor zero_conv_forward(const Tensor& h2, const ZeroConv& z) {
   return h;
 }
 
-// The coupling network: (h1, h2, h), channels-last.
+// The coupling network: (h1, h2, h), channels-last. ATen's convs keep a channels-last input's
+// layout on the CPU and in float32 on cuDNN, but cuDNN returns float64 contiguous; the layout is
+// pinned here so that the op's outputs are what its fake kernel says on every device and dtype
+// (a no-op where the conv already returned channels-last).
 std::tuple<Tensor, Tensor, Tensor> coupling_net(const Tensor& x_a, const Net& net, const ZeroConv& z) {
-  auto h1 = at::conv2d(x_a, net.w1, net.b1.reshape({-1}), /*stride=*/{1, 1}, /*padding=*/{1, 1});
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  auto h1 = at::conv2d(x_a, net.w1, net.b1.reshape({-1}), /*stride=*/{1, 1}, /*padding=*/{1, 1}).contiguous(cl);
   h1.relu_();
-  auto h2 = at::conv2d(h1, net.w2, net.b2.reshape({-1}));
+  auto h2 = at::conv2d(h1, net.w2, net.b2.reshape({-1})).contiguous(cl);
   h2.relu_();
-  return {h1, h2, zero_conv_forward(h2, z)};
+  return {h1, h2, zero_conv_forward(h2, z).contiguous(cl)};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> flow_step_forward(
