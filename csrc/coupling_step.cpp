@@ -5,35 +5,171 @@
 // standard nor the memory-saving path needs x. CUDA kernels: cuda/coupling_step_cuda.cu.
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <cstring>
+#include <string>
+
 #include "flow.h"
+#include "coupling_runs.h"
 #include "flow_math.h"
 
 namespace missingglow {
+
+// --- which build of the run loops (coupling_runs.h) runs ----------------------------------------
+
 namespace {
 
-// Calls fn(offset_a, offset_b) for every (channel < C/2, pixel) pair of one sample, in memory order.
-template <bool kChannelsLast, typename Fn>
-inline void for_each_pair(int64_t channels, int64_t pixels, Fn fn) {
-  const int64_t half = channels / 2;
-  if (kChannelsLast) {
-    for (int64_t p = 0; p < pixels; ++p)
-      for (int64_t c = 0; c < half; ++c) {
-        auto o = half_offsets(true, c, p, channels, pixels);
-        fn(o.a, o.b);
-      }
-  } else {
-    for (int64_t c = 0; c < half; ++c)
-      for (int64_t p = 0; p < pixels; ++p) {
-        auto o = half_offsets(false, c, p, channels, pixels);
-        fn(o.a, o.b);
-      }
-  }
+struct RunTables {
+  CouplingRuns<float> f;
+  CouplingRuns<double> d;
+};
+
+RunTables portable_tables() {
+  return {make_coupling_runs<float, float>("portable"), make_coupling_runs<double, double>("portable")};
 }
 
+// The table a name asks for, where this CPU and build can run it ("best": the widest that can).
+bool tables_named(const std::string& name, RunTables* out) {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f");
+  if ((name == "avx512" || name == "best") && avx512 && coupling_runs_avx512(&out->f, &out->d)) return true;
+  if ((name == "avx2" || name == "best") && avx2 && coupling_runs_avx2(&out->f, &out->d)) return true;
+#endif
+  if (name == "portable" || name == "best") {
+    *out = portable_tables();
+    return true;
+  }
+  return false;
+}
+
+RunTables& active_tables() {
+  static RunTables tables = [] {
+    RunTables t;
+    tables_named("best", &t);
+    return t;
+  }();
+  return tables;
+}
+
+template <typename T>
+const CouplingRuns<T>& runs();
+template <>
+const CouplingRuns<float>& runs<float>() { return active_tables().f; }
+template <>
+const CouplingRuns<double>& runs<double>() { return active_tables().d; }
+
+}  // namespace
+
+const char* coupling_simd() { return active_tables().f.name; }
+
+bool set_coupling_simd(const std::string& name) {
+  RunTables t;
+  if (!tables_named(name, &t)) return false;
+  active_tables() = t;
+  return true;
+}
+
+namespace {
+
+// --- the kernels ----------------------------------------------------------------------------------
+//
+// One sample is `runs` runs of `run` contiguous elements of each half: channels-last, one run of
+// C/2 channels per pixel (the partner half C/2 further on); channels-first, one run of C/2·H·W
+// (the partner half C/2·H·W further on). Long runs go to the run loops in place; short ones (the
+// 6 channels of a 12-channel step) are gathered into contiguous scratch first, so the vector
+// loops see whole vectors, and scattered back.
+
+constexpr int64_t kScratch = 1024;  // elements per gathered chunk
+constexpr int64_t kLongRun = 64;    // runs at least this long go straight to the loops
+
+struct Layout {
+  int64_t runs, run, stride, partner;  // run r's first half starts at r·stride, its partner + partner
+};
+
+Layout layout_of_halves(bool channels_last, int64_t channels, int64_t pixels) {
+  const int64_t half = channels / 2;
+  return channels_last ? Layout{pixels, half, channels, half} : Layout{1, half * pixels, 0, half * pixels};
+}
+
+// Calls fn(first_run, run_count) over chunks of runs that fit kScratch elements (one run per
+// chunk when runs are long).
 template <typename Fn>
-inline void for_each_pair(bool channels_last, int64_t channels, int64_t pixels, Fn fn) {
-  if (channels_last) for_each_pair<true>(channels, pixels, fn);
-  else for_each_pair<false>(channels, pixels, fn);
+void for_each_chunk(const Layout& l, Fn fn) {
+  if (l.run == 0) return;
+  const int64_t per_chunk = l.run >= kLongRun ? 1 : std::max<int64_t>(1, kScratch / l.run);
+  for (int64_t r = 0; r < l.runs; r += per_chunk) fn(r, std::min(per_chunk, l.runs - r));
+}
+
+template <typename T>
+void gather(const T* src, const Layout& l, int64_t first, int64_t count, int64_t offset, T* dst) {
+  for (int64_t r = 0; r < count; ++r)
+    std::memcpy(dst + r * l.run, src + (first + r) * l.stride + offset, l.run * sizeof(T));
+}
+
+template <typename T>
+void scatter(const T* src, const Layout& l, int64_t first, int64_t count, int64_t offset, T* dst) {
+  for (int64_t r = 0; r < count; ++r)
+    std::memcpy(dst + (first + r) * l.stride + offset, src + r * l.run, l.run * sizeof(T));
+}
+
+// One sample's coupling: out = [in_a, coupling(in_b; h_a, h_b)]; returns Σ log s.
+template <typename T, bool kInverse>
+T coupling_sample(const T* in, const T* h, T* out, const Layout& l) {
+  const auto& fns = runs<T>();
+  const auto run_fn = kInverse ? fns.inverse : fns.forward;
+  T acc = 0;
+  if (l.run >= kLongRun) {
+    for (int64_t r = 0; r < l.runs; ++r) {
+      const int64_t a = r * l.stride, b = a + l.partner;
+      std::memcpy(out + a, in + a, l.run * sizeof(T));
+      acc += run_fn(in + b, h + a, h + b, out + b, l.run);
+    }
+    return acc;
+  }
+  T in_b[kScratch], log_s[kScratch], t[kScratch];
+  for_each_chunk(l, [&](int64_t first, int64_t count) {
+    const int64_t m = count * l.run;
+    gather(in, l, first, count, l.partner, in_b);
+    gather(h, l, first, count, 0, log_s);
+    gather(h, l, first, count, l.partner, t);
+    acc += run_fn(in_b, log_s, t, in_b, m);  // in place: each vector is read before it is written
+    scatter(in_b, l, first, count, l.partner, out);
+    for (int64_t r = first; r < first + count; ++r)
+      std::memcpy(out + r * l.stride, in + r * l.stride, l.run * sizeof(T));
+  });
+  return acc;
+}
+
+// One sample's backward from the output: grad_x = [grad_y_a, grad_x_b], grad_h = [grad_log_s, grad_t]
+// with grad_t = grad_x_b.
+template <typename T>
+void coupling_backward_sample(const T* grad_y, T grad_logdet, const T* y, const T* h, T* grad_x,
+                              T* grad_h, const Layout& l) {
+  const auto backward = runs<T>().backward;
+  if (l.run >= kLongRun) {
+    for (int64_t r = 0; r < l.runs; ++r) {
+      const int64_t a = r * l.stride, b = a + l.partner;
+      std::memcpy(grad_x + a, grad_y + a, l.run * sizeof(T));
+      backward(grad_y + b, grad_logdet, y + b, h + a, grad_x + b, grad_h + a, l.run);
+      std::memcpy(grad_h + b, grad_x + b, l.run * sizeof(T));
+    }
+    return;
+  }
+  T gy_b[kScratch], y_b[kScratch], log_s[kScratch];
+  for_each_chunk(l, [&](int64_t first, int64_t count) {
+    gather(grad_y, l, first, count, l.partner, gy_b);
+    gather(y, l, first, count, l.partner, y_b);
+    gather(h, l, first, count, 0, log_s);
+    // in place: grad_x_b over grad_y_b, grad_log_s over log_s
+    backward(gy_b, grad_logdet, y_b, log_s, gy_b, log_s, count * l.run);
+    scatter(gy_b, l, first, count, l.partner, grad_x);
+    scatter(gy_b, l, first, count, l.partner, grad_h);
+    scatter(log_s, l, first, count, 0, grad_h);
+    for (int64_t r = first; r < first + count; ++r)
+      std::memcpy(grad_x + r * l.stride, grad_y + r * l.stride, l.run * sizeof(T));
+  });
 }
 
 template <bool kInverse>
@@ -45,33 +181,13 @@ std::tuple<at::Tensor, at::Tensor> coupling_step_cpu(const at::Tensor& in_, cons
   auto out = at::empty_like(in, in.options(), format);
   const int64_t n = in.size(0), c = in.size(1), per = n ? in.numel() / n : 0, pixels = c ? per / c : 0;
   auto logdet = at::empty({n}, in.options());
-  const bool cl = format == at::MemoryFormat::ChannelsLast;
+  const Layout l = layout_of_halves(format == at::MemoryFormat::ChannelsLast, c, pixels);
   AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), "coupling_step_cpu", [&] {
     const scalar_t *ip = in.data_ptr<scalar_t>(), *hp = h.data_ptr<scalar_t>();
     scalar_t *op_ = out.data_ptr<scalar_t>(), *lp = logdet.data_ptr<scalar_t>();
     at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
       for (int64_t s = begin; s < end; ++s) {
-        const scalar_t *is = ip + s * per, *hs = hp + s * per;
-        scalar_t* os = op_ + s * per;
-        // Σ log s = Σ linear − Σ log(one_plus_e); the logs are taken once per kLogGroup factors.
-        scalar_t linear_sum = 0, log_sum = 0, product = 1;
-        int grouped = 0;
-        for_each_pair(cl, c, pixels, [&](int64_t a, int64_t b) {
-          scalar_t linear, one_plus_e;
-          os[a] = is[a];
-          if (kInverse) {
-            coupling_inverse_factored(is[b], hs[a], hs[b], os[b], linear, one_plus_e);
-          } else {
-            coupling_forward_factored(is[b], hs[a], hs[b], os[b], linear, one_plus_e);
-          }
-          linear_sum += linear;
-          product *= one_plus_e;
-          if (++grouped == kLogGroup) {
-            log_sum += std::log(product);
-            product = 1, grouped = 0;
-          }
-        });
-        const scalar_t acc = linear_sum - (log_sum + std::log(product));
+        const scalar_t acc = coupling_sample<scalar_t, kInverse>(ip + s * per, hp + s * per, op_ + s * per, l);
         lp[s] = kInverse ? -acc : acc;
       }
     });
@@ -100,7 +216,7 @@ std::tuple<at::Tensor, at::Tensor> coupling_step_backward_cpu(const at::Tensor& 
   auto gl = grad_logdet_.to(y.scalar_type()).contiguous();
   auto gx = at::empty_like(y, y.options(), format), gh = at::empty_like(y, y.options(), format);
   const int64_t n = y.size(0), c = y.size(1), per = n ? y.numel() / n : 0, pixels = c ? per / c : 0;
-  const bool cl = format == at::MemoryFormat::ChannelsLast;
+  const Layout l = layout_of_halves(format == at::MemoryFormat::ChannelsLast, c, pixels);
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "coupling_step_backward", [&] {
     const scalar_t *yp = y.data_ptr<scalar_t>(), *hp = h.data_ptr<scalar_t>();
     const scalar_t *gyp = gy.data_ptr<scalar_t>(), *glp = gl.data_ptr<scalar_t>();
@@ -108,12 +224,7 @@ std::tuple<at::Tensor, at::Tensor> coupling_step_backward_cpu(const at::Tensor& 
     at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
       for (int64_t s = begin; s < end; ++s) {
         const int64_t base = s * per;
-        const scalar_t *ys = yp + base, *hs = hp + base, *gys = gyp + base;
-        scalar_t *gxs = gxp + base, *ghs = ghp + base;
-        for_each_pair(cl, c, pixels, [&](int64_t a, int64_t b) {
-          gxs[a] = gys[a];
-          coupling_backward_from_output_elem(gys[b], glp[s], ys[b], hs[a], gxs[b], ghs[a], ghs[b]);
-        });
+        coupling_backward_sample(gyp + base, glp[s], yp + base, hp + base, gxp + base, ghp + base, l);
       }
     });
   });

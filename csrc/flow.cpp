@@ -3,6 +3,7 @@
 
 #include <ATen/Parallel.h>
 
+#include "coupling_runs.h"
 #include "flow.h"
 #include "flow_math.h"
 
@@ -99,9 +100,25 @@ TORCH_LIBRARY_IMPL(missingglow, CPU, m) {
 
 }  // namespace missingglow
 
+// coupling_simd() names the build of the CPU coupling loops in use; coupling_simd(name) switches
+// to another ("avx512", "avx2", "portable" or "best") and raises ValueError where it cannot run.
+static PyObject* py_coupling_simd(PyObject*, PyObject* args) {
+  const char* name = nullptr;
+  if (!PyArg_ParseTuple(args, "|s", &name)) return nullptr;
+  if (name != nullptr && !missingglow::set_coupling_simd(name)) {
+    return PyErr_Format(PyExc_ValueError, "coupling_simd: '%s' cannot run on this CPU or build", name);
+  }
+  return PyUnicode_FromString(missingglow::coupling_simd());
+}
+
+static PyMethodDef methods[] = {
+    {"coupling_simd", py_coupling_simd, METH_VARARGS,
+     "coupling_simd([name]) -> the build of the CPU coupling loops in use, after switching to name"},
+    {nullptr, nullptr, 0, nullptr}};
+
 // A plain Python module, so that `import missingglow._C` loads the library and runs the
 // registrations above; the ops themselves are reached through torch.ops.missingglow.
 extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);
 }

@@ -10,7 +10,15 @@
 #define MG_HD inline
 #endif
 
+// The CPU files compiled for one instruction set (coupling_runs_*.cpp) set MG_MATH_NS, so that
+// their copies of these inline templates get names of their own: the linker must never hand the
+// AVX-512 build of a function to code that runs where AVX-512 is missing.
+#ifndef MG_MATH_NS
+#define MG_MATH_NS portable
+#endif
+
 namespace missingglow {
+inline namespace MG_MATH_NS {
 
 #if !defined(__CUDACC__)
 // On the host, pick the float overloads for float (CUDA's device math is overloaded already).
@@ -20,26 +28,37 @@ using std::log;
 using std::log1p;
 #endif
 
+// The few operations the templates below need, written without branches so that one template
+// serves a scalar T (the CUDA kernels, the CPU's scalar loops and tails) and a SIMD vector of T
+// (the CPU's vector loops: flow_math_simd.h specializes Elem for at::vec::Vectorized).
+template <typename T>
+struct Elem {
+  static MG_HD T exp_neg_abs(T v) { return exp(-fabs(v)); }      // exp(−|v|)
+  static MG_HD T select_nonneg(T v, T a, T b) { return v >= T(0) ? a : b; }  // v ≥ 0 ? a : b
+  static MG_HD T min_zero(T v) { return v < T(0) ? v : T(0); }    // min(v, 0)
+  static MG_HD T log_(T v) { return log(v); }
+};
+
 // log(sigmoid(v)) without overflow for either sign of v.
 template <typename T>
 MG_HD T log_sigmoid(T v) {
   return v >= T(0) ? -log1p(exp(-v)) : v - log1p(exp(v));
 }
 
-// Affine coupling, forward: s = sigmoid(log_s + 2), y = (x + t)·s; writes log s for the logdet.
 // s = sigmoid(v) and 1 − s from one exp, with log s split as linear − log(one_plus_e), where
 // linear = min(v, 0) and one_plus_e = 1 + exp(−|v|) ∈ (1, 2]. Stable for either sign of v. The
-// CPU kernels multiply the one_plus_e of up to 64 elements before taking one log (a product of
-// 64 numbers in (1, 2] cannot overflow even in float32).
+// CPU kernels multiply the one_plus_e of up to kLogGroup elements before taking one log (a
+// product of 64 numbers in (1, 2] cannot overflow even in float32).
 template <typename T>
 MG_HD void sigmoid_factors(T v, T& s, T& one_minus_s, T& linear, T& one_plus_e) {
-  const T e = exp(-fabs(v));  // in (0, 1]
+  using E = Elem<T>;
+  const T e = E::exp_neg_abs(v);  // in (0, 1]
   one_plus_e = T(1) + e;
   const T r = T(1) / one_plus_e;
-  const bool positive = v >= T(0);
-  s = positive ? r : e * r;
-  one_minus_s = positive ? e * r : r;
-  linear = positive ? T(0) : v;
+  const T er = e * r;
+  s = E::select_nonneg(v, r, er);
+  one_minus_s = E::select_nonneg(v, er, r);
+  linear = E::min_zero(v);
 }
 
 // s, 1 − s and log s of v, with one exp and one log.
@@ -47,7 +66,7 @@ template <typename T>
 MG_HD void sigmoid_parts(T v, T& s, T& one_minus_s, T& log_s) {
   T linear, one_plus_e;
   sigmoid_factors(v, s, one_minus_s, linear, one_plus_e);
-  log_s = linear - log(one_plus_e);
+  log_s = linear - Elem<T>::log_(one_plus_e);
 }
 
 // How many one_plus_e factors the CPU kernels multiply before one log.
@@ -56,10 +75,8 @@ constexpr int kLogGroup = 64;
 // s = sigmoid(v) and 1 − s from one exp (no log), stable for either sign of v.
 template <typename T>
 MG_HD void sigmoid_pair(T v, T& s, T& one_minus_s) {
-  const T e = exp(-fabs(v));
-  const T r = T(1) / (T(1) + e);
-  s = v >= T(0) ? r : e * r;
-  one_minus_s = v >= T(0) ? e * r : r;
+  T linear, one_plus_e;  // unused here; the compiler drops them
+  sigmoid_factors(v, s, one_minus_s, linear, one_plus_e);
 }
 
 // Affine coupling, forward, with log s left factored (see sigmoid_factors).
@@ -78,6 +95,7 @@ MG_HD void coupling_inverse_factored(T y, T log_s, T t, T& x, T& linear, T& one_
   x = y / s - t;
 }
 
+// Affine coupling, forward: s = sigmoid(log_s + 2), y = (x + t)·s; writes log s for the logdet.
 template <typename T>
 MG_HD void coupling_forward_elem(T x, T log_s, T t, T& y, T& log_scale) {
   T s, one_minus_s;
@@ -138,4 +156,5 @@ MG_HD HalfOffsets half_offsets_at(bool channels_last, int64_t j, int64_t channel
                        : half_offsets(false, j / pixels, j % pixels, channels, pixels);
 }
 
+}  // namespace MG_MATH_NS
 }  // namespace missingglow

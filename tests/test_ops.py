@@ -245,3 +245,86 @@ def test_coupling_step_refuses_bad_arguments():
         ops.coupling_step(torch.zeros(2, 3, 3, 3), torch.zeros(2, 3, 3, 3))
     with pytest.raises(RuntimeError, match="one shape"):
         ops.coupling_step(x, torch.zeros(2, 4, 3, 4))
+
+
+# --- the SIMD builds of the CPU coupling loops (csrc/coupling_runs*.{h,cpp}) ---------------------
+
+def _simd_builds():
+    """The builds of the CPU loops this CPU runs, tried by switching to each (then switched back)."""
+    if not ops.AVAILABLE:
+        return []
+    from missingglow import _C
+
+    current, builds = _C.coupling_simd(), []
+    for name in ("portable", "avx2", "avx512"):
+        try:
+            _C.coupling_simd(name)
+            builds.append(name)
+        except ValueError:
+            pass
+    _C.coupling_simd(current)
+    return builds
+
+
+@pytest.fixture(params=_simd_builds())
+def simd_build(request):
+    from missingglow import _C
+
+    current = _C.coupling_simd()
+    assert _C.coupling_simd(request.param) == request.param
+    yield request.param
+    _C.coupling_simd(current)
+
+
+def test_the_portable_build_is_always_there():
+    assert "portable" in _simd_builds()
+
+
+# Gathered runs split into chunks with a remainder (12 channels, 16×16), long runs (130 channels),
+# short and long channels-first halves, and run lengths that leave tails after 4, 8 and 16 lanes.
+SIMD_SHAPES = [(3, 12, 16, 16), (2, 130, 3, 3), (1, 6, 1, 1), (3, 6, 5, 7), (2, 34, 7, 5), (1, 2, 1, 3)]
+
+
+@pytest.mark.parametrize("shape", SIMD_SHAPES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_every_simd_build_matches_reference(gen, simd_build, shape, layout, dtype):
+    x = _activations(gen, shape, "cpu", layout)
+    h = 4 * _activations(gen, shape, "cpu", layout)  # log_s + 2 of both signs, some far from 0
+    grad_y, grad_logdet = torch.randn(shape, generator=gen, dtype=x.dtype), torch.randn(shape[0], generator=gen, dtype=x.dtype)
+    xr, hr = x.detach().requires_grad_(), h.detach().requires_grad_()
+    x_a, x_b = xr.chunk(2, 1)
+    y_b, logdet_ref = reference.affine_coupling_forward(x_b, *hr.chunk(2, 1))
+    y_ref = torch.cat([x_a, y_b], 1)
+    grads_ref = torch.autograd.grad((y_ref * grad_y).sum() + (logdet_ref * grad_logdet).sum(), [xr, hr])
+
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
+    xs, hs = x.to(dtype), h.to(dtype)
+    y, logdet = ops.coupling_step(xs, hs)
+    torch.testing.assert_close(y.double(), y_ref.detach(), **tol)
+    torch.testing.assert_close(logdet.double(), logdet_ref.detach(), rtol=tol["rtol"], atol=tol["atol"] * x[0].numel())
+    back, inv_logdet = ops.coupling_step_inverse(y_ref.detach().to(dtype), hs)
+    torch.testing.assert_close(back.double(), x, rtol=tol["rtol"] * 10, atol=tol["atol"] * 10)
+    torch.testing.assert_close(inv_logdet.double(), -logdet_ref.detach(), rtol=tol["rtol"], atol=tol["atol"] * x[0].numel())
+    grad_x, grad_h = torch.ops.missingglow.coupling_step_backward.default(
+        grad_y.to(dtype), grad_logdet.to(dtype), y_ref.detach().to(dtype), hs)
+    torch.testing.assert_close(grad_x.double(), grads_ref[0], **tol)
+    torch.testing.assert_close(grad_h.double(), grads_ref[1], **tol)
+
+
+def test_every_simd_build_is_stable_for_extreme_scales(simd_build):
+    x = torch.ones(1, 40, 1, 1)  # 20 lanes: a whole vector and a tail at every width
+    h = torch.cat([torch.full((20,), -200.0), torch.full((20,), 0.0)]).view(1, 40, 1, 1)
+    h[0, :10] = 200.0
+    y, logdet = ops.coupling_step(x, h)
+    assert torch.isfinite(logdet).all() and logdet.item() == pytest.approx(10 * -198.0)
+    assert (y[0, 20:30] == 1.0).all() and (y[0, 30:] == 0.0).all()
+
+
+def test_coupling_simd_refuses_a_build_it_does_not_have():
+    from missingglow import _C
+
+    current = _C.coupling_simd()
+    with pytest.raises(ValueError, match="cannot run"):
+        _C.coupling_simd("sse9")
+    assert _C.coupling_simd() == current
