@@ -327,6 +327,12 @@ COLUMNS = [("name", 36), ("device", 6), ("shape", 28), ("direction", 17), ("fuse
            ("reference_peak_mb", 17), ("fused_saved_mb", 14), ("reference_saved_mb", 18)]
 
 
+def coupling_build():
+    from missingglow import _C
+
+    return _C.coupling_simd()
+
+
 def table(rows):
     cols = [(k, w) for k, w in COLUMNS if any(k in r for r in rows)]
     lines = ["| " + " | ".join(k for k, _ in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
@@ -355,6 +361,8 @@ def main(argv=None):
     p.add_argument("--keep-freed-memory", action="store_true",
                    help="glibc mallopt: keep freed memory (no page faults from re-growing the heap)")
     p.add_argument("--small-only", action="store_true", help="only the small preset's step and model rows")
+    p.add_argument("--coupling-simd", metavar="BUILD",
+                   help="the build of the CPU coupling loops: avx512, avx2 or portable (default: the widest here)")
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -362,6 +370,10 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if args.keep_freed_memory:
         keep_freed_memory()
+    if args.coupling_simd:
+        from missingglow import _C
+
+        _C.coupling_simd(args.coupling_simd)
     if args.memory_child:
         return memory_child(json.loads(args.memory_child))
     gen = torch.Generator().manual_seed(0)
@@ -375,7 +387,8 @@ def main(argv=None):
         rows += step_rows(paper, args.device, max(3, args.repeats // 3), gen, False)
         rows += model_rows(paper, args.device, max(3, args.repeats // 3), gen, "paper", not args.no_memory)
     print(f"# torch {torch.__version__}, device {args.device}, "
-          f"{torch.get_num_threads()} thread(s), medians of {args.repeats} interleaved repeats"
+          f"{torch.get_num_threads()} thread(s), medians of {args.repeats} interleaved repeats, "
+          f"CPU coupling loops {coupling_build()}"
           + (", glibc keeps freed memory" if args.keep_freed_memory else ""))
     print(table(rows))
     if args.json:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything a lent GPU machine is for, in one command (it keeps nothing between leases):
-# build the extension for this GPU, run the test suite (the CUDA cases run where a GPU is seen),
-# train a few hundred iterations on CUDA (plain and through torchrun), then bench/flows.py on CUDA.
+# build the extension for this GPU, run the CUDA tests (and the CPU SIMD builds' tests, on that
+# machine's CPU and torch), train a few hundred iterations on CUDA (plain and through torchrun),
+# bench/flows.py on CUDA, and bench/gpu_busy.py.
 #
 #   OUT=out/gpu bash bench/gpu.sh               # every stage; logs and the bench's JSON land in $OUT
 #   OUT=out/gpu bash bench/gpu.sh tests busy    # the build, then only the stages named
@@ -33,7 +34,7 @@ cat "$OUT/machine.txt"
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
 stage build 300 "$PY" setup.py build_ext --inplace || exit 1
 stage ops-registered 60 env PYTHONPATH=. "$PY" tests/cuda_build_check.py || exit 1
-stage tests-cuda 200 "$PY" -m pytest tests -q -k cuda -p no:cacheprovider
+stage tests-cuda 200 "$PY" -m pytest tests -q -k "cuda or simd" -p no:cacheprovider
 stage train-cuda 90 "$PY" -m missingglow train --preset small --iterations 200 --eval-every 100 \
     --sample-every 200 --checkpoint-every 100 --out /tmp/mg-gpu-train --quiet
 stage train-torchrun 90 torchrun --standalone --nproc_per_node=1 -m missingglow train --preset small \
