@@ -38,7 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from missingglow import Glow, fused, ops, reference  # noqa: E402
+from missingglow import Glow, allocator, fused, ops, reference  # noqa: E402
 
 
 def sync(device):
@@ -78,17 +78,6 @@ def other_mode(module):
         if isinstance(m, fused.FusedFlowStep):
             m.driver = not fused.FusedFlowStep.driver
     return module
-
-
-def keep_freed_memory():
-    """glibc: never hand freed heap back to the system, no mmap for blocks under 32 MiB."""
-    import ctypes
-
-    libc = ctypes.CDLL("libc.so.6")
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    ok = libc.mallopt(m_trim_threshold, 2**31 - 1) and libc.mallopt(m_mmap_threshold, 32 * 2**20)
-    if not ok:
-        sys.exit("mallopt refused the settings")
 
 
 def glow_pair(preset, device, gen):
@@ -368,8 +357,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
-    if args.keep_freed_memory:
-        keep_freed_memory()
+    if args.keep_freed_memory and not allocator.keep_freed_memory():
+        sys.exit("mallopt refused the settings (not glibc?)")
     if args.coupling_simd:
         from missingglow import _C
 

@@ -5,6 +5,9 @@ ratio holds even on a busy machine; medians over the timed steps.
 
     python bench/train_speed.py --preset small --steps 20
     python bench/train_speed.py --preset paper --steps 3 --threads 2
+    python bench/train_speed.py --allocator default    # glibc's default instead of what training sets
+
+Like `missingglow train`, it keeps freed heap memory (missingglow/allocator.py) unless told not to.
 """
 import argparse
 import statistics
@@ -13,6 +16,7 @@ import time
 import torch
 
 from missingglow import Glow
+from missingglow.allocator import keep_freed_memory
 from missingglow.presets import PRESETS
 from missingglow.preprocess import bits_per_dim
 
@@ -43,7 +47,10 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--allocator", choices=["keep", "default"], default="keep",
+                        help="keep freed heap memory, as training does, or glibc's default")
     args = parser.parse_args()
+    kept = args.allocator == "keep" and keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     p = PRESETS[args.preset]
@@ -63,7 +70,8 @@ def main():
                 times.append(t)
     print(f"preset {args.preset}: {p['image_size']}x{p['image_size']}, {p['blocks']} blocks x "
           f"{p['flows']} flows, hidden {p['hidden']}, batch {p['batch']}, "
-          f"{torch.get_num_threads()} threads, {args.steps} timed steps (median)")
+          f"{torch.get_num_threads()} threads, {args.steps} timed steps (median), "
+          f"{'freed heap kept' if kept else 'glibc default allocator'}")
     print(f"{'impl':<10} {'s/iter':>8} {'images/s':>9}")
     medians = {}
     for impl, (_, _, times) in runs.items():

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from . import checkpoint as ckpt
+from .allocator import keep_freed_memory
 from .data import MaskedImages, dataset_of
 from .errors import UserError
 from .images import grid, save_png
@@ -161,6 +162,7 @@ def train(config=None, resume=None, progress=True, say=None, inject_nonfinite=()
     """Train (or resume) a run; returns the run folder. `inject_nonfinite`: iterations whose loss
     is made NaN once each (a replay after a rollback is clean), to test the guard."""
     inject_nonfinite = set(inject_nonfinite)
+    keep_freed_memory()  # no page faults re-growing the heap every step (allocator.py)
     env = Distributed()
     say = say or (lambda msg: click.echo(msg, err=True))
     speak = say if env.main else (lambda msg: None)
