@@ -2,7 +2,7 @@
 # Everything a lent GPU machine is for, in one command (it keeps nothing between leases):
 # build the extension for this GPU, run the CUDA tests (and the CPU SIMD builds' tests, on that
 # machine's CPU and torch), train a few hundred iterations on CUDA (plain and through torchrun),
-# bench/flows.py on CUDA, and bench/gpu_busy.py.
+# bench/flows.py on CUDA, bench/gpu_busy.py, and bench/train_speed.py's whole iterations on CUDA.
 #
 #   OUT=out/gpu bash bench/gpu.sh               # every stage; logs and the bench's JSON land in $OUT
 #   OUT=out/gpu bash bench/gpu.sh tests busy    # the build, then only the stages named
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
-WANT=" ${*:-tests train bench busy} "
+WANT=" ${*:-tests train bench busy speed} "
 stage() {  # stage NAME SECONDS CMD...: run CMD with a limit, log to $OUT/NAME.log, say how it ended
     local name=$1 limit=$2 start=$SECONDS rc
     shift 2
@@ -41,5 +41,7 @@ stage train-torchrun 90 torchrun --standalone --nproc_per_node=1 -m missingglow 
     --iterations 100 --eval-every 100 --sample-every 100 --checkpoint-every 100 --out /tmp/mg-gpu-torchrun --quiet
 stage bench 400 "$PY" bench/flows.py --device cuda --json "$OUT/flows-cuda.json" ${BENCH_ARGS:-}
 stage busy 200 "$PY" bench/gpu_busy.py
+stage speed-small 120 "$PY" bench/train_speed.py --preset small --steps 30 --device cuda
+stage speed-paper 240 "$PY" bench/train_speed.py --preset paper --steps 10 --warmup 2 --device cuda
 [ -f "$OUT/bench.log" ] && cat "$OUT/bench.log"
-[ -f "$OUT/busy.log" ] && cat "$OUT/busy.log"; true
+for log in busy speed-small speed-paper; do [ -f "$OUT/$log.log" ] && tail -n 5 "$OUT/$log.log"; done; true

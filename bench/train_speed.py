@@ -10,15 +10,21 @@ ratio holds even on a busy machine; medians over the timed steps.
 Like `missingglow train`, it keeps freed heap memory (missingglow/allocator.py) unless told not to.
 """
 import argparse
+import os
 import statistics
+import sys
 import time
 
 import torch
 
-from missingglow import Glow
-from missingglow.allocator import keep_freed_memory
-from missingglow.presets import PRESETS
-from missingglow.preprocess import bits_per_dim
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from missingglow import Glow  # noqa: E402
+from missingglow.allocator import keep_freed_memory  # noqa: E402
+from missingglow.presets import PRESETS  # noqa: E402
+from missingglow.preprocess import bits_per_dim  # noqa: E402
 
 
 def make(preset, impl):
@@ -33,12 +39,19 @@ def make(preset, impl):
 
 
 def step(model, optimizer, x, bits):
+    sync(x.device)
     start = time.perf_counter()
     loss = bits_per_dim(model.log_prob(x), bits, x[0].numel()).mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+    sync(x.device)
     return time.perf_counter() - start
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def main():
@@ -47,6 +60,7 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--allocator", choices=["keep", "default"], default="keep",
                         help="keep freed heap memory, as training does, or glibc's default")
     args = parser.parse_args()
@@ -54,12 +68,13 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     p = PRESETS[args.preset]
-    x = torch.rand(p["batch"], 3, p["image_size"], p["image_size"]) - 0.5
+    x = (torch.rand(p["batch"], 3, p["image_size"], p["image_size"]) - 0.5).to(args.device)
     runs = {}
     for impl in ("reference", "fused"):
         model = make(args.preset, impl)
         if model is None:
             continue
+        model.to(args.device)
         with torch.no_grad():
             model.log_prob(x)  # ActNorm init
         runs[impl] = (model, torch.optim.Adam(model.parameters(), lr=1e-4), [])
@@ -70,7 +85,7 @@ def main():
                 times.append(t)
     print(f"preset {args.preset}: {p['image_size']}x{p['image_size']}, {p['blocks']} blocks x "
           f"{p['flows']} flows, hidden {p['hidden']}, batch {p['batch']}, "
-          f"{torch.get_num_threads()} threads, {args.steps} timed steps (median), "
+          f"{args.device}, {torch.get_num_threads()} threads, {args.steps} timed steps (median), "
           f"{'freed heap kept' if kept else 'glibc default allocator'}")
     print(f"{'impl':<10} {'s/iter':>8} {'images/s':>9}")
     medians = {}
