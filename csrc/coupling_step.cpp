@@ -83,6 +83,7 @@ namespace {
 
 constexpr int64_t kScratch = 1024;  // elements per gathered chunk
 constexpr int64_t kLongRun = 64;    // runs at least this long go straight to the loops
+static_assert(kLongRun <= kScratch, "a short run must fit the scratch");
 
 struct Layout {
   int64_t runs, run, stride, partner;  // run r's first half starts at r·stride, its partner + partner
@@ -93,12 +94,11 @@ Layout layout_of_halves(bool channels_last, int64_t channels, int64_t pixels) {
   return channels_last ? Layout{pixels, half, channels, half} : Layout{1, half * pixels, 0, half * pixels};
 }
 
-// Calls fn(first_run, run_count) over chunks of runs that fit kScratch elements (one run per
-// chunk when runs are long).
+// Calls fn(first_run, run_count) over chunks of short runs (< kLongRun) that fit kScratch elements.
 template <typename Fn>
 void for_each_chunk(const Layout& l, Fn fn) {
   if (l.run == 0) return;
-  const int64_t per_chunk = l.run >= kLongRun ? 1 : std::max<int64_t>(1, kScratch / l.run);
+  const int64_t per_chunk = kScratch / l.run;
   for (int64_t r = 0; r < l.runs; r += per_chunk) fn(r, std::min(per_chunk, l.runs - r));
 }
 
