@@ -104,8 +104,8 @@ def test_flow_step_op_gradcheck(gen, device):
     # each run; gradcheck asks for bit-identical repeats, so it gets cuDNN's deterministic ones
     with torch.backends.cudnn.flags(enabled=True, deterministic=True, benchmark=False):
         assert torch.autograd.gradcheck(ops.flow_step, args)
-    y = ops.flow_step(*args)[0].detach().requires_grad_()
-    assert torch.autograd.gradcheck(ops.flow_step_inverse, [y, *args[1:]], fast_mode=True)
+        y = ops.flow_step(*args)[0].detach().requires_grad_()
+        assert torch.autograd.gradcheck(ops.flow_step_inverse, [y, *args[1:]], fast_mode=True)
 
 
 @pytest.mark.parametrize("device", DEVICES)
