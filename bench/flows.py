@@ -12,7 +12,7 @@ The flow step and model rows also time the fused step's other mode, interleaved 
 and against the same reference times: a whole affine step as one op driven from C++
 (fused.FusedFlowStep.driver = True, csrc/flow_step.cpp) or the fused ops called one by one from
 Python (driver = False). Its row is labelled "C++ driver on" or "C++ driver off", whichever is
-not the default.
+not the default on that device (the driver by default on CUDA, not on the CPU).
 
 --keep-freed-memory asks glibc (mallopt) to keep freed memory instead of handing it back to the
 system, so a training step does not page-fault its activations in again every time (see
@@ -69,14 +69,21 @@ def make_glow(impl, preset, device, memory_saving=False, seed=0):
     return model
 
 
-OTHER_MODE = "C++ driver " + ("off" if fused.FusedFlowStep.driver else "on")
+def driver_by_default(device):
+    """Whether a FusedFlowStep runs the C++ driver on this device unless told (fused.py)."""
+    driver = fused.FusedFlowStep.driver
+    return device == "cuda" if driver is None else bool(driver)
 
 
-def other_mode(module):
+def other_mode_label(device):
+    return "C++ driver " + ("off" if driver_by_default(device) else "on")
+
+
+def other_mode(module, device):
     """module with every fused flow step switched to the non-default mode (see the docstring)."""
     for m in module.modules():
         if isinstance(m, fused.FusedFlowStep):
-            m.driver = not fused.FusedFlowStep.driver
+            m.driver = not driver_by_default(device)
     return module
 
 
@@ -172,7 +179,7 @@ def step_rows(preset, device, repeats, gen, compile_ref):
         ref(x)
     fast = fused.FusedFlowStep(c, hidden).to(device)
     fast.load_state_dict(ref.state_dict())
-    other = other_mode(fused.FusedFlowStep(c, hidden).to(device))
+    other = other_mode(fused.FusedFlowStep(c, hidden).to(device), device)
     other.load_state_dict(ref.state_dict())
     xg = x.detach().requires_grad_()
     rows = []
@@ -188,7 +195,7 @@ def step_rows(preset, device, repeats, gen, compile_ref):
 
     def add(direction, f_ms, r_ms, c_ms, o_ms):
         rows.append(row("flow step", device, shape, direction, f_ms, r_ms, c_ms))
-        rows.append(row(f"flow step, {OTHER_MODE}", device, shape, direction, o_ms, r_ms))
+        rows.append(row(f"flow step, {other_mode_label(device)}", device, shape, direction, o_ms, r_ms))
 
     with torch.no_grad():
         add("forward", *interleaved([lambda: fast(x), lambda: ref(x),
@@ -208,7 +215,7 @@ def model_rows(preset, device, repeats, gen, label, memory):
     ref, fast, x = glow_pair(preset, device, gen)
     saving = make_glow("fused", preset, device, memory_saving=True)
     saving.load_state_dict(ref.state_dict())
-    other = other_mode(make_glow("fused", preset, device))
+    other = other_mode(make_glow("fused", preset, device), device)
     other.load_state_dict(ref.state_dict())
     n = preset["batch"]
     rows = []
@@ -217,7 +224,7 @@ def model_rows(preset, device, repeats, gen, label, memory):
             f_ms, r_ms, o_ms = interleaved([lambda: run(fast), lambda: run(ref), lambda: run(other)],
                                            device, repeats)
             rows.append(row(f"model {label}", device, shape, direction, f_ms, r_ms))
-            rows.append(row(f"model {label}, {OTHER_MODE}", device, shape, direction, o_ms, r_ms))
+            rows.append(row(f"model {label}, {other_mode_label(device)}", device, shape, direction, o_ms, r_ms))
     f_ms, r_ms, s_ms, o_ms = interleaved([train_step(fast, x), train_step(ref, x), train_step(saving, x),
                                           train_step(other, x)], device, repeats)
     mem = {}
@@ -234,7 +241,7 @@ def model_rows(preset, device, repeats, gen, label, memory):
                       reference_peak_mb=mem["reference"]["peak_mb"],
                       fused_saved_mb=mem["memory_saving"]["saved_mb"],
                       reference_saved_mb=mem["reference"]["saved_mb"])
-    rows += [train, row(f"model {label}, {OTHER_MODE}", device, shape, "forward+backward", o_ms, r_ms), ms_row]
+    rows += [train, row(f"model {label}, {other_mode_label(device)}", device, shape, "forward+backward", o_ms, r_ms), ms_row]
     return rows
 
 

@@ -64,8 +64,8 @@ def main(argv=None):
     for name, preset in PRESETS.items():
         gen = torch.Generator().manual_seed(0)
         x = (torch.rand(preset["batch"], 3, preset["size"], preset["size"], generator=gen) - 0.5).cuda()
-        for label, impl, driver in [("reference", "reference", False), ("fused", "fused", False),
-                                    ("fused, C++ driver", "fused", True)]:
+        for label, impl, driver in [("reference", "reference", None), ("fused, ops one by one", "fused", False),
+                                    ("fused, C++ driver (default on CUDA)", "fused", True)]:
             fused.FusedFlowStep.driver = driver
             torch.manual_seed(0)
             model = Glow(blocks=preset["blocks"], flows=preset["flows"], hidden=preset["hidden"],
@@ -76,7 +76,7 @@ def main(argv=None):
             wall = wall_ms(step, args.repeats)
             kernel, count = kernel_ms_and_count(step)
             print(f"| {name} | {label} | {wall:.1f} | {kernel:.1f} | {count} | {kernel / wall:.0%} |")
-    fused.FusedFlowStep.driver = False
+    fused.FusedFlowStep.driver = None
 
 
 if __name__ == "__main__":

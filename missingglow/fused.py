@@ -9,10 +9,10 @@ checkpoints move freely between the two) whose forward and reverse run:
     affine coupling      one pass over the whole tensor          ops.coupling_step
 
 Activations stay channels-last from step to step (the layout ATen's CPU convolutions run fastest
-in); the values are the reference's, only the strides differ. With `FusedFlowStep.driver` set (off
-by default: bench/RESULTS.md) an affine step runs all of the above as one op driven from C++
-(ops.flow_step, csrc/flow_step.cpp), forward, inverse and backward; the LU weight matrix and the
-ActNorm and 1×1 logdets stay in Python. Additive steps and memory-saving training's backward use
+in); the values are the reference's, only the strides differ. Through the C++ driver
+(`FusedFlowStep.driver`: by default on CUDA, off on the CPU; bench/RESULTS.md) an affine step
+runs all of the above as one op driven from C++ (ops.flow_step, csrc/flow_step.cpp), forward,
+inverse and backward; the LU weight matrix and the ActNorm and 1×1 logdets stay in Python. Additive steps and memory-saving training's backward use
 the ops one by one.
 
 `flows_without_activations` runs a list of flow steps under a torch.autograd.Function that keeps
@@ -42,12 +42,15 @@ class FusedFlowStep(reference.FlowStep):
 
     `driver` (a class attribute; set it on an instance to change one step) picks how an affine
     step runs: True, the whole step as one op driven from C++ (ops.flow_step, csrc/flow_step.cpp);
-    False (the default), the ops above called one by one from Python. Same values either way.
-    The driver is 1.5–2 % faster on the small preset's training step, but an isolated step's
-    backward page-faults more with glibc's default allocator (bench/RESULTS.md), so it is off.
+    False, the ops above called one by one from Python; None (the default), the driver for CUDA
+    tensors and the ops one by one on the CPU. Same values either way. On an H100 the driver beat
+    the per-op path in 14 of 16 model-level comparisons (a GPU step there is host-bound and the
+    driver takes Python out of it); on the CPU the two are within each other's noise, and an
+    isolated step's backward page-faults more through the driver with glibc's default allocator
+    (bench/RESULTS.md).
     """
 
-    driver = False
+    driver = None
 
     def __init__(self, channels, hidden=512, affine=True, lu=True):
         super().__init__(channels, hidden, affine, lu)
@@ -65,6 +68,11 @@ class FusedFlowStep(reference.FlowStep):
                 self.actnorm.initialize(x)
             self._initialized_seen = True
 
+    def uses_driver(self, device):
+        """Whether this step runs tensors on `device` through the C++ driver (see `driver`)."""
+        wanted = torch.device(device).type == "cuda" if self.driver is None else self.driver
+        return bool(wanted) and self.coupling.affine
+
     def _weight_and_logdet(self, pixels):
         """The 1×1 conv's (C, C) matrix and the per-image logdet of ActNorm + 1×1 conv."""
         invconv = self.invconv
@@ -80,7 +88,7 @@ class FusedFlowStep(reference.FlowStep):
         x = _channels_last(x)
         self._ensure_initialized(x)
         weight, logdet = self._weight_and_logdet(x.shape[2] * x.shape[3])
-        if self.driver and self.coupling.affine:
+        if self.uses_driver(x.device):
             out, det_coupling = ops.flow_step(x, self.actnorm.loc, self.actnorm.scale, weight,
                                               *coupling_net_params(self.coupling))
             return out, logdet.expand(x.shape[0]) + det_coupling
@@ -138,7 +146,7 @@ class FusedFlowStep(reference.FlowStep):
 
     def reverse(self, y):
         y = _channels_last(y)
-        if self.driver and self.coupling.affine:
+        if self.uses_driver(y.device):
             return ops.flow_step_inverse(y, self.actnorm.loc, self.actnorm.scale, self.invconv.matrix(),
                                          *coupling_net_params(self.coupling))[0]
         half = y.shape[1] // 2

@@ -79,16 +79,30 @@ def test_fused_step_gradients_match_reference(gen, device, driver, shape, monkey
                                    msg=lambda m: f"{name}: {m}")
 
 
-def test_the_driver_runs_affine_steps_by_default(gen, monkeypatch):
+def test_the_driver_runs_affine_steps_on_cuda_only_by_default(gen):
+    assert fused.FusedFlowStep.driver is None
+    _, step = _steps(gen, 6)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # no GPU needed to ask
+    assert not step.uses_driver(cpu) and step.uses_driver(cuda)
+    step.driver = True
+    assert step.uses_driver(cpu)
+    step.driver = False
+    assert not step.uses_driver(cuda)
+    _, additive = _steps(gen, 6)
+    additive.coupling.affine, additive.driver = False, True
+    assert not additive.uses_driver(cpu)  # the driver is for affine steps only
+
+
+def test_a_cpu_step_calls_the_driver_when_asked(gen, monkeypatch):
     _, step = _steps(gen, 6)
     calls = []
     real = ops.flow_step
     monkeypatch.setattr(ops, "flow_step", lambda *a: calls.append(1) or real(*a))
     step(torch.randn(2, 6, 4, 4, generator=gen, dtype=torch.float64))
-    assert calls == ([1] if fused.FusedFlowStep.driver else [])
-    step.driver = False
+    assert calls == []
+    step.driver = True
     step(torch.randn(2, 6, 4, 4, generator=gen, dtype=torch.float64))
-    assert len(calls) == (1 if fused.FusedFlowStep.driver else 0)
+    assert calls == [1]
 
 
 def _small_args(gen, device, n=2, c=4, size=3, hidden=3):
