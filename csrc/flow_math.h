@@ -25,12 +25,11 @@ inline namespace MG_MATH_NS {
 using std::exp;
 using std::fabs;
 using std::log;
-using std::log1p;
 #endif
 
 // The few operations the templates below need, written without branches so that one template
 // serves a scalar T (the CUDA kernels, the CPU's scalar loops and tails) and a SIMD vector of T
-// (the CPU's vector loops: flow_math_simd.h specializes Elem for at::vec::Vectorized).
+// (the CPU's vector loops: simd_x86.h specializes Elem for its AVX2 and AVX-512 vectors).
 template <typename T>
 struct Elem {
   static MG_HD T exp_neg_abs(T v) { return exp(-fabs(v)); }      // exp(−|v|)
@@ -38,12 +37,6 @@ struct Elem {
   static MG_HD T min_zero(T v) { return v < T(0) ? v : T(0); }    // min(v, 0)
   static MG_HD T log_(T v) { return log(v); }
 };
-
-// log(sigmoid(v)) without overflow for either sign of v.
-template <typename T>
-MG_HD T log_sigmoid(T v) {
-  return v >= T(0) ? -log1p(exp(-v)) : v - log1p(exp(v));
-}
 
 // s = sigmoid(v) and 1 − s from one exp, with log s split as linear − log(one_plus_e), where
 // linear = min(v, 0) and one_plus_e = 1 + exp(−|v|) ∈ (1, 2]. Stable for either sign of v. The
