@@ -69,21 +69,15 @@ def make_glow(impl, preset, device, memory_saving=False, seed=0):
     return model
 
 
-def driver_by_default(device):
-    """Whether a FusedFlowStep runs the C++ driver on this device unless told (fused.py)."""
-    driver = fused.FusedFlowStep.driver
-    return device == "cuda" if driver is None else bool(driver)
-
-
 def other_mode_label(device):
-    return "C++ driver " + ("off" if driver_by_default(device) else "on")
+    return "C++ driver " + ("off" if fused.FusedFlowStep.driver_for(device) else "on")
 
 
 def other_mode(module, device):
     """module with every fused flow step switched to the non-default mode (see the docstring)."""
     for m in module.modules():
         if isinstance(m, fused.FusedFlowStep):
-            m.driver = not driver_by_default(device)
+            m.driver = not fused.FusedFlowStep.driver_for(device)
     return module
 
 

@@ -8,31 +8,20 @@ the wall time, the step is bound by the host (Python, dispatch, autograd, launch
 kernels, and fusing arithmetic on the GPU cannot show. Needs a CUDA device.
 """
 import argparse
-import os
 import statistics
-import sys
 import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from missingglow import Glow, fused  # noqa: E402
+# bench/flows.py, beside this file (it also puts the checkout on sys.path)
+from flows import make_glow, train_step
+from missingglow import fused
 
 PRESETS = {
     "small": dict(size=32, blocks=3, flows=8, hidden=64, batch=64),
     "paper": dict(size=64, blocks=4, flows=32, hidden=512, batch=16),
 }
-
-
-def step_fn(model, x):
-    def step():
-        model.zero_grad(set_to_none=True)
-        model.log_prob(x).mean().neg().backward()
-    return step
 
 
 def wall_ms(fn, repeats):
@@ -67,10 +56,7 @@ def main(argv=None):
         for label, impl, driver in [("reference", "reference", None), ("fused, ops one by one", "fused", False),
                                     ("fused, C++ driver (default on CUDA)", "fused", True)]:
             fused.FusedFlowStep.driver = driver
-            torch.manual_seed(0)
-            model = Glow(blocks=preset["blocks"], flows=preset["flows"], hidden=preset["hidden"],
-                         image_size=preset["size"], impl=impl).cuda()
-            step = step_fn(model, x)
+            step = train_step(make_glow(impl, preset, "cuda"), x)
             for _ in range(3):
                 step()
             wall = wall_ms(step, args.repeats)

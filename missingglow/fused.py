@@ -12,8 +12,8 @@ Activations stay channels-last from step to step (the layout ATen's CPU convolut
 in); the values are the reference's, only the strides differ. Through the C++ driver
 (`FusedFlowStep.driver`: by default on CUDA, off on the CPU; bench/RESULTS.md) an affine step
 runs all of the above as one op driven from C++ (ops.flow_step, csrc/flow_step.cpp), forward,
-inverse and backward; the LU weight matrix and the ActNorm and 1×1 logdets stay in Python. Additive steps and memory-saving training's backward use
-the ops one by one.
+inverse and backward; the LU weight matrix and the ActNorm and 1×1 logdets stay in Python.
+Additive steps and memory-saving training's backward use the ops one by one.
 
 `flows_without_activations` runs a list of flow steps under a torch.autograd.Function that keeps
 only the last output: its backward rebuilds each step's input from its output with the step's
@@ -44,7 +44,7 @@ class FusedFlowStep(reference.FlowStep):
     step runs: True, the whole step as one op driven from C++ (ops.flow_step, csrc/flow_step.cpp);
     False, the ops above called one by one from Python; None (the default), the driver for CUDA
     tensors and the ops one by one on the CPU. Same values either way. On an H100 the driver beat
-    the per-op path in 14 of 16 model-level comparisons (a GPU step there is host-bound and the
+    the per-op path in 21 of 24 model-level comparisons (a GPU step there is host-bound and the
     driver takes Python out of it); on the CPU the two are within each other's noise, and an
     isolated step's backward page-faults more through the driver with glibc's default allocator
     (bench/RESULTS.md).
@@ -68,10 +68,15 @@ class FusedFlowStep(reference.FlowStep):
                 self.actnorm.initialize(x)
             self._initialized_seen = True
 
+    @classmethod
+    def driver_for(cls, device, driver=None):
+        """Whether `driver` (default: the class's) means the C++ driver for tensors on `device`."""
+        driver = cls.driver if driver is None else driver
+        return torch.device(device).type == "cuda" if driver is None else bool(driver)
+
     def uses_driver(self, device):
         """Whether this step runs tensors on `device` through the C++ driver (see `driver`)."""
-        wanted = torch.device(device).type == "cuda" if self.driver is None else self.driver
-        return bool(wanted) and self.coupling.affine
+        return self.driver_for(device, self.driver) and self.coupling.affine
 
     def _weight_and_logdet(self, pixels):
         """The 1×1 conv's (C, C) matrix and the per-image logdet of ActNorm + 1×1 conv."""
