@@ -21,7 +21,10 @@ def extension_status():
     keys = [k for k in ("CPU", "CUDA")
             if all(torch._C._dispatch_has_kernel_for_dispatch_key(n, k) for n in names)]
     gpu = "a GPU is present" if torch.cuda.is_available() else "no GPU"
-    return f"fused ops: {len(names)} ops with kernels for {', '.join(keys)} ({gpu})"
+    from . import _C
+
+    return (f"fused ops: {len(names)} ops with kernels for {', '.join(keys)} ({gpu}); "
+            f"CPU coupling loops: {_C.coupling_simd()}")
 
 
 def run(image_size=32, seed=0):

@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -16,6 +18,15 @@ def test_check_reports_a_sound_install():
     assert result.returncode == 0, result.stderr
     assert "inverse(forward(x))" in result.stdout and result.stdout.strip().endswith("ok")
     assert "Traceback" not in result.stderr
+
+
+def test_check_names_the_build_of_the_cpu_coupling_loops():
+    from missingglow import ops
+
+    if not ops.AVAILABLE:
+        pytest.skip(str(ops.WHY_UNAVAILABLE))
+    result = run_cli("check")
+    assert any(f"CPU coupling loops: {name}" in result.stdout for name in ("avx512", "avx2", "portable"))
 
 
 def test_unknown_command_is_one_clear_error():
