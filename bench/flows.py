@@ -38,7 +38,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from missingglow import Glow, allocator, fused, ops, reference  # noqa: E402
+from missingglow import Glow, allocator
+from missingglow.flow import fused, ops, reference  # noqa: E402
 
 
 def sync(device):

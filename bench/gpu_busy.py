@@ -16,7 +16,7 @@ from torch.profiler import ProfilerActivity, profile
 
 # bench/flows.py, beside this file (it also puts the checkout on sys.path)
 from flows import make_glow, train_step
-from missingglow import fused
+from missingglow.flow import fused
 
 PRESETS = {
     "small": dict(size=32, blocks=3, flows=8, hidden=64, batch=64),

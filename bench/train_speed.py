@@ -24,7 +24,7 @@ if ROOT not in sys.path:
 from missingglow import Glow  # noqa: E402
 from missingglow.allocator import keep_freed_memory  # noqa: E402
 from missingglow.presets import PRESETS  # noqa: E402
-from missingglow.preprocess import bits_per_dim  # noqa: E402
+from missingglow.flow.preprocess import bits_per_dim  # noqa: E402
 
 
 def make(preset, impl):

@@ -35,8 +35,9 @@ import warnings
 warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # the core never uses it
 import torch  # noqa: E402
 
-from missingglow import analysis, checkpoint, evaluate, plot, presets  # noqa: E402
-from missingglow.data import MaskedImages, dataset_of  # noqa: E402
+from missingglow.analysis import runs as analysis, evaluate, plot
+from missingglow import checkpoint, presets  # noqa: E402
+from missingglow.data.datasets import MaskedImages, dataset_of  # noqa: E402
 from missingglow.train import heldout_bits_per_dim, train  # noqa: E402
 
 TEMPERATURES = (0.3, 0.5, 0.7, 0.9, 1.1, 1.3)

@@ -5,9 +5,9 @@ import warnings
 warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
 
 from .errors import UserError
-from .model import Glow
-from .preprocess import bits_per_dim, dequantize, quantize, to_unit_range
-from .rosinality import from_rosinality
+from .flow.model import Glow
+from .flow.preprocess import bits_per_dim, dequantize, quantize, to_unit_range
+from .flow.rosinality import from_rosinality
 
 __all__ = ["Glow", "UserError", "bits_per_dim", "dequantize", "from_rosinality", "quantize",
            "to_unit_range"]

@@ -11,7 +11,7 @@ import tempfile
 import torch
 
 from .errors import UserError
-from .model import Glow
+from .flow.model import Glow
 
 FORMAT = "missingglow-checkpoint"
 VERSION = 1
@@ -112,7 +112,7 @@ def load_model(path, image_size=None):
     raw = _read(resolved)
     if isinstance(raw, dict) and raw.get("format") != FORMAT and any(
             k.split("module.")[-1].startswith("blocks.") for k in raw):
-        from .rosinality import from_rosinality
+        from .flow.rosinality import from_rosinality
         return from_rosinality(raw, image_size=image_size or 64).eval(), None
     payload = _validate(raw, resolved)
     config = dict(payload["model_config"])

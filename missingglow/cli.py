@@ -26,7 +26,7 @@ def cli():
 @click.option("--rebuild", is_flag=True, help="Decode again even if a good cache exists.")
 def prepare(data_dir, size, cache_dir, workers, synthetic_count, synthetic_seed, synthetic_detail, rebuild):
     """Decode an image folder once into the memory-mapped cache (reused when up to date)."""
-    from .data import open_dataset
+    from .data.datasets import open_dataset
 
     cache = open_dataset(data_dir, size, cache_dir=cache_dir, workers=workers, rebuild=rebuild,
                          synthetic_count=synthetic_count, synthetic_seed=synthetic_seed,
@@ -97,7 +97,7 @@ def train(resume, quiet, **options):
 
 
 def _temperatures(values, default):
-    from .analysis import parse_temperatures
+    from .analysis.runs import parse_temperatures
 
     out = []
     for text in values or (default,):
@@ -120,8 +120,8 @@ def _echo_err(message):
 @click.option("--out", default="samples.png", show_default=True, help="PNG file to write.")
 def sample(checkpoint, temperatures, n, seed, columns, out):
     """Sample a grid PNG: ε ~ N(0, t²·I), x = Φ⁻¹(ε); several temperatures give a row each."""
-    from .analysis import check_positive, open_run, sample_sheet
-    from .plot import save
+    from .analysis.runs import check_positive, open_run, sample_sheet
+    from .analysis.plot import save
 
     ts = _temperatures(temperatures, "0.7")
     n = check_positive(n if n is not None else (64 if len(ts) == 1 else 8), "-n (samples)")
@@ -155,17 +155,17 @@ def squares(images, checkpoint, temperatures, n, seed, square, image_size, out):
     """Count grey squares: in samples per temperature (the paper's Table 1), or in IMAGES."""
     import os
 
-    from .analysis import (check_positive, contact_sheet, format_table1, open_run, square_table,
+    from .analysis.runs import (check_positive, contact_sheet, format_table1, open_run, square_table,
                           table1_csv, table1_plot)
-    from .plot import save
+    from .analysis.plot import save
 
     if square is not None:
         check_positive(square, "--square")
     if image_size is not None:
         check_positive(image_size, "--size")
     if images:
-        from .images import load_image
-        from .squares import detect, detector_sizes_for
+        from .data.images import load_image
+        from .analysis.squares import detect, detector_sizes_for
         from PIL import Image
 
         k = square
@@ -229,8 +229,8 @@ def impute(images, checkpoint, alpha, keep_observed, iterations, square, out):
     """Restore IMAGES (files, or heldout:N for held-out dataset items) by x' = Φ⁻¹(α·Φ(x))."""
     import os
 
-    from .analysis import check_positive, open_run, parse_alphas, parse_square
-    from .impute import find_square, impute_files, load_inputs
+    from .analysis.runs import check_positive, open_run, parse_alphas, parse_square
+    from .analysis.impute import find_square, impute_files, load_inputs
 
     alphas = parse_alphas(alpha)
     check_positive(iterations, "--iterations")
@@ -259,9 +259,9 @@ def latent_norms_command(checkpoint, n, seed, out):
     """Histograms of ‖Φ(x)‖ for several square sizes and counts (the paper's Appendix B)."""
     import os
 
-    from .analysis import check_positive, open_run
-    from .latent_norms import format_table, latent_norms, norms_csv, norms_plot
-    from .plot import save
+    from .analysis.runs import check_positive, open_run
+    from .analysis.latent_norms import format_table, latent_norms, norms_csv, norms_plot
+    from .analysis.plot import save
 
     check_positive(n, "-n (images)")
     run = open_run(checkpoint)
@@ -285,10 +285,10 @@ def evaluate(checkpoint, n, alpha, iterations, seed, out):
     """Imputation quality on held-out images (RMSE, PSNR; baselines) and masked-vs-clean bits/dim."""
     import os
 
-    from .analysis import check_positive, open_run, parse_alphas
-    from .evaluate import evaluate as run_evaluation
-    from .evaluate import format_report, report_csv, report_plot
-    from .plot import save
+    from .analysis.runs import check_positive, open_run, parse_alphas
+    from .analysis.evaluate import evaluate as run_evaluation
+    from .analysis.evaluate import format_report, report_csv, report_plot
+    from .analysis.plot import save
 
     alphas = parse_alphas(alpha)
     check_positive(n, "-n (images)")

@@ -7,7 +7,7 @@ measured in docs/phenomenon.md. With no GPU and no architecture given, `train` p
 import torch
 
 from .errors import UserError
-from .synthetic import DETAILS
+from .data.synthetic import DETAILS
 
 PAPER_SIZE = 64  # the image side the paper's square sizes refer to
 

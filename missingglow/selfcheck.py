@@ -8,9 +8,9 @@ import time
 
 import torch
 
-from . import ops, reference
-from .model import Glow
-from .preprocess import bits_per_dim, dequantize, quantize
+from .flow import ops, reference
+from .flow.model import Glow
+from .flow.preprocess import bits_per_dim, dequantize, quantize
 
 
 def extension_status():

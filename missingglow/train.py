@@ -17,11 +17,11 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from .allocator import keep_freed_memory
-from .data import MaskedImages, dataset_of
+from .data.datasets import MaskedImages, dataset_of
 from .errors import UserError
-from .images import grid, save_png
-from .model import Glow
-from .preprocess import bits_per_dim, from_model, quantize
+from .data.images import grid, save_png
+from .flow.model import Glow
+from .flow.preprocess import bits_per_dim, from_model, quantize
 from .seeding import generator
 
 METRICS = "metrics.jsonl"

@@ -8,7 +8,7 @@ import sys
 import torch
 
 import missingglow
-from missingglow import ops
+from missingglow.flow import ops
 
 if not ops.AVAILABLE:
     sys.exit(f"the CUDA build did not load: {ops.WHY_UNAVAILABLE}")

@@ -13,9 +13,9 @@ import random
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from missingglow.images import from_pil, to_pil
-from missingglow.masks import GREY
-from missingglow.synthetic import draw_face
+from missingglow.data.images import from_pil, to_pil
+from missingglow.data.masks import GREY
+from missingglow.data.synthetic import draw_face
 
 PICTURES = ("face", "gradient", "texture", "noise", "smooth", "scene")
 DEGRADATIONS = ("none", "blur", "noise", "tint", "quantize", "blur+noise+tint")
@@ -142,7 +142,7 @@ def grey_content(seed=0, size=64, square=12):
 def score(detect_fn, seed=0, size=64, square=12, per_cell=2):
     """Precision, recall and exact-count accuracy of detect_fn(image) -> squares on the bank, plus
     false detections on the grey content. Returns a dict (also per picture kind)."""
-    from missingglow.squares import match
+    from missingglow.analysis.squares import match
 
     tp = fp = fn = exact = total = 0
     by_kind = {}

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from missingglow.analysis import (contact_sheet, format_table1, open_run, parse_alphas,
+from missingglow.analysis.runs import (contact_sheet, format_table1, open_run, parse_alphas,
                                   parse_square, parse_temperatures, parse_values, sample_images,
                                   sample_sheet, square_table, table1_csv, table1_plot)
-from missingglow.preprocess import from_model, to_model
+from missingglow.flow.preprocess import from_model, to_model
 from missingglow.errors import UserError
-from analysis_helpers import tiny_run
+from helpers import tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_table1_files(run, tmp_path):
 
 
 def test_keep_observed_changes_only_the_square(run):
-    from missingglow.impute import heldout_item, restore
+    from missingglow.analysis.impute import heldout_item, restore
 
     item = heldout_item(run, 0)
     out = restore(run.model, item.image[None], [0.3, 1.0], run.n_bits, item.mask[None], iterations=2)
@@ -103,7 +103,7 @@ def test_keep_observed_changes_only_the_square(run):
 
 
 def test_evaluation_invariants(run):
-    from missingglow.evaluate import best_alpha, evaluate, format_report
+    from missingglow.analysis.evaluate import best_alpha, evaluate, format_report
 
     result = evaluate(run, n=8, alphas=[0.5, 1.0], iterations=2)
     rows = {(r["method"], r["alpha"]): r for r in result["rows"]}
@@ -121,7 +121,7 @@ def test_evaluation_invariants(run):
 
 
 def test_latent_norms(run):
-    from missingglow.latent_norms import format_table, latent_norms, norms_plot, variants
+    from missingglow.analysis.latent_norms import format_table, latent_norms, norms_plot, variants
 
     specs = variants(square=4, count=1, image_size=16)
     assert [s[1] for s in specs if s[3] == "sizes"] == [0, 1, 2, 4, 8]

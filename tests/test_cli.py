@@ -21,7 +21,7 @@ def test_check_reports_a_sound_install():
 
 
 def test_check_names_the_build_of_the_cpu_coupling_loops():
-    from missingglow import ops
+    from missingglow.flow import ops
 
     if not ops.AVAILABLE:
         pytest.skip(str(ops.WHY_UNAVAILABLE))

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from analysis_helpers import env_with_cache, tiny_run
+from helpers import env_with_cache, tiny_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from missingglow import cache as cachefile
-from missingglow import data
+from missingglow.data import cache as cachefile
+from missingglow.data import datasets as data
 from missingglow.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -217,7 +217,7 @@ def test_cache_file_as_data(folder, cache_dir):
 CONCURRENT = r"""
 import sys
 sys.path.insert(0, {root!r})
-from missingglow import data
+from missingglow.data import datasets as data
 c = data.open_dataset(None, 16, cache_dir={cache!r}, synthetic_count=1500, workers=1,
                       rebuild=True, quiet=True)
 print(c.path)
@@ -278,7 +278,7 @@ def test_square_positions_deterministic_and_uniform(faces):
 
 def test_square_positions_same_in_another_process():
     here = [data.square_positions(7, i, 20, 2, 64).tolist() for i in range(50)]
-    code = ("import sys, json; sys.path.insert(0, %r); from missingglow.masks import "
+    code = ("import sys, json; sys.path.insert(0, %r); from missingglow.data.masks import "
             "square_positions as p; print(json.dumps([p(7, i, 20, 2, 64).tolist() "
             "for i in range(50)]))" % ROOT)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
@@ -374,7 +374,7 @@ class Block(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError("numpy blocked", name=name)
 sys.meta_path.insert(0, Block())
 sys.path.insert(0, {root!r})
-from missingglow import data
+from missingglow.data import datasets as data
 for src in ({folder!r}, None):
     c = data.open_dataset(src, 8, cache_dir={cache!r}, synthetic_count=300, quiet=True)
     ds = data.MaskedImages(c, square=3, count=1)
@@ -392,8 +392,8 @@ def test_data_path_numpy_free(folder, cache_dir):
 
 
 def test_low_detail_synthetic_faces_are_their_own_cache(cache_dir, monkeypatch):
-    from missingglow import synthetic
-    from missingglow.data import dataset_of, synthetic_source
+    from missingglow.data import synthetic
+    from missingglow.data.datasets import dataset_of, synthetic_source
 
     # the full-detail source string is unchanged, so caches built before `detail` existed stay valid
     assert synthetic_source(0, 10) == f"synthetic:seed=0,n=10,v={synthetic.VERSION}"

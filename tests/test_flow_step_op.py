@@ -6,8 +6,8 @@ float64, fresh random inputs with odd shapes, every parameter randomly perturbed
 import pytest
 import torch
 
-from missingglow import fused, ops, reference
-from conftest import randomize
+from missingglow.flow import fused, ops, reference
+from helpers import randomize
 
 pytestmark = pytest.mark.skipif(not ops.AVAILABLE, reason=str(ops.WHY_UNAVAILABLE))
 

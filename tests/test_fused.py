@@ -6,8 +6,9 @@ Every comparison is float64 on a model whose parameters are all randomly perturb
 import pytest
 import torch
 
-from missingglow import Glow, fused, model as model_module, ops, reference
-from conftest import randomize
+from missingglow import Glow
+from missingglow.flow import fused, model as model_module, ops, reference
+from helpers import randomize
 
 pytestmark = pytest.mark.skipif(not ops.AVAILABLE, reason=str(ops.WHY_UNAVAILABLE))
 

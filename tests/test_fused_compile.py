@@ -3,7 +3,8 @@ flow step (and here the whole tiny model) compiles as one graph, forward and bac
 import pytest
 import torch
 
-from missingglow import Glow, ops
+from missingglow import Glow
+from missingglow.flow import ops
 
 pytestmark = pytest.mark.skipif(not ops.AVAILABLE, reason=str(ops.WHY_UNAVAILABLE))
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from missingglow import reference as ref
-from conftest import brute_force_logdet, randomize
+from missingglow.flow import reference as ref
+from helpers import brute_force_logdet, randomize
 
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from missingglow import Glow, bits_per_dim, dequantize, quantize
-from conftest import brute_force_logdet, randomize
+from helpers import brute_force_logdet, randomize
 
 
 def _model(gen, dtype=torch.float64, **kw):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from missingglow import ops, reference
+from missingglow.flow import ops, reference
 
 pytestmark = pytest.mark.skipif(not ops.AVAILABLE, reason=str(ops.WHY_UNAVAILABLE))
 

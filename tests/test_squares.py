@@ -16,15 +16,15 @@ Blur on squares of 4–6 px is the hard case. These tests run a smaller cut of t
 """
 import torch
 
-from missingglow.masks import GREY
-from missingglow.squares import (Square, all_sizes, candidate_sizes, count, detect, iou, match,
+from missingglow.data.masks import GREY
+from missingglow.analysis.squares import (Square, all_sizes, candidate_sizes, count, detect, iou, match,
                                  outline)
 from squares_bank import grey_content, score
 
 
 def face(size=64, index=3):
-    from missingglow.images import from_pil
-    from missingglow.synthetic import draw_face
+    from missingglow.data.images import from_pil
+    from missingglow.data.synthetic import draw_face
 
     return from_pil(draw_face(0, index, size))
 

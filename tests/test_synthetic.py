@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from missingglow import synthetic
+from missingglow.data import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,7 +25,7 @@ def test_deterministic_by_seed_and_index():
 
 
 def test_same_face_in_another_process():
-    code = ("import sys, hashlib; sys.path.insert(0, %r); from missingglow import synthetic; "
+    code = ("import sys, hashlib; sys.path.insert(0, %r); from missingglow.data import synthetic; "
             "print(hashlib.sha256(synthetic.draw_face(3, 42, 24).tobytes()).hexdigest())" % ROOT)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PYTHONHASHSEED": "7"})

@@ -9,7 +9,7 @@ import re
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 from .model import Glow
 
 _FLOW_KEY = re.compile(r"blocks\.(\d+)\.flows\.(\d+)\.")

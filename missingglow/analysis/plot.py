@@ -293,7 +293,7 @@ def label_rows(image, labels, top, step, width=None, header=None):
 
 def save(image, path):
     """Write a PIL image as PNG atomically (temp file in the same folder, then rename)."""
-    from .checkpoint import atomic_write
+    from ..checkpoint import atomic_write
 
     atomic_write(path, lambda f: image.save(f, format="PNG"))
     return path

@@ -21,7 +21,7 @@ import torch
 
 from . import imagefolder, synthetic
 from .cache import SUFFIX, CacheMismatch, ImageCache, read_header, write_cache
-from .errors import UserError
+from ..errors import UserError
 from .masks import GREY, apply_squares, check_squares, square_mask, square_positions
 
 __all__ = ["open_dataset", "dataset_of", "open_cache", "cache_path", "default_cache_dir", "heldout_indices",

@@ -10,7 +10,7 @@ import hashlib
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 GREY = 128 / 255  # exactly 0 after 5-bit preprocessing: floor(128 / 8) / 32 - 0.5 == 0
 

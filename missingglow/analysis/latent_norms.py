@@ -10,8 +10,8 @@ import math
 
 import torch
 
-from .seeding import generator
-from .preprocess import dequantize, quantize
+from ..seeding import generator
+from ..flow.preprocess import dequantize, quantize
 
 PAPER_SIZES = (0, 2, 8, 16, 32)  # at 64×64
 PAPER_COUNTS = (0, 1, 2)
@@ -37,7 +37,7 @@ def variants(square, count, image_size):
 @torch.no_grad()
 def latent_norms(run, n, seed=0, batch=50):
     """{label: norms tensor (n,)} per variant, plus the variant list and D."""
-    from .data import MaskedImages, dataset_of
+    from ..data.datasets import MaskedImages, dataset_of
 
     run.need_dataset()
     c = run.config
@@ -90,7 +90,7 @@ def format_table(result):
 
 
 def norms_csv(path, result):
-    from .analysis import write_csv
+    from .runs import write_csv
 
     header = ["squares", "n", "mean", "std", "q25", "median", "q75", "nonfinite"]
     body = [[r["label"], r["n"], f"{r['mean']:.4f}", f"{r['std']:.4f}", f"{r['q25']:.4f}",

@@ -11,8 +11,8 @@ import math
 
 import torch
 
-from .preprocess import bits_per_dim, from_model, quantize, to_model
-from .seeding import generator
+from ..flow.preprocess import bits_per_dim, from_model, quantize, to_model
+from ..seeding import generator
 
 BASELINES = ("grey fill", "mean-colour fill")
 
@@ -65,8 +65,8 @@ def evaluate(run, n, alphas, iterations=1, seed=0, batch=32, say=None):
     """Scores and bits/dim on the first n held-out images of the checkpoint's dataset.
 
     Returns {"rows": [...], "bpd": {...}, "images": n, "square": K, "count": squares per image}."""
-    from .data import MaskedImages, dataset_of
-    from .masks import square_mask
+    from ..data.datasets import MaskedImages, dataset_of
+    from ..data.masks import square_mask
 
     run.need_dataset()
     c = run.config
@@ -163,7 +163,7 @@ def format_report(result):
 
 
 def report_csv(path, result):
-    from .analysis import write_csv
+    from .runs import write_csv
 
     header = ["method", "alpha", "rmse_in", "psnr_in", "rmse_out", "psnr_out", "nonfinite", "images"]
     body = [[r["method"], "" if r["alpha"] is None else r["alpha"], f"{r['rmse_in']:.6f}",

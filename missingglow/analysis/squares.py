@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .masks import GREY
+from ..data.masks import GREY
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import tempfile
 import torch
 from PIL import Image
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def finite_mask(batch):

@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 try:
-    from . import _C  # noqa: F401  (loading it registers the ops)
+    from .. import _C  # noqa: F401  (loading it registers the ops)
     AVAILABLE, WHY_UNAVAILABLE = True, None
 except ImportError as err:  # not built, or built against another torch
     AVAILABLE, WHY_UNAVAILABLE = False, f"missingglow._C could not be loaded ({err})"

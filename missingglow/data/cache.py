@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 MAGIC = b"MGLOWCACHE\n"
 FORMAT_VERSION = 1

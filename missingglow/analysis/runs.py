@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import UserError
-from .images import finite_mask
-from .preprocess import from_model
-from .seeding import generator
+from ..errors import UserError
+from ..data.images import finite_mask
+from ..flow.preprocess import from_model
+from ..seeding import generator
 
 DEFAULT_TEMPERATURES = "0.1:1.5:0.1"
 BUCKETS = ("0", "1", "2", "3", "4+")
@@ -109,7 +109,7 @@ class Run:
 
 def open_run(path, square=None):
     """Load a checkpoint (run folder or file) for analysis; UserErrors for anything foreign."""
-    from .checkpoint import load_model
+    from ..checkpoint import load_model
 
     model, payload = load_model(path)
     config = dict(payload.get("config") or {}) if payload else {}
@@ -189,7 +189,7 @@ def write_csv(path, header, rows):
     """A CSV file written atomically."""
     import io
 
-    from .checkpoint import atomic_write
+    from ..checkpoint import atomic_write
 
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -229,7 +229,7 @@ def table1_plot(rows):
 def contact_sheet(rows, labels, min_tile=48):
     """Samples with their detected squares outlined: one row per entry of `rows` [(images, found)];
     non-finite samples as checkerboards. Returns (PIL image, non-finite count)."""
-    from .images import grid, to_pil
+    from ..data.images import grid, to_pil
     from .plot import label_rows
     from .squares import outline
 
@@ -251,7 +251,7 @@ def sample_sheet(run, temperatures, n, seed, columns=None, min_tile=32):
     """Samples per temperature as one labelled grid: a row per temperature (n per row) when
     several temperatures are asked for, else n samples in rows of `columns`.
     Returns (PIL image, [(t, non-finite count)])."""
-    from .images import grid, to_pil
+    from ..data.images import grid, to_pil
     from .plot import label_rows
 
     size = run.image_size

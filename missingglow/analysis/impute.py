@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from .errors import UserError
-from .preprocess import from_model, to_model
+from ..errors import UserError
+from ..flow.preprocess import from_model, to_model
 
 
 @dataclass
@@ -28,8 +28,8 @@ class Item:
 
 def heldout_item(run, index):
     """Held-out item `index` of the checkpoint's dataset, with its square(s) and clean original."""
-    from .data import MaskedImages, dataset_of
-    from .masks import square_mask
+    from ..data.datasets import MaskedImages, dataset_of
+    from ..data.masks import square_mask
 
     run.need_dataset()
     c = run.config
@@ -45,7 +45,7 @@ def heldout_item(run, index):
 
 def load_inputs(run, specs, say=None):
     """Image files and `heldout:N` specs → Items. Says once if files were resized or cropped."""
-    from .images import load_image
+    from ..data.images import load_image
 
     items, reshaped = [], []
     for spec in specs:
@@ -76,7 +76,7 @@ def load_inputs(run, specs, say=None):
 
 def find_square(run, item, square=None):
     """Fill item.mask for --keep-observed: by hand, else from the dataset, else the detector."""
-    from .masks import square_mask
+    from ..data.masks import square_mask
     from .squares import detect, detector_sizes_for
 
     size = run.image_size
@@ -121,7 +121,7 @@ def impute_files(run, items, alphas, out_dir, keep_observed=False, iterations=1,
     strip per item (a row per alpha, the input on top, the original at the bottom when known) and
     an overview with a column per item (the paper's Fig. 2). Returns a list of summary lines and the
     number of non-finite results."""
-    from .images import grid, save_png, to_pil
+    from ..data.images import grid, save_png, to_pil
     from .plot import label_rows, save
 
     lines, bad_total, columns = [], 0, []
