@@ -132,32 +132,23 @@ def op_rows(preset, device, repeats, gen):
     an_args, an_args_g = (x, loc, scale, weight), with_grad(x, loc, scale, weight)
     cases = [
         ("actnorm+1x1conv", "forward", lambda: ops.actnorm_conv(*an_args),
-         lambda: reference.actnorm_conv_forward(*an_args)),
+         lambda: reference.actnorm_conv(*an_args)),
         ("actnorm+1x1conv", "inverse", lambda: ops.actnorm_conv_inverse(*an_args),
          lambda: reference.actnorm_conv_inverse(*an_args)),
         ("actnorm+1x1conv", "forward+backward",
          lambda: ops.actnorm_conv(*an_args_g).sum().backward(),
-         lambda: reference.actnorm_conv_forward(*an_args_g).sum().backward()),
+         lambda: reference.actnorm_conv(*an_args_g).sum().backward()),
     ]
-
-    def ref_coupling(x, h):
-        x_a, x_b = x.chunk(2, 1)
-        y_b, logdet = reference.affine_coupling_forward(x_b, *h.chunk(2, 1))
-        return torch.cat([x_a, y_b], 1), logdet
-
-    def ref_coupling_inverse(y, h):
-        y_a, y_b = y.chunk(2, 1)
-        x_b, logdet = reference.affine_coupling_inverse(y_b, *h.chunk(2, 1))
-        return torch.cat([y_a, x_b], 1), logdet
 
     xg, hg = with_grad(x, h)
     cases += [
-        ("affine coupling", "forward", lambda: ops.coupling_step(x, h), lambda: ref_coupling(x, h)),
+        ("affine coupling", "forward", lambda: ops.coupling_step(x, h),
+         lambda: reference.coupling_step(x, h)),
         ("affine coupling", "inverse", lambda: ops.coupling_step_inverse(x, h),
-         lambda: ref_coupling_inverse(x, h)),
+         lambda: reference.coupling_step_inverse(x, h)),
         ("affine coupling", "forward+backward",
          lambda: sum(t.sum() for t in ops.coupling_step(xg, hg)).backward(),
-         lambda: sum(t.sum() for t in ref_coupling(xg, hg)).backward()),
+         lambda: sum(t.sum() for t in reference.coupling_step(xg, hg)).backward()),
     ]
     for name, direction, fast, ref in cases:
         f_ms, r_ms = interleaved([fast, ref], device, repeats)

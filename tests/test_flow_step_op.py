@@ -49,9 +49,15 @@ def test_flow_step_op_matches_reference(gen, device, shape, channels_last):
         y, logdet = ops.flow_step(x, *_op_args(step))
         torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(logdet, logdet_ref, rtol=1e-10, atol=1e-10)
+        y_fn, logdet_fn = reference.flow_step(x, *_op_args(step))
+        torch.testing.assert_close(y_fn, y_ref, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(logdet_fn, logdet_ref, rtol=1e-12, atol=1e-12)
         back, inv_logdet = ops.flow_step_inverse(y, *_op_args(step))
         torch.testing.assert_close(back, x, rtol=1e-9, atol=1e-9)
         torch.testing.assert_close(inv_logdet, -logdet, rtol=1e-10, atol=1e-10)
+        back_fn, inv_logdet_fn = reference.flow_step_inverse(y, *_op_args(step))
+        torch.testing.assert_close(back, back_fn, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(inv_logdet, inv_logdet_fn, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(ops.flow_step_inverse(y_ref, *_op_args(step))[0],
                                    ref.reverse(y_ref), rtol=1e-9, atol=1e-9)
 

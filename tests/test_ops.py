@@ -109,7 +109,7 @@ def test_actnorm_conv_matches_reference(gen, device, shape, layout):
     x = _activations(gen, shape, device, layout)
     loc, scale, weight = _actnorm_conv_params(gen, shape[1], device, weight_4d=shape[1] == 12)
     y = ops.actnorm_conv(x, loc, scale, weight)
-    torch.testing.assert_close(y, reference.actnorm_conv_forward(x, loc, scale, weight),
+    torch.testing.assert_close(y, reference.actnorm_conv(x, loc, scale, weight),
                                rtol=1e-12, atol=1e-12)
     back = ops.actnorm_conv_inverse(y, loc, scale, weight)
     torch.testing.assert_close(back, reference.actnorm_conv_inverse(y, loc, scale, weight),
@@ -135,7 +135,7 @@ def test_actnorm_conv_gradients(gen, device, layout):
     assert torch.autograd.gradcheck(ops.actnorm_conv, small)
     assert torch.autograd.gradcheck(ops.actnorm_conv_inverse, small)
     y = ops.actnorm_conv(x, *params)
-    y_ref = reference.actnorm_conv_forward(x, *params)
+    y_ref = reference.actnorm_conv(x, *params)
     weights = torch.randn(y.shape, generator=gen, dtype=y.dtype).to(device)
     grads = torch.autograd.grad((y * weights).sum(), [x, *params])
     grads_ref = torch.autograd.grad((y_ref * weights).sum(), [x, *params])
@@ -189,12 +189,14 @@ def test_coupling_step_matches_reference(gen, device, shape, layout):
     x = _activations(gen, shape, device, layout)
     h = 3 * _activations(gen, shape, device, layout)
     y, logdet = ops.coupling_step(x, h)
-    x_a, x_b = x.chunk(2, 1)
-    y_b, logdet_ref = reference.affine_coupling_forward(x_b, *h.chunk(2, 1))
-    torch.testing.assert_close(y, torch.cat([x_a, y_b], 1), rtol=1e-12, atol=1e-12)
+    y_ref, logdet_ref = reference.coupling_step(x, h)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(logdet, logdet_ref, rtol=1e-12, atol=1e-10)
     back, inv_logdet = ops.coupling_step_inverse(y, h)
+    back_ref, inv_logdet_ref = reference.coupling_step_inverse(y, h)
+    torch.testing.assert_close(back, back_ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(back, x, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(inv_logdet, inv_logdet_ref, rtol=1e-12, atol=1e-10)
     torch.testing.assert_close(inv_logdet, -logdet_ref, rtol=1e-12, atol=1e-10)
     channels_last = layout == "channels_last" and not x.is_contiguous()
     assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -208,9 +210,7 @@ def test_coupling_step_gradients(gen, device, layout):
     assert torch.autograd.gradcheck(ops.coupling_step, [x, h])
     assert torch.autograd.gradcheck(ops.coupling_step_inverse, [x, h])
     y, logdet = ops.coupling_step(x, h)
-    x_a, x_b = x.chunk(2, 1)
-    y_b, logdet_ref = reference.affine_coupling_forward(x_b, *h.chunk(2, 1))
-    y_ref = torch.cat([x_a, y_b], 1)
+    y_ref, logdet_ref = reference.coupling_step(x, h)
     weights = torch.randn(y.shape, generator=gen, dtype=y.dtype).to(device)
     grads = torch.autograd.grad((y * weights).sum() + logdet.pow(2).sum(), [x, h])
     grads_ref = torch.autograd.grad((y_ref * weights).sum() + logdet_ref.pow(2).sum(), [x, h])
@@ -245,6 +245,35 @@ def test_coupling_step_refuses_bad_arguments():
         ops.coupling_step(torch.zeros(2, 3, 3, 3), torch.zeros(2, 3, 3, 3))
     with pytest.raises(RuntimeError, match="one shape"):
         ops.coupling_step(x, torch.zeros(2, 4, 3, 4))
+
+
+# --- the coupling network (ops.zero_conv and ops.coupling_net, ATen's convs) -----------------------
+
+def _net_params(gen, c, hidden, device):
+    """(w1, b1, w2, b2, w3, b3, s3) of a coupling network for C channels, all of them non-zero."""
+    shapes = [(hidden, c // 2, 3, 3), (hidden,), (hidden, hidden, 1, 1), (hidden,),
+              (c, hidden, 3, 3), (c,), (1, c, 1, 1)]
+    return [(0.3 * torch.randn(s, generator=gen, dtype=torch.float64)).to(device) for s in shapes]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(1, 6, 1, 1), (3, 12, 5, 7), (2, 6, 1, 4)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_coupling_net_matches_reference(gen, device, shape, layout):
+    x_a = _activations(gen, (shape[0], shape[1] // 2, *shape[2:]), device, layout)
+    params = [p.requires_grad_() for p in _net_params(gen, shape[1], 5, device)]
+    w3, b3, s3 = params[4:]
+    hidden = _activations(gen, (shape[0], 5, *shape[2:]), device, layout)
+    torch.testing.assert_close(ops.zero_conv(hidden, w3, b3, s3),
+                               reference.zero_conv(hidden, w3, b3, s3), rtol=1e-12, atol=1e-12)
+    h = ops.coupling_net(x_a, *params)
+    h_ref = reference.coupling_net(x_a, *params)
+    torch.testing.assert_close(h, h_ref, rtol=1e-12, atol=1e-12)
+    weights = torch.randn(h.shape, generator=gen, dtype=h.dtype).to(device)
+    grads = torch.autograd.grad((h * weights).sum(), params)
+    grads_ref = torch.autograd.grad((h_ref * weights).sum(), params)
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-10)
 
 
 # --- the SIMD builds of the CPU coupling loops (csrc/coupling_runs*.{h,cpp}) ---------------------
@@ -293,9 +322,7 @@ def test_every_simd_build_matches_reference(gen, simd_build, shape, layout, dtyp
     h = 4 * _activations(gen, shape, "cpu", layout)  # log_s + 2 of both signs, some far from 0
     grad_y, grad_logdet = torch.randn(shape, generator=gen, dtype=x.dtype), torch.randn(shape[0], generator=gen, dtype=x.dtype)
     xr, hr = x.detach().requires_grad_(), h.detach().requires_grad_()
-    x_a, x_b = xr.chunk(2, 1)
-    y_b, logdet_ref = reference.affine_coupling_forward(x_b, *hr.chunk(2, 1))
-    y_ref = torch.cat([x_a, y_b], 1)
+    y_ref, logdet_ref = reference.coupling_step(xr, hr)
     grads_ref = torch.autograd.grad((y_ref * grad_y).sum() + (logdet_ref * grad_logdet).sum(), [xr, hr])
 
     tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)

@@ -1,10 +1,13 @@
-"""The pure-PyTorch Glow flow step: the ground truth that the fused ops are tested and benchmarked against.
+"""The pure-PyTorch Glow flow step: the ground truth the fused ops are tested and benchmarked against.
 
-Conventions follow rosinality/glow-pytorch (SPEC §1), the code behind the paper's numbers, and the
-module and parameter names match its checkpoint keys so that its state dicts load as they are.
-Every layer's `forward(x)` returns `(y, logdet)` with a per-sample logdet of shape (N,), and
-`reverse(y)` undoes it. The elementwise pieces are plain functions so the fused kernels can be
-compared with them one by one.
+Conventions follow rosinality/glow-pytorch (docs/conventions.md §1), the code behind the paper's
+numbers, and the module and parameter names match its checkpoint keys so that its state dicts load
+as they are. Every layer's `forward(x)` returns `(y, logdet)` with a per-sample logdet of shape
+(N,), and `reverse(y)` undoes it.
+
+Each fast op of missingglow/flow/ops.py has a function of the same name and signature here
+(`actnorm_conv`, `coupling_step`, `flow_step`, ...), written with the layers' own math, so that a
+fused op and its reference are compared one to one.
 """
 import math
 
@@ -13,9 +16,9 @@ from torch import nn
 from torch.nn import functional as F
 
 
-# --- elementwise pieces, shared by the modules below and by the fused-op tests -------------------
+# --- the references of the fused ops (missingglow/flow/ops.py), name for name ---------------------
 
-def actnorm_conv_forward(x, loc, scale, weight):
+def actnorm_conv(x, loc, scale, weight):
     """y = W·(scale ⊙ (x + loc)): ActNorm followed by the invertible 1×1 convolution."""
     return F.conv2d(scale * (x + loc), weight.view(*weight.shape[:2], 1, 1))
 
@@ -39,6 +42,51 @@ def affine_coupling_inverse(y_b, log_s, t):
     logdet = F.logsigmoid(log_s + 2).flatten(1).sum(1)
     return y_b / s - t, -logdet
 
+
+def coupling_step(x, h):
+    """(y, logdet) of the affine coupling: x = [x_a, x_b] and h = [log_s, t] along channels give
+    y = [x_a, (x_b + t)·sigmoid(log_s + 2)]."""
+    x_a, x_b = x.chunk(2, 1)
+    y_b, logdet = affine_coupling_forward(x_b, *h.chunk(2, 1))
+    return torch.cat([x_a, y_b], 1), logdet
+
+
+def coupling_step_inverse(y, h):
+    """(x, logdet): x = [y_a, y_b / sigmoid(log_s + 2) − t], logdet = −Σ log sigmoid(log_s + 2)."""
+    y_a, y_b = y.chunk(2, 1)
+    x_b, logdet = affine_coupling_inverse(y_b, *h.chunk(2, 1))
+    return torch.cat([y_a, x_b], 1), logdet
+
+
+def zero_conv(x, weight, bias, scale):
+    """ZeroConv2d: a 3×3 convolution of x padded with ones, scaled by exp(3·scale)."""
+    return F.conv2d(F.pad(x, [1, 1, 1, 1], value=1), weight, bias) * torch.exp(scale * 3)
+
+
+def coupling_net(x_a, w1, b1, w2, b2, w3, b3, s3):
+    """AffineCoupling's network: conv3x3(w1, b1) → ReLU → conv1x1(w2, b2) → ReLU →
+    ZeroConv2d(w3, b3, s3)."""
+    hidden = F.relu(F.conv2d(x_a, w1, b1, padding=1))
+    hidden = F.relu(F.conv2d(hidden, w2, b2))
+    return zero_conv(hidden, w3, b3, s3)
+
+
+def flow_step(x, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3):
+    """(y, logdet) of an affine flow step: `actnorm_conv`, then `coupling_step` with the network
+    `coupling_net` run on the first half. logdet is the coupling's alone (ActNorm's and the 1×1
+    conv's are the caller's)."""
+    out = actnorm_conv(x, loc, scale, weight)
+    return coupling_step(out, coupling_net(out[:, :out.shape[1] // 2], w1, b1, w2, b2, w3, b3, s3))
+
+
+def flow_step_inverse(y, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3):
+    """(x, logdet): the inverse of `flow_step`, logdet = minus the coupling's logdet."""
+    h = coupling_net(y[:, :y.shape[1] // 2], w1, b1, w2, b2, w3, b3, s3)
+    out, logdet = coupling_step_inverse(y, h)
+    return actnorm_conv_inverse(out, loc, scale, weight), logdet
+
+
+# --- other elementwise pieces ---------------------------------------------------------------------
 
 def squeeze2x2(x):
     """(N, C, H, W) → (N, 4C, H/2, W/2), channel c·4 + 2·dy + dx holding pixel (2h+dy, 2w+dx)."""
@@ -167,11 +215,11 @@ class ZeroConv2d(nn.Module):
         self.scale = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
 
     def forward(self, x):
-        return self.conv(F.pad(x, [1, 1, 1, 1], value=1)) * torch.exp(self.scale * 3)
+        return zero_conv(x, self.conv.weight, self.conv.bias, self.scale)
 
 
 class AffineCoupling(nn.Module):
-    """x_a passes through; x_b is shifted and scaled by a network of x_a (or only shifted, additive)."""
+    """x_a passes through; x_b is shifted and scaled by a network of x_a (only shifted: additive)."""
 
     def __init__(self, channels, hidden=512, affine=True):
         super().__init__()
@@ -190,20 +238,14 @@ class AffineCoupling(nn.Module):
     def forward(self, x):
         x_a, x_b = x.chunk(2, 1)
         if self.affine:
-            log_s, t = self.net(x_a).chunk(2, 1)
-            y_b, logdet = affine_coupling_forward(x_b, log_s, t)
-        else:
-            y_b, logdet = x_b + self.net(x_a), x.new_zeros(x.shape[0])
-        return torch.cat([x_a, y_b], 1), logdet
+            return coupling_step(x, self.net(x_a))
+        return torch.cat([x_a, x_b + self.net(x_a)], 1), x.new_zeros(x.shape[0])
 
     def reverse(self, y):
         y_a, y_b = y.chunk(2, 1)
         if self.affine:
-            log_s, t = self.net(y_a).chunk(2, 1)
-            x_b, _ = affine_coupling_inverse(y_b, log_s, t)
-        else:
-            x_b = y_b - self.net(y_a)
-        return torch.cat([y_a, x_b], 1)
+            return coupling_step_inverse(y, self.net(y_a))[0]
+        return torch.cat([y_a, y_b - self.net(y_a)], 1)
 
 
 class FlowStep(nn.Module):
