@@ -35,10 +35,14 @@ import warnings
 warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # the core never uses it
 import torch  # noqa: E402
 
-from missingglow.analysis import runs as analysis, evaluate, plot
+from missingglow.analysis import evaluate, plot
+from missingglow.analysis.runs import open_run
+from missingglow.analysis.sheets import sample_sheet
+from missingglow.analysis.table1 import square_table
 from missingglow import checkpoint, presets  # noqa: E402
 from missingglow.data.datasets import MaskedImages, dataset_of  # noqa: E402
-from missingglow.train import heldout_bits_per_dim, train  # noqa: E402
+from missingglow.analysis.heldout import heldout_bits_per_dim  # noqa: E402
+from missingglow.train import train  # noqa: E402
 
 TEMPERATURES = (0.3, 0.5, 0.7, 0.9, 1.1, 1.3)
 ALPHAS = (0.5, 0.6, 0.7)
@@ -141,20 +145,21 @@ def measured(run_dir):
 def measure(run_dir, train_seconds, detector_square=None):
     """One study record for the run's latest checkpoint (see the module docstring).
     `detector_square`: the square size the detector looks for when the run has none (the control)."""
-    run = analysis.open_run(run_dir, square=detector_square)
+    run = open_run(run_dir, square=detector_square)
     config = run.config
     model = run.model.eval()
     cache = dataset_of(config)
     record = {"iter": checkpoint.load_checkpoint(run_dir)["iteration"], "train_seconds": train_seconds}
     for split in ("train", "heldout"):
         images = MaskedImages(cache, config["square"], config["squares"], config["seed"], split)
-        bpd = heldout_bits_per_dim(model, images, config, "cpu", BPD_IMAGES)
-        record[split] = {k: round(v, 5) for k, v in bpd.items()}
-    rows = analysis.square_table(run, TEMPERATURES, SAMPLES_PER_T, seed=0)
+        bpd = heldout_bits_per_dim(model, images, config["n_bits"], config["seed"], BPD_IMAGES,
+                                   config["batch"])
+        record[split] = {k: round(bpd[k], 5) for k in ("masked", "clean", "gap")}
+    rows = square_table(run, TEMPERATURES, SAMPLES_PER_T, seed=0)
     record["table1"] = [{"t": r["t"], "finite": r["finite"], "nonfinite": r["nonfinite"],
                          "with_square_pct": round(100 - r["shares"][0], 1) if r["finite"] else None,
                          "E": round(r["E"], 3) if r["finite"] else None} for r in rows]
-    sheet, _ = analysis.sample_sheet(run, TEMPERATURES, 12, seed=0)
+    sheet, _ = sample_sheet(run, TEMPERATURES, 12, seed=0)
     plot.save(sheet, os.path.join(run_dir, "study", f"samples-{record['iter']:08d}.png"))
     result = evaluate.evaluate(run, IMPUTE_IMAGES, list(ALPHAS), iterations=KEEP_ITERATIONS)
     record["impute"] = [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()
@@ -371,8 +376,8 @@ def sheet(specs, root, out, n=8):
         path = os.path.join(root, name, "kept", f"ckpt-{int(iteration):08d}.pt")
         if not os.path.exists(path):
             raise SystemExit(f"no kept checkpoint {path}")
-        run = analysis.open_run(path, square=LEVERS.get(name, {}).get("detector_square"))
-        image, _ = analysis.sample_sheet(run, TEMPERATURES, n, seed=0, min_tile=48)
+        run = open_run(path, square=LEVERS.get(name, {}).get("detector_square"))
+        image, _ = sample_sheet(run, TEMPERATURES, n, seed=0, min_tile=48)
         title = f"{name}, {int(iteration):,} iterations"
         panel = Image.new("RGB", (image.size[0], image.size[1] + 22), (255, 255, 255))
         panel.paste(image, (0, 22))

@@ -6,10 +6,10 @@ after it, so a run killed at any moment (SIGKILL included) leaves the previous c
 `latest` pointing at a whole file.
 """
 import os
-import tempfile
 
 import torch
 
+from .atomic import atomic_write
 from .errors import UserError
 from .flow.model import Glow
 
@@ -17,23 +17,6 @@ FORMAT = "missingglow-checkpoint"
 VERSION = 1
 LATEST = "latest"
 FOLDER = "checkpoints"
-
-
-def atomic_write(path, write):
-    """Call write(file) on a temp file beside `path`, fsync it, then rename it over `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save_checkpoint(run_dir, payload, keep=3):

@@ -97,7 +97,7 @@ def train(resume, quiet, **options):
 
 
 def _temperatures(values, default):
-    from .analysis.runs import parse_temperatures
+    from .analysis.options import parse_temperatures
 
     out = []
     for text in values or (default,):
@@ -120,7 +120,9 @@ def _echo_err(message):
 @click.option("--out", default="samples.png", show_default=True, help="PNG file to write.")
 def sample(checkpoint, temperatures, n, seed, columns, out):
     """Sample a grid PNG: ε ~ N(0, t²·I), x = Φ⁻¹(ε); several temperatures give a row each."""
-    from .analysis.runs import check_positive, open_run, sample_sheet
+    from .analysis.options import check_positive
+    from .analysis.runs import open_run
+    from .analysis.sheets import sample_sheet
     from .analysis.plot import save
 
     ts = _temperatures(temperatures, "0.7")
@@ -155,8 +157,10 @@ def squares(images, checkpoint, temperatures, n, seed, square, image_size, out):
     """Count grey squares: in samples per temperature (the paper's Table 1), or in IMAGES."""
     import os
 
-    from .analysis.runs import (check_positive, contact_sheet, format_table1, open_run, square_table,
-                          table1_csv, table1_plot)
+    from .analysis.options import check_positive
+    from .analysis.runs import open_run
+    from .analysis.sheets import contact_sheet
+    from .analysis.table1 import format_table1, square_table, table1_csv, table1_plot
     from .analysis.plot import save
 
     if square is not None:
@@ -229,7 +233,8 @@ def impute(images, checkpoint, alpha, keep_observed, iterations, square, out):
     """Restore IMAGES (files, or heldout:N for held-out dataset items) by x' = Φ⁻¹(α·Φ(x))."""
     import os
 
-    from .analysis.runs import check_positive, open_run, parse_alphas, parse_square
+    from .analysis.options import check_positive, parse_alphas, parse_square
+    from .analysis.runs import open_run
     from .analysis.impute import find_square, impute_files, load_inputs
 
     alphas = parse_alphas(alpha)
@@ -259,7 +264,8 @@ def latent_norms_command(checkpoint, n, seed, out):
     """Histograms of ‖Φ(x)‖ for several square sizes and counts (the paper's Appendix B)."""
     import os
 
-    from .analysis.runs import check_positive, open_run
+    from .analysis.options import check_positive
+    from .analysis.runs import open_run
     from .analysis.latent_norms import format_table, latent_norms, norms_csv, norms_plot
     from .analysis.plot import save
 
@@ -285,7 +291,8 @@ def evaluate(checkpoint, n, alpha, iterations, seed, out):
     """Imputation quality on held-out images (RMSE, PSNR; baselines) and masked-vs-clean bits/dim."""
     import os
 
-    from .analysis.runs import check_positive, open_run, parse_alphas
+    from .analysis.options import check_positive, parse_alphas
+    from .analysis.runs import open_run
     from .analysis.evaluate import evaluate as run_evaluation
     from .analysis.evaluate import format_report, report_csv, report_plot
     from .analysis.plot import save

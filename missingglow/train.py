@@ -10,16 +10,18 @@ import math
 import os
 import time
 
-import click
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from . import checkpoint as ckpt
 from .allocator import keep_freed_memory
+from .analysis.heldout import heldout_bits_per_dim
+from .atomic import write_json
 from .data.datasets import MaskedImages, dataset_of
-from .errors import UserError
 from .data.images import grid, save_png
+from .errors import UserError
+from .progress import echo, progress_bar
 from .flow.model import Glow
 from .flow.preprocess import bits_per_dim, from_model, quantize
 from .seeding import generator
@@ -30,8 +32,8 @@ METRICS = "metrics.jsonl"
 def model_config(config):
     """Glow keyword arguments from a training config."""
     out = {k: config[k] for k in ("blocks", "flows", "hidden", "affine", "lu", "image_size")}
-    for key in ("impl", "memory_saving"):  # options of the fused path, when this Glow has them
-        if key in Glow.__init__.__code__.co_varnames and config.get(key) is not None:
+    for key in ("impl", "memory_saving"):
+        if config.get(key) is not None:
             out[key] = config[key]
     return out
 
@@ -98,37 +100,55 @@ class Distributed:
             dist.destroy_process_group()
 
 
-def _append_metrics(run_dir, record):
-    with open(os.path.join(run_dir, METRICS), "a") as f:
-        f.write(json.dumps(record) + "\n")
+class Batches:
+    """Global batch t of the training images, with its seeded dequantisation noise.
 
-
-def _write_json(path, data):
-    ckpt.atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
-
-
-@torch.no_grad()
-def heldout_bits_per_dim(model, heldout, config, device, limit=None):
-    """Mean bits/dim of held-out images with their squares and of their clean originals.
-
-    The dequantisation noise is fixed, so successive evaluations differ only by the model. A model
-    that has learned squares finds the grey pixels cheap, so the gap (masked − clean) shrinks or
-    turns negative; a model that has not pays extra for the square's sharp edges.
+    `batch(t)` is this rank's slice; `whole(t)` the whole global batch (ActNorm's initialisation).
     """
-    n = len(heldout) if limit is None else min(limit, len(heldout))
-    bits, dims = config["n_bits"], 3 * config["image_size"] ** 2
-    noise_gen = generator(config["seed"], "eval-noise")
-    totals = {"masked": 0.0, "clean": 0.0}
-    step = max(config["batch"], 1)
-    for start in range(0, n, step):
-        masked, clean, _ = heldout.batch(list(range(start, min(start + step, n))))
-        noise = torch.rand(masked.shape, generator=noise_gen) / 2 ** bits
-        for key, images in (("masked", masked), ("clean", clean)):
-            x = (quantize(images, bits) + noise).to(device)
-            totals[key] += bits_per_dim(model.log_prob(x), bits, dims).sum().item()
-    out = {k: v / n for k, v in totals.items()}
-    out["gap"] = out["masked"] - out["clean"]
-    return out
+
+    def __init__(self, images, config, env):
+        self.images, self.config, self.device = images, config, env.device
+        self.order = BatchOrder(len(images), config["batch"], config["seed"])
+        local = config["batch"] // env.world
+        self.part = slice(env.rank * local, (env.rank + 1) * local)
+
+    def whole(self, iteration):
+        return self.batch(iteration, slice(None))
+
+    def batch(self, iteration, part=None):
+        c, part = self.config, self.part if part is None else part
+        shape = (c["batch"], 3, c["image_size"], c["image_size"])
+        noise = torch.rand(shape, generator=generator(c["seed"], "noise", iteration))
+        masked, _, _ = self.images.batch(self.order(iteration)[part])
+        return (quantize(masked, c["n_bits"]) + noise[part] / 2 ** c["n_bits"]).to(self.device)
+
+
+class Metrics:
+    """metrics.jsonl, appended by rank 0 only; `speed` turns iterations into images per second."""
+
+    def __init__(self, run_dir, main):
+        self.path, self.main = os.path.join(run_dir, METRICS), main
+        self.since, self.since_time, self.bpd_sum, self.bpd_count = 0, time.perf_counter(), 0.0, 0
+
+    def append(self, record):
+        if self.main:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(dict(record, time=time.time())) + "\n")
+
+    def add_loss(self, bpd):
+        self.bpd_sum, self.bpd_count = self.bpd_sum + bpd, self.bpd_count + 1
+
+    @property
+    def mean_bpd(self):
+        return self.bpd_sum / max(self.bpd_count, 1)
+
+    def log_step(self, iteration, batch, **record):
+        now = time.perf_counter()
+        steps, seconds = max(iteration - self.since, 1), max(now - self.since_time, 1e-9)
+        self.append({"iter": iteration, "bpd": self.mean_bpd, **record,
+                     "images_per_s": (iteration - self.since) * batch / seconds,
+                     "s_per_iter": seconds / steps})
+        self.since, self.since_time, self.bpd_sum, self.bpd_count = iteration, now, 0.0, 0
 
 
 @torch.no_grad()
@@ -142,7 +162,7 @@ def sample_grid(model, config, path, n=32, columns=8):
     return bad
 
 
-def _set_lr(optimizer, config, iteration, lr_scale):
+def set_lr(optimizer, config, iteration, lr_scale):
     warm = min(1.0, (iteration + 1) / config["warmup"]) if config["warmup"] else 1.0
     lr = config["lr"] * lr_scale * warm
     for group in optimizer.param_groups:
@@ -151,74 +171,66 @@ def _set_lr(optimizer, config, iteration, lr_scale):
 
 
 def new_run_dir(config):
-    out = config.get("out") or os.path.join("runs", f"{config['preset']}-{time.strftime('%Y%m%d-%H%M%S')}")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = config.get("out") or os.path.join("runs", f"{config['preset']}-{stamp}")
     if os.path.exists(os.path.join(out, ckpt.LATEST)):
         raise UserError(f"run folder {out} already holds a run; pass --resume {out} to continue "
                         "it, or another --out")
     return out
 
 
-def train(config=None, resume=None, progress=True, say=None, inject_nonfinite=()):
-    """Train (or resume) a run; returns the run folder. `inject_nonfinite`: iterations whose loss
-    is made NaN once each (a replay after a rollback is clean), to test the guard."""
-    inject_nonfinite = set(inject_nonfinite)
-    keep_freed_memory()  # no page faults re-growing the heap every step (allocator.py)
-    env = Distributed()
-    say = say or (lambda msg: click.echo(msg, err=True))
-    speak = say if env.main else (lambda msg: None)
-    payload = None
-    if resume is not None:
-        payload = ckpt.load_checkpoint(resume)
-        run_dir = resume if os.path.isdir(resume) else os.path.dirname(os.path.dirname(resume))
-        extend = (config or {}).get("iterations")
-        config = dict(payload["config"])
-        if extend is not None:
-            config["iterations"] = extend
-        speak(f"resuming {run_dir} at iteration {payload['iteration']:,} of {config['iterations']:,}")
-    else:
+def open_run(config, resume, speak):
+    """(config, run folder, checkpoint payload or None) for a new run or a resumed one."""
+    if resume is None:
         run_dir = new_run_dir(config)
-    config["out"] = run_dir
-    torch.manual_seed(config["seed"])
+        return dict(config, out=run_dir), run_dir, None
+    payload = ckpt.load_checkpoint(resume)
+    run_dir = resume if os.path.isdir(resume) else os.path.dirname(os.path.dirname(resume))
+    extend = (config or {}).get("iterations")
+    config = dict(payload["config"], out=run_dir)
+    if extend is not None:
+        config["iterations"] = extend
+    speak(f"resuming {run_dir} at iteration {payload['iteration']:,} of {config['iterations']:,}")
+    return config, run_dir, payload
 
-    # rank 0 builds the dataset cache if needed; the others then open the finished file
+
+def open_images(config, env, progress):
+    """The training and held-out images; rank 0 builds the cache if needed, the others wait."""
     if env.main:
         cache = dataset_of(config, quiet=not progress)
     env.barrier()
     if not env.main:
         cache = dataset_of(config)
-    train_set = MaskedImages(cache, config["square"], config["squares"], config["seed"], "train")
-    heldout = MaskedImages(cache, config["square"], config["squares"], config["seed"], "heldout")
     if config["batch"] % env.world:
         raise UserError(f"batch {config['batch']} does not split evenly over {env.world} processes")
-    local = config["batch"] // env.world
-    order = BatchOrder(len(train_set), config["batch"], config["seed"])
-    bits, dims = config["n_bits"], 3 * config["image_size"] ** 2
+    return tuple(MaskedImages(cache, config["square"], config["squares"], config["seed"], split)
+                 for split in ("train", "heldout"))
 
-    def global_batch(iteration):
-        """This rank's slice of global batch `iteration`, preprocessed with its seeded noise."""
-        idx = order(iteration)
-        noise = torch.rand((config["batch"], 3, config["image_size"], config["image_size"]),
-                           generator=generator(config["seed"], "noise", iteration)) / 2 ** bits
-        masked, _, _ = train_set.batch(idx[env.rank * local:(env.rank + 1) * local])
-        x = quantize(masked, bits) + noise[env.rank * local:(env.rank + 1) * local]
-        return x.to(env.device)
+
+def train(config=None, resume=None, progress=True, say=None):
+    """Train a new run from `config`, or resume the run folder `resume`; returns the run folder."""
+    keep_freed_memory()
+    env = Distributed()
+    say = say or echo
+    speak = say if env.main else (lambda msg: None)
+    config, run_dir, payload = open_run(config, resume, speak)
+    torch.manual_seed(config["seed"])
+    train_images, heldout = open_images(config, env, progress)
+    batches = Batches(train_images, config, env)
+    bits, dims = config["n_bits"], 3 * config["image_size"] ** 2
 
     model = Glow(**model_config(config)).to(env.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
     state = {"lr_scale": 1.0, "skipped": 0, "rollbacks": 0}
-    if payload is not None:
+    if payload is None:
+        with torch.no_grad():  # data-dependent ActNorm init, on the whole first global batch
+            model.log_prob(batches.whole(0))
+        start = 0
+    else:
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         state.update(payload["state"])
         start = payload["iteration"]
-    else:
-        # data-dependent ActNorm init on the whole first global batch, the same on every rank
-        idx = order(0)
-        masked, _, _ = train_set.batch(idx)
-        noise = torch.rand(masked.shape, generator=generator(config["seed"], "noise", 0)) / 2 ** bits
-        with torch.no_grad():
-            model.log_prob((quantize(masked, bits) + noise).to(env.device))
-        start = 0
     net = LogProb(model)
     if env.world > 1:
         net = nn.parallel.DistributedDataParallel(net)
@@ -233,92 +245,80 @@ def train(config=None, resume=None, progress=True, say=None, inject_nonfinite=()
             })
         env.barrier()
 
+    metrics = Metrics(run_dir, env.main)
+    metrics.since = start
     if env.main:
         os.makedirs(run_dir, exist_ok=True)
-        _write_json(os.path.join(run_dir, "config.json"), config)
-        if payload is None:
-            _append_metrics(run_dir, {"event": "start", "config": config, "time": time.time()})
-        else:
-            _append_metrics(run_dir, {"event": "resume", "iter": start, "time": time.time()})
+        write_json(os.path.join(run_dir, "config.json"), config)
+        metrics.append({"event": "start", "config": config} if payload is None
+                       else {"event": "resume", "iter": start})
     if payload is None:
         save(0)  # a rollback target from the start
 
-    iteration, bad_run = start, 0
     params = [p for p in model.parameters() if p.requires_grad]
     clip = config["grad_clip"] if config["grad_clip"] else math.inf
-    last_log, last_log_time, bpd_sum, bpd_count = start, time.perf_counter(), 0.0, 0
-    bar = click.progressbar(length=config["iterations"], label="training", show_pos=True,
-                            item_show_func=lambda s: s) if env.main and progress else None
-    try:
-        if bar is not None:
-            bar.__enter__()
-            bar.update(start)
-        while iteration < config["iterations"]:
-            lr = _set_lr(optimizer, config, iteration, state["lr_scale"])
-            x = global_batch(iteration)
-            log_p = net(x)
-            loss = bits_per_dim(log_p, bits, dims).mean()
-            if iteration in inject_nonfinite:
-                inject_nonfinite.discard(iteration)
-                loss = loss * float("nan")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
-            finite = env.all_finite(bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm)))
-            if finite:
+    iteration, bad_run = start, 0
+    with progress_bar(config["iterations"], "training", env.main and progress, start,
+                      show_pos=True, item_show_func=lambda s: s) as bar:
+        try:
+            while iteration < config["iterations"]:
+                # one step on this rank's slice of global batch `iteration`
+                lr = set_lr(optimizer, config, iteration, state["lr_scale"])
+                loss = bits_per_dim(net(batches.batch(iteration)), bits, dims).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+
+                # the guard: a non-finite loss or gradient on any rank skips the step everywhere;
+                # too many in a row roll back to the last checkpoint with the learning rate halved
+                if not env.all_finite(bool(torch.isfinite(loss) & torch.isfinite(grad_norm))):
+                    state["skipped"] += 1
+                    bad_run += 1
+                    speak(f"iteration {iteration}: non-finite loss or gradient, step skipped "
+                          f"({bad_run} in a row, {state['skipped']} in all)")
+                    if bad_run >= config["max_bad_steps"]:
+                        iteration, bad_run = roll_back(run_dir, model, optimizer, state, speak,
+                                                       env, metrics), 0
+                        if bar is not None:
+                            bar.pos = iteration
+                    continue
                 optimizer.step()
                 bad_run = 0
-                bpd_sum, bpd_count = bpd_sum + loss.item(), bpd_count + 1
-            else:
-                state["skipped"] += 1
-                bad_run += 1
-                speak(f"iteration {iteration}: non-finite loss or gradient, step skipped "
-                      f"({bad_run} in a row, {state['skipped']} in all)")
-                if bad_run >= config["max_bad_steps"]:
-                    iteration = _roll_back(run_dir, model, optimizer, state, speak, env)
-                    bad_run = 0
-                    if bar is not None:
-                        bar.pos = iteration
-                    continue
-            iteration += 1
-            if bar is not None and bpd_count:
-                bar.update(1, f"bpd {bpd_sum / bpd_count:.3f}")
-            if env.main and (iteration % config["log_every"] == 0 or iteration == config["iterations"]):
-                now = time.perf_counter()
-                images = (iteration - last_log) * config["batch"] / max(now - last_log_time, 1e-9)
-                _append_metrics(run_dir, {
-                    "iter": iteration, "bpd": bpd_sum / max(bpd_count, 1), "lr": lr,
-                    "grad_norm": float(grad_norm), "skipped": state["skipped"],
-                    "images_per_s": images, "s_per_iter": (now - last_log_time) / max(iteration - last_log, 1),
-                    "time": time.time()})
-                last_log, last_log_time, bpd_sum, bpd_count = iteration, now, 0.0, 0
-            done = iteration == config["iterations"]
-            if env.main and (iteration % config["eval_every"] == 0 or done):
-                model.eval()
-                result = heldout_bits_per_dim(model, heldout, config, env.device, config["heldout_images"])
-                model.train()
-                _append_metrics(run_dir, {"iter": iteration, "heldout_bpd_masked": result["masked"],
-                                          "heldout_bpd_clean": result["clean"], "gap": result["gap"],
-                                          "time": time.time()})
-            if env.main and (iteration % config["sample_every"] == 0 or done):
-                path = os.path.join(run_dir, "samples", f"iter_{iteration:08d}.png")
-                bad = sample_grid(model, config, path)
-                _append_metrics(run_dir, {"iter": iteration, "samples": path, "nonfinite_samples": bad})
-            if iteration % config["checkpoint_every"] == 0 or done:
-                save(iteration)
-    except KeyboardInterrupt:
-        save(iteration)
-        speak(f"interrupted: checkpoint at iteration {iteration:,} in {run_dir}; "
-              f"continue with --resume {run_dir}")
-        raise
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
-        env.close()
+                metrics.add_loss(loss.item())
+                iteration += 1
+                done = iteration == config["iterations"]
+                if bar is not None:
+                    bar.update(1, f"bpd {metrics.mean_bpd:.3f}")
+
+                # log, evaluate on held-out images, sample, checkpoint
+                if iteration % config["log_every"] == 0 or done:
+                    metrics.log_step(iteration, config["batch"], lr=lr, grad_norm=float(grad_norm),
+                                     skipped=state["skipped"])
+                if env.main and (iteration % config["eval_every"] == 0 or done):
+                    model.eval()
+                    result = heldout_bits_per_dim(model, heldout, bits, config["seed"],
+                                                  config["heldout_images"], config["batch"],
+                                                  env.device)
+                    model.train()
+                    metrics.append({"iter": iteration, "heldout_bpd_masked": result["masked"],
+                                    "heldout_bpd_clean": result["clean"], "gap": result["gap"]})
+                if env.main and (iteration % config["sample_every"] == 0 or done):
+                    path = os.path.join(run_dir, "samples", f"iter_{iteration:08d}.png")
+                    bad = sample_grid(model, config, path)
+                    metrics.append({"iter": iteration, "samples": path, "nonfinite_samples": bad})
+                if iteration % config["checkpoint_every"] == 0 or done:
+                    save(iteration)
+        except KeyboardInterrupt:
+            save(iteration)
+            speak(f"interrupted: checkpoint at iteration {iteration:,} in {run_dir}; "
+                  f"continue with --resume {run_dir}")
+            raise
+        finally:
+            env.close()
     return run_dir
 
 
-def _roll_back(run_dir, model, optimizer, state, speak, env):
+def roll_back(run_dir, model, optimizer, state, speak, env, metrics):
     """Reload the last checkpoint and halve the learning rate; returns its iteration."""
     env.barrier()
     payload = ckpt.load_checkpoint(run_dir)
@@ -328,7 +328,6 @@ def _roll_back(run_dir, model, optimizer, state, speak, env):
     state["rollbacks"] += 1
     speak(f"too many non-finite steps in a row: rolled back to iteration "
           f"{payload['iteration']:,} with the learning rate halved (×{state['lr_scale']:g})")
-    if env.main:
-        _append_metrics(run_dir, {"event": "rollback", "iter": payload["iteration"],
-                                  "lr_scale": state["lr_scale"], "time": time.time()})
+    metrics.append({"event": "rollback", "iter": payload["iteration"],
+                    "lr_scale": state["lr_scale"]})
     return payload["iteration"]

@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-from missingglow.analysis.runs import (contact_sheet, format_table1, open_run, parse_alphas,
-                                  parse_square, parse_temperatures, parse_values, sample_images,
-                                  sample_sheet, square_table, table1_csv, table1_plot)
+from missingglow.analysis.options import parse_alphas, parse_square, parse_temperatures, parse_values
+from missingglow.analysis.runs import open_run, sample_images
+from missingglow.analysis.sheets import contact_sheet, sample_sheet
+from missingglow.analysis.table1 import format_table1, square_table, table1_csv, table1_plot
 from missingglow.flow.preprocess import from_model, to_model
 from missingglow.errors import UserError
 from helpers import tiny_run

@@ -13,6 +13,7 @@ import torch
 from missingglow import checkpoint as ckpt
 from missingglow.errors import UserError
 from missingglow.presets import resolve_config
+from missingglow import train as train_module
 from missingglow.train import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,14 +64,26 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
     assert not torch.equal(start["blocks.0.flows.0.coupling.net.4.conv.weight"], moved)
 
 
-def test_nonfinite_steps_are_skipped_then_rolled_back(tmp_path):
-    run = train(config(tmp_path, "skip"), progress=False, inject_nonfinite={4})
+def nonfinite_losses(monkeypatch, calls):
+    """Make the training loss NaN at the given calls (0-based): a replayed step is clean."""
+    real, count = train_module.bits_per_dim, iter(range(10**9))
+
+    def loss(*args):
+        out = real(*args)
+        return out * float("nan") if next(count) in calls else out
+
+    monkeypatch.setattr(train_module, "bits_per_dim", loss)
+
+
+def test_nonfinite_steps_are_skipped_then_rolled_back(tmp_path, monkeypatch):
+    nonfinite_losses(monkeypatch, {4})
+    run = train(config(tmp_path, "skip"), progress=False)
     state = ckpt.load_checkpoint(run)["state"]
     assert state["skipped"] == 1 and state["rollbacks"] == 0
     assert all(torch.isfinite(v).all() for v in final_params(run).values() if v.is_floating_point())
 
-    run = train(config(tmp_path, "rollback", max_bad_steps=2), progress=False,
-                inject_nonfinite={4, 5})
+    nonfinite_losses(monkeypatch, {4, 5})
+    run = train(config(tmp_path, "rollback", max_bad_steps=2), progress=False)
     payload = ckpt.load_checkpoint(run)
     assert payload["iteration"] == 6
     assert payload["state"]["rollbacks"] == 1 and payload["state"]["lr_scale"] == 0.5

@@ -11,8 +11,8 @@ import math
 
 import torch
 
-from ..flow.preprocess import bits_per_dim, from_model, quantize, to_model
-from ..seeding import generator
+from ..flow.preprocess import from_model, to_model
+from .heldout import heldout_bits_per_dim
 
 BASELINES = ("grey fill", "mean-colour fill")
 
@@ -78,9 +78,6 @@ def evaluate(run, n, alphas, iterations=1, seed=0, batch=32, say=None):
     pools = {(m, a): _Pool() for m in names for a in alphas}
     base = {b: _Pool() for b in BASELINES}
     bits, size = run.n_bits, run.image_size
-    dims = 3 * size * size
-    noise_gen = generator(seed, "evaluate-noise")
-    bpd = {"masked": [], "clean": []}
     for start in range(0, n, batch):
         js = list(range(start, min(start + batch, n)))
         masked, clean, positions = heldout.batch(js)
@@ -108,28 +105,13 @@ def evaluate(run, n, alphas, iterations=1, seed=0, batch=32, say=None):
                     x = torch.where(mask, run.model.decode(alpha * run.model.encode(x)), x0)
                 pools[(names[2], alpha)].add(_errors(from_model(x, bits), ref_in, ref_out, mask),
                                              len(js))
-        # bits/dim with one noise draw shared by the masked image and its original
-        noise = torch.rand(masked.shape, generator=noise_gen) / 2 ** bits
-        for key, images in (("masked", masked), ("clean", clean)):
-            bpd[key].append(bits_per_dim(run.model.log_prob(quantize(images, bits) + noise), bits, dims))
         if say:
             say(f"evaluated {js[-1] + 1}/{n} held-out images")
     rows = [pools[(m, a)].row(m, a) for m in names for a in alphas]
     rows += [base[b].row(b, None) for b in BASELINES]
-    return {"rows": rows, "bpd": _bpd_summary(bpd), "images": n, "square": c["square"],
+    bpd = heldout_bits_per_dim(run.model, heldout, bits, seed, n, batch)
+    return {"rows": rows, "bpd": bpd, "images": n, "square": c["square"],
             "count": c.get("squares", 1), "whole_split": whole}
-
-
-def _bpd_summary(bpd):
-    out = {}
-    both = torch.cat(bpd["masked"]), torch.cat(bpd["clean"])
-    ok = torch.isfinite(both[0]) & torch.isfinite(both[1])
-    for key, values in zip(("masked", "clean"), both):
-        out[key] = values[ok].mean().item() if ok.any() else float("nan")
-    out["gap"] = out["masked"] - out["clean"]
-    out["nonfinite"] = int((~ok).sum())
-    out["images"] = int(ok.numel())
-    return out
 
 
 def best_alpha(rows, method):
@@ -163,7 +145,7 @@ def format_report(result):
 
 
 def report_csv(path, result):
-    from .runs import write_csv
+    from ..atomic import write_csv
 
     header = ["method", "alpha", "rmse_in", "psnr_in", "rmse_out", "psnr_out", "nonfinite", "images"]
     body = [[r["method"], "" if r["alpha"] is None else r["alpha"], f"{r['rmse_in']:.6f}",

@@ -121,12 +121,12 @@ def impute_files(run, items, alphas, out_dir, keep_observed=False, iterations=1,
     strip per item (a row per alpha, the input on top, the original at the bottom when known) and
     an overview with a column per item (the paper's Fig. 2). Returns a list of summary lines and the
     number of non-finite results."""
-    from ..data.images import grid, save_png, to_pil
-    from .plot import label_rows, save
+    from ..data.images import grid, save_png
+    from .plot import save
+    from .sheets import labelled_grid
 
     lines, bad_total, columns = [], 0, []
     size = run.image_size
-    scale = max(1, -(-min_tile // size))
     for item in items:
         mask = item.mask[None] if (keep_observed or iterations > 1) else None
         result = restore(run.model, item.image[None], alphas, run.n_bits, mask, iterations)[:, 0]
@@ -141,10 +141,8 @@ def impute_files(run, items, alphas, out_dir, keep_observed=False, iterations=1,
         columns.append(torch.stack(column))
         if len(alphas) > 1:
             labels = ["input"] + [f"α={a:g}" for a in alphas] + (["original"] if item.clean is not None else [])
-            tiles = [torch.nn.functional.interpolate(t[None], scale_factor=scale, mode="nearest")
-                     if scale > 1 else t[None] for t in column]
-            canvas, _ = grid(tiles)
-            save(label_rows(to_pil(canvas), labels, 2, size * scale + 2),
+            sheet, _ = labelled_grid([t[None] for t in column], labels, min_tile)
+            save(sheet,
                  os.path.join(out_dir, f"{item.name}-strip.png"))
         how = f"keeping observed pixels, square from {item.source}" if mask is not None else "whole image"
         note = f"; {bad} of {len(alphas)} results non-finite (drawn as checkerboards)" if bad else ""
@@ -155,13 +153,10 @@ def impute_files(run, items, alphas, out_dir, keep_observed=False, iterations=1,
         rows = []
         for r in range(depth):
             row = [c[r] if r < c.shape[0] else torch.ones(3, size, size) for c in columns]
-            row = torch.stack(row)
-            rows.append(torch.nn.functional.interpolate(row, scale_factor=scale, mode="nearest")
-                        if scale > 1 else row)
+            rows.append(torch.stack(row))
         labels = ["input"] + [f"α={a:g}" for a in alphas]
         if depth > len(labels):
             labels.append("original")
-        canvas, _ = grid(rows)
-        save(label_rows(to_pil(canvas), labels, 2, size * scale + 2),
+        save(labelled_grid(rows, labels, min_tile)[0],
              os.path.join(out_dir, "overview.png"))
     return lines, bad_total

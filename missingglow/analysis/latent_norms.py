@@ -90,7 +90,7 @@ def format_table(result):
 
 
 def norms_csv(path, result):
-    from .runs import write_csv
+    from ..atomic import write_csv
 
     header = ["squares", "n", "mean", "std", "q25", "median", "q75", "nonfinite"]
     body = [[r["label"], r["n"], f"{r['mean']:.4f}", f"{r['std']:.4f}", f"{r['q25']:.4f}",

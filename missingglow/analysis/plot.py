@@ -9,9 +9,11 @@ Non-finite values are left out of a line (it breaks there) and of a histogram (c
 many there were): a chart never shows a NaN as if it were a number.
 """
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
+
+from ..atomic import atomic_write
 
 PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189),
            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
@@ -25,7 +27,6 @@ class Series:
     dashed: bool = False
     markers: bool = True
     colour: tuple = None
-    extra: dict = field(default_factory=dict)
 
 
 _ASCII = {"α": "alpha", "²": "^2", "‖": "||", "Φ": "Phi", "×": "x", "√": "sqrt ", "ε": "eps",
@@ -292,8 +293,5 @@ def label_rows(image, labels, top, step, width=None, header=None):
 
 
 def save(image, path):
-    """Write a PIL image as PNG atomically (temp file in the same folder, then rename)."""
-    from ..checkpoint import atomic_write
-
-    atomic_write(path, lambda f: image.save(f, format="PNG"))
-    return path
+    """Write a PIL image as PNG atomically."""
+    return atomic_write(path, lambda f: image.save(f, format="PNG"))

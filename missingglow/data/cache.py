@@ -14,11 +14,11 @@ whose header or length does not match is never read (`CacheMismatch` says why).
 """
 import json
 import os
-import tempfile
 import time
 
 import torch
 
+from ..atomic import atomic_write
 from ..errors import UserError
 
 MAGIC = b"MGLOWCACHE\n"
@@ -130,64 +130,47 @@ def write_cache(path, *, source, digest, size, items, extra=None):
     temporary file in the same folder and renames it into place, so two writers racing leave one
     whole file. Returns the opened ImageCache. An unwritable folder or a full disk is a UserError.
     """
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    except OSError as err:
-        raise UserError(f"cannot write the image cache in {folder} ({err.strerror or err}); pass "
-                        "--cache DIR or set MISSINGGLOW_CACHE to a writable folder") from None
     names, skipped, upscaled = [], [], 0
     frame = size * size * 3
+    header = {}
+
+    def write(f):
+        nonlocal upscaled
+        f.write(b"\0" * HEADER_BYTES)
+        for name, data, note in items:
+            if data is None:
+                skipped.append([name, note])
+                continue
+            if len(data) != frame:
+                raise ValueError(f"{name}: {len(data)} bytes, expected {frame}")
+            f.write(data)
+            names.append(name)
+            upscaled += note == "upscaled"
+        trailer = json.dumps({"names": names, "skipped": skipped}).encode("utf-8")
+        f.write(trailer)
+        header.update({
+            "format_version": FORMAT_VERSION,
+            "source": source,
+            "digest": digest,
+            "size": size,
+            "count": len(names),
+            "layout": "N,S,S,3 uint8 RGB after a 4096-byte header",
+            "trailer_bytes": len(trailer),
+            "skipped": len(skipped),
+            "upscaled": upscaled,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **(extra or {}),
+        })
+        head = MAGIC + json.dumps(header).encode("utf-8")
+        if len(head) > HEADER_BYTES:
+            raise ValueError("cache header longer than 4096 bytes")
+        f.seek(0)
+        f.write(head.ljust(HEADER_BYTES, b" "))
+
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(b"\0" * HEADER_BYTES)
-            for name, data, note in items:
-                if data is None:
-                    skipped.append([name, note])
-                    continue
-                if len(data) != frame:
-                    raise ValueError(f"{name}: {len(data)} bytes, expected {frame}")
-                f.write(data)
-                names.append(name)
-                upscaled += note == "upscaled"
-            trailer = json.dumps({"names": names, "skipped": skipped}).encode("utf-8")
-            f.write(trailer)
-            header = {
-                "format_version": FORMAT_VERSION,
-                "source": source,
-                "digest": digest,
-                "size": size,
-                "count": len(names),
-                "layout": "N,S,S,3 uint8 RGB after a 4096-byte header",
-                "trailer_bytes": len(trailer),
-                "skipped": len(skipped),
-                "upscaled": upscaled,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                **(extra or {}),
-            }
-            head = MAGIC + json.dumps(header).encode("utf-8")
-            if len(head) > HEADER_BYTES:
-                raise ValueError("cache header longer than 4096 bytes")
-            f.seek(0)
-            f.write(head.ljust(HEADER_BYTES, b" "))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        atomic_write(path, write)
     except OSError as err:
-        _remove(tmp)
         raise UserError(f"cannot write the image cache {path} ({err.strerror or err}); free some "
                         "space or pass --cache DIR / set MISSINGGLOW_CACHE to another folder"
                         ) from None
-    except BaseException:
-        _remove(tmp)
-        raise
     return ImageCache(path, header)
-
-
-def _remove(path):
-    try:
-        os.remove(path)
-    except OSError:
-        pass

@@ -16,12 +16,12 @@ import re
 import sys
 import time
 
-import click
 import torch
 
 from . import imagefolder, synthetic
 from .cache import SUFFIX, CacheMismatch, ImageCache, read_header, write_cache
 from ..errors import UserError
+from ..progress import echo, progress_bar
 from .masks import GREY, apply_squares, check_squares, square_mask, square_positions
 
 __all__ = ["open_dataset", "dataset_of", "open_cache", "cache_path", "default_cache_dir", "heldout_indices",
@@ -86,7 +86,7 @@ def open_dataset(data=None, size=64, *, cache_dir=None, workers=None, rebuild=Fa
             raise UserError(f"the image cache {data} holds {cache.size}-pixel images, not {size}; "
                             f"pass --size {cache.size} or the image folder instead")
         return cache
-    say = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    say = (lambda msg: None) if quiet else echo
     if data is None:
         if synthetic_count < 1:
             raise UserError(f"the synthetic set needs at least 1 image, not {synthetic_count}")
@@ -172,10 +172,7 @@ def _workers(workers, n):
 def _run(job, items, workers, label):
     """Yield job(item) in order, on a pool of processes when worth it, with a progress bar."""
     n_workers = _workers(workers, len(items))
-    bar = click.progressbar(length=len(items), label=label, file=sys.stderr) if label else None
-    if bar is not None:
-        bar.__enter__()
-    try:
+    with progress_bar(len(items), label, show=bool(label)) as bar:
         if n_workers == 1:
             for item in items:
                 yield job(item)
@@ -191,9 +188,6 @@ def _run(job, items, workers, label):
                 yield result
                 if bar is not None:
                     bar.update(1)
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
 
 
 def _summary(cache, n_items, seconds, path):
@@ -297,6 +291,3 @@ class MaskedImages(torch.utils.data.Dataset):
             for top, left in pos:
                 masked[b, :, top:top + k, left:left + k] = self.fill
         return masked, clean, positions
-
-    def name(self, j):
-        return self.cache.names[self.indices[j]]

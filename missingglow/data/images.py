@@ -5,11 +5,11 @@ were an image: `grid` draws such tiles as a magenta/black checkerboard and retur
 were, so callers can count and report them.
 """
 import os
-import tempfile
 
 import torch
 from PIL import Image
 
+from ..atomic import atomic_write
 from ..errors import UserError
 
 
@@ -59,18 +59,8 @@ def grid(rows, padding=2, background=1.0):
 
 
 def save_png(image, path):
-    """Write a (3, H, W) image atomically: a temp file in the same folder, then rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            to_pil(image).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write a (3, H, W) image as PNG atomically."""
+    return atomic_write(path, lambda f: to_pil(image).save(f, format="PNG"))
 
 
 def load_image(path, size):
