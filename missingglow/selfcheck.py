@@ -1,25 +1,35 @@
 """`missingglow check`: what this installation can do, proven on a small random model.
 
 Reports whether the fused extension loaded (and with which backends), then builds a small Glow,
-data-initialises it, and checks that inverse(forward(x)) returns x and that the fused coupling
-agrees with the reference, so a user sees at once whether the build is sound.
+data-initialises it, and checks that inverse(forward(x)) returns x and that the fused ops the
+model runs (actnorm_conv, coupling_step, flow_step, their inverses and their backwards) agree
+with their pure-PyTorch references, so a user sees at once whether the build is sound.
 """
 import time
 
 import torch
 
-from .flow import ops, reference
+from .flow import fused, ops, reference
 from .flow.model import Glow
 from .flow.preprocess import bits_per_dim, dequantize, quantize
+
+
+def _op_names():
+    return [n for n in torch._C._dispatch_get_all_op_names() if n.startswith("missingglow::")]
+
+
+def _kernel_keys(names):
+    """The dispatch keys (of CPU and CUDA) with a kernel for every one of `names`."""
+    return [k for k in ("CPU", "CUDA")
+            if all(torch._C._dispatch_has_kernel_for_dispatch_key(n, k) for n in names)]
 
 
 def extension_status():
     """One line: is _C loaded, and which devices have kernels for every op."""
     if not ops.AVAILABLE:
         return f"fused ops: unavailable, the pure-PyTorch reference runs ({ops.WHY_UNAVAILABLE})"
-    names = [n for n in torch._C._dispatch_get_all_op_names() if n.startswith("missingglow::")]
-    keys = [k for k in ("CPU", "CUDA")
-            if all(torch._C._dispatch_has_kernel_for_dispatch_key(n, k) for n in names)]
+    names = _op_names()
+    keys = _kernel_keys(names)
     gpu = "a GPU is present" if torch.cuda.is_available() else "no GPU"
     from . import _C
 
@@ -46,9 +56,59 @@ def run(image_size=32, seed=0):
     yield (f"Glow 3 blocks x 4 flows, hidden 32, {image_size}x{image_size}: inverse(forward(x)) "
            f"relative error {error:.1e}, untrained {bpd:.2f} bits/dim on noise, {elapsed:.2f} s")
     if ops.AVAILABLE:
-        x_b, log_s, t = (torch.randn(4, 6, 9, 9, generator=gen, dtype=torch.float64) for _ in range(3))
-        fused = ops.coupling_forward(x_b, log_s, t)
-        ref = reference.affine_coupling_forward(x_b, log_s, t)
-        diff = max((a - b).abs().max().item() for a, b in zip(fused, ref))
-        assert diff < 1e-10, f"fused coupling differs from the reference by {diff:.2e}"
-        yield f"fused coupling vs reference (float64): max difference {diff:.1e}"
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available()
+                             and "CUDA" in _kernel_keys(_op_names()) else [])
+        diff = max(fused_ops_difference(device, gen) for device in devices)
+        assert diff < 1e-9, f"the fused ops differ from their references by {diff:.2e}"
+        yield (f"fused ops vs reference (float64, {', '.join(devices)}): actnorm_conv, "
+               f"coupling_step, flow_step, inverses and gradients, max difference {diff:.1e}")
+
+
+def fused_ops_difference(device, gen):
+    """The largest relative difference between the fused ops and their references.
+
+    A flow step with every parameter randomly perturbed (a fresh one is the identity in its
+    coupling) runs on channels-last float64 activations, as the fused model calls the ops: one by
+    one (ops.actnorm_conv, ops.coupling_net, ops.coupling_step) and as one op (ops.flow_step),
+    forward, inverse, and the gradients of x and every parameter.
+    """
+    step = fused.FusedFlowStep(12, hidden=16).double()
+    with torch.no_grad():
+        for p in step.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    step.to(device)
+    loc, scale, weight = step.actnorm.loc, step.actnorm.scale, step.invconv.matrix()
+    params = [loc, scale, weight, *fused.coupling_net_params(step.coupling)]
+    x = torch.randn(4, 12, 8, 8, generator=gen, dtype=torch.float64).to(device)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    diffs = []
+
+    def compare(got, want):
+        for a, b in zip(got, want):
+            diffs.append(((a - b).abs().max() / b.abs().max().clamp(min=1)).item())
+
+    def one_by_one(x, loc, scale, weight, *net):
+        out = ops.actnorm_conv(x, loc, scale, weight)
+        return ops.coupling_step(out, ops.coupling_net(out[:, :out.shape[1] // 2], *net))
+
+    y_ref, logdet_ref = reference.flow_step(x, *params)
+    out = ops.actnorm_conv(x, loc, scale, weight)
+    compare([out], [reference.actnorm_conv(x, loc, scale, weight)])
+    h = ops.coupling_net(out[:, :6], *params[3:])
+    compare([h], [reference.coupling_net(out[:, :6], *params[3:])])
+    compare(ops.coupling_step(out, h), reference.coupling_step(out, h))
+    compare(ops.coupling_step_inverse(y_ref, h), reference.coupling_step_inverse(y_ref, h))
+    compare([ops.actnorm_conv_inverse(out, loc, scale, weight)],
+            [reference.actnorm_conv_inverse(out, loc, scale, weight)])
+    compare(ops.flow_step_inverse(y_ref, *params), reference.flow_step_inverse(y_ref, *params))
+    weights = torch.randn(y_ref.shape, generator=gen, dtype=y_ref.dtype).to(device)
+
+    def grads(y, logdet):
+        return torch.autograd.grad((y * weights).sum() + logdet.pow(2).sum(), [x, *params])
+
+    grads_ref = grads(y_ref, logdet_ref)
+    for fast in (ops.flow_step, one_by_one):
+        y, logdet = fast(x, *params)
+        compare([y, logdet], [y_ref, logdet_ref])
+        compare(grads(y, logdet), grads_ref)
+    return max(diffs)
