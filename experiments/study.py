@@ -1,11 +1,11 @@
-"""The scale study of issue 7: when does a Glow trained on masked images learn the square?
+"""The scale study: when does a Glow trained on masked images learn the square?
 
 Each lever is one change from the base setting (the `small` preset: synthetic faces, 16×16,
 3 blocks × 8 flows, hidden 64, K = 5, batch 64, lr 1e-3). A run trains in segments up to each
 milestone and is measured there; measurements go to RUN/study.jsonl, one line per milestone, and
 the milestone's checkpoint is kept in RUN/kept/. Everything resumes: a milestone already measured
 is skipped, training continues from the run's latest checkpoint. So a study can stop at any time
-(Ctrl-C, SIGKILL, a session's end) and go on later with the same command.
+(Ctrl-C, SIGKILL, a machine's shutdown) and go on later with the same command.
 
     python experiments/study.py list
     python experiments/study.py run base --until 40000 --every 2000      # one process per run list
@@ -73,7 +73,7 @@ LEVERS = {
         "same K/S at 32×32 (K = 10, 4 blocks): the square's edge is a smaller share of the pixels, "
         "so the gap per dimension starts smaller but falls no faster; ~4× the cost per iteration")),
     "square8": dict(lever="square size (K/S 0.5)", change=dict(square=8), prediction=(
-        "as in session 1: gap negative at once, squares in samples at every t (part of the mean)")),
+        "as in the first runs: gap negative at once, squares in samples at every t (in the mean)")),
     "square3": dict(lever="square size (K/S 0.19)", change=dict(square=3), prediction=(
         "a smaller square costs fewer bits: gap smaller in absolute terms, learned no sooner")),
     "images50k": dict(lever="training images", change=dict(synthetic_count=50_000), prediction=(
@@ -144,7 +144,8 @@ def measured(run_dir):
 @torch.no_grad()
 def measure(run_dir, train_seconds, detector_square=None):
     """One study record for the run's latest checkpoint (see the module docstring).
-    `detector_square`: the square size the detector looks for when the run has none (the control)."""
+    `detector_square`: the square size the detector looks for when the run has none (the
+    control)."""
     run = open_run(run_dir, square=detector_square)
     config = run.config
     model = run.model.eval()
@@ -302,7 +303,8 @@ def _square_free(record, label, **style):
 
 def square_free_chart(name, records, control=None, at_most=5):
     """Share of finite samples without a detected square vs t, one line per milestone; dashed, the
-    no-square control at the latest milestone it has up to the last one shown (the detector's floor)."""
+    no-square control at the latest milestone it has up to the last one shown (the detector's
+    floor)."""
     step = max(1, len(records) // at_most)
     chosen = records[::-1][::step][::-1][-at_most:]
     series = [_square_free(r, f"{r['iter']:,} it") for r in chosen]
