@@ -6,23 +6,9 @@
 
 namespace missingglow {
 
-// The coupling ops take (N, C, H, W)-shaped x_b, log_s, t of one dtype and device.
-inline void check_coupling_args(const at::Tensor& a, const at::Tensor& log_s, const at::Tensor& t,
-                                const char* op) {
-  TORCH_CHECK(a.dim() >= 2, op, ": expected a batch of tensors, got ", a.dim(), " dims");
-  TORCH_CHECK(a.sizes() == log_s.sizes() && a.sizes() == t.sizes(), op,
-              ": x_b, log_s and t must have one shape, got ", a.sizes(), ", ", log_s.sizes(),
-              ", ", t.sizes());
-  TORCH_CHECK(a.scalar_type() == log_s.scalar_type() && a.scalar_type() == t.scalar_type(), op,
-              ": x_b, log_s and t must have one dtype");
-  TORCH_CHECK(a.device() == log_s.device() && a.device() == t.device(), op,
-              ": x_b, log_s and t must be on one device");
-  TORCH_CHECK(at::isFloatingType(a.scalar_type()), op, ": expected floating-point tensors");
-}
-
 // The layout the fused ops compute in and return: channels-last when x is a 4-d tensor that is
 // channels-last-dense and not also plainly contiguous (1×1 images or one channel are both);
-// everything else is made contiguous. missingglow/ops.py's fake kernels follow the same rule.
+// everything else is made contiguous. missingglow/flow/ops.py's fake kernels follow the same rule.
 inline bool layout_is_channels_last(const at::Tensor& x) {
   return x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
 }

@@ -104,18 +104,6 @@ MG_HD void coupling_inverse_elem(T y, T log_s, T t, T& x, T& log_scale) {
   x = y / s - t;
 }
 
-// Affine coupling, backward of (y, logdet) with respect to (x, log_s, t).
-// dy/dx = dy/dt = s; dy/dlog_s = (x + t)·s·(1 − s); dlogdet/dlog_s = 1 − s.
-template <typename T>
-MG_HD void coupling_backward_elem(T grad_y, T grad_logdet, T x, T log_s, T t,
-                                  T& grad_x, T& grad_log_s, T& grad_t) {
-  T s, one_minus_s;
-  sigmoid_pair(log_s + T(2), s, one_minus_s);
-  grad_x = grad_y * s;
-  grad_t = grad_x;
-  grad_log_s = (grad_y * (x + t) * s + grad_logdet) * one_minus_s;
-}
-
 // Affine coupling, backward from the output: with y = (x + t)·s, dy/dlog_s = y·(1 − s), so the
 // gradients need only y, not x; this lets the memory-saving path and the saved-output autograd
 // skip rebuilding x_b. Gradients with respect to (x_b, log_s, t).

@@ -1,5 +1,6 @@
 """CI's check of the CUDA build (run by `./run.sh cuda-build`, not by pytest): the extension built
-with FORCE_CUDA=1 loads, and every missingglow op has both a CPU and a CUDA kernel registered.
+with FORCE_CUDA=1 loads, registers exactly the ops below, and each has both a CPU and a CUDA
+kernel.
 
 No GPU is needed: registering a CUDA kernel only needs the library to link and load.
 """
@@ -10,11 +11,18 @@ import torch
 import missingglow
 from missingglow.flow import ops
 
+# every op of csrc/, each with a forward, an inverse and a backward
+EXPECTED = sorted(f"missingglow::{op}_{part}"
+                  for op in ("actnorm_conv", "coupling_step", "flow_step")
+                  for part in ("forward", "inverse", "backward"))
+
 if not ops.AVAILABLE:
     sys.exit(f"the CUDA build did not load: {ops.WHY_UNAVAILABLE}")
 names = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("missingglow::"))
-if not names:
-    sys.exit("no missingglow ops are registered")
+if names != EXPECTED:
+    missing, unexpected = sorted(set(EXPECTED) - set(names)), sorted(set(names) - set(EXPECTED))
+    sys.exit(f"registered ops differ from the expected {len(EXPECTED)}: missing {missing}, "
+             f"unexpected {unexpected}")
 missing = [f"{n} ({key})" for n in names for key in ("CPU", "CUDA")
            if not torch._C._dispatch_has_kernel_for_dispatch_key(n, key)]
 if missing:

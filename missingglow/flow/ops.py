@@ -1,8 +1,9 @@
 """Thin wrappers over the fused ops in missingglow._C (torch.ops.missingglow.*).
 
-Each op has a fake kernel, so torch.compile can trace it, and an autograd formula. Without the
-compiled extension, `AVAILABLE` is False, `WHY_UNAVAILABLE` says why, and the model falls back to
-the pure-PyTorch reference (missingglow/reference.py) with one warning.
+Each op has a fake kernel, so torch.compile can trace it, and an autograd formula, and each
+function here has a pure-PyTorch reference of the same name and signature in
+missingglow/flow/reference.py. Without the compiled extension, `AVAILABLE` is False,
+`WHY_UNAVAILABLE` says why, and the model falls back to the reference with one warning.
 """
 import torch
 from torch.nn import functional as F
@@ -15,7 +16,7 @@ except ImportError as err:  # not built, or built against another torch
 
 
 def actnorm_conv(x, loc, scale, weight):
-    """y = W·(scale ⊙ (x + loc)) over channels, one GEMM with W·diag(scale) and its bias folded in.
+    """y = W·(scale ⊙ (x + loc)) over channels: one GEMM, W·diag(scale) and its bias folded in.
 
     loc and scale hold one number per channel (any shape, e.g. ActNorm's (1, C, 1, 1)); weight is
     (C, C) or (C, C, 1, 1). A channels-last x gives a channels-last y; other layouts give a
@@ -40,26 +41,17 @@ def coupling_step(x, h):
 
 
 def coupling_step_inverse(y, h):
-    """(x, logdet): x = [y_a, y_b / sigmoid(log_s + 2) − t], logdet = −Σ log sigmoid(log_s + 2)."""
+    """(x, logdet): x = [y_a, y_b / sigmoid(log_s + 2) − t], logdet = −Σ log sigmoid(log_s + 2).
+    """
     return torch.ops.missingglow.coupling_step_inverse.default(y, h)
-
-
-def coupling_forward(x_b, log_s, t):
-    """(y_b, logdet): y_b = (x_b + t)·sigmoid(log_s + 2), logdet = Σ log sigmoid(log_s + 2) per sample."""
-    return torch.ops.missingglow.coupling_forward.default(x_b, log_s, t)
-
-
-def coupling_inverse(y_b, log_s, t):
-    """(x_b, logdet): x_b = y_b / sigmoid(log_s + 2) − t, logdet = −Σ log sigmoid(log_s + 2)."""
-    return torch.ops.missingglow.coupling_inverse.default(y_b, log_s, t)
 
 
 def flow_step(x, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3):
     """(y, logdet) of a whole affine flow step in one op (csrc/flow_step.cpp).
 
-    ActNorm (loc, scale) and the 1×1 conv (weight, a (C, C) matrix) as `actnorm_conv`, the coupling
-    network conv3x3(w1, b1) → ReLU → conv1x1(w2, b2) → ReLU → ZeroConv2d(w3, b3, s3) on the first
-    half, and `coupling_step`. logdet is the coupling's alone: the caller adds ActNorm's and the
+    ActNorm (loc, scale) and the 1×1 conv (weight, a (C, C) matrix) as `actnorm_conv`, the
+    coupling network conv3x3(w1, b1) → ReLU → conv1x1(w2, b2) → ReLU → ZeroConv2d(w3, b3, s3) on
+    the first half, and `coupling_step`. logdet is the coupling's alone: the caller adds ActNorm's and the
     1×1 conv's. y is channels-last; gradients flow to x and all ten parameters.
     """
     y, logdet, _, _, _ = torch.ops.missingglow.flow_step_forward.default(
@@ -69,15 +61,16 @@ def flow_step(x, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3):
 
 def flow_step_inverse(y, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3):
     """(x, logdet): the inverse of `flow_step`, logdet = minus the coupling's logdet."""
-    return torch.ops.missingglow.flow_step_inverse.default(y, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3)
+    return torch.ops.missingglow.flow_step_inverse.default(
+        y, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3)
 
 
 def zero_conv(x, weight, bias, scale):
-    """reference.ZeroConv2d(x) without the padded copy of x.
+    """reference.zero_conv (ZeroConv2d) without the padded copy of x.
 
     conv(pad_1(x))·e with e = exp(3·scale) equals conv_0(x; W·e, b·e) + border, where conv_0 pads
-    with zeros and border (1, C_out, H, W) is what the ones of the padding contribute: the conv of
-    a ones-padded zero image, computed on one channel with the weights summed over inputs.
+    with zeros and border (1, C_out, H, W) is what the ones of the padding contribute: the conv
+    of a ones-padded zero image, computed on one channel with the weights summed over inputs.
     """
     gain = torch.exp(scale * 3).reshape(-1)
     weight = weight * gain[:, None, None, None]
@@ -87,7 +80,8 @@ def zero_conv(x, weight, bias, scale):
 
 
 def coupling_net(x_a, w1, b1, w2, b2, w3, b3, s3):
-    """reference.AffineCoupling's network conv3x3 → ReLU → conv1x1 → ReLU → ZeroConv2d, same values."""
+    """AffineCoupling's network conv3x3 → ReLU → conv1x1 → ReLU → ZeroConv2d (reference.coupling_net
+    gives the same values)."""
     hidden = F.relu(F.conv2d(x_a, w1, b1, padding=1), inplace=True)
     hidden = F.relu(F.conv2d(hidden, w2, b2), inplace=True)
     return zero_conv(hidden, w3, b3, s3)
@@ -96,46 +90,6 @@ def coupling_net(x_a, w1, b1, w2, b2, w3, b3, s3):
 if AVAILABLE:
     def _per_sample(x):
         return x.new_empty(x.shape[:1])
-
-    @torch.library.register_fake("missingglow::coupling_forward")
-    def _(x_b, log_s, t):
-        return torch.empty_like(x_b, memory_format=torch.contiguous_format), _per_sample(x_b)
-
-    @torch.library.register_fake("missingglow::coupling_inverse")
-    def _(y_b, log_s, t):
-        return torch.empty_like(y_b, memory_format=torch.contiguous_format), _per_sample(y_b)
-
-    @torch.library.register_fake("missingglow::coupling_backward")
-    def _(grad_y, grad_logdet, x_b, log_s, t):
-        return tuple(torch.empty_like(x_b, memory_format=torch.contiguous_format) for _ in range(3))
-
-    def _coupling_setup(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-
-    def _coupling_backward(ctx, grad_y, grad_logdet):
-        x_b, log_s, t = ctx.saved_tensors
-        if grad_y is None:
-            grad_y = torch.zeros_like(x_b)
-        if grad_logdet is None:
-            grad_logdet = x_b.new_zeros(x_b.shape[:1])
-        return torch.ops.missingglow.coupling_backward.default(grad_y, grad_logdet, x_b, log_s, t)
-
-    torch.library.register_autograd("missingglow::coupling_forward", _coupling_backward,
-                                    setup_context=_coupling_setup)
-
-    def _coupling_inverse_backward(ctx, grad_x, grad_logdet):
-        # x = y/s − t and logdet = −Σ log s, with s = sigmoid(log_s + 2) and ds/dlog_s = s(1 − s).
-        # Sampling never needs this; it is here so that gradients through the inverse are right.
-        y_b, log_s, t = ctx.saved_tensors
-        s = torch.sigmoid(log_s + 2)
-        grad_x = torch.zeros_like(y_b) if grad_x is None else grad_x
-        grad_logdet = y_b.new_zeros(y_b.shape[:1]) if grad_logdet is None else grad_logdet
-        per_sample = grad_logdet.view(-1, *([1] * (y_b.dim() - 1)))
-        grad_log_s = -(grad_x * y_b / s + per_sample) * (1 - s)
-        return grad_x / s, grad_log_s, -grad_x
-
-    torch.library.register_autograd("missingglow::coupling_inverse", _coupling_inverse_backward,
-                                    setup_context=_coupling_setup)
 
     # --- actnorm + 1×1 conv ---------------------------------------------------------------------
 
@@ -155,9 +109,11 @@ if AVAILABLE:
 
     @torch.library.register_fake("missingglow::actnorm_conv_backward")
     def _(grad_y, x, loc, scale, weight):
-        return (torch.empty_like(x, memory_format=_layout(x)), torch.empty_like(loc, memory_format=torch.contiguous_format),
-                torch.empty_like(scale, memory_format=torch.contiguous_format),
-                torch.empty_like(weight, memory_format=torch.contiguous_format))
+        dense = torch.contiguous_format
+        return (torch.empty_like(x, memory_format=_layout(x)),
+                torch.empty_like(loc, memory_format=dense),
+                torch.empty_like(scale, memory_format=dense),
+                torch.empty_like(weight, memory_format=dense))
 
     def _actnorm_conv_setup(ctx, inputs, output):
         ctx.save_for_backward(*inputs)
@@ -185,7 +141,8 @@ if AVAILABLE:
         return (grad_y, grad_loc.reshape(loc.shape), grad_scale.reshape(scale.shape),
                 grad_weight.reshape(weight.shape))
 
-    torch.library.register_autograd("missingglow::actnorm_conv_inverse", _actnorm_conv_inverse_backward,
+    torch.library.register_autograd("missingglow::actnorm_conv_inverse",
+                                    _actnorm_conv_inverse_backward,
                                     setup_context=_actnorm_conv_setup)
 
     # --- whole-tensor coupling --------------------------------------------------------------------
@@ -220,7 +177,9 @@ if AVAILABLE:
         ctx.save_for_backward(*inputs)
 
     def _coupling_step_inverse_backward(ctx, grad_x, grad_logdet):
-        # x = [y_a, y_b/s − t], logdet = −Σ log s: the coupling_inverse formulas on the halves.
+        # x = [y_a, y_b/s − t] and logdet = −Σ log s, with s = sigmoid(log_s + 2) and
+        # ds/dlog_s = s(1 − s). Sampling never needs this; it is here so that gradients through
+        # the inverse are right.
         y, h = ctx.saved_tensors
         grad_x = torch.zeros_like(y) if grad_x is None else grad_x
         grad_logdet = y.new_zeros(y.shape[:1]) if grad_logdet is None else grad_logdet
@@ -232,14 +191,16 @@ if AVAILABLE:
         grad_log_s = -(grad_b * y_b / s + per_sample) * (1 - s)
         return torch.cat([grad_a, grad_b / s], 1), torch.cat([grad_log_s, -grad_b], 1)
 
-    torch.library.register_autograd("missingglow::coupling_step_inverse", _coupling_step_inverse_backward,
+    torch.library.register_autograd("missingglow::coupling_step_inverse",
+                                    _coupling_step_inverse_backward,
                                     setup_context=_coupling_step_inverse_setup)
 
     # --- a whole flow step ---------------------------------------------------------------------
 
     def _hidden_like(x, w1):
         n, _, height, width = x.shape
-        return x.new_empty(n, w1.shape[0], height, width).contiguous(memory_format=torch.channels_last)
+        hidden = x.new_empty(n, w1.shape[0], height, width)
+        return hidden.contiguous(memory_format=torch.channels_last)
 
     @torch.library.register_fake("missingglow::flow_step_forward")
     def _(x, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3):
@@ -286,7 +247,8 @@ if AVAILABLE:
             x = actnorm_conv_inverse(out, loc, scale, weight)
         grad_x = torch.zeros_like(x) if grad_x is None else grad_x
         grad_logdet = torch.zeros_like(logdet) if grad_logdet is None else grad_logdet
-        return torch.autograd.grad((x, logdet), [y, loc, scale, weight, *net], (grad_x, grad_logdet))
+        return torch.autograd.grad((x, logdet), [y, loc, scale, weight, *net],
+                                   (grad_x, grad_logdet))
 
     torch.library.register_autograd("missingglow::flow_step_inverse", _flow_step_inverse_backward,
                                     setup_context=_flow_step_inverse_setup)
