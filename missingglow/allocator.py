@@ -1,9 +1,9 @@
 """Keep freed heap memory in the process while training (glibc only; elsewhere a no-op).
 
-glibc hands large freed blocks back to the system: a training step frees its ~130 MB of
-activations after the backward and takes them again in the next forward, paying ~24,000 minor page
-faults per step at the small preset (bench/RESULTS.md). Keeping them made whole training
-iterations 3–8 % faster on our 2-core CPU, fused and reference alike (bench/train_speed.py). The
+glibc hands large freed blocks back to the system: a training step frees its activations after
+the backward and takes them again in the next forward, paying a minor page fault for every page
+of them, every step. Keeping the memory in the process saves those faults, for the fused and the
+reference model alike (bench/train_speed.py measures it; bench/RESULTS.md has the numbers). The
 cost: the process keeps its peak heap until it exits, which a training run reaches every step.
 """
 import ctypes

@@ -1,4 +1,4 @@
-"""The fused Glow (missingglow/fused.py) against the reference, and memory-saving training.
+"""The fused Glow (missingglow/flow/fused.py) against the reference, and memory-saving training.
 
 Every comparison is float64 on a model whose parameters are all randomly perturbed (conftest's
 `randomize`), so each layer acts on its input; both models share one state dict.

@@ -1,8 +1,8 @@
 """Importing rosinality/glow-pytorch checkpoints.
 
 The state dicts here are built by hand in rosinality's key layout, and the expected numbers come
-from a separate functional forward pass written from SPEC §1 that reads those keys directly, so
-the import is checked against the format, not against our own module tree.
+from a separate functional forward pass written from docs/conventions.md §1 that reads those keys
+directly, so the import is checked against the format, not against our own module tree.
 """
 import math
 
@@ -55,7 +55,8 @@ def rosinality_state(gen, blocks=3, flows=2, hidden=6, affine=True, lu=(True, Tr
 
 
 def spec_forward(sd, x, blocks, flows, affine):
-    """log p(x) and Φ(x) computed straight from the keys, following SPEC §1–2 line by line."""
+    """log p(x) and Φ(x) computed straight from the keys, following docs/conventions.md §1–2
+    line by line."""
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
     n = x.shape[0]
     out, logdet, log_p, eps = x, torch.zeros(n, dtype=x.dtype), torch.zeros(n, dtype=x.dtype), []

@@ -18,7 +18,7 @@ Additive steps and memory-saving training's backward use the ops one by one.
 `flows_without_activations` runs a list of flow steps under a torch.autograd.Function that keeps
 only the last output: its backward rebuilds each step's input from its output with the step's
 inverse and recomputes that step to get its gradients (the flow is invertible), so activation
-memory no longer grows with the number of steps.
+memory does not grow with the number of steps.
 """
 import torch
 
@@ -43,11 +43,10 @@ class FusedFlowStep(reference.FlowStep):
     `driver` (a class attribute; set it on an instance to change one step) picks how an affine
     step runs: True, the whole step as one op driven from C++ (ops.flow_step, csrc/flow_step.cpp);
     False, the ops above called one by one from Python; None (the default), the driver for CUDA
-    tensors and the ops one by one on the CPU. Same values either way. On an H100 the driver beat
-    the per-op path in 21 of 24 model-level comparisons (a GPU step there is host-bound and the
-    driver takes Python out of it); on the CPU the two are within each other's noise, and an
-    isolated step's backward page-faults more through the driver with glibc's default allocator
-    (bench/RESULTS.md).
+    tensors and the ops one by one on the CPU. Same values either way. A GPU step of this model is
+    bound by the host, and the driver takes Python out of it; on the CPU the two paths run alike,
+    and an isolated step's backward page-faults more through the driver with glibc's default
+    allocator (bench/RESULTS.md).
     """
 
     driver = None

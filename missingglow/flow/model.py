@@ -1,4 +1,4 @@
-"""Glow: multi-scale blocks of flow steps with learned priors, and the latent Φ of SPEC §2.
+"""Glow: multi-scale blocks of flow steps with learned priors, and the latent Φ (docs/conventions.md §2).
 
 Φ(x) is the list of standardised latents ε_i = (z_i − mean_i)/exp(log_sd_i), one per level,
 flattened in (C, H, W) order and concatenated from the first split to the last block. Sampling,
@@ -98,11 +98,11 @@ class Encoded(NamedTuple):
 
 
 class Glow(nn.Module):
-    """Glow (Kingma & Dhariwal 2018) in rosinality/glow-pytorch's conventions (SPEC §1).
+    """Glow (Kingma & Dhariwal 2018) in rosinality/glow-pytorch's conventions (docs/conventions.md §1).
 
     `lu` may be a list with one flag per block: rosinality's code always builds its last block in
     LU form, and `from_rosinality` reproduces that exactly. `impl` picks the flow steps: "fused"
-    (missingglow/fused.py, the default when the compiled ops loaded) or "reference" (pure PyTorch);
+    (missingglow/flow/fused.py, the default when the compiled ops loaded) or "reference" (pure PyTorch);
     both have the same parameters and give the same numbers. `memory_saving=True` keeps no
     activations inside the flow for the backward and rebuilds them through the inverse instead.
     """

@@ -1,4 +1,5 @@
-"""Quantisation, dequantisation and the bits-per-dim loss of SPEC §1 (rosinality's train.py).
+"""Quantisation, dequantisation and the bits-per-dim loss (docs/conventions.md §1; rosinality's
+train.py).
 
 Images in [0, 1] become multiples of 1/2^b in [−0.5, 0.5); training adds U(0, 1/2^b) noise so the
 model sees a continuous density whose integral over each bin is the discrete probability.
