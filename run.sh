@@ -60,7 +60,7 @@ case "${1:-}" in
         export CUDA_HOME
         FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-2}" \
             "$CUDA_VENV/bin/python" setup.py -q build --build-base build/cuda
-        PYTHONPATH=$(ls -d build/cuda/lib.*) "$CUDA_VENV/bin/python" tests/cuda_build_check.py
+        PYTHONPATH=$(ls -d build/cuda/lib.*) "$CUDA_VENV/bin/python" .ci/cuda_build_check.py
         ;;
     *)
         echo "usage: ./run.sh main|test|cuda-build [args passed on]" >&2

@@ -33,7 +33,7 @@ cat "$OUT/machine.txt"
 
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
 stage build 300 "$PY" setup.py build_ext --inplace || exit 1
-stage ops-registered 60 env PYTHONPATH=. "$PY" tests/cuda_build_check.py || exit 1
+stage ops-registered 60 env PYTHONPATH=. "$PY" .ci/cuda_build_check.py || exit 1
 stage tests-cuda 200 "$PY" -m pytest tests -q -k "cuda or simd" -p no:cacheprovider
 stage train-cuda 90 "$PY" -m missingglow train --preset small --iterations 200 --eval-every 100 \
     --sample-every 200 --checkpoint-every 100 --out /tmp/mg-gpu-train --quiet
