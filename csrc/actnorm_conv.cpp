@@ -26,7 +26,8 @@ Folded check_actnorm_conv_args(const at::Tensor& x, const at::Tensor& loc, const
   TORCH_CHECK(weight.numel() == c * c && weight.size(0) == c && weight.size(1) == c, op,
               ": weight must be (C, C) or (C, C, 1, 1) with C = ", c, ", got ", weight.sizes());
   for (const at::Tensor* t : {&loc, &scale, &weight}) {
-    TORCH_CHECK(t->scalar_type() == x.scalar_type(), op, ": x, loc, scale and weight must have one dtype");
+    TORCH_CHECK(t->scalar_type() == x.scalar_type(), op,
+                ": x, loc, scale and weight must have one dtype");
     TORCH_CHECK(t->device() == x.device(), op, ": x, loc, scale and weight must be on one device");
   }
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": expected floating-point tensors");
@@ -77,7 +78,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> actnorm_conv_backward
   at::Tensor grad_x, m, g_sum;
   if (layout_is_channels_last(x)) {
     const int64_t h = x.size(2), wd = x.size(3);
-    auto g2 = g_in.contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1}).reshape({-1, c});
+    auto g2 =
+        g_in.contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1}).reshape({-1, c});
     auto x2 = x.permute({0, 2, 3, 1}).reshape({-1, c});
     grad_x = at::mm(g2, w_folded).view({n, h, wd, c}).permute({0, 3, 1, 2});
     m = at::mm(g2.t(), x2);
@@ -93,7 +95,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> actnorm_conv_backward
   auto grad_w = a * f.scale.unsqueeze(0);
   auto grad_scale = (f.w * a).sum(0);
   auto grad_loc = f.scale * at::mv(f.w.t(), g_sum);
-  return {grad_x, grad_loc.view(loc.sizes()), grad_scale.view(scale.sizes()), grad_w.view(weight.sizes())};
+  return {grad_x, grad_loc.view(loc.sizes()), grad_scale.view(scale.sizes()),
+          grad_w.view(weight.sizes())};
 }
 
 }  // namespace
@@ -101,8 +104,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> actnorm_conv_backward
 TORCH_LIBRARY_FRAGMENT(missingglow, m) {
   m.def("actnorm_conv_forward(Tensor x, Tensor loc, Tensor scale, Tensor weight) -> Tensor");
   m.def("actnorm_conv_inverse(Tensor y, Tensor loc, Tensor scale, Tensor weight) -> Tensor");
-  m.def("actnorm_conv_backward(Tensor grad_y, Tensor x, Tensor loc, Tensor scale, Tensor weight)"
-        " -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("actnorm_conv_backward(Tensor grad_y, Tensor x, Tensor loc, Tensor scale,"
+        " Tensor weight) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(missingglow, CPU, m) {

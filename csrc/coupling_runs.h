@@ -56,9 +56,11 @@ T coupling_run(const T* in, const T* log_s, const T* t, T* out, int64_t n) {
   for (; i + LL::kSize <= n; i += LL::kSize) {
     L y, linear, one_plus_e;
     if (kInverse) {
-      coupling_inverse_factored(LL::load(in + i), LL::load(log_s + i), LL::load(t + i), y, linear, one_plus_e);
+      coupling_inverse_factored(LL::load(in + i), LL::load(log_s + i), LL::load(t + i), y, linear,
+                                one_plus_e);
     } else {
-      coupling_forward_factored(LL::load(in + i), LL::load(log_s + i), LL::load(t + i), y, linear, one_plus_e);
+      coupling_forward_factored(LL::load(in + i), LL::load(log_s + i), LL::load(t + i), y, linear,
+                                one_plus_e);
     }
     LL::store(y, out + i);
     linear_sum = linear_sum + linear;
@@ -82,17 +84,20 @@ void coupling_backward_run(const T* grad_y, T grad_logdet, const T* y, const T* 
   int64_t i = 0;
   for (; i + LL::kSize <= n; i += LL::kSize) {
     L gx, gls, gt;
-    coupling_backward_from_output_elem(LL::load(grad_y + i), gl, LL::load(y + i), LL::load(log_s + i),
-                                       gx, gls, gt);
+    coupling_backward_from_output_elem(LL::load(grad_y + i), gl, LL::load(y + i),
+                                       LL::load(log_s + i), gx, gls, gt);
     LL::store(gx, grad_x + i);
     LL::store(gls, grad_log_s + i);
   }
-  if (i < n) coupling_backward_run<T, T>(grad_y + i, grad_logdet, y + i, log_s + i, grad_x + i, grad_log_s + i, n - i);
+  if (i < n)
+    coupling_backward_run<T, T>(grad_y + i, grad_logdet, y + i, log_s + i, grad_x + i,
+                                grad_log_s + i, n - i);
 }
 
 template <typename L, typename T>
 CouplingRuns<T> make_coupling_runs(const char* name) {
-  return {&coupling_run<L, T, false>, &coupling_run<L, T, true>, &coupling_backward_run<L, T>, name};
+  return {&coupling_run<L, T, false>, &coupling_run<L, T, true>, &coupling_backward_run<L, T>,
+          name};
 }
 
 }  // namespace MG_MATH_NS

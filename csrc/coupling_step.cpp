@@ -9,13 +9,13 @@
 #include <cstring>
 #include <string>
 
-#include "flow.h"
 #include "coupling_runs.h"
+#include "flow.h"
 #include "flow_math.h"
 
 namespace missingglow {
 
-// --- which build of the run loops (coupling_runs.h) runs ----------------------------------------
+// --- which build of the run loops (coupling_runs.h) runs --------------------------------------
 
 namespace {
 
@@ -25,7 +25,8 @@ struct RunTables {
 };
 
 RunTables portable_tables() {
-  return {make_coupling_runs<float, float>("portable"), make_coupling_runs<double, double>("portable")};
+  return {make_coupling_runs<float, float>("portable"),
+          make_coupling_runs<double, double>("portable")};
 }
 
 // The table a name asks for, where this CPU and build can run it ("best": the widest that can).
@@ -34,8 +35,10 @@ bool tables_named(const std::string& name, RunTables* out) {
   __builtin_cpu_init();
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   const bool avx512 = avx2 && __builtin_cpu_supports("avx512f");
-  if ((name == "avx512" || name == "best") && avx512 && coupling_runs_avx512(&out->f, &out->d)) return true;
-  if ((name == "avx2" || name == "best") && avx2 && coupling_runs_avx2(&out->f, &out->d)) return true;
+  if ((name == "avx512" || name == "best") && avx512 && coupling_runs_avx512(&out->f, &out->d))
+    return true;
+  if ((name == "avx2" || name == "best") && avx2 && coupling_runs_avx2(&out->f, &out->d))
+    return true;
 #endif
   if (name == "portable" || name == "best") {
     *out = portable_tables();
@@ -56,9 +59,13 @@ RunTables& active_tables() {
 template <typename T>
 const CouplingRuns<T>& runs();
 template <>
-const CouplingRuns<float>& runs<float>() { return active_tables().f; }
+const CouplingRuns<float>& runs<float>() {
+  return active_tables().f;
+}
 template <>
-const CouplingRuns<double>& runs<double>() { return active_tables().d; }
+const CouplingRuns<double>& runs<double>() {
+  return active_tables().d;
+}
 
 }  // namespace
 
@@ -73,7 +80,7 @@ bool set_coupling_simd(const std::string& name) {
 
 namespace {
 
-// --- the kernels ----------------------------------------------------------------------------------
+// --- the kernels -------------------------------------------------------------------------------
 //
 // One sample is `runs` runs of `run` contiguous elements of each half: channels-last, one run of
 // C/2 channels per pixel (the partner half C/2 further on); channels-first, one run of C/2·H·W
@@ -85,13 +92,15 @@ constexpr int64_t kScratch = 1024;  // elements per gathered chunk
 constexpr int64_t kLongRun = 64;    // runs at least this long go straight to the loops
 static_assert(kLongRun <= kScratch, "a short run must fit the scratch");
 
+// Run r's first half starts at r·stride, its partner `partner` elements further on.
 struct Layout {
-  int64_t runs, run, stride, partner;  // run r's first half starts at r·stride, its partner + partner
+  int64_t runs, run, stride, partner;
 };
 
 Layout layout_of_halves(bool channels_last, int64_t channels, int64_t pixels) {
   const int64_t half = channels / 2;
-  return channels_last ? Layout{pixels, half, channels, half} : Layout{1, half * pixels, 0, half * pixels};
+  return channels_last ? Layout{pixels, half, channels, half}
+                       : Layout{1, half * pixels, 0, half * pixels};
 }
 
 // Calls fn(first_run, run_count) over chunks of short runs (< kLongRun) that fit kScratch elements.
@@ -142,8 +151,8 @@ T coupling_sample(const T* in, const T* h, T* out, const Layout& l) {
   return acc;
 }
 
-// One sample's backward from the output: grad_x = [grad_y_a, grad_x_b], grad_h = [grad_log_s, grad_t]
-// with grad_t = grad_x_b.
+// One sample's backward from the output: grad_x = [grad_y_a, grad_x_b] and
+// grad_h = [grad_log_s, grad_t], with grad_t = grad_x_b.
 template <typename T>
 void coupling_backward_sample(const T* grad_y, T grad_logdet, const T* y, const T* h, T* grad_x,
                               T* grad_h, const Layout& l) {
@@ -179,7 +188,8 @@ std::tuple<at::Tensor, at::Tensor> coupling_step_cpu(const at::Tensor& in_, cons
   const auto format = layout_of(in_);
   auto in = in_.contiguous(format), h = h_.contiguous(format);
   auto out = at::empty_like(in, in.options(), format);
-  const int64_t n = in.size(0), c = in.size(1), per = n ? in.numel() / n : 0, pixels = c ? per / c : 0;
+  const int64_t n = in.size(0), c = in.size(1), per = n ? in.numel() / n : 0,
+                pixels = c ? per / c : 0;
   auto logdet = at::empty({n}, in.options());
   const Layout l = layout_of_halves(format == at::MemoryFormat::ChannelsLast, c, pixels);
   AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), "coupling_step_cpu", [&] {
@@ -187,7 +197,8 @@ std::tuple<at::Tensor, at::Tensor> coupling_step_cpu(const at::Tensor& in_, cons
     scalar_t *op_ = out.data_ptr<scalar_t>(), *lp = logdet.data_ptr<scalar_t>();
     at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
       for (int64_t s = begin; s < end; ++s) {
-        const scalar_t acc = coupling_sample<scalar_t, kInverse>(ip + s * per, hp + s * per, op_ + s * per, l);
+        const scalar_t acc =
+            coupling_sample<scalar_t, kInverse>(ip + s * per, hp + s * per, op_ + s * per, l);
         lp[s] = kInverse ? -acc : acc;
       }
     });
@@ -195,11 +206,13 @@ std::tuple<at::Tensor, at::Tensor> coupling_step_cpu(const at::Tensor& in_, cons
   return {out, logdet};
 }
 
-std::tuple<at::Tensor, at::Tensor> coupling_step_forward_cpu(const at::Tensor& x, const at::Tensor& h) {
+std::tuple<at::Tensor, at::Tensor> coupling_step_forward_cpu(const at::Tensor& x,
+                                                             const at::Tensor& h) {
   return coupling_step_cpu<false>(x, h, "coupling_step_forward");
 }
 
-std::tuple<at::Tensor, at::Tensor> coupling_step_inverse_cpu(const at::Tensor& y, const at::Tensor& h) {
+std::tuple<at::Tensor, at::Tensor> coupling_step_inverse_cpu(const at::Tensor& y,
+                                                             const at::Tensor& h) {
   return coupling_step_cpu<true>(y, h, "coupling_step_inverse");
 }
 
@@ -207,7 +220,8 @@ std::tuple<at::Tensor, at::Tensor> coupling_step_inverse_cpu(const at::Tensor& y
 // of x gets grad_y as it is; its path through the network is autograd's business.
 std::tuple<at::Tensor, at::Tensor> coupling_step_backward_cpu(const at::Tensor& grad_y_,
                                                               const at::Tensor& grad_logdet_,
-                                                              const at::Tensor& y_, const at::Tensor& h_) {
+                                                              const at::Tensor& y_,
+                                                              const at::Tensor& h_) {
   check_coupling_step_args(y_, h_, "coupling_step_backward");
   check_backward_grads(grad_y_, grad_logdet_, y_, "coupling_step_backward", "y");
   const auto format = layout_of(y_);
@@ -223,8 +237,8 @@ std::tuple<at::Tensor, at::Tensor> coupling_step_backward_cpu(const at::Tensor& 
     scalar_t *gxp = gx.data_ptr<scalar_t>(), *ghp = gh.data_ptr<scalar_t>();
     at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
       for (int64_t s = begin; s < end; ++s) {
-        const int64_t base = s * per;
-        coupling_backward_sample(gyp + base, glp[s], yp + base, hp + base, gxp + base, ghp + base, l);
+        const int64_t off = s * per;
+        coupling_backward_sample(gyp + off, glp[s], yp + off, hp + off, gxp + off, ghp + off, l);
       }
     });
   });
@@ -236,7 +250,8 @@ std::tuple<at::Tensor, at::Tensor> coupling_step_backward_cpu(const at::Tensor& 
 TORCH_LIBRARY_FRAGMENT(missingglow, m) {
   m.def("coupling_step_forward(Tensor x, Tensor h) -> (Tensor, Tensor)");
   m.def("coupling_step_inverse(Tensor y, Tensor h) -> (Tensor, Tensor)");
-  m.def("coupling_step_backward(Tensor grad_y, Tensor grad_logdet, Tensor y, Tensor h) -> (Tensor, Tensor)");
+  m.def("coupling_step_backward(Tensor grad_y, Tensor grad_logdet, Tensor y, Tensor h)"
+        " -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(missingglow, CPU, m) {

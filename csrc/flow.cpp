@@ -18,15 +18,18 @@ static PyObject* py_coupling_simd(PyObject*, PyObject* args) {
   const char* name = nullptr;
   if (!PyArg_ParseTuple(args, "|s", &name)) return nullptr;
   if (name != nullptr && !missingglow::set_coupling_simd(name)) {
-    return PyErr_Format(PyExc_ValueError, "coupling_simd: '%s' cannot run on this CPU or build", name);
+    return PyErr_Format(PyExc_ValueError, "coupling_simd: '%s' cannot run on this CPU or build",
+                        name);
   }
   return PyUnicode_FromString(missingglow::coupling_simd());
 }
 
 static PyMethodDef methods[] = {
     {"coupling_simd", py_coupling_simd, METH_VARARGS,
-     "coupling_simd([name]) -> the build of the CPU coupling loops in use, after switching to name"},
-    {nullptr, nullptr, 0, nullptr}};
+     "coupling_simd([name]) -> the build of the CPU coupling loops in use, after switching to "
+     "name"},
+    {nullptr, nullptr, 0, nullptr},
+};
 
 // A plain Python module, so that `import missingglow._C` loads the library and with it every op
 // registration; the ops themselves are reached through torch.ops.missingglow.

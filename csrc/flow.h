@@ -1,8 +1,8 @@
 // Shapes and checks shared by the CPU and CUDA entry points of the fused flow ops.
 #pragma once
 
-#include <torch/library.h>
 #include <ATen/ATen.h>
+#include <torch/library.h>
 
 namespace missingglow {
 

@@ -32,9 +32,9 @@ using std::log;
 // (the CPU's vector loops: simd_x86.h specializes Elem for its AVX2 and AVX-512 vectors).
 template <typename T>
 struct Elem {
-  static MG_HD T exp_neg_abs(T v) { return exp(-fabs(v)); }      // exp(−|v|)
+  static MG_HD T exp_neg_abs(T v) { return exp(-fabs(v)); }                  // exp(−|v|)
   static MG_HD T select_nonneg(T v, T a, T b) { return v >= T(0) ? a : b; }  // v ≥ 0 ? a : b
-  static MG_HD T min_zero(T v) { return v < T(0) ? v : T(0); }    // min(v, 0)
+  static MG_HD T min_zero(T v) { return v < T(0) ? v : T(0); }               // min(v, 0)
   static MG_HD T log_(T v) { return log(v); }
 };
 
@@ -108,8 +108,8 @@ MG_HD void coupling_inverse_elem(T y, T log_s, T t, T& x, T& log_scale) {
 // gradients need only y, not x; this lets the memory-saving path and the saved-output autograd
 // skip rebuilding x_b. Gradients with respect to (x_b, log_s, t).
 template <typename T>
-MG_HD void coupling_backward_from_output_elem(T grad_y, T grad_logdet, T y, T log_s,
-                                              T& grad_x, T& grad_log_s, T& grad_t) {
+MG_HD void coupling_backward_from_output_elem(T grad_y, T grad_logdet, T y, T log_s, T& grad_x,
+                                              T& grad_log_s, T& grad_t) {
   T s, one_minus_s;
   sigmoid_pair(log_s + T(2), s, one_minus_s);
   grad_x = grad_y * s;

@@ -29,22 +29,24 @@ struct Net {
   const Tensor &w1, &b1, &w2, &b2, &w3, &b3, &s3;
 };
 
-void check_flow_step_args(const Tensor& x, const Tensor& loc, const Tensor& scale, const Tensor& weight,
-                          const Net& net, const char* op) {
+void check_flow_step_args(const Tensor& x, const Tensor& loc, const Tensor& scale,
+                          const Tensor& weight, const Net& net, const char* op) {
   TORCH_CHECK(x.dim() == 4, op, ": expected (N, C, H, W) activations, got ", x.dim(), " dims");
   const int64_t c = x.size(1), hidden = net.w1.size(0);
   TORCH_CHECK(c % 2 == 0, op, ": the channel count must be even, got ", c);
   TORCH_CHECK(net.w1.dim() == 4 && net.w1.sizes() == at::IntArrayRef({hidden, c / 2, 3, 3}), op,
               ": w1 must be (hidden, C/2, 3, 3) with C = ", c, ", got ", net.w1.sizes());
-  TORCH_CHECK(net.w2.sizes() == at::IntArrayRef({hidden, hidden, 1, 1}), op, ": w2 must be (", hidden,
-              ", ", hidden, ", 1, 1), got ", net.w2.sizes());
+  TORCH_CHECK(net.w2.sizes() == at::IntArrayRef({hidden, hidden, 1, 1}), op, ": w2 must be (",
+              hidden, ", ", hidden, ", 1, 1), got ", net.w2.sizes());
   TORCH_CHECK(net.w3.sizes() == at::IntArrayRef({c, hidden, 3, 3}), op, ": w3 must be (", c, ", ",
               hidden, ", 3, 3), got ", net.w3.sizes());
   TORCH_CHECK(net.b1.numel() == hidden && net.b2.numel() == hidden && net.b3.numel() == c &&
                   net.s3.numel() == c,
               op, ": b1 and b2 need ", hidden, " entries, b3 and s3 need ", c);
-  for (const Tensor* t : {&loc, &scale, &weight, &net.w1, &net.b1, &net.w2, &net.b2, &net.w3, &net.b3, &net.s3}) {
-    TORCH_CHECK(t->scalar_type() == x.scalar_type(), op, ": x and every parameter must have one dtype");
+  for (const Tensor* t :
+       {&loc, &scale, &weight, &net.w1, &net.b1, &net.w2, &net.b2, &net.w3, &net.b3, &net.s3}) {
+    TORCH_CHECK(t->scalar_type() == x.scalar_type(), op,
+                ": x and every parameter must have one dtype");
     TORCH_CHECK(t->device() == x.device(), op, ": x and every parameter must be on one device");
   }
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": expected floating-point tensors");
@@ -63,14 +65,16 @@ Tensor actnorm_conv(const Tensor& x, const Tensor& loc, const Tensor& scale, con
   return op.call(x, loc, scale, weight);
 }
 
-Tensor actnorm_conv_inverse(const Tensor& y, const Tensor& loc, const Tensor& scale, const Tensor& weight) {
+Tensor actnorm_conv_inverse(const Tensor& y, const Tensor& loc, const Tensor& scale,
+                            const Tensor& weight) {
   static auto op = handle<Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&)>(
       "missingglow::actnorm_conv_inverse");
   return op.call(y, loc, scale, weight);
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> actnorm_conv_backward(const Tensor& grad_y, const Tensor& x,
-                                                                 const Tensor& loc, const Tensor& scale,
+std::tuple<Tensor, Tensor, Tensor, Tensor> actnorm_conv_backward(const Tensor& grad_y,
+                                                                 const Tensor& x, const Tensor& loc,
+                                                                 const Tensor& scale,
                                                                  const Tensor& weight) {
   static auto op = handle<std::tuple<Tensor, Tensor, Tensor, Tensor>(
       const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&)>(
@@ -79,12 +83,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> actnorm_conv_backward(const Tensor& g
 }
 
 Pair coupling_step(const Tensor& x, const Tensor& h, bool inverse) {
-  static auto forward = handle<Pair(const Tensor&, const Tensor&)>("missingglow::coupling_step_forward");
-  static auto backward = handle<Pair(const Tensor&, const Tensor&)>("missingglow::coupling_step_inverse");
+  static auto forward =
+      handle<Pair(const Tensor&, const Tensor&)>("missingglow::coupling_step_forward");
+  static auto backward =
+      handle<Pair(const Tensor&, const Tensor&)>("missingglow::coupling_step_inverse");
   return inverse ? backward.call(x, h) : forward.call(x, h);
 }
 
-Pair coupling_step_backward(const Tensor& grad_y, const Tensor& grad_logdet, const Tensor& y, const Tensor& h) {
+Pair coupling_step_backward(const Tensor& grad_y, const Tensor& grad_logdet, const Tensor& y,
+                            const Tensor& h) {
   static auto op = handle<Pair(const Tensor&, const Tensor&, const Tensor&, const Tensor&)>(
       "missingglow::coupling_step_backward");
   return op.call(grad_y, grad_logdet, y, h);
@@ -117,9 +124,11 @@ Tensor zero_conv_forward(const Tensor& h2, const ZeroConv& z) {
 // layout on the CPU and in float32 on cuDNN, but cuDNN returns float64 contiguous; the layout is
 // pinned here so that the op's outputs are what its fake kernel says on every device and dtype
 // (a no-op where the conv already returned channels-last).
-std::tuple<Tensor, Tensor, Tensor> coupling_net(const Tensor& x_a, const Net& net, const ZeroConv& z) {
+std::tuple<Tensor, Tensor, Tensor> coupling_net(const Tensor& x_a, const Net& net,
+                                                const ZeroConv& z) {
   const auto cl = at::MemoryFormat::ChannelsLast;
-  auto h1 = at::conv2d(x_a, net.w1, net.b1.reshape({-1}), /*stride=*/{1, 1}, /*padding=*/{1, 1}).contiguous(cl);
+  auto h1 = at::conv2d(x_a, net.w1, net.b1.reshape({-1}), /*stride=*/{1, 1}, /*padding=*/{1, 1})
+                .contiguous(cl);
   h1.relu_();
   auto h2 = at::conv2d(h1, net.w2, net.b2.reshape({-1})).contiguous(cl);
   h2.relu_();
@@ -127,9 +136,9 @@ std::tuple<Tensor, Tensor, Tensor> coupling_net(const Tensor& x_a, const Net& ne
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> flow_step_forward(
-    const Tensor& x_, const Tensor& loc, const Tensor& scale, const Tensor& weight, const Tensor& w1,
-    const Tensor& b1, const Tensor& w2, const Tensor& b2, const Tensor& w3, const Tensor& b3,
-    const Tensor& s3) {
+    const Tensor& x_, const Tensor& loc, const Tensor& scale, const Tensor& weight,
+    const Tensor& w1, const Tensor& b1, const Tensor& w2, const Tensor& b2, const Tensor& w3,
+    const Tensor& b3, const Tensor& s3) {
   const Net net{w1, b1, w2, b2, w3, b3, s3};
   check_flow_step_args(x_, loc, scale, weight, net, "flow_step_forward");
   auto x = x_.contiguous(at::MemoryFormat::ChannelsLast);
@@ -139,10 +148,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> flow_step_forward(
   return {y, logdet, h1, h2, h};
 }
 
-std::tuple<Tensor, Tensor> flow_step_inverse(
-    const Tensor& y_, const Tensor& loc, const Tensor& scale, const Tensor& weight, const Tensor& w1,
-    const Tensor& b1, const Tensor& w2, const Tensor& b2, const Tensor& w3, const Tensor& b3,
-    const Tensor& s3) {
+std::tuple<Tensor, Tensor> flow_step_inverse(const Tensor& y_, const Tensor& loc,
+                                             const Tensor& scale, const Tensor& weight,
+                                             const Tensor& w1, const Tensor& b1, const Tensor& w2,
+                                             const Tensor& b2, const Tensor& w3, const Tensor& b3,
+                                             const Tensor& s3) {
   const Net net{w1, b1, w2, b2, w3, b3, s3};
   check_flow_step_args(y_, loc, scale, weight, net, "flow_step_inverse");
   auto y = y_.contiguous(at::MemoryFormat::ChannelsLast);
@@ -154,15 +164,17 @@ std::tuple<Tensor, Tensor> flow_step_inverse(
 // Gradients of (y, logdet) with respect to x and every parameter, from x, y and the network's
 // activations h1, h2 (after ReLU) and h, as flow_step_forward returned them.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>
-flow_step_backward(const Tensor& grad_y, const Tensor& grad_logdet, const Tensor& x_, const Tensor& y_,
-                   const Tensor& h1, const Tensor& h2, const Tensor& h, const Tensor& loc,
-                   const Tensor& scale, const Tensor& weight, const Tensor& w1, const Tensor& b1,
-                   const Tensor& w2, const Tensor& b2, const Tensor& w3, const Tensor& b3, const Tensor& s3) {
+flow_step_backward(const Tensor& grad_y, const Tensor& grad_logdet, const Tensor& x_,
+                   const Tensor& y_, const Tensor& h1, const Tensor& h2, const Tensor& h,
+                   const Tensor& loc, const Tensor& scale, const Tensor& weight, const Tensor& w1,
+                   const Tensor& b1, const Tensor& w2, const Tensor& b2, const Tensor& w3,
+                   const Tensor& b3, const Tensor& s3) {
   const Net net{w1, b1, w2, b2, w3, b3, s3};
   check_flow_step_args(x_, loc, scale, weight, net, "flow_step_backward");
   check_backward_grads(grad_y, grad_logdet, x_, "flow_step_backward", "x");
   const int64_t c = x_.size(1), half = c / 2, hidden = w1.size(0);
-  TORCH_CHECK(y_.sizes() == x_.sizes() && h.sizes() == x_.sizes(), "flow_step_backward: y and h must match x's shape");
+  TORCH_CHECK(y_.sizes() == x_.sizes() && h.sizes() == x_.sizes(),
+              "flow_step_backward: y and h must match x's shape");
   const std::vector<int64_t> hidden_shape{x_.size(0), hidden, x_.size(2), x_.size(3)};
   TORCH_CHECK(h1.sizes() == hidden_shape && h2.sizes() == hidden_shape,
               "flow_step_backward: h1 and h2 must be (N, hidden, H, W)");
@@ -180,25 +192,27 @@ flow_step_backward(const Tensor& grad_y, const Tensor& grad_logdet, const Tensor
   auto [grad_h2, grad_wz, grad_bz] = at::convolution_backward(
       grad_h, h2, z.weight, c10::IntArrayRef{c}, one, one, one, false, zero, 1, {true, true, true});
   auto frame = ones_frame(x, x.size(2), x.size(3));
-  grad_wz.add_(std::get<1>(at::convolution_backward(
-      grad_h.sum(0, /*keepdim=*/true), frame, z.weight.sum(1, true), std::nullopt, one, zero, one,
-      false, zero, 1, {false, true, false})));
+  grad_wz.add_(std::get<1>(at::convolution_backward(grad_h.sum(0, /*keepdim=*/true), frame,
+                                                    z.weight.sum(1, true), std::nullopt, one, zero,
+                                                    one, false, zero, 1, {false, true, false})));
   grad_h.reset();
 
   // ReLU, 1×1 conv, ReLU, 3×3 conv: the ReLU masks go in place into the incoming gradients
   at::threshold_backward_out(grad_h2, grad_h2, h2, 0);
-  auto [grad_h1, grad_w2, grad_b2] = at::convolution_backward(
-      grad_h2, h1, w2, c10::IntArrayRef{hidden}, one, zero, one, false, zero, 1, {true, true, true});
+  auto [grad_h1, grad_w2, grad_b2] =
+      at::convolution_backward(grad_h2, h1, w2, c10::IntArrayRef{hidden}, one, zero, one, false,
+                               zero, 1, {true, true, true});
   grad_h2.reset();
   at::threshold_backward_out(grad_h1, grad_h1, h1, 0);
-  auto [grad_xa, grad_w1, grad_b1] = at::convolution_backward(
-      grad_h1, y.narrow(1, 0, half), w1, c10::IntArrayRef{hidden}, one, one, one, false, zero, 1,
-      {true, true, true});
+  auto [grad_xa, grad_w1, grad_b1] =
+      at::convolution_backward(grad_h1, y.narrow(1, 0, half), w1, c10::IntArrayRef{hidden}, one,
+                               one, one, false, zero, 1, {true, true, true});
   grad_h1.reset();
   grad_out.narrow(1, 0, half).add_(grad_xa);  // out_a = y_a fed the network
   grad_xa.reset();
 
-  auto [grad_x, grad_loc, grad_scale, grad_weight] = actnorm_conv_backward(grad_out, x, loc, scale, weight);
+  auto [grad_x, grad_loc, grad_scale, grad_weight] =
+      actnorm_conv_backward(grad_out, x, loc, scale, weight);
   grad_out.reset();
 
   // unfold exp(3·s3): W' = w3·e, b' = b3·e
@@ -206,23 +220,26 @@ flow_step_backward(const Tensor& grad_y, const Tensor& grad_logdet, const Tensor
   auto grad_s3 = (grad_gain * z.gain * 3).view(s3.sizes());
   auto grad_w3 = grad_wz.mul_(z.gain.view({-1, 1, 1, 1}));
   auto grad_b3 = (grad_bz * z.gain).view(b3.sizes());
-  // the weights' gradients come back in the layout ATen's backward chose; the parameters are contiguous
-  return {grad_x, grad_loc, grad_scale, grad_weight, grad_w1.contiguous(), grad_b1.view(b1.sizes()),
-          grad_w2.contiguous(), grad_b2.view(b2.sizes()), grad_w3.contiguous(), grad_b3, grad_s3};
+  // ATen's backward picks the layout of the weights' gradients; the parameters are contiguous
+  return std::make_tuple(grad_x, grad_loc, grad_scale, grad_weight, grad_w1.contiguous(),
+                         grad_b1.view(b1.sizes()), grad_w2.contiguous(), grad_b2.view(b2.sizes()),
+                         grad_w3.contiguous(), grad_b3, grad_s3);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(missingglow, m) {
-  m.def("flow_step_forward(Tensor x, Tensor loc, Tensor scale, Tensor weight, Tensor w1, Tensor b1,"
-        " Tensor w2, Tensor b2, Tensor w3, Tensor b3, Tensor s3)"
+  m.def("flow_step_forward(Tensor x, Tensor loc, Tensor scale, Tensor weight, Tensor w1,"
+        " Tensor b1, Tensor w2, Tensor b2, Tensor w3, Tensor b3, Tensor s3)"
         " -> (Tensor y, Tensor logdet, Tensor h1, Tensor h2, Tensor h)");
-  m.def("flow_step_inverse(Tensor y, Tensor loc, Tensor scale, Tensor weight, Tensor w1, Tensor b1,"
-        " Tensor w2, Tensor b2, Tensor w3, Tensor b3, Tensor s3) -> (Tensor x, Tensor logdet)");
+  m.def("flow_step_inverse(Tensor y, Tensor loc, Tensor scale, Tensor weight, Tensor w1,"
+        " Tensor b1, Tensor w2, Tensor b2, Tensor w3, Tensor b3, Tensor s3)"
+        " -> (Tensor x, Tensor logdet)");
   m.def("flow_step_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor y, Tensor h1,"
         " Tensor h2, Tensor h, Tensor loc, Tensor scale, Tensor weight, Tensor w1, Tensor b1,"
         " Tensor w2, Tensor b2, Tensor w3, Tensor b3, Tensor s3)"
-        " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+        " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,"
+        " Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(missingglow, CPU, m) {

@@ -73,17 +73,22 @@ using VecD = Vec<__m256d, double, 4>;
 
 template <>
 struct Elem<VecF> {
-  static VecF exp_neg_abs(VecF x) { return Sleef_expf8_u10avx2(_mm256_or_ps(x.v, _mm256_set1_ps(-0.0f))); }
+  static VecF exp_neg_abs(VecF x) {
+    return Sleef_expf8_u10avx2(_mm256_or_ps(x.v, _mm256_set1_ps(-0.0f)));
+  }
   static VecF select_nonneg(VecF x, VecF a, VecF b) {
     return _mm256_blendv_ps(b.v, a.v, _mm256_cmp_ps(x.v, _mm256_setzero_ps(), _CMP_GE_OQ));
   }
-  static VecF min_zero(VecF x) { return _mm256_min_ps(x.v, _mm256_setzero_ps()); }  // NaN → 0, as the scalar's
+  // NaN → 0, as the scalar's
+  static VecF min_zero(VecF x) { return _mm256_min_ps(x.v, _mm256_setzero_ps()); }
   static VecF log_(VecF x) { return Sleef_logf8_u10avx2(x.v); }
 };
 
 template <>
 struct Elem<VecD> {
-  static VecD exp_neg_abs(VecD x) { return Sleef_expd4_u10avx2(_mm256_or_pd(x.v, _mm256_set1_pd(-0.0))); }
+  static VecD exp_neg_abs(VecD x) {
+    return Sleef_expd4_u10avx2(_mm256_or_pd(x.v, _mm256_set1_pd(-0.0)));
+  }
   static VecD select_nonneg(VecD x, VecD a, VecD b) {
     return _mm256_blendv_pd(b.v, a.v, _mm256_cmp_pd(x.v, _mm256_setzero_pd(), _CMP_GE_OQ));
   }
@@ -104,7 +109,8 @@ template <>
 struct Elem<VecF> {
   static VecF exp_neg_abs(VecF x) {
     const __m512i sign = _mm512_set1_epi32(static_cast<int>(0x80000000u));
-    return Sleef_expf16_u10avx512f(_mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(x.v), sign)));
+    return Sleef_expf16_u10avx512f(
+        _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(x.v), sign)));
   }
   static VecF select_nonneg(VecF x, VecF a, VecF b) {
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x.v, _mm512_setzero_ps(), _CMP_GE_OQ), b.v, a.v);
@@ -119,7 +125,8 @@ template <>
 struct Elem<VecD> {
   static VecD exp_neg_abs(VecD x) {
     const __m512i sign = _mm512_set1_epi64(static_cast<long long>(0x8000000000000000ull));
-    return Sleef_expd8_u10avx512f(_mm512_castsi512_pd(_mm512_or_si512(_mm512_castpd_si512(x.v), sign)));
+    return Sleef_expd8_u10avx512f(
+        _mm512_castsi512_pd(_mm512_or_si512(_mm512_castpd_si512(x.v), sign)));
   }
   static VecD select_nonneg(VecD x, VecD a, VecD b) {
     return _mm512_mask_blend_pd(_mm512_cmp_pd_mask(x.v, _mm512_setzero_pd(), _CMP_GE_OQ), b.v, a.v);
@@ -131,7 +138,8 @@ struct Elem<VecD> {
 };
 
 inline bool sleef_found() {
-  return Sleef_expf16_u10avx512f && Sleef_logf16_u10avx512f && Sleef_expd8_u10avx512f && Sleef_logd8_u10avx512f;
+  return Sleef_expf16_u10avx512f && Sleef_logf16_u10avx512f && Sleef_expd8_u10avx512f &&
+         Sleef_logd8_u10avx512f;
 }
 #endif
 

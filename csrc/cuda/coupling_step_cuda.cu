@@ -38,7 +38,8 @@ __global__ void coupling_step_kernel(const T* __restrict__ in, const T* __restri
 }
 
 template <typename T>
-__global__ void coupling_step_backward_kernel(const T* __restrict__ grad_y, const T* __restrict__ grad_logdet,
+__global__ void coupling_step_backward_kernel(const T* __restrict__ grad_y,
+                                              const T* __restrict__ grad_logdet,
                                               const T* __restrict__ y, const T* __restrict__ h,
                                               T* __restrict__ grad_x, T* __restrict__ grad_h,
                                               int64_t channels, int64_t pixels, bool channels_last,
@@ -63,7 +64,8 @@ std::tuple<at::Tensor, at::Tensor> coupling_step_cuda(const at::Tensor& in_, con
   const auto format = layout_of(in_);
   auto in = in_.contiguous(format), h = h_.contiguous(format);
   auto out = at::empty_like(in, in.options(), format);
-  const int64_t n = in.size(0), c = in.size(1), per = n ? in.numel() / n : 0, pixels = c ? per / c : 0;
+  const int64_t n = in.size(0), c = in.size(1), per = n ? in.numel() / n : 0,
+                pixels = c ? per / c : 0;
   auto logdet = at::zeros({n}, in.options());
   if (in.numel() == 0) return {out, logdet};
   auto stream = c10::cuda::getCurrentCUDAStream();
@@ -76,17 +78,20 @@ std::tuple<at::Tensor, at::Tensor> coupling_step_cuda(const at::Tensor& in_, con
   return {out, logdet};
 }
 
-std::tuple<at::Tensor, at::Tensor> coupling_step_forward_cuda(const at::Tensor& x, const at::Tensor& h) {
+std::tuple<at::Tensor, at::Tensor> coupling_step_forward_cuda(const at::Tensor& x,
+                                                              const at::Tensor& h) {
   return coupling_step_cuda<false>(x, h, "coupling_step_forward");
 }
 
-std::tuple<at::Tensor, at::Tensor> coupling_step_inverse_cuda(const at::Tensor& y, const at::Tensor& h) {
+std::tuple<at::Tensor, at::Tensor> coupling_step_inverse_cuda(const at::Tensor& y,
+                                                              const at::Tensor& h) {
   return coupling_step_cuda<true>(y, h, "coupling_step_inverse");
 }
 
 std::tuple<at::Tensor, at::Tensor> coupling_step_backward_cuda(const at::Tensor& grad_y_,
                                                                const at::Tensor& grad_logdet_,
-                                                               const at::Tensor& y_, const at::Tensor& h_) {
+                                                               const at::Tensor& y_,
+                                                               const at::Tensor& h_) {
   check_coupling_step_args(y_, h_, "coupling_step_backward");
   check_backward_grads(grad_y_, grad_logdet_, y_, "coupling_step_backward", "y");
   c10::cuda::CUDAGuard guard(y_.device());
@@ -102,8 +107,8 @@ std::tuple<at::Tensor, at::Tensor> coupling_step_backward_cuda(const at::Tensor&
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "coupling_step_backward_cuda", [&] {
     coupling_step_backward_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
-        gy.data_ptr<scalar_t>(), gl.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
-        gx.data_ptr<scalar_t>(), gh.data_ptr<scalar_t>(), c, pixels,
+        gy.data_ptr<scalar_t>(), gl.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
+        h.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(), gh.data_ptr<scalar_t>(), c, pixels,
         format == at::MemoryFormat::ChannelsLast, total_pairs);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
