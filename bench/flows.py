@@ -21,8 +21,9 @@ bench/RESULTS.md); it applies to every version alike.
 Peak memory of a training step (forward + backward) is measured in a fresh child process per
 configuration: on CUDA torch.cuda.max_memory_allocated, on CPU the growth of the process's peak
 resident set over one step (VmHWM after resetting it through /proc/self/clear_refs, minus VmRSS
-before), after a warm-up step at batch 1 has paid for the libraries. `saved_mb` is the bytes autograd holds for the backward at the end of the forward
-(distinct storages seen by saved_tensors_hooks): the activation memory that memory saving removes.
+before), after a warm-up step at batch 1 has paid for the libraries. `saved_mb` is the bytes
+autograd holds for the backward at the end of the forward (distinct storages seen by
+saved_tensors_hooks): the activation memory that memory saving removes.
 """
 import argparse
 import json
@@ -120,8 +121,9 @@ def op_rows(preset, device, repeats, gen):
     """actnorm+1×1 conv and the coupling's elementwise part at the first block's step shape."""
     n, c, s = preset["batch"], 12, preset["size"] // 2
     shape = f"{n}x{c}x{s}x{s}"
-    x = torch.randn(n, c, s, s, generator=gen).to(device).contiguous(memory_format=torch.channels_last)
-    h = torch.randn(n, c, s, s, generator=gen).to(device).contiguous(memory_format=torch.channels_last)
+    cl = torch.channels_last
+    x = torch.randn(n, c, s, s, generator=gen).to(device).contiguous(memory_format=cl)
+    h = torch.randn(n, c, s, s, generator=gen).to(device).contiguous(memory_format=cl)
     loc, scale = torch.randn(1, c, 1, 1).to(device), (torch.rand(1, c, 1, 1) + 0.5).to(device)
     weight = torch.linalg.qr(torch.randn(c, c))[0].to(device)
     rows = []
@@ -181,7 +183,8 @@ def step_rows(preset, device, repeats, gen, compile_ref):
 
     def add(direction, f_ms, r_ms, c_ms, o_ms):
         rows.append(row("flow step", device, shape, direction, f_ms, r_ms, c_ms))
-        rows.append(row(f"flow step, {other_mode_label(device)}", device, shape, direction, o_ms, r_ms))
+        rows.append(row(f"flow step, {other_mode_label(device)}", device, shape, direction, o_ms,
+                        r_ms))
 
     with torch.no_grad():
         add("forward", *interleaved([lambda: fast(x), lambda: ref(x),
@@ -190,8 +193,9 @@ def step_rows(preset, device, repeats, gen, compile_ref):
         add("inverse", *interleaved([lambda: fast.reverse(x), lambda: ref.reverse(x),
                                      None if compiled_rev is None else (lambda: compiled_rev(x)),
                                      lambda: other.reverse(x)], device, repeats))
-    add("forward+backward", *interleaved([fb(fast), fb(ref), None if compiled is None else fb(compiled),
-                                          fb(other)], device, repeats))
+    add("forward+backward", *interleaved([fb(fast), fb(ref),
+                                          None if compiled is None else fb(compiled), fb(other)],
+                                         device, repeats))
     return rows
 
 
@@ -206,13 +210,16 @@ def model_rows(preset, device, repeats, gen, label, memory):
     n = preset["batch"]
     rows = []
     with torch.no_grad():
-        for direction, run in (("forward", lambda m: m.log_prob(x)), ("inverse", lambda m: m.sample(n))):
-            f_ms, r_ms, o_ms = interleaved([lambda: run(fast), lambda: run(ref), lambda: run(other)],
-                                           device, repeats)
+        for direction, run in (("forward", lambda m: m.log_prob(x)),
+                               ("inverse", lambda m: m.sample(n))):
+            f_ms, r_ms, o_ms = interleaved([lambda: run(fast), lambda: run(ref),
+                                            lambda: run(other)], device, repeats)
             rows.append(row(f"model {label}", device, shape, direction, f_ms, r_ms))
-            rows.append(row(f"model {label}, {other_mode_label(device)}", device, shape, direction, o_ms, r_ms))
-    f_ms, r_ms, s_ms, o_ms = interleaved([train_step(fast, x), train_step(ref, x), train_step(saving, x),
-                                          train_step(other, x)], device, repeats)
+            rows.append(row(f"model {label}, {other_mode_label(device)}", device, shape, direction,
+                            o_ms, r_ms))
+    f_ms, r_ms, s_ms, o_ms = interleaved([train_step(fast, x), train_step(ref, x),
+                                          train_step(saving, x), train_step(other, x)],
+                                         device, repeats)
     mem = {}
     if memory:
         for key, impl, ms in (("fused", "fused", False), ("reference", "reference", False),
@@ -221,13 +228,17 @@ def model_rows(preset, device, repeats, gen, label, memory):
     train = row(f"model {label}", device, shape, "forward+backward", f_ms, r_ms)
     ms_row = row(f"model {label}, memory saving", device, shape, "forward+backward", s_ms, r_ms)
     if mem:
-        train.update(fused_peak_mb=mem["fused"]["peak_mb"], reference_peak_mb=mem["reference"]["peak_mb"],
-                     fused_saved_mb=mem["fused"]["saved_mb"], reference_saved_mb=mem["reference"]["saved_mb"])
+        train.update(fused_peak_mb=mem["fused"]["peak_mb"],
+                     reference_peak_mb=mem["reference"]["peak_mb"],
+                     fused_saved_mb=mem["fused"]["saved_mb"],
+                     reference_saved_mb=mem["reference"]["saved_mb"])
         ms_row.update(fused_peak_mb=mem["memory_saving"]["peak_mb"],
                       reference_peak_mb=mem["reference"]["peak_mb"],
                       fused_saved_mb=mem["memory_saving"]["saved_mb"],
                       reference_saved_mb=mem["reference"]["saved_mb"])
-    rows += [train, row(f"model {label}, {other_mode_label(device)}", device, shape, "forward+backward", o_ms, r_ms), ms_row]
+    other_row = row(f"model {label}, {other_mode_label(device)}", device, shape,
+                    "forward+backward", o_ms, r_ms)
+    rows += [train, other_row, ms_row]
     return rows
 
 
@@ -299,7 +310,8 @@ def memory_child(spec):
         peak = torch.cuda.max_memory_allocated() - base
     else:
         peak = _peak_rss() - base
-    print(json.dumps(dict(peak_mb=round(peak / 2**20, 1), saved_mb=round(sum(storages.values()) / 2**20, 1))))
+    saved = sum(storages.values())
+    print(json.dumps(dict(peak_mb=round(peak / 2**20, 1), saved_mb=round(saved / 2**20, 1))))
 
 
 # --- table ----------------------------------------------------------------------------------------
@@ -317,9 +329,11 @@ def coupling_build():
 
 def table(rows):
     cols = [(k, w) for k, w in COLUMNS if any(k in r for r in rows)]
-    lines = ["| " + " | ".join(k for k, _ in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines = ["| " + " | ".join(k for k, _ in cols) + " |",
+             "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:
-        lines.append("| " + " | ".join("" if r.get(k) is None else str(r[k]) for k, _ in cols) + " |")
+        cells = ("" if r.get(k) is None else str(r[k]) for k, _ in cols)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -327,7 +341,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch threads on CPU (default 1: with cores shared, more threads wait on each other)")
+                   help="torch threads on CPU (default 1: with cores shared, more threads wait "
+                        "on each other)")
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--size", type=int, default=32, help="small preset: image side")
     p.add_argument("--blocks", type=int, default=3, help="small preset: blocks")
@@ -341,10 +356,13 @@ def main(argv=None):
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
     p.add_argument("--keep-freed-memory", action="store_true",
-                   help="glibc mallopt: keep freed memory (no page faults from re-growing the heap)")
-    p.add_argument("--small-only", action="store_true", help="only the small preset's step and model rows")
+                   help="glibc mallopt: keep freed memory (no page faults from re-growing the "
+                        "heap)")
+    p.add_argument("--small-only", action="store_true",
+                   help="only the small preset's step and model rows")
     p.add_argument("--coupling-simd", metavar="BUILD",
-                   help="the build of the CPU coupling loops: avx512, avx2 or portable (default: the widest here)")
+                   help="the build of the CPU coupling loops: avx512, avx2 or portable (default: "
+                        "the widest here)")
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -359,7 +377,8 @@ def main(argv=None):
     if args.memory_child:
         return memory_child(json.loads(args.memory_child))
     gen = torch.Generator().manual_seed(0)
-    small = dict(size=args.size, blocks=args.blocks, flows=args.flows, hidden=args.hidden, batch=args.batch)
+    small = dict(size=args.size, blocks=args.blocks, flows=args.flows, hidden=args.hidden,
+                 batch=args.batch)
     paper_flows = args.paper_flows or (32 if args.device == "cuda" else 2)
     paper = dict(size=64, blocks=4, flows=paper_flows, hidden=512, batch=args.paper_batch)
     rows = [] if args.small_only else op_rows(small, args.device, args.repeats, gen)
@@ -367,7 +386,8 @@ def main(argv=None):
     rows += model_rows(small, args.device, args.repeats, gen, "small", not args.no_memory)
     if not (args.skip_paper or args.small_only):
         rows += step_rows(paper, args.device, max(3, args.repeats // 3), gen, False)
-        rows += model_rows(paper, args.device, max(3, args.repeats // 3), gen, "paper", not args.no_memory)
+        rows += model_rows(paper, args.device, max(3, args.repeats // 3), gen, "paper",
+                           not args.no_memory)
     print(f"# torch {torch.__version__}, device {args.device}, "
           f"{torch.get_num_threads()} thread(s), medians of {args.repeats} interleaved repeats, "
           f"CPU coupling loops {coupling_build()}"

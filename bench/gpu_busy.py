@@ -52,8 +52,10 @@ def main(argv=None):
     print("|---|---|---|---|---|---|")
     for name, preset in PRESETS.items():
         gen = torch.Generator().manual_seed(0)
-        x = (torch.rand(preset["batch"], 3, preset["size"], preset["size"], generator=gen) - 0.5).cuda()
-        for label, impl, driver in [("reference", "reference", None), ("fused, ops one by one", "fused", False),
+        size = preset["size"]
+        x = (torch.rand(preset["batch"], 3, size, size, generator=gen) - 0.5).cuda()
+        for label, impl, driver in [("reference", "reference", None),
+                                    ("fused, ops one by one", "fused", False),
                                     ("fused, C++ driver (default on CUDA)", "fused", True)]:
             fused.FusedFlowStep.driver = driver
             step = train_step(make_glow(impl, preset, "cuda"), x)
@@ -61,7 +63,8 @@ def main(argv=None):
                 step()
             wall = wall_ms(step, args.repeats)
             kernel, count = kernel_ms_and_count(step)
-            print(f"| {name} | {label} | {wall:.1f} | {kernel:.1f} | {count} | {kernel / wall:.0%} |")
+            print(f"| {name} | {label} | {wall:.1f} | {kernel:.1f} | {count} "
+                  f"| {kernel / wall:.0%} |")
     fused.FusedFlowStep.driver = None
 
 

@@ -5,7 +5,7 @@ ratio holds even on a busy machine; medians over the timed steps.
 
     python bench/train_speed.py --preset small --steps 20
     python bench/train_speed.py --preset paper --steps 3 --threads 2
-    python bench/train_speed.py --allocator default    # glibc's default instead of what training sets
+    python bench/train_speed.py --allocator default    # glibc's default, not training's setting
 
 Like `missingglow train`, it keeps freed heap memory (missingglow/allocator.py) unless told not to.
 """

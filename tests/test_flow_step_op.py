@@ -134,8 +134,10 @@ def test_flow_step_opcheck(gen, device, channels_last):
     x, *params = _small_args(gen, device, n=3, c=6, size=5)
     if not channels_last:
         x = x.contiguous()
-    for op in (torch.ops.missingglow.flow_step_forward.default, torch.ops.missingglow.flow_step_inverse.default):
-        torch.library.opcheck(op, [x.detach().requires_grad_(), *[p.detach().requires_grad_() for p in params]])
+    for op in (torch.ops.missingglow.flow_step_forward.default,
+               torch.ops.missingglow.flow_step_inverse.default):
+        torch.library.opcheck(op, [x.detach().requires_grad_(),
+                                   *[p.detach().requires_grad_() for p in params]])
     y, logdet, h1, h2, h = torch.ops.missingglow.flow_step_forward.default(x, *params)
     torch.library.opcheck(torch.ops.missingglow.flow_step_backward.default,
                           [torch.randn_like(y), torch.randn_like(logdet), x, y, h1, h2, h, *params])

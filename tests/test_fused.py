@@ -17,7 +17,8 @@ def _pair(gen, impls=("reference", "fused"), memory_saving=(False, False), **kw)
     """Models of the given impls sharing one randomised, data-initialised state dict."""
     cfg = dict(blocks=3, flows=2, hidden=8, image_size=16)
     cfg.update(kw)
-    models = [Glow(**cfg, impl=impl, memory_saving=ms).double() for impl, ms in zip(impls, memory_saving)]
+    models = [Glow(**cfg, impl=impl, memory_saving=ms).double()
+              for impl, ms in zip(impls, memory_saving)]
     with torch.no_grad():
         models[0](_images(gen, n=8, size=cfg["image_size"]))
     randomize(models[0], gen, scale=0.05)
@@ -97,7 +98,8 @@ def test_fused_step_matches_reference_step_on_odd_shapes(gen):
 
 
 def test_fused_step_initialises_actnorm_from_its_first_batch(gen):
-    step_ref, step = reference.FlowStep(6, hidden=5).double(), fused.FusedFlowStep(6, hidden=5).double()
+    step_ref = reference.FlowStep(6, hidden=5).double()
+    step = fused.FusedFlowStep(6, hidden=5).double()
     step.load_state_dict(step_ref.state_dict())
     x = 2 + 3 * torch.randn(4, 6, 5, 5, generator=gen, dtype=torch.float64)
     torch.testing.assert_close(step(x)[0], step_ref(x)[0], rtol=1e-10, atol=1e-10)
@@ -118,7 +120,8 @@ def test_checkpoints_move_between_impls(gen):
 @pytest.mark.parametrize("impl,affine,lu", [("fused", True, True), ("fused", False, False),
                                              ("fused", True, False), ("reference", True, True)])
 def test_memory_saving_gradients_equal_standard_ones(gen, impl, affine, lu):
-    standard, saving = _pair(gen, impls=(impl, impl), memory_saving=(False, True), affine=affine, lu=lu)
+    standard, saving = _pair(gen, impls=(impl, impl), memory_saving=(False, True), affine=affine,
+                             lu=lu)
     x = _images(gen)
     with torch.no_grad():
         torch.testing.assert_close(saving.log_prob(x), standard.log_prob(x), rtol=1e-12, atol=1e-12)

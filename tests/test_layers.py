@@ -27,7 +27,8 @@ def _x(gen, n=2, c=4, h=3, w=3):
     lambda: ref.AffineCoupling(4, hidden=5, affine=False),
     lambda: ref.FlowStep(4, hidden=5, affine=True, lu=True),
     lambda: ref.FlowStep(4, hidden=5, affine=False, lu=False),
-], ids=["actnorm", "invconv", "invconv_lu", "affine", "additive", "step_affine_lu", "step_additive"])
+], ids=["actnorm", "invconv", "invconv_lu", "affine", "additive", "step_affine_lu",
+        "step_additive"])
 def test_layer_logdet_matches_jacobian_and_inverts(make, gen):
     layer = randomize(make().double(), gen, scale=0.3)
     x = _x(gen)
@@ -99,7 +100,9 @@ def test_zero_conv_pads_with_ones(gen):
         layer.conv.weight.fill_(1.0)
     out = layer(torch.zeros(1, 2, 4, 4))
     # a corner sees 5 padded ones per input channel, an edge 3, the interior none
-    assert out[0, 0, 0, 0].item() == 10 and out[0, 0, 0, 1].item() == 6 and out[0, 0, 1, 1].item() == 0
+    assert out[0, 0, 0, 0].item() == 10
+    assert out[0, 0, 0, 1].item() == 6
+    assert out[0, 0, 1, 1].item() == 0
 
 
 def test_squeeze_layout_and_inverse(gen):

@@ -1,4 +1,5 @@
-"""The whole Glow: inverse, log-density against a brute-force Jacobian, the latent layout, Φ-space ops."""
+"""The whole Glow: inverse, log-density against a brute-force Jacobian, latent layout, Φ-space ops.
+"""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""Fused ops against the pure-PyTorch reference, in float64, on fresh random inputs with odd shapes."""
+"""Fused ops against their pure-PyTorch references, in float64, on fresh random odd-shaped input."""
 import pytest
 import torch
 
@@ -9,7 +9,7 @@ pytestmark = pytest.mark.skipif(not ops.AVAILABLE, reason=str(ops.WHY_UNAVAILABL
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-# --- actnorm + 1×1 conv ----------------------------------------------------------------------------
+# --- actnorm + 1×1 conv -------------------------------------------------------------------------
 
 CHANNEL_SHAPES = [(1, 6, 1, 1), (3, 12, 5, 7), (3, 48, 32, 32), (1, 6, 17, 3), (3, 12, 32, 32)]
 LAYOUTS = ["contiguous", "channels_last", "strided"]
@@ -99,7 +99,8 @@ def test_actnorm_conv_opcheck(gen, device, layout):
     params = _actnorm_conv_params(gen, 6, device)
     for op in (torch.ops.missingglow.actnorm_conv_forward.default,
                torch.ops.missingglow.actnorm_conv_inverse.default):
-        torch.library.opcheck(op, [x.detach().requires_grad_(), *[p.detach().requires_grad_() for p in params]])
+        torch.library.opcheck(op, [x.detach().requires_grad_(),
+                                   *[p.detach().requires_grad_() for p in params]])
     torch.library.opcheck(torch.ops.missingglow.actnorm_conv_backward.default,
                           [torch.randn_like(x), x, *params])
 
@@ -114,7 +115,7 @@ def test_actnorm_conv_refuses_bad_arguments():
         ops.actnorm_conv(x, torch.zeros(4), torch.ones(4), torch.eye(4, dtype=torch.float64))
 
 
-# --- the whole-tensor coupling ----------------------------------------------------------------------
+# --- the whole-tensor coupling -------------------------------------------------------------------
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", CHANNEL_SHAPES)
@@ -133,7 +134,8 @@ def test_coupling_step_matches_reference(gen, device, shape, layout):
     torch.testing.assert_close(inv_logdet, inv_logdet_ref, rtol=1e-12, atol=1e-10)
     torch.testing.assert_close(inv_logdet, -logdet_ref, rtol=1e-12, atol=1e-10)
     channels_last = layout == "channels_last" and not x.is_contiguous()
-    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert y.is_contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -183,7 +185,7 @@ def test_coupling_step_refuses_bad_arguments():
         ops.coupling_step(x, x.double())
 
 
-# --- the coupling network (ops.zero_conv and ops.coupling_net, ATen's convs) -----------------------
+# --- the coupling network (ops.zero_conv and ops.coupling_net, ATen's convs) --------------------
 
 def _net_params(gen, c, hidden, device):
     """(w1, b1, w2, b2, w3, b3, s3) of a coupling network for C channels, all of them non-zero."""
@@ -215,7 +217,7 @@ def test_coupling_net_matches_reference(gen, device, shape, layout):
 # --- the SIMD builds of the CPU coupling loops (csrc/coupling_runs*.{h,cpp}) ---------------------
 
 def _simd_builds():
-    """The builds of the CPU loops this CPU runs, tried by switching to each (then switched back)."""
+    """The builds of the CPU loops this CPU runs, tried by switching to each (then back again)."""
     if not ops.AVAILABLE:
         return []
     from missingglow import _C
@@ -247,7 +249,8 @@ def test_the_portable_build_is_always_there():
 
 # Gathered runs split into chunks with a remainder (12 channels, 16×16), long runs (130 channels),
 # short and long channels-first halves, and run lengths that leave tails after 4, 8 and 16 lanes.
-SIMD_SHAPES = [(3, 12, 16, 16), (2, 130, 3, 3), (1, 6, 1, 1), (3, 6, 5, 7), (2, 34, 7, 5), (1, 2, 1, 3)]
+SIMD_SHAPES = [(3, 12, 16, 16), (2, 130, 3, 3), (1, 6, 1, 1), (3, 6, 5, 7), (2, 34, 7, 5),
+               (1, 2, 1, 3)]
 
 
 @pytest.mark.parametrize("shape", SIMD_SHAPES)
@@ -256,19 +259,22 @@ SIMD_SHAPES = [(3, 12, 16, 16), (2, 130, 3, 3), (1, 6, 1, 1), (3, 6, 5, 7), (2, 
 def test_every_simd_build_matches_reference(gen, simd_build, shape, layout, dtype):
     x = _activations(gen, shape, "cpu", layout)
     h = 4 * _activations(gen, shape, "cpu", layout)  # log_s + 2 of both signs, some far from 0
-    grad_y, grad_logdet = torch.randn(shape, generator=gen, dtype=x.dtype), torch.randn(shape[0], generator=gen, dtype=x.dtype)
+    grad_y = torch.randn(shape, generator=gen, dtype=x.dtype)
+    grad_logdet = torch.randn(shape[0], generator=gen, dtype=x.dtype)
     xr, hr = x.detach().requires_grad_(), h.detach().requires_grad_()
     y_ref, logdet_ref = reference.coupling_step(xr, hr)
-    grads_ref = torch.autograd.grad((y_ref * grad_y).sum() + (logdet_ref * grad_logdet).sum(), [xr, hr])
+    grads_ref = torch.autograd.grad((y_ref * grad_y).sum() + (logdet_ref * grad_logdet).sum(),
+                                    [xr, hr])
 
     tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
     xs, hs = x.to(dtype), h.to(dtype)
     y, logdet = ops.coupling_step(xs, hs)
     torch.testing.assert_close(y.double(), y_ref.detach(), **tol)
-    torch.testing.assert_close(logdet.double(), logdet_ref.detach(), rtol=tol["rtol"], atol=tol["atol"] * x[0].numel())
+    per_sample_tol = dict(rtol=tol["rtol"], atol=tol["atol"] * x[0].numel())
+    torch.testing.assert_close(logdet.double(), logdet_ref.detach(), **per_sample_tol)
     back, inv_logdet = ops.coupling_step_inverse(y_ref.detach().to(dtype), hs)
     torch.testing.assert_close(back.double(), x, rtol=tol["rtol"] * 10, atol=tol["atol"] * 10)
-    torch.testing.assert_close(inv_logdet.double(), -logdet_ref.detach(), rtol=tol["rtol"], atol=tol["atol"] * x[0].numel())
+    torch.testing.assert_close(inv_logdet.double(), -logdet_ref.detach(), **per_sample_tol)
     grad_x, grad_h = torch.ops.missingglow.coupling_step_backward.default(
         grad_y.to(dtype), grad_logdet.to(dtype), y_ref.detach().to(dtype), hs)
     torch.testing.assert_close(grad_x.double(), grads_ref[0], **tol)

@@ -14,7 +14,8 @@ from missingglow import UserError, from_rosinality
 
 
 def rosinality_state(gen, blocks=3, flows=2, hidden=6, affine=True, lu=(True, True, True), c=3):
-    """A random, non-degenerate state dict with rosinality's keys (prefixed as DataParallel saves)."""
+    """A random, non-degenerate state dict with rosinality's keys (prefixed as DataParallel saves).
+    """
     def rnd(*shape, scale=0.1):
         return scale * torch.randn(*shape, generator=gen, dtype=torch.float64)
 
@@ -62,12 +63,14 @@ def spec_forward(sd, x, blocks, flows, affine):
     out, logdet, log_p, eps = x, torch.zeros(n, dtype=x.dtype), torch.zeros(n, dtype=x.dtype), []
 
     def zero_conv(prefix, h):
-        h = F.conv2d(F.pad(h, [1, 1, 1, 1], value=1), sd[prefix + "conv.weight"], sd[prefix + "conv.bias"])
+        h = F.conv2d(F.pad(h, [1, 1, 1, 1], value=1), sd[prefix + "conv.weight"],
+                     sd[prefix + "conv.bias"])
         return h * torch.exp(3 * sd[prefix + "scale"])
 
     for b in range(blocks):
         _, c, s, _ = out.shape
-        out = out.view(n, c, s // 2, 2, s // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(n, 4 * c, s // 2, s // 2)
+        out = out.view(n, c, s // 2, 2, s // 2, 2).permute(0, 1, 3, 5, 2, 4)
+        out = out.reshape(n, 4 * c, s // 2, s // 2)
         hw = (s // 2) ** 2
         for f in range(flows):
             p = f"blocks.{b}.flows.{f}."
@@ -83,7 +86,8 @@ def spec_forward(sd, x, blocks, flows, affine):
                 logdet = logdet + hw * torch.linalg.slogdet(w)[1]
             out = F.conv2d(out, w[:, :, None, None])
             xa, xb = out.chunk(2, 1)
-            h = F.relu(F.conv2d(xa, sd[p + "coupling.net.0.weight"], sd[p + "coupling.net.0.bias"], padding=1))
+            h = F.relu(F.conv2d(xa, sd[p + "coupling.net.0.weight"], sd[p + "coupling.net.0.bias"],
+                                padding=1))
             h = F.relu(F.conv2d(h, sd[p + "coupling.net.2.weight"], sd[p + "coupling.net.2.bias"]))
             h = zero_conv(p + "coupling.net.4.", h)
             if affine:
@@ -114,7 +118,7 @@ def spec_forward(sd, x, blocks, flows, affine):
 def test_import_matches_the_spec_forward(gen, affine, lu):
     sd = rosinality_state(gen, affine=affine, lu=lu)
     model = from_rosinality(sd, image_size=16).double()
-    assert model.config["blocks"] == 3 and model.config["flows"] == 2 and model.config["hidden"] == 6
+    assert (model.config["blocks"], model.config["flows"], model.config["hidden"]) == (3, 2, 6)
     assert model.config["affine"] is affine
     x = torch.rand(2, 3, 16, 16, generator=gen, dtype=torch.float64) - 0.5
     expected_lp, expected_eps = spec_forward(sd, x, 3, 2, affine)

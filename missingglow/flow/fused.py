@@ -134,11 +134,12 @@ class FusedFlowStep(reference.FlowStep):
         grad_out = grad_out.clone()
         grad_out[:, :half] += grads[0]
         result = dict(zip(net_params, grads[1:]))
-        grad_x, grad_loc, grad_scale, grad_weight = torch.ops.missingglow.actnorm_conv_backward.default(
+        backward = torch.ops.missingglow.actnorm_conv_backward.default
+        grad_x, grad_loc, grad_scale, grad_weight = backward(
             grad_out, _channels_last(x), actnorm.loc, actnorm.scale, weight.detach())
         lin_params = [p for p in (actnorm.scale, *self.invconv.parameters()) if p.requires_grad]
-        lin_grads = torch.autograd.grad((weight, logdet), lin_params, (grad_weight, grad_logdet.sum()),
-                                        allow_unused=True)
+        lin_grads = torch.autograd.grad((weight, logdet), lin_params,
+                                        (grad_weight, grad_logdet.sum()), allow_unused=True)
         for p, g in zip(lin_params, lin_grads):
             if g is not None:
                 result[p] = g
@@ -151,7 +152,8 @@ class FusedFlowStep(reference.FlowStep):
     def reverse(self, y):
         y = _channels_last(y)
         if self.uses_driver(y.device):
-            return ops.flow_step_inverse(y, self.actnorm.loc, self.actnorm.scale, self.invconv.matrix(),
+            return ops.flow_step_inverse(y, self.actnorm.loc, self.actnorm.scale,
+                                         self.invconv.matrix(),
                                          *coupling_net_params(self.coupling))[0]
         half = y.shape[1] // 2
         h = coupling_net(self.coupling, y[:, :half])
@@ -159,7 +161,8 @@ class FusedFlowStep(reference.FlowStep):
             out, _ = ops.coupling_step_inverse(y, h)
         else:
             out = _channels_last(torch.cat([y[:, :half], y[:, half:] - h], 1))
-        return ops.actnorm_conv_inverse(out, self.actnorm.loc, self.actnorm.scale, self.invconv.matrix())
+        return ops.actnorm_conv_inverse(out, self.actnorm.loc, self.actnorm.scale,
+                                        self.invconv.matrix())
 
 
 def _channels_last(x):

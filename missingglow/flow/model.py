@@ -1,4 +1,5 @@
-"""Glow: multi-scale blocks of flow steps with learned priors, and the latent Φ (docs/conventions.md §2).
+"""Glow: multi-scale blocks of flow steps with learned priors, and the latent Φ
+(docs/conventions.md §2).
 
 Φ(x) is the list of standardised latents ε_i = (z_i − mean_i)/exp(log_sd_i), one per level,
 flattened in (C, H, W) order and concatenated from the first split to the last block. Sampling,
@@ -25,8 +26,8 @@ def resolve_impl(impl):
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "fused" and not ops.AVAILABLE:
-        warnings.warn(f"fused ops unavailable, running the pure-PyTorch reference: {ops.WHY_UNAVAILABLE}",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn("fused ops unavailable, running the pure-PyTorch reference: "
+                      f"{ops.WHY_UNAVAILABLE}", RuntimeWarning, stacklevel=3)
         impl = "reference"
     return impl
 
@@ -78,7 +79,7 @@ class Block(nn.Module):
         return out, logdet, log_p, z, eps
 
     def reverse(self, kept, latent, standardised=True):
-        """Rebuild this block's input from the kept half (None for the last block) and its latent."""
+        """Rebuild this block's input from the kept half (None in the last block) and its latent."""
         if standardised:
             mean, log_sd = self.prior_params(kept if self.split else latent)
             z = mean + torch.exp(log_sd) * latent
@@ -98,12 +99,13 @@ class Encoded(NamedTuple):
 
 
 class Glow(nn.Module):
-    """Glow (Kingma & Dhariwal 2018) in rosinality/glow-pytorch's conventions (docs/conventions.md §1).
+    """Glow (Kingma & Dhariwal 2018) in rosinality/glow-pytorch's conventions
+    (docs/conventions.md §1).
 
     `lu` may be a list with one flag per block: rosinality's code always builds its last block in
     LU form, and `from_rosinality` reproduces that exactly. `impl` picks the flow steps: "fused"
-    (missingglow/flow/fused.py, the default when the compiled ops loaded) or "reference" (pure PyTorch);
-    both have the same parameters and give the same numbers. `memory_saving=True` keeps no
+    (missingglow/flow/fused.py, the default when the compiled ops loaded) or "reference" (pure
+    PyTorch); both have the same parameters and give the same numbers. `memory_saving=True` keeps no
     activations inside the flow for the backward and rebuilds them through the inverse instead.
     """
 
@@ -115,7 +117,8 @@ class Glow(nn.Module):
         if len(lu_per_block) != blocks:
             raise ValueError(f"lu has {len(lu_per_block)} flags for {blocks} blocks")
         if image_size % 2 ** blocks:
-            raise ValueError(f"image_size {image_size} is not divisible by 2^blocks = {2 ** blocks}")
+            raise ValueError(f"image_size {image_size} is not divisible by "
+                             f"2^blocks = {2 ** blocks}")
         self.config = dict(blocks=blocks, flows=flows, hidden=hidden, affine=affine,
                            lu=lu if isinstance(lu, bool) else lu_per_block,
                            in_channels=in_channels, image_size=image_size, impl=impl,
@@ -126,8 +129,8 @@ class Glow(nn.Module):
         channels = in_channels
         for i in range(blocks):
             last = i == blocks - 1
-            self.blocks.append(Block(channels, flows, hidden, affine, lu_per_block[i], split=not last,
-                                     impl=impl, memory_saving=memory_saving))
+            self.blocks.append(Block(channels, flows, hidden, affine, lu_per_block[i],
+                                     split=not last, impl=impl, memory_saving=memory_saving))
             channels *= 2
 
     # --- shapes -----------------------------------------------------------------------------------

@@ -51,8 +51,8 @@ def flow_step(x, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3):
 
     ActNorm (loc, scale) and the 1×1 conv (weight, a (C, C) matrix) as `actnorm_conv`, the
     coupling network conv3x3(w1, b1) → ReLU → conv1x1(w2, b2) → ReLU → ZeroConv2d(w3, b3, s3) on
-    the first half, and `coupling_step`. logdet is the coupling's alone: the caller adds ActNorm's and the
-    1×1 conv's. y is channels-last; gradients flow to x and all ten parameters.
+    the first half, and `coupling_step`. logdet is the coupling's alone: the caller adds
+    ActNorm's and the 1×1 conv's. y is channels-last; gradients flow to x and all ten parameters.
     """
     y, logdet, _, _, _ = torch.ops.missingglow.flow_step_forward.default(
         x, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3)

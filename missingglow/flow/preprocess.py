@@ -10,7 +10,8 @@ import torch
 
 
 def quantize(images, n_bits=5):
-    """[0, 1] images → floor(x·255 / 2^(8−b)) / 2^b − 0.5. Grey 128/255 maps to exactly 0 at 5 bits."""
+    """[0, 1] images → floor(x·255 / 2^(8−b)) / 2^b − 0.5; grey 128/255 maps to exactly 0 at 5 bits.
+    """
     bins = 2 ** n_bits
     return torch.floor(images * 255 / 2 ** (8 - n_bits)) / bins - 0.5
 
@@ -23,7 +24,8 @@ def dequantize(quantized, n_bits=5, generator=None):
 
 
 def to_unit_range(x):
-    """Model space [−0.5, 0.5) → displayable [0, 1]; non-finite values are left for the caller to count."""
+    """Model space [−0.5, 0.5) → displayable [0, 1]; non-finite values are left for the caller to
+    count."""
     return (x + 0.5).clamp(0, 1)
 
 

@@ -1,4 +1,4 @@
-"""The pure-PyTorch Glow flow step: the ground truth the fused ops are tested and benchmarked against.
+"""The pure-PyTorch Glow flow step: the ground truth the fused ops are tested and benchmarked on.
 
 Conventions follow rosinality/glow-pytorch (docs/conventions.md §1), the code behind the paper's
 numbers, and the module and parameter names match its checkpoint keys so that its state dicts load
@@ -219,7 +219,8 @@ class ZeroConv2d(nn.Module):
 
 
 class AffineCoupling(nn.Module):
-    """x_a passes through; x_b is shifted and scaled by a network of x_a (only shifted: additive)."""
+    """x_a passes through; x_b is shifted and scaled by a network of x_a (additive: only shifted).
+    """
 
     def __init__(self, channels, hidden=512, affine=True):
         super().__init__()

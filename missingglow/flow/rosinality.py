@@ -1,8 +1,8 @@
 """Import checkpoints written by rosinality/glow-pytorch.
 
-Our module names follow its key layout (blocks.i.flows.j.{actnorm,invconv,coupling}, blocks.i.prior),
-so importing is: strip DataParallel's `module.` prefix, read the architecture off the keys and
-shapes, build the matching Glow, load the state dict strictly.
+Our module names follow its key layout (blocks.i.flows.j.{actnorm,invconv,coupling},
+blocks.i.prior), so importing is: strip DataParallel's `module.` prefix, read the architecture
+off the keys and shapes, build the matching Glow, load the state dict strictly.
 """
 import os
 import re
@@ -20,7 +20,8 @@ def strip_prefix(state_dict, prefix="module."):
 
 
 def infer_architecture(state_dict):
-    """blocks, flows, hidden, affine, lu (per block), in_channels from rosinality's keys and shapes."""
+    """blocks, flows, hidden, affine, lu (per block) and in_channels from rosinality's keys and
+    shapes."""
     pairs = {(int(m.group(1)), int(m.group(2))) for k in state_dict if (m := _FLOW_KEY.match(k))}
     if not pairs:
         raise UserError("no Glow flow weights (blocks.N.flows.M.*) in this checkpoint; "
