@@ -109,8 +109,22 @@ def _echo_err(message):
     click.echo(message, err=True)
 
 
+def _checkpoint(value):
+    """--checkpoint as given, else the newest run under ./runs/ (said in one line)."""
+    if value is not None:
+        return value
+    from .analysis.runs import newest_run
+
+    path = newest_run()
+    _echo_err(f"using the newest run, {path} (pass --checkpoint to choose another)")
+    return path
+
+
+CHECKPOINT_HELP = "Run folder or checkpoint file [the newest run under ./runs/]."
+
+
 @cli.command()
-@click.option("--checkpoint", required=True, help="Run folder or checkpoint file.")
+@click.option("--checkpoint", default=None, help=CHECKPOINT_HELP)
 @click.option("-t", "--temperature", "temperatures", multiple=True,
               help="Temperature(s): 0.7, a list 0.5,0.7 or a range 0.1:1.5:0.1; repeatable. [0.7]")
 @click.option("-n", "n", type=int, default=None,
@@ -129,7 +143,7 @@ def sample(checkpoint, temperatures, n, seed, columns, out):
     n = check_positive(n if n is not None else (64 if len(ts) == 1 else 8), "-n (samples)")
     if columns is not None:
         check_positive(columns, "--columns")
-    run = open_run(checkpoint)
+    run = open_run(_checkpoint(checkpoint))
     image, bad = sample_sheet(run, ts, n, seed, columns)
     save(image, out)
     for t, count in bad:
@@ -193,8 +207,11 @@ def squares(images, checkpoint, temperatures, n, seed, square, image_size, out):
                        f"{' at (top,left,size) ' + where if found else ''}")
         return
     if checkpoint is None:
-        raise UserError("give image files to count squares in, or --checkpoint RUN to sample it "
-                        "and print Table 1")
+        try:
+            checkpoint = _checkpoint(None)
+        except UserError:
+            raise UserError("give image files to count squares in, or --checkpoint RUN (or train "
+                            "a run under ./runs/) to sample it and print Table 1") from None
     ts = _temperatures(temperatures, "0.1:1.5:0.1")
     check_positive(n, "-n (samples per temperature)")
     run = open_run(checkpoint, square)
@@ -215,48 +232,117 @@ def squares(images, checkpoint, temperatures, n, seed, square, image_size, out):
                f"{min(n, 16)} samples per t, detected squares outlined in red)")
 
 
+def invert_options(f):
+    """The latent-norm inversion's settings, shared by `impute` and `evaluate`."""
+    from .analysis import invert as inv
+
+    d = inv.DEFAULTS
+    options = [
+        click.option("--gamma", type=float, default=d["gamma"], show_default=True,
+                     help="Weight of ‖z‖²/D against the fit to the observed pixels."),
+        click.option("--steps", type=int, default=d["steps"], show_default=True,
+                     help="Optimiser steps."),
+        click.option("--lr", type=float, default=d["lr"], show_default=True,
+                     help="Optimiser step size."),
+        click.option("--optimiser", type=click.Choice(inv.OPTIMISERS), default=d["optimiser"],
+                     show_default=True),
+        click.option("--start", type=click.Choice(inv.STARTS), default=d["start"],
+                     show_default=True,
+                     help="Start from α·Φ of the input with its hole harmonically filled, or of "
+                          "the input as it is."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _check_invert(gamma, steps, lr):
+    import math
+
+    from .analysis.options import check_positive
+
+    check_positive(steps, "--steps")
+    if not (math.isfinite(gamma) and gamma >= 0):
+        raise UserError(f"--gamma must be a finite number of 0 or more, not {gamma:g}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise UserError(f"--lr must be a positive number, not {lr:g}")
+
+
 @cli.command()
 @click.argument("images", nargs=-1, required=True)
-@click.option("--checkpoint", required=True, help="Run folder or checkpoint file.")
-@click.option("--alpha", "alpha", default="0.6", show_default=True,
-              help="Scale(s) of the latent in (0, 1]: 0.6, a list 0.1,0.2 or a range 0.1:1.0:0.1.")
+@click.option("--checkpoint", default=None, help=CHECKPOINT_HELP)
+@click.option("--method", type=click.Choice(["invert", "alpha"]), default="invert",
+              show_default=True,
+              help="invert: fit the observed pixels with a small latent (needs the hole); alpha: "
+                   "the paper's x' = Φ⁻¹(α·Φ(x)).")
+@click.option("--alpha", "alpha", default=None,
+              help="Scale(s) of the latent in (0, 1]: 0.6, a list 0.1,0.2 or a range 0.1:1.0:0.1 "
+                   "[alpha: 0.6; invert: the start's scale, one value, 0.6].")
+@click.option("--mask", "masks", multiple=True,
+              help="Mask image (non-zero = missing), one per image file in order, or one for "
+                   "all; repeatable. Else: an image's alpha channel, the dataset's squares for "
+                   "heldout:N, --square, or the detector.")
+@click.option("--samples", type=int, default=1, show_default=True,
+              help="invert: completions per image (perturbed starts), drawn side by side with "
+                   "their per-pixel spread.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the samples' starts.")
 @click.option("--keep-observed", is_flag=True,
-              help="Restore only the square; keep every other pixel of the input.")
+              help="alpha: restore only the hole; keep every other pixel of the input.")
 @click.option("--iterations", type=int, default=1, show_default=True,
-              help="Repeat 'scale the latent, put the observed pixels back' N times "
+              help="alpha: repeat 'scale the latent, put the observed pixels back' N times "
                    "(more than 1 implies --keep-observed).")
 @click.option("--square", "square", default=None,
-              help="The square's place TOP,LEFT,SIZE by hand (else: the dataset's for heldout:N, "
-                   "else the detector's).")
+              help="The square's place TOP,LEFT,SIZE by hand (else: the mask, the dataset's for "
+                   "heldout:N, else the detector's).")
+@invert_options
 @click.option("--out", default="imputed", show_default=True, help="Output folder.")
-def impute(images, checkpoint, alpha, keep_observed, iterations, square, out):
-    """Restore IMAGES (files, or heldout:N for held-out dataset items) by x' = Φ⁻¹(α·Φ(x))."""
+def impute(images, checkpoint, method, alpha, masks, samples, seed, keep_observed, iterations,
+           square, gamma, steps, lr, optimiser, start, out):
+    """Restore IMAGES (files, or heldout:N for held-out dataset items)."""
     import os
 
+    from .analysis.impute import find_square, impute_files, invert_files, load_inputs
     from .analysis.options import check_positive, parse_alphas, parse_square
     from .analysis.runs import open_run
-    from .analysis.impute import find_square, impute_files, load_inputs
+    from .progress import progress_bar
 
-    alphas = parse_alphas(alpha)
+    alphas = parse_alphas(alpha or "0.6")
     check_positive(iterations, "--iterations")
+    check_positive(samples, "--samples")
     by_hand = parse_square(square) if square is not None else None
-    run = open_run(checkpoint)
-    items = load_inputs(run, images, say=_echo_err)
-    keep = keep_observed or iterations > 1
+    if method == "invert":
+        _check_invert(gamma, steps, lr)
+        if len(alphas) > 1:
+            raise UserError("--method invert takes one --alpha (the start's scale); for strips "
+                            "over several alphas add --method alpha")
+    if samples > 1 and method != "invert":
+        raise UserError("--samples draws several completions with --method invert")
+    keep = method == "invert" or keep_observed or iterations > 1
     if by_hand and not keep:
-        raise UserError("--square gives the square's place for --keep-observed; add --keep-observed")
+        raise UserError("--square gives the square's place for --keep-observed; add "
+                        "--keep-observed")
+    run = open_run(_checkpoint(checkpoint))
+    items = load_inputs(run, images, masks, say=_echo_err)
     if keep:
         items = [find_square(run, item, by_hand) for item in items]
     os.makedirs(out, exist_ok=True)
-    lines, bad = impute_files(run, items, alphas, out, keep, iterations)
+    if method == "invert":
+        with progress_bar(steps, "inverting") as bar:
+            lines, bad = invert_files(
+                run, items, out, samples, seed, alpha=alphas[0], gamma=gamma, steps=steps, lr=lr,
+                optimiser=optimiser, start=start,
+                on_step=(lambda i: bar.update(1)) if bar is not None else None)
+        count = len(items) * samples
+    else:
+        lines, bad = impute_files(run, items, alphas, out, keep, iterations)
+        count = len(items) * len(alphas)
     for line in lines:
         click.echo(line)
-    click.echo(f"wrote {len(items) * len(alphas)} restored image(s) to {out}"
-               f"{f' ({bad} non-finite)' if bad else ''}")
+    click.echo(f"wrote {count} restored image(s) to {out}{f' ({bad} non-finite)' if bad else ''}")
 
 
 @cli.command("latent-norms")
-@click.option("--checkpoint", required=True, help="Run folder or checkpoint file.")
+@click.option("--checkpoint", default=None, help=CHECKPOINT_HELP)
 @click.option("-n", "n", type=int, default=100, show_default=True, help="Held-out images per variant.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the dequantisation noise.")
 @click.option("--out", default="latent-norms", show_default=True, help="Output folder.")
@@ -270,7 +356,7 @@ def latent_norms_command(checkpoint, n, seed, out):
     from .analysis.plot import save
 
     check_positive(n, "-n (images)")
-    run = open_run(checkpoint)
+    run = open_run(_checkpoint(checkpoint))
     result = latent_norms(run, n, seed)
     click.echo(format_table(result))
     os.makedirs(out, exist_ok=True)
@@ -280,34 +366,52 @@ def latent_norms_command(checkpoint, n, seed, out):
 
 
 @cli.command()
-@click.option("--checkpoint", required=True, help="Run folder or checkpoint file.")
+@click.option("--checkpoint", default=None, help=CHECKPOINT_HELP)
 @click.option("-n", "n", type=int, default=100, show_default=True, help="Held-out images.")
 @click.option("--alpha", "alpha", default="0.1:1.0:0.1", show_default=True, help="Alphas to score.")
 @click.option("--iterations", type=int, default=3, show_default=True,
               help="Also score keep-observed repeated N times (1: skip).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the dequantisation noise.")
+@click.option("--classical/--no-classical", default=True, show_default=True,
+              help="Also score scikit-image's and OpenCV's inpainting, where installed.")
+@invert_options
+@click.option("--json", "json_path", default=None, help="Also write every row to this JSON file.")
 @click.option("--out", default="evaluation", show_default=True, help="Output folder.")
-def evaluate(checkpoint, n, alpha, iterations, seed, out):
-    """Imputation quality on held-out images (RMSE, PSNR; baselines) and masked-vs-clean bits/dim."""
+def evaluate(checkpoint, n, alpha, iterations, seed, classical, gamma, steps, lr, optimiser, start,
+             json_path, out):
+    """Every imputation method on the same held-out images (RMSE, PSNR, seconds), and bits/dim."""
     import os
 
-    from .analysis.options import check_positive, parse_alphas
-    from .analysis.runs import open_run
+    from .analysis.evaluate import comparison_sheet, format_report, report_csv, report_json
     from .analysis.evaluate import evaluate as run_evaluation
-    from .analysis.evaluate import format_report, report_csv, report_plot
+    from .analysis.evaluate import report_plot
+    from .analysis.options import check_positive, parse_alphas
     from .analysis.plot import save
+    from .analysis.runs import open_run
+    from .progress import progress_bar
 
     alphas = parse_alphas(alpha)
     check_positive(n, "-n (images)")
     check_positive(iterations, "--iterations")
-    run = open_run(checkpoint)
-    result = run_evaluation(run, n, alphas, iterations, seed)
+    _check_invert(gamma, steps, lr)
+    run = open_run(_checkpoint(checkpoint))
+    options = dict(gamma=gamma, steps=steps, lr=lr, optimiser=optimiser, start=start)
+    with progress_bar(n, "evaluating") as bar:
+        result = run_evaluation(run, n, alphas, iterations, seed, invert_options=options,
+                                classical=classical,
+                                on_batch=(lambda k: bar.update(k)) if bar is not None else None)
+    for name, why in result["skipped"].items():
+        _echo_err(f"skipped {name}: not installed ({why})")
     click.echo(format_report(result))
     os.makedirs(out, exist_ok=True)
     report_csv(os.path.join(out, "evaluation.csv"), result)
     save(report_plot(result), os.path.join(out, "evaluation.png"))
-    click.echo(f"wrote {out}/evaluation.csv and evaluation.png")
-
+    save(comparison_sheet(result), os.path.join(out, "comparison.png"))
+    written = f"{out}/evaluation.csv, evaluation.png and comparison.png"
+    if json_path:
+        report_json(json_path, result)
+        written += f", {json_path}"
+    click.echo(f"wrote {written}")
 
 
 def main(argv=None):

@@ -72,7 +72,8 @@ def test_squares_in_given_images(setup):
 
 def test_impute_files_and_heldout_items(setup):
     code, out, err = run_cli(setup, "impute", "{photo}", "heldout:1", "--checkpoint", "{run}",
-                             "--alpha", "0.2:1.0:0.4", "--keep-observed", "--out", "{base}/imp")
+                             "--method", "alpha", "--alpha", "0.2:1.0:0.4", "--keep-observed",
+                             "--out", "{base}/imp")
     assert code == 0, err
     assert "resized to 16" in err                           # said once, for the photo
     assert "square from the detector" in out and "square from the dataset" in out
@@ -83,7 +84,8 @@ def test_impute_files_and_heldout_items(setup):
 
 def test_impute_by_hand_with_iterations(setup):
     code, out, err = run_cli(setup, "impute", "{photo}", "--checkpoint", "{run}", "--square",
-                             "2,3,5", "--iterations", "2", "--out", "{base}/imp2")
+                             "2,3,5", "--method", "alpha", "--iterations", "2", "--out",
+                             "{base}/imp2")
     assert code == 0, err
     assert "square from --square, 2 iterations" in out
 

@@ -1,11 +1,15 @@
-"""Imputation quality on held-out images whose clean originals are known (the paper never scored
-its imputations), and held-out bits/dim on masked images against their clean originals.
+"""Imputation quality on held-out images whose clean originals are known, every method side by
+side, and held-out bits/dim on masked images against their clean originals.
 
-Per method and alpha: RMSE and PSNR inside the square against the clean original, and outside it
-against the input, pooled over all pixels of all finite results (images in [0, 1], both sides
-quantised to the model's n_bits, so a perfect copy scores RMSE 0). Methods: the flow alone
-(Φ⁻¹(α·Φ(x))), the flow keeping observed pixels, and that repeated `iterations` times; baselines:
-grey fill (the input itself) and mean-colour fill (the mean of each image's observed pixels).
+Per method (and alpha, for the paper's latent scaling): RMSE and PSNR inside the hole against the
+clean original, and outside it against the input, pooled over all pixels of all finite results
+(images in [0, 1], both sides quantised to the model's n_bits, so a perfect copy scores RMSE 0),
+seconds per image, and the non-finite count. Methods:
+
+- baselines: grey fill (the input itself), mean-colour fill, our harmonic fill, and the classical
+  inpainting of scikit-image (biharmonic) and OpenCV (Telea, Navier–Stokes) when installed;
+- the flow: Φ⁻¹(α·Φ(x)) alone, keeping the observed pixels, and that repeated `iterations` times;
+- `invert`: latent-norm inversion (analysis/invert.py) at the given settings.
 """
 import math
 
@@ -14,7 +18,8 @@ import torch
 from ..flow.preprocess import from_model, to_model
 from .heldout import heldout_bits_per_dim
 
-BASELINES = ("grey fill", "mean-colour fill")
+BASELINES = ("grey fill", "mean-colour fill", "harmonic fill")
+INVERT = "invert"
 
 
 def _errors(out, ref_in, ref_out, mask):
@@ -29,8 +34,10 @@ def _errors(out, ref_in, ref_out, mask):
 class _Pool:
     def __init__(self):
         self.sse_in = self.n_in = self.sse_out = self.n_out = self.bad = self.images = 0
+        self.seconds = 0.0
 
-    def add(self, errors, count):
+    def add(self, errors, count, seconds=0.0):
+        self.seconds += seconds
         a, b, c, d, e = errors
         self.sse_in += a
         self.n_in += b
@@ -44,7 +51,7 @@ class _Pool:
         rmse_out = math.sqrt(self.sse_out / self.n_out) if self.n_out else float("nan")
         return {"method": method, "alpha": alpha, "rmse_in": rmse_in, "psnr_in": _psnr(rmse_in),
                 "rmse_out": rmse_out, "psnr_out": _psnr(rmse_out), "nonfinite": self.bad,
-                "images": self.images}
+                "images": self.images, "seconds_per_image": self.seconds / max(self.images, 1)}
 
 
 def _psnr(rmse):
@@ -60,13 +67,19 @@ def methods(iterations):
     return names
 
 
-@torch.no_grad()
-def evaluate(run, n, alphas, iterations=1, seed=0, batch=32, say=None):
+def evaluate(run, n, alphas, iterations=1, seed=0, batch=50, say=None, invert_options=None,
+             classical=True, on_batch=None):
     """Scores and bits/dim on the first n held-out images of the checkpoint's dataset.
 
-    Returns {"rows": [...], "bpd": {...}, "images": n, "square": K, "count": squares per image}."""
+    `invert_options`: keyword arguments of `invert` (None: its defaults). `classical`: also score
+    the installed classical baselines. Returns {"rows", "bpd", "images", "square", "count",
+    "whole_split", "skipped": {baseline: why}, "examples": {method: first images}}."""
+    import time
+
     from ..data.datasets import MaskedImages, dataset_of
     from ..data.masks import square_mask
+    from . import baselines
+    from .invert import harmonic_fill, invert
 
     run.need_dataset()
     c = run.config
@@ -75,43 +88,63 @@ def evaluate(run, n, alphas, iterations=1, seed=0, batch=32, say=None):
     whole = n >= len(heldout)
     n = min(n, len(heldout))
     names = methods(iterations)
+    extra, skipped = baselines.available() if classical else ([], {})
     pools = {(m, a): _Pool() for m in names for a in alphas}
-    base = {b: _Pool() for b in BASELINES}
-    bits, size = run.n_bits, run.image_size
+    base = {b: _Pool() for b in (*BASELINES, *extra, INVERT)}
+    examples = {}
+    bits = run.n_bits
     for start in range(0, n, batch):
         js = list(range(start, min(start + batch, n)))
         masked, clean, positions = heldout.batch(js)
-        mask = square_mask(positions, c["square"], size)           # (B, 1, S, S)
+        mask = square_mask(positions, c["square"], run.image_size)           # (B, 1, S, S)
         x0 = to_model(masked, bits)
         ref_in = from_model(to_model(clean, bits), bits)
         ref_out = from_model(x0, bits)
-        # baselines
-        base["grey fill"].add(_errors(ref_out, ref_in, ref_out, mask), len(js))
+
+        def score(pool, make, key):
+            began = time.perf_counter()
+            out = make()
+            pool.add(_errors(out, ref_in, ref_out, mask), len(js), time.perf_counter() - began)
+            if start == 0:
+                examples.setdefault(key, out[:8])
+
+        examples.setdefault("input", ref_out[:8])
+        examples.setdefault("original", ref_in[:8])
         observed = (~mask).float()
-        mean = (ref_out * observed).sum((2, 3), keepdim=True) / observed.sum((2, 3), keepdim=True).clamp_min(1)
-        base["mean-colour fill"].add(_errors(torch.where(mask, mean, ref_out), ref_in, ref_out, mask),
-                                     len(js))
-        # the flow
-        z = run.model.encode(x0)
-        for alpha in alphas:
-            plain = run.model.decode(alpha * z)
-            pools[("flow", alpha)].add(_errors(from_model(plain, bits), ref_in, ref_out, mask), len(js))
-            kept = torch.where(mask, plain, x0)
-            pools[("flow + keep observed", alpha)].add(
-                _errors(from_model(kept, bits), ref_in, ref_out, mask), len(js))
-            if iterations > 1:
-                x = kept
-                for _ in range(iterations - 1):
-                    x = torch.where(mask, run.model.decode(alpha * run.model.encode(x)), x0)
-                pools[(names[2], alpha)].add(_errors(from_model(x, bits), ref_in, ref_out, mask),
-                                             len(js))
+        mean = (ref_out * observed).sum((2, 3), keepdim=True) / observed.sum((2, 3), keepdim=True)
+        score(base["grey fill"], lambda: ref_out, "grey fill")
+        score(base["mean-colour fill"], lambda: torch.where(mask, mean, ref_out), "mean-colour fill")
+        score(base["harmonic fill"], lambda: harmonic_fill(ref_out, mask), "harmonic fill")
+        for name in extra:
+            score(base[name], lambda: baselines.inpaint(name, ref_out, mask), name)
+        with torch.no_grad():
+            z = run.model.encode(x0)
+            for alpha in alphas:
+                def plain():
+                    return run.model.decode(alpha * z)
+                score(pools[("flow", alpha)], lambda: from_model(plain(), bits), f"flow α={alpha:g}")
+                score(pools[("flow + keep observed", alpha)],
+                      lambda: from_model(torch.where(mask, plain(), x0), bits),
+                      f"keep observed α={alpha:g}")
+                if iterations > 1:
+                    def repeated():
+                        x = x0
+                        for _ in range(iterations):
+                            x = torch.where(mask, run.model.decode(alpha * run.model.encode(x)), x0)
+                        return from_model(x, bits)
+                    score(pools[(names[2], alpha)], repeated, f"×{iterations} α={alpha:g}")
+        score(base[INVERT], lambda: from_model(invert(run.model, x0, mask,
+                                                      **(invert_options or {}))[0][0], bits), INVERT)
         if say:
             say(f"evaluated {js[-1] + 1}/{n} held-out images")
+        if on_batch:
+            on_batch(len(js))
     rows = [pools[(m, a)].row(m, a) for m in names for a in alphas]
-    rows += [base[b].row(b, None) for b in BASELINES]
+    rows += [base[b].row(b, None) for b in (*BASELINES, *extra, INVERT)]
     bpd = heldout_bits_per_dim(run.model, heldout, bits, seed, n, batch)
     return {"rows": rows, "bpd": bpd, "images": n, "square": c["square"],
-            "count": c.get("squares", 1), "whole_split": whole}
+            "count": c.get("squares", 1), "whole_split": whole, "skipped": skipped,
+            "examples": examples}
 
 
 def best_alpha(rows, method):
@@ -125,11 +158,14 @@ def format_report(result):
     lines = [f"held-out images: {result['images']}{whole}, {result['count']} square(s) of "
              f"{result['square']} px each; RMSE/PSNR on [0, 1] pixels, pooled over finite results",
              f"{'method':<30}{'alpha':>6}{'RMSE in':>10}{'PSNR in':>9}{'RMSE out':>10}"
-             f"{'PSNR out':>10}{'non-finite':>12}"]
+             f"{'PSNR out':>10}{'non-finite':>12}{'s/image':>10}"]
     for r in rows:
         alpha = f"{r['alpha']:g}" if r["alpha"] is not None else "—"
         lines.append(f"{r['method']:<30}{alpha:>6}{r['rmse_in']:>10.4f}{r['psnr_in']:>9.2f}"
-                     f"{r['rmse_out']:>10.4f}{r['psnr_out']:>10.2f}{r['nonfinite']:>12d}")
+                     f"{r['rmse_out']:>10.4f}{r['psnr_out']:>10.2f}{r['nonfinite']:>12d}"
+                     f"{r['seconds_per_image']:>10.4f}")
+    for name, why in result.get("skipped", {}).items():
+        lines.append(f"skipped {name}: not installed ({why})")
     baselines = {r["method"]: r for r in rows if r["alpha"] is None}
     for method in dict.fromkeys(r["method"] for r in rows if r["alpha"] is not None):
         best = best_alpha(rows, method)
@@ -147,16 +183,42 @@ def format_report(result):
 def report_csv(path, result):
     from ..atomic import write_csv
 
-    header = ["method", "alpha", "rmse_in", "psnr_in", "rmse_out", "psnr_out", "nonfinite", "images"]
+    header = ["method", "alpha", "rmse_in", "psnr_in", "rmse_out", "psnr_out", "nonfinite", "images",
+              "seconds_per_image"]
     body = [[r["method"], "" if r["alpha"] is None else r["alpha"], f"{r['rmse_in']:.6f}",
              f"{r['psnr_in']:.4f}", f"{r['rmse_out']:.6f}", f"{r['psnr_out']:.4f}", r["nonfinite"],
-             r["images"]] for r in result["rows"]]
+             r["images"], f"{r['seconds_per_image']:.6f}"] for r in result["rows"]]
     b = result["bpd"]
-    body += [["bits/dim masked", "", f"{b['masked']:.6f}", "", "", "", b["nonfinite"], b["images"]],
-             ["bits/dim clean", "", f"{b['clean']:.6f}", "", "", "", b["nonfinite"], b["images"]],
-             ["bits/dim gap (masked - clean)", "", f"{b['gap']:.6f}", "", "", "", b["nonfinite"],
-              b["images"]]]
+    body += [[f"bits/dim {k}", "", f"{b[key]:.6f}", "", "", "", b["nonfinite"], b["images"], ""]
+             for k, key in (("masked", "masked"), ("clean", "clean"),
+                            ("gap (masked - clean)", "gap"))]
     return write_csv(path, header, body)
+
+
+def report_json(path, result):
+    """Every row (the CSV's fields), the bits/dim and the baselines skipped, as one JSON file."""
+    from ..atomic import write_json
+
+    keys = ("method", "alpha", "rmse_in", "psnr_in", "rmse_out", "psnr_out", "nonfinite", "images",
+            "seconds_per_image")
+
+    def clean(v):
+        return v if not isinstance(v, float) or math.isfinite(v) else str(v)
+
+    rows = [{k: clean(r[k]) for k in keys} for r in result["rows"]]
+    return write_json(path, {"rows": rows, "bpd": {k: clean(v) for k, v in result["bpd"].items()},
+                             "images": result["images"], "square": result["square"],
+                             "skipped": result.get("skipped", {})})
+
+
+def comparison_sheet(result, methods=None, min_tile=48):
+    """The same held-out images restored by each method, a row per method (PIL image)."""
+    from .sheets import labelled_grid
+
+    examples = result["examples"]
+    names = methods or [k for k in examples if k not in ("input", "original")]
+    labels = ["input", *names, "original"]
+    return labelled_grid([examples[k] for k in labels], labels, min_tile)[0]
 
 
 def report_plot(result):
@@ -170,7 +232,7 @@ def report_plot(result):
                        ("rmse_out", "RMSE outside the square (vs the input)")):
         series = [Series(m, [r["alpha"] for r in rows if r["method"] == m],
                          [r[key] for r in rows if r["method"] == m]) for m in flows]
-        for b in BASELINES:
+        for b in dict.fromkeys(r["method"] for r in rows if r["alpha"] is None):
             value = next(r[key] for r in rows if r["method"] == b)
             series.append(Series(b, [alphas[0], alphas[-1]], [value, value], dashed=True,
                                  markers=False))

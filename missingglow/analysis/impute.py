@@ -1,11 +1,16 @@
-"""Imputation by shrinking the latent: x' = Φ⁻¹(α·Φ(x)) (the paper's Fig. 2), optionally keeping
-every observed pixel and restoring only the square, repeated `iterations` times:
+"""Giving people their images back: inputs, their holes, and the restored PNGs.
 
-    x ← where(square, Φ⁻¹(α·Φ(x)), x_observed)
+Two methods. `invert` (analysis/invert.py) searches the latent for an image that fits every
+observed pixel while keeping ‖z‖ small, then keeps the observed pixels exactly; it needs to know
+where the hole is. `alpha` is the paper's Fig. 2, x' = Φ⁻¹(α·Φ(x)), optionally keeping every
+observed pixel and restoring only the hole, repeated `iterations` times:
+
+    x ← where(hole, Φ⁻¹(α·Φ(x)), x_observed)
 
 Inputs are image files (any size or mode: resized and centre-cropped as in training) or items of
 the checkpoint's held-out split, written `heldout:N`; for those the square's place and the clean
-original are known.
+original are known. A file's hole comes from `--mask FILE`, else its alpha channel, else
+`--square` by hand, else the grey-square detector.
 """
 import os
 from dataclasses import dataclass
@@ -43,11 +48,20 @@ def heldout_item(run, index):
                 "the dataset")
 
 
-def load_inputs(run, specs, say=None):
-    """Image files and `heldout:N` specs → Items. Says once if files were resized or cropped."""
-    from ..data.images import load_image
+def load_inputs(run, specs, masks=(), say=None):
+    """Image files and `heldout:N` specs → Items. Says once if files were resized or cropped.
 
-    items, reshaped = [], []
+    `masks`: one mask file per image file, in order (or one for all of them); an image with an
+    alpha channel and no mask file takes its transparent pixels as the hole."""
+    from ..data.images import load_image
+    from ..data.masks import alpha_mask, load_mask
+
+    files = [s for s in specs if not s.startswith("heldout:")]
+    masks = list(masks)
+    if masks and len(masks) not in (1, len(files)):
+        raise UserError(f"{len(masks)} --mask files for {len(files)} image files: give one mask "
+                        "per image file, in the same order, or one mask for all of them")
+    items, reshaped, k = [], [], 0
     for spec in specs:
         if spec.startswith("heldout:"):
             try:
@@ -57,11 +71,20 @@ def load_inputs(run, specs, say=None):
             items.append(heldout_item(run, index))
             continue
         image = load_image(spec, run.image_size)   # UserError for a missing or unreadable file
+        stem = os.path.splitext(os.path.basename(spec))[0]
+        item = Item(stem, image)
         with Image.open(spec) as img:
             if img.size != (run.image_size, run.image_size) or img.mode != "RGB":
                 reshaped.append(os.path.basename(spec))
-        stem = os.path.splitext(os.path.basename(spec))[0]
-        items.append(Item(stem, image))
+            if masks:
+                mask_file = masks[k if len(masks) > 1 else 0]
+                item.mask = load_mask(mask_file, img.size, run.image_size)
+                item.source = f"mask {os.path.basename(mask_file)}"
+            else:
+                item.mask = alpha_mask(img, run.image_size, spec)
+                item.source = "its alpha channel" if item.mask is not None else ""
+        k += 1
+        items.append(item)
     if reshaped and say:
         s = run.image_size
         say(f"{len(reshaped)} input(s) converted to RGB, shorter side resized to {s} and centre-"
@@ -160,3 +183,56 @@ def impute_files(run, items, alphas, out_dir, keep_observed=False, iterations=1,
         save(labelled_grid(rows, labels, min_tile)[0],
              os.path.join(out_dir, "overview.png"))
     return lines, bad_total
+
+
+def spread_map(completions):
+    """Per-pixel spread of several completions (K, 3, S, S) → (3, S, S) grey, 1 at the largest."""
+    spread = completions.std(0).mean(0, keepdim=True)
+    return (spread / spread.max().clamp_min(1e-12)).expand(3, -1, -1)
+
+
+def invert_files(run, items, out_dir, samples=1, seed=0, min_tile=48, on_step=None, **options):
+    """Restore every item by latent-norm inversion, all in one batch; write `<name>-restored.png`
+    per item, with several samples `<name>-sample-K.png` too, and `invert.png`: a column per item
+    with the input, the restored image, the other completions and their spread map, and the
+    original when known. Returns summary lines and the number of non-finite results."""
+    from ..data.images import grid, save_png
+    from ..seeding import generator
+    from .invert import invert
+    from .plot import save
+    from .sheets import labelled_grid
+
+    x = to_model(torch.stack([it.image for it in items]), run.n_bits)
+    hole = torch.stack([it.mask for it in items])
+    out, history = invert(run.model, x, hole, samples=samples, generator=generator(seed, "invert"),
+                          on_step=on_step, **options)
+    result = from_model(out, run.n_bits)                                # (K, B, 3, S, S)
+    ok = torch.isfinite(result.flatten(2)).all(2)                       # (K, B)
+    lines, columns = [], []
+    for b, item in enumerate(items):
+        for k in range(samples):
+            name = f"{item.name}-restored.png" if k == 0 else f"{item.name}-sample-{k}.png"
+            save_png(grid([result[k, b][None]], padding=0)[0], os.path.join(out_dir, name))
+        shown = from_model(x[b:b + 1], run.n_bits)[0]
+        column = [shown, *result[:, b]]
+        if samples > 1:
+            column.append(spread_map(result[:, b][ok[:, b]]) if ok[:, b].sum() > 1
+                          else torch.zeros_like(shown))
+        if item.clean is not None:
+            column.append(item.clean)
+        columns.append(torch.stack(column))
+        start, end = history[0, b].item(), history[-1, b].item()
+        bad = int((~ok[:, b]).sum())
+        note = f"; {bad} of {samples} completions non-finite" if bad else ""
+        lines.append(f"{item.name}: {int(item.mask.sum())} missing pixels from {item.source}, "
+                     f"objective {start:.4f} → {end:.4f}{note}")
+    labels = ["input", "restored", *[f"sample {k}" for k in range(1, samples)]]
+    labels += ["spread"] if samples > 1 else []
+    depth = max(c.shape[0] for c in columns)
+    if depth > len(labels):
+        labels.append("original")
+    size = run.image_size
+    rows = [torch.stack([c[r] if r < c.shape[0] else torch.ones(3, size, size) for c in columns])
+            for r in range(depth)]
+    save(labelled_grid(rows, labels, min_tile)[0], os.path.join(out_dir, "invert.png"))
+    return lines, int((~ok).sum())

@@ -12,6 +12,7 @@ Non-finite outputs (a Glow's inverse can overflow at high temperature) stay NaN 
 they are counted, drawn as a checkerboard by `images.grid`, and left out of every statistic, with
 the count printed beside it.
 """
+import os
 from dataclasses import dataclass
 
 import torch
@@ -61,3 +62,19 @@ def sample_images(run, n, temperature, seed, batch=64):
         x = run.model.sample(min(batch, n - start), temperature, generator=gen)
         out.append(from_model(x.cpu(), run.n_bits))
     return torch.cat(out)
+
+
+def newest_run(root="runs"):
+    """The run folder under `root` whose `latest` checkpoint pointer was written last."""
+    from ..checkpoint import LATEST
+
+    runs = []
+    if os.path.isdir(root):
+        for name in os.listdir(root):
+            pointer = os.path.join(root, name, LATEST)
+            if os.path.isfile(pointer):
+                runs.append((os.path.getmtime(pointer), os.path.join(root, name)))
+    if not runs:
+        raise UserError(f"no --checkpoint given and no trained run under ./{root}/; train one with "
+                        "`missingglow train` or pass --checkpoint RUN")
+    return max(runs)[1]
