@@ -12,13 +12,19 @@ CUDA_VENV=${CUDA_VENV:-.venv-cuda}
 CPU_TORCH=torch==2.13.0     # the CPU wheel; this machine keeps it on local disk
 CUDA_TORCH=torch==2.14.1    # a CUDA 13.0 build, matching nvcc 13.0, only to compile and link CUDA
 
-setup_venv() {  # setup_venv DIR TORCH_SPEC
-    local dir=$1 torch_spec=$2
+BASELINES="scikit-image opencv-python-headless"   # the optional `baselines` extra (evaluation only)
+LINT=ruff
+
+setup_venv() {  # setup_venv DIR TORCH_SPEC [EXTRA PACKAGES]
+    local dir=$1 torch_spec=$2 extra=${3:-}
+    local want="$torch_spec $extra"
     [ -x "$dir/bin/python" ] || "$PYTHON" -m venv "$dir"
-    if [ ! -f "$dir/.missingglow-deps" ] || [ "$(cat "$dir/.missingglow-deps")" != "$torch_spec" ]; then
+    if [ ! -f "$dir/.missingglow-deps" ] || [ "$(cat "$dir/.missingglow-deps")" != "$want" ]; then
         "$dir/bin/python" -m pip install -q --upgrade pip
-        "$dir/bin/python" -m pip install -q "$torch_spec" ninja pybind11 pillow click pytest setuptools wheel
-        echo "$torch_spec" > "$dir/.missingglow-deps"
+        # shellcheck disable=SC2086  # the extra packages are a word list on purpose
+        "$dir/bin/python" -m pip install -q "$torch_spec" ninja pybind11 pillow click pytest \
+            setuptools wheel $extra
+        echo "$want" > "$dir/.missingglow-deps"
     fi
 }
 
@@ -35,7 +41,7 @@ case "${1:-}" in
     main)
         # train the small preset on the synthetic faces (resumed, or left as it is, when the run
         # exists), then the paper's pictures and Table 1 from its checkpoint
-        setup_venv "$VENV" "$CPU_TORCH"; build_cpu
+        setup_venv "$VENV" "$CPU_TORCH" "$BASELINES $LINT"; build_cpu
         shift
         RUN=${RUN:-runs/main}
         mg="$VENV/bin/missingglow"
@@ -44,13 +50,18 @@ case "${1:-}" in
         "$mg" sample --checkpoint "$RUN" -t 0.1:1.3:0.2 -n 12 --out "$RUN/samples-per-temperature.png"
         "$mg" squares --checkpoint "$RUN" -t 0.1:1.5:0.1 -n 50 --out "$RUN/table1"
         "$mg" impute heldout:0 heldout:1 heldout:2 heldout:3 --checkpoint "$RUN" \
-            --alpha 0.1:1.0:0.1 --out "$RUN/impute"
-        "$mg" evaluate --checkpoint "$RUN" -n 100 --out "$RUN/evaluation"
+            --method alpha --alpha 0.1:1.0:0.1 --out "$RUN/impute"
+        "$mg" impute heldout:0 heldout:1 heldout:2 heldout:3 heldout:4 heldout:5 --checkpoint "$RUN" \
+            --samples 4 --out "$RUN/restore"
+        "$mg" evaluate --checkpoint "$RUN" -n 100 --out "$RUN/evaluation" \
+            --json "$RUN/evaluation/evaluation.json"
         echo "pictures and tables are in $RUN/"
         ;;
     test)
-        setup_venv "$VENV" "$CPU_TORCH"; build_cpu
-        shift; "$VENV/bin/python" -m pytest tests -q "$@"
+        setup_venv "$VENV" "$CPU_TORCH" "$BASELINES $LINT"; build_cpu
+        shift
+        "$VENV/bin/ruff" check .
+        "$VENV/bin/python" -m pytest tests -q "$@"
         ;;
     cuda-build)
         setup_venv "$CUDA_VENV" "$CUDA_TORCH"

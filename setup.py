@@ -48,6 +48,10 @@ setup(
     packages=find_packages(include=["missingglow", "missingglow.*"]),
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "pillow", "click"],
+    extras_require={  # evaluation only, imported lazily: the core never needs NumPy
+        "baselines": ["scikit-image", "opencv-python-headless"],
+        "lint": ["ruff"],
+    },
     ext_modules=[extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     entry_points={"console_scripts": ["missingglow=missingglow.cli:main"]},

@@ -12,10 +12,11 @@ import statistics
 import time
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 # bench/flows.py, beside this file (it also puts the checkout on sys.path)
 from flows import make_glow, train_step
+from torch.profiler import ProfilerActivity, profile
+
 from missingglow.flow import fused
 
 PRESETS = {

@@ -21,10 +21,13 @@ def cli():
 @click.option("--synthetic-count", type=int, default=10_000, show_default=True,
               help="How many synthetic faces, when no --data is given.")
 @click.option("--synthetic-seed", type=int, default=0, show_default=True)
-@click.option("--synthetic-detail", type=click.Choice(["full", "low"]), default="full", show_default=True,
-              help="Synthetic faces as drawn, or drawn at half size and enlarged (the small preset's).")
+@click.option("--synthetic-detail", type=click.Choice(["full", "low"]), default="full",
+              show_default=True,
+              help="Synthetic faces as drawn, or drawn at half size and enlarged (the small "
+                   "preset's).")
 @click.option("--rebuild", is_flag=True, help="Decode again even if a good cache exists.")
-def prepare(data_dir, size, cache_dir, workers, synthetic_count, synthetic_seed, synthetic_detail, rebuild):
+def prepare(data_dir, size, cache_dir, workers, synthetic_count, synthetic_seed, synthetic_detail,
+            rebuild):
     """Decode an image folder once into the memory-mapped cache (reused when up to date)."""
     from .data.datasets import open_dataset
 
@@ -51,7 +54,8 @@ def check():
 @click.option("--data", default=None, help="Image folder (or .mgcache). Default: synthetic faces.")
 @click.option("--synthetic-count", type=int, default=None, help="Synthetic faces to draw [10000].")
 @click.option("--synthetic-detail", type=click.Choice(["full", "low"]), default=None,
-              help="Synthetic faces as drawn, or drawn at half size and enlarged [small: low, paper: full].")
+              help="Synthetic faces as drawn, or drawn at half size and enlarged [small: low, "
+                   "paper: full].")
 @click.option("--size", "image_size", type=int, default=None, help="Image side S in pixels.")
 @click.option("--square", type=int, default=None,
               help="Grey square side K in pixels (paper: 20 at 64×64; taken at 64-px scale when "
@@ -64,7 +68,8 @@ def check():
 @click.option("--affine/--additive", default=None, help="Coupling type [affine].")
 @click.option("--lu/--no-lu", default=None, help="LU-parametrised 1×1 convs [lu].")
 @click.option("--batch", type=int, default=None, help="Global batch size.")
-@click.option("--iterations", type=int, default=None, help="Total iterations (with --resume: extend to).")
+@click.option("--iterations", type=int, default=None,
+              help="Total iterations (with --resume: extend to).")
 @click.option("--lr", type=float, default=None, help="Adam learning rate.")
 @click.option("--warmup", type=int, default=None, help="Linear warm-up iterations.")
 @click.option("--grad-clip", type=float, default=None, help="Gradient-norm clip (0: none) [50].")
@@ -72,9 +77,12 @@ def check():
 @click.option("--impl", type=click.Choice(["fused", "reference"]), default=None)
 @click.option("--memory-saving", is_flag=True, default=None,
               help="Rebuild activations in the backward pass instead of storing them.")
-@click.option("--sample-every", type=int, default=None, help="Sample grid every N iterations [1000].")
-@click.option("--eval-every", type=int, default=None, help="Held-out bits/dim every N iterations [500].")
-@click.option("--checkpoint-every", type=int, default=None, help="Checkpoint every N iterations [500].")
+@click.option("--sample-every", type=int, default=None,
+              help="Sample grid every N iterations [1000].")
+@click.option("--eval-every", type=int, default=None,
+              help="Held-out bits/dim every N iterations [500].")
+@click.option("--checkpoint-every", type=int, default=None,
+              help="Checkpoint every N iterations [500].")
 @click.option("--out", default=None, help="Run folder [runs/<preset>-<time>].")
 @click.option("--resume", default=None, help="Continue the run in this folder.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -135,9 +143,9 @@ CHECKPOINT_HELP = "Run folder or checkpoint file [the newest run under ./runs/].
 def sample(checkpoint, temperatures, n, seed, columns, out):
     """Sample a grid PNG: ε ~ N(0, t²·I), x = Φ⁻¹(ε); several temperatures give a row each."""
     from .analysis.options import check_positive
+    from .analysis.plot import save
     from .analysis.runs import open_run
     from .analysis.sheets import sample_sheet
-    from .analysis.plot import save
 
     ts = _temperatures(temperatures, "0.7")
     n = check_positive(n if n is not None else (64 if len(ts) == 1 else 8), "-n (samples)")
@@ -156,7 +164,9 @@ def sample(checkpoint, temperatures, n, seed, columns, out):
 
 @cli.command()
 @click.argument("images", nargs=-1)
-@click.option("--checkpoint", default=None, help="Run folder or checkpoint: sample it and print Table 1.")
+@click.option("--checkpoint", default=None,
+              help="Run folder or checkpoint: sample it and print Table 1 [the newest run under "
+                   "./runs/ when no IMAGES are given].")
 @click.option("-t", "--temperature", "temperatures", multiple=True,
               help="Temperatures (list or START:STOP:STEP); repeatable. [0.1:1.5:0.1]")
 @click.option("-n", "n", type=int, default=50, show_default=True,
@@ -165,26 +175,29 @@ def sample(checkpoint, temperatures, n, seed, columns, out):
 @click.option("--square", "square", type=int, default=None,
               help="Square side to look for [the checkpoint's; for images without one: any 4…S/2].")
 @click.option("--size", "image_size", type=int, default=None,
-              help="Resize given images to this side [the checkpoint's, else each image's shorter side].")
-@click.option("--out", default=None, help="Output folder for Table 1 [<run folder>/table1 or ./table1].")
+              help="Resize given images to this side [the checkpoint's, else each image's "
+                   "shorter side].")
+@click.option("--out", default=None,
+              help="Output folder for Table 1 [<run folder>/table1 or ./table1].")
 def squares(images, checkpoint, temperatures, n, seed, square, image_size, out):
     """Count grey squares: in samples per temperature (the paper's Table 1), or in IMAGES."""
     import os
 
     from .analysis.options import check_positive
+    from .analysis.plot import save
     from .analysis.runs import open_run
     from .analysis.sheets import contact_sheet
     from .analysis.table1 import format_table1, square_table, table1_csv, table1_plot
-    from .analysis.plot import save
 
     if square is not None:
         check_positive(square, "--square")
     if image_size is not None:
         check_positive(image_size, "--size")
     if images:
-        from .data.images import load_image
-        from .analysis.squares import detect, detector_sizes_for
         from PIL import Image
+
+        from .analysis.squares import detect, detector_sizes_for
+        from .data.images import load_image
 
         k = square
         if checkpoint is not None:
@@ -199,8 +212,8 @@ def squares(images, checkpoint, temperatures, n, seed, square, image_size, out):
                     with Image.open(path) as img:
                         size = min(img.size)
                 except Exception:
-                    raise UserError(f"cannot read {path} as an image; pass a PNG, JPEG, BMP or WebP "
-                                    "file") from None
+                    raise UserError(f"cannot read {path} as an image; pass a PNG, JPEG, BMP or "
+                                    "WebP file") from None
             found = detect(load_image(path, size), detector_sizes_for(k, size))
             where = ", ".join(f"({s.top},{s.left},{s.size})" for s in found)
             click.echo(f"{path}: {len(found)} square{'s' if len(found) != 1 else ''}"
@@ -226,7 +239,8 @@ def squares(images, checkpoint, temperatures, n, seed, square, image_size, out):
                    "overflowed); shares and E are over the finite ones")
     table1_csv(os.path.join(out, "table1.csv"), rows)
     save(table1_plot(rows), os.path.join(out, "table1.png"))
-    sheet, _ = contact_sheet([(r["images"], r["found"]) for r in rows], [f"t={r['t']:g}" for r in rows])
+    sheet, _ = contact_sheet([(r["images"], r["found"]) for r in rows],
+                             [f"t={r['t']:g}" for r in rows])
     save(sheet, os.path.join(out, "contact-sheet.png"))
     click.echo(f"wrote {out}/table1.csv, table1.png and contact-sheet.png (first "
                f"{min(n, 16)} samples per t, detected squares outlined in red)")
@@ -343,17 +357,19 @@ def impute(images, checkpoint, method, alpha, masks, samples, seed, keep_observe
 
 @cli.command("latent-norms")
 @click.option("--checkpoint", default=None, help=CHECKPOINT_HELP)
-@click.option("-n", "n", type=int, default=100, show_default=True, help="Held-out images per variant.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the dequantisation noise.")
+@click.option("-n", "n", type=int, default=100, show_default=True,
+              help="Held-out images per variant.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds the dequantisation noise.")
 @click.option("--out", default="latent-norms", show_default=True, help="Output folder.")
 def latent_norms_command(checkpoint, n, seed, out):
     """Histograms of ‖Φ(x)‖ for several square sizes and counts (the paper's Appendix B)."""
     import os
 
-    from .analysis.options import check_positive
-    from .analysis.runs import open_run
     from .analysis.latent_norms import format_table, latent_norms, norms_csv, norms_plot
+    from .analysis.options import check_positive
     from .analysis.plot import save
+    from .analysis.runs import open_run
 
     check_positive(n, "-n (images)")
     run = open_run(_checkpoint(checkpoint))
@@ -371,7 +387,8 @@ def latent_norms_command(checkpoint, n, seed, out):
 @click.option("--alpha", "alpha", default="0.1:1.0:0.1", show_default=True, help="Alphas to score.")
 @click.option("--iterations", type=int, default=3, show_default=True,
               help="Also score keep-observed repeated N times (1: skip).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the dequantisation noise.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds the dequantisation noise.")
 @click.option("--classical/--no-classical", default=True, show_default=True,
               help="Also score scikit-image's and OpenCV's inpainting, where installed.")
 @invert_options
@@ -382,9 +399,14 @@ def evaluate(checkpoint, n, alpha, iterations, seed, classical, gamma, steps, lr
     """Every imputation method on the same held-out images (RMSE, PSNR, seconds), and bits/dim."""
     import os
 
-    from .analysis.evaluate import comparison_sheet, format_report, report_csv, report_json
+    from .analysis.evaluate import (
+        comparison_sheet,
+        format_report,
+        report_csv,
+        report_json,
+        report_plot,
+    )
     from .analysis.evaluate import evaluate as run_evaluation
-    from .analysis.evaluate import report_plot
     from .analysis.options import check_positive, parse_alphas
     from .analysis.plot import save
     from .analysis.runs import open_run

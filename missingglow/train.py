@@ -21,9 +21,9 @@ from .atomic import write_json
 from .data.datasets import MaskedImages, dataset_of
 from .data.images import grid, save_png
 from .errors import UserError
-from .progress import echo, progress_bar
 from .flow.model import Glow
 from .flow.preprocess import bits_per_dim, from_model, quantize
+from .progress import echo, progress_bar
 from .seeding import generator
 
 METRICS = "metrics.jsonl"
@@ -50,7 +50,8 @@ class LogProb(nn.Module):
 
 
 class BatchOrder:
-    """Global batch t = positions t·B … t·B+B−1 of an endless sequence of seeded epoch permutations."""
+    """Global batch t = positions t·B … t·B+B−1 of an endless sequence of seeded epoch
+    permutations."""
 
     def __init__(self, n, batch, seed):
         self.n, self.batch, self.seed, self._perms = n, batch, seed, {}
@@ -58,7 +59,8 @@ class BatchOrder:
     def _perm(self, epoch):
         if epoch not in self._perms:
             self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
-            self._perms[epoch] = torch.randperm(self.n, generator=generator(self.seed, "epoch", epoch))
+            order = generator(self.seed, "epoch", epoch)
+            self._perms[epoch] = torch.randperm(self.n, generator=order)
         return self._perms[epoch]
 
     def __call__(self, iteration):
@@ -153,9 +155,10 @@ class Metrics:
 
 @torch.no_grad()
 def sample_grid(model, config, path, n=32, columns=8):
-    """A grid of n samples at the configured temperature (fixed seed); returns the non-finite count."""
+    """A grid of n samples at the configured temperature (fixed seed); returns how many were
+    non-finite."""
     images = model.sample(n, config["temperature"], generator=generator(config["seed"], "samples"))
-    images = from_model(images.cpu(), config["n_bits"])  # non-finite samples stay NaN, to be counted
+    images = from_model(images.cpu(), config["n_bits"])  # non-finite ones stay NaN, to be counted
     rows = [images[i:i + columns] for i in range(0, n, columns)]
     canvas, bad = grid(rows)
     save_png(canvas, path)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from missingglow.flow import fused, ops, reference
+
 from helpers import randomize
 
 pytestmark = pytest.mark.skipif(not ops.AVAILABLE, reason=str(ops.WHY_UNAVAILABLE))

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from missingglow import Glow
-from missingglow.flow import fused, model as model_module, ops, reference
+from missingglow.flow import fused, ops, reference
+
 from helpers import randomize
 
 pytestmark = pytest.mark.skipif(not ops.AVAILABLE, reason=str(ops.WHY_UNAVAILABLE))

@@ -9,12 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import env_with_cache, randomize, tiny_run
 from missingglow.analysis import baselines
 from missingglow.analysis.invert import harmonic_fill, invert, objective
 from missingglow.data.masks import alpha_mask, load_mask
 from missingglow.errors import UserError
 from missingglow.flow.model import Glow
+
+from helpers import env_with_cache, randomize, tiny_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

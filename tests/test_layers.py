@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from missingglow.flow import reference as ref
-from helpers import brute_force_logdet, randomize
 
+from helpers import brute_force_logdet, randomize
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from missingglow import Glow, bits_per_dim, dequantize, quantize
+
 from helpers import brute_force_logdet, randomize
 
 

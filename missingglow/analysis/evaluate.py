@@ -84,7 +84,8 @@ def evaluate(run, n, alphas, iterations=1, seed=0, batch=50, say=None, invert_op
     run.need_dataset()
     c = run.config
     cache = dataset_of(c, run.image_size)
-    heldout = MaskedImages(cache, c["square"], c.get("squares", 1), c.get("seed", 0), split="heldout")
+    heldout = MaskedImages(cache, c["square"], c.get("squares", 1), c.get("seed", 0),
+                           split="heldout")
     whole = n >= len(heldout)
     n = min(n, len(heldout))
     names = methods(iterations)
@@ -113,7 +114,8 @@ def evaluate(run, n, alphas, iterations=1, seed=0, batch=50, say=None, invert_op
         observed = (~mask).float()
         mean = (ref_out * observed).sum((2, 3), keepdim=True) / observed.sum((2, 3), keepdim=True)
         score(base["grey fill"], lambda: ref_out, "grey fill")
-        score(base["mean-colour fill"], lambda: torch.where(mask, mean, ref_out), "mean-colour fill")
+        score(base["mean-colour fill"], lambda: torch.where(mask, mean, ref_out),
+              "mean-colour fill")
         score(base["harmonic fill"], lambda: harmonic_fill(ref_out, mask), "harmonic fill")
         for name in extra:
             score(base[name], lambda: baselines.inpaint(name, ref_out, mask), name)
@@ -122,7 +124,8 @@ def evaluate(run, n, alphas, iterations=1, seed=0, batch=50, say=None, invert_op
             for alpha in alphas:
                 def plain():
                     return run.model.decode(alpha * z)
-                score(pools[("flow", alpha)], lambda: from_model(plain(), bits), f"flow α={alpha:g}")
+                score(pools[("flow", alpha)], lambda: from_model(plain(), bits),
+                      f"flow α={alpha:g}")
                 score(pools[("flow + keep observed", alpha)],
                       lambda: from_model(torch.where(mask, plain(), x0), bits),
                       f"keep observed α={alpha:g}")
@@ -133,8 +136,9 @@ def evaluate(run, n, alphas, iterations=1, seed=0, batch=50, say=None, invert_op
                             x = torch.where(mask, run.model.decode(alpha * run.model.encode(x)), x0)
                         return from_model(x, bits)
                     score(pools[(names[2], alpha)], repeated, f"×{iterations} α={alpha:g}")
-        score(base[INVERT], lambda: from_model(invert(run.model, x0, mask,
-                                                      **(invert_options or {}))[0][0], bits), INVERT)
+        def inverted():
+            return from_model(invert(run.model, x0, mask, **(invert_options or {}))[0][0], bits)
+        score(base[INVERT], inverted, INVERT)
         if say:
             say(f"evaluated {js[-1] + 1}/{n} held-out images")
         if on_batch:
@@ -171,7 +175,8 @@ def format_report(result):
         best = best_alpha(rows, method)
         if best:
             lines.append(f"best alpha for {method}: {best['alpha']:g} (RMSE in the square "
-                         f"{best['rmse_in']:.4f}; grey fill {baselines['grey fill']['rmse_in']:.4f}, "
+                         f"{best['rmse_in']:.4f}; grey fill "
+                         f"{baselines['grey fill']['rmse_in']:.4f}, "
                          f"mean-colour fill {baselines['mean-colour fill']['rmse_in']:.4f})")
     b = result["bpd"]
     bad = f", {b['nonfinite']} image pairs with non-finite log p left out" if b["nonfinite"] else ""
@@ -183,8 +188,8 @@ def format_report(result):
 def report_csv(path, result):
     from ..atomic import write_csv
 
-    header = ["method", "alpha", "rmse_in", "psnr_in", "rmse_out", "psnr_out", "nonfinite", "images",
-              "seconds_per_image"]
+    header = ["method", "alpha", "rmse_in", "psnr_in", "rmse_out", "psnr_out", "nonfinite",
+              "images", "seconds_per_image"]
     body = [[r["method"], "" if r["alpha"] is None else r["alpha"], f"{r['rmse_in']:.6f}",
              f"{r['psnr_in']:.4f}", f"{r['rmse_out']:.6f}", f"{r['psnr_out']:.4f}", r["nonfinite"],
              r["images"], f"{r['seconds_per_image']:.6f}"] for r in result["rows"]]

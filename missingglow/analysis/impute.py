@@ -44,7 +44,8 @@ def heldout_item(run, index):
         raise UserError(f"heldout:{index} is out of range: the held-out split has {len(items)} "
                         f"images (0 to {len(items) - 1})")
     masked, clean, positions = items[index]
-    return Item(f"heldout-{index}", masked, clean, square_mask(positions, c["square"], run.image_size),
+    hole = square_mask(positions, c["square"], run.image_size)
+    return Item(f"heldout-{index}", masked, clean, hole,
                 "the dataset")
 
 
@@ -119,14 +120,16 @@ def find_square(run, item, square=None):
     mask = torch.zeros((1, size, size), dtype=torch.bool)
     for sq in found:
         mask[:, sq.top:sq.top + sq.size, sq.left:sq.left + sq.size] = True
-    item.mask, item.source = mask, f"the detector ({len(found)} square{'s' if len(found) > 1 else ''})"
+    plural = "s" if len(found) > 1 else ""
+    item.mask, item.source = mask, f"the detector ({len(found)} square{plural})"
     return item
 
 
 @torch.no_grad()
 def restore(model, images, alphas, n_bits, mask=None, iterations=1):
     """Every image (B, 3, S, S) at every alpha → (A, B, 3, S, S) images in [0, 1] (NaN where the
-    flow's inverse was not finite). With a mask (B or 1, 1, S, S), pixels outside it keep the input."""
+    flow's inverse was not finite). With a mask (B or 1, 1, S, S), pixels outside it keep the
+    input."""
     x0 = to_model(images, n_bits)
     out = []
     for alpha in alphas:
@@ -163,12 +166,15 @@ def impute_files(run, items, alphas, out_dir, keep_observed=False, iterations=1,
         column = [shown] + list(result) + ([item.clean] if item.clean is not None else [])
         columns.append(torch.stack(column))
         if len(alphas) > 1:
-            labels = ["input"] + [f"α={a:g}" for a in alphas] + (["original"] if item.clean is not None else [])
+            labels = ["input"] + [f"α={a:g}" for a in alphas]
+            labels += ["original"] if item.clean is not None else []
             sheet, _ = labelled_grid([t[None] for t in column], labels, min_tile)
             save(sheet,
                  os.path.join(out_dir, f"{item.name}-strip.png"))
-        how = f"keeping observed pixels, square from {item.source}" if mask is not None else "whole image"
-        note = f"; {bad} of {len(alphas)} results non-finite (drawn as checkerboards)" if bad else ""
+        how = (f"keeping observed pixels, square from {item.source}" if mask is not None
+               else "whole image")
+        note = (f"; {bad} of {len(alphas)} results non-finite (drawn as checkerboards)" if bad
+                else "")
         lines.append(f"{item.name}: {len(alphas)} alpha(s), {how}"
                      f"{f', {iterations} iterations' if iterations > 1 else ''}{note}")
     if len(alphas) > 1 and len(items) > 1:

@@ -17,7 +17,7 @@ import torch
 OPTIMISERS = ("adam", "sgd")
 STARTS = ("fill", "input")
 # chosen on held-out images of two trained models: docs/imputation.md
-DEFAULTS = dict(gamma=0.003, steps=150, lr=0.05, alpha=0.6, start="fill", optimiser="adam")
+DEFAULTS = dict(gamma=0.01, steps=150, lr=0.05, alpha=0.6, start="fill", optimiser="adam")
 
 
 def harmonic_fill(images, missing, iterations=None):

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-
 # --- the references of the fused ops (missingglow/flow/ops.py), name for name ---------------------
 
 def actnorm_conv(x, loc, scale, weight):
