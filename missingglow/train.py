@@ -24,6 +24,7 @@ from .errors import UserError
 from .flow.model import Glow
 from .flow.preprocess import bits_per_dim, from_model, quantize
 from .progress import echo, progress_bar
+from .runlock import RunLock
 from .seeding import generator
 
 METRICS = "metrics.jsonl"
@@ -175,26 +176,32 @@ def set_lr(optimizer, config, iteration, lr_scale):
 
 def new_run_dir(config):
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = config.get("out") or os.path.join("runs", f"{config['preset']}-{stamp}")
-    if os.path.exists(os.path.join(out, ckpt.LATEST)):
-        raise UserError(f"run folder {out} already holds a run; pass --resume {out} to continue "
-                        "it, or another --out")
-    return out
+    return config.get("out") or os.path.join("runs", f"{config['preset']}-{stamp}")
 
 
-def open_run(config, resume, speak):
-    """(config, run folder, checkpoint payload or None) for a new run or a resumed one."""
-    if resume is None:
-        run_dir = new_run_dir(config)
-        return dict(config, out=run_dir), run_dir, None
-    payload = ckpt.load_checkpoint(resume)
-    run_dir = resume if os.path.isdir(resume) else os.path.dirname(os.path.dirname(resume))
+def open_run(config, resume, speak, lock):
+    """(config, run folder, checkpoint payload or None, held lock or None) for a new run or a
+    resumed one; `lock`: whether this process is the run's writer and must hold its folder."""
+    run_dir = new_run_dir(config) if resume is None else (
+        resume if os.path.isdir(resume) else os.path.dirname(os.path.dirname(resume)))
+    held = RunLock(run_dir).__enter__() if lock else None
+    try:
+        if resume is None:
+            if os.path.exists(os.path.join(run_dir, ckpt.LATEST)):
+                raise UserError(f"run folder {run_dir} already holds a run; pass --resume "
+                                f"{run_dir} to continue it, or another --out")
+            return dict(config, out=run_dir), run_dir, None, held
+        payload = ckpt.load_checkpoint(resume)
+    except BaseException:
+        if held is not None:
+            held.__exit__(None, None, None)
+        raise
     extend = (config or {}).get("iterations")
     config = dict(payload["config"], out=run_dir)
     if extend is not None:
         config["iterations"] = extend
     speak(f"resuming {run_dir} at iteration {payload['iteration']:,} of {config['iterations']:,}")
-    return config, run_dir, payload
+    return config, run_dir, payload, held
 
 
 def open_images(config, env, progress):
@@ -216,7 +223,7 @@ def train(config=None, resume=None, progress=True, say=None):
     env = Distributed()
     say = say or echo
     speak = say if env.main else (lambda msg: None)
-    config, run_dir, payload = open_run(config, resume, speak)
+    config, run_dir, payload, lock = open_run(config, resume, speak, lock=env.main)
     torch.manual_seed(config["seed"])
     train_images, heldout = open_images(config, env, progress)
     batches = Batches(train_images, config, env)
@@ -318,6 +325,8 @@ def train(config=None, resume=None, progress=True, say=None):
             raise
         finally:
             env.close()
+            if lock is not None:
+                lock.__exit__(None, None, None)
     return run_dir
 
 
