@@ -12,7 +12,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # lowest first; a module may import its own layer and the layers below it
 LAYERS = [
-    {"errors", "atomic", "seeding", "allocator", "progress", "_C"},
+    {"errors", "atomic", "seeding", "allocator", "progress", "runlock", "_C"},
     {"flow"},
     {"data"},
     {"checkpoint", "presets"},
