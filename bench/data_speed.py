@@ -19,7 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from missingglow.data import datasets as data, synthetic  # noqa: E402
+from missingglow.data import datasets as data  # noqa: E402
+from missingglow.data import synthetic
 
 
 def make_jpegs(folder, n):

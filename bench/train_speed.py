@@ -23,8 +23,8 @@ if ROOT not in sys.path:
 
 from missingglow import Glow  # noqa: E402
 from missingglow.allocator import keep_freed_memory  # noqa: E402
-from missingglow.presets import PRESETS  # noqa: E402
 from missingglow.flow.preprocess import bits_per_dim  # noqa: E402
+from missingglow.presets import PRESETS  # noqa: E402
 
 
 def make(preset, impl):
@@ -72,7 +72,7 @@ def main():
             model.log_prob(x)  # ActNorm init
         runs[impl] = (model, torch.optim.Adam(model.parameters(), lr=1e-4), [])
     for i in range(args.warmup + args.steps):
-        for impl, (model, optimizer, times) in runs.items():
+        for _impl, (model, optimizer, times) in runs.items():
             t = step(model, optimizer, x, p["n_bits"])
             if i >= args.warmup:
                 times.append(t)

@@ -35,13 +35,13 @@ import warnings
 warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # the core never uses it
 import torch  # noqa: E402
 
+from missingglow import checkpoint, presets  # noqa: E402
 from missingglow.analysis import evaluate, plot
+from missingglow.analysis.heldout import heldout_bits_per_dim  # noqa: E402
 from missingglow.analysis.runs import open_run
 from missingglow.analysis.sheets import sample_sheet
 from missingglow.analysis.table1 import square_table
-from missingglow import checkpoint, presets  # noqa: E402
 from missingglow.data.datasets import MaskedImages, dataset_of  # noqa: E402
-from missingglow.analysis.heldout import heldout_bits_per_dim  # noqa: E402
 from missingglow.train import train  # noqa: E402
 
 TEMPERATURES = (0.3, 0.5, 0.7, 0.9, 1.1, 1.3)
@@ -68,7 +68,8 @@ LEVERS = {
         "like hidden128: a faster-shrinking gap per iteration at ~2× the cost")),
     "blocks2": dict(lever="number of blocks", change=dict(blocks=2), prediction=(
         "fewer levels: the top prior sees 4×4×48 instead of 2×2×192 and the square (5 px) spans "
-        "fewer latent positions of the last level; little change in the gap, cheaper per iteration")),
+        "fewer latent positions of the last level; little change in the gap, cheaper per "
+        "iteration")),
     "size32": dict(lever="image size", change=dict(image_size=32, square=10, blocks=4), prediction=(
         "same K/S at 32×32 (K = 10, 4 blocks): the square's edge is a smaller share of the pixels, "
         "so the gap per dimension starts smaller but falls no faster; ~4× the cost per iteration")),
@@ -86,7 +87,8 @@ LEVERS = {
         "blurred faces (drawn at 8 px, bilinear to 16) leave less detail to learn, so capacity "
         "goes to the square sooner: gap falls faster than base, squares in samples at t ≈ 1 "
         "sooner")),
-    "simple-clean": dict(lever="control: simple, no square", change=dict(synthetic_detail="low", square=0),
+    "simple-clean": dict(lever="control: simple, no square",
+                         change=dict(synthetic_detail="low", square=0),
                          detector_square=5, prediction=(
         "the detector's floor on the blurred faces: lower than on the full faces (fewer sharp "
         "features to mistake for a square's edges)")),
@@ -107,8 +109,9 @@ LEVERS = {
 
 def base_config():
     """The small preset on the full-detail faces: the base every lever changes one thing of (the
-    preset itself moved to the low-detail faces after this study's `simple` lever)."""
-    config, _ = presets.resolve_config({"preset": "small", "synthetic_detail": "full"}, has_gpu=False)
+    preset itself trains on the low-detail faces, which is this study's `simple` lever)."""
+    config, _ = presets.resolve_config({"preset": "small", "synthetic_detail": "full"},
+                                       has_gpu=False)
     return config
 
 
@@ -150,7 +153,8 @@ def measure(run_dir, train_seconds, detector_square=None):
     config = run.config
     model = run.model.eval()
     cache = dataset_of(config)
-    record = {"iter": checkpoint.load_checkpoint(run_dir)["iteration"], "train_seconds": train_seconds}
+    record = {"iter": checkpoint.load_checkpoint(run_dir)["iteration"],
+              "train_seconds": train_seconds}
     for split in ("train", "heldout"):
         images = MaskedImages(cache, config["square"], config["squares"], config["seed"], split)
         bpd = heldout_bits_per_dim(model, images, config["n_bits"], config["seed"], BPD_IMAGES,
@@ -235,7 +239,8 @@ def _run_milestones(name, config, run_dir, until, every, say):
         seconds += time.perf_counter() - start
         keep_milestone(run_dir, milestone)
         record = measure(run_dir, round(seconds, 1), LEVERS[name].get("detector_square"))
-        record["name"], record["s_per_iter"] = name, segment_speed(run_dir, milestone - every, milestone)
+        record["name"] = name
+        record["s_per_iter"] = segment_speed(run_dir, milestone - every, milestone)
         append_record(run_dir, record)
         say(summary_line(record))
 
@@ -260,7 +265,8 @@ def summary_line(r):
     squares = " ".join(f"{row['with_square_pct'] if row['with_square_pct'] is not None else '—'}"
                        for row in r["table1"])
     return (f"{r['name']} @ {r['iter']:,}: held-out gap {r['heldout']['gap']:+.4f} "
-            f"(train {r['train']['gap']:+.4f}), % with squares at t={'/'.join(map(str, TEMPERATURES))}: "
+            f"(train {r['train']['gap']:+.4f}), "
+            f"% with squares at t={'/'.join(map(str, TEMPERATURES))}: "
             f"{squares}; {r['s_per_iter']} s/it")
 
 
@@ -330,10 +336,12 @@ def table_markdown(runs):
         bad = sum(row["nonfinite"] for row in r["table1"])
         lines.append(
             f"| {name} | {LEVERS[name]['lever']} | {r['iter']:,} | {r['s_per_iter']} | "
-            f"{r['heldout']['gap']:+.3f} | {100 * r['heldout']['gap'] / r['heldout']['clean']:+.1f} % | "
+            f"{r['heldout']['gap']:+.3f} | "
+            f"{100 * r['heldout']['gap'] / r['heldout']['clean']:+.1f} % | "
             f"{r['train']['gap']:+.3f} | {pct} | {bad} | "
             f"{_fmt(impute_rmse(r, 'flow', 0.6))} | {_fmt(impute_rmse(r, 'grey fill'))} | "
-            f"{_fmt(impute_rmse(r, 'mean-colour fill'))} | {_fmt(impute_rmse(r, 'flow', 0.6, 'rmse_out'))} | "
+            f"{_fmt(impute_rmse(r, 'mean-colour fill'))} | "
+            f"{_fmt(impute_rmse(r, 'flow', 0.6, 'rmse_out'))} | "
             f"{_fmt(impute_rmse(r, f'flow + keep observed ×{KEEP_ITERATIONS}', 0.6))} |")
     return "\n".join(lines) + "\n"
 
@@ -341,7 +349,8 @@ def table_markdown(runs):
 def gap_markdown(runs):
     """Held-out gap of every run at every milestone, one row per run."""
     iters = sorted({r["iter"] for rs in runs.values() for r in rs})
-    lines = ["| run | " + " | ".join(f"{i // 1000}k" if i % 1000 == 0 else str(i) for i in iters) + " |",
+    lines = ["| run | " + " | ".join(f"{i // 1000}k" if i % 1000 == 0 else str(i) for i in iters)
+             + " |",
              "|" + "---|" * (len(iters) + 1)]
     for name, rs in runs.items():
         by_iter = {r["iter"]: r["heldout"]["gap"] for r in rs}
@@ -360,7 +369,8 @@ def report(root, out, md, names):
     for name, records in runs.items():
         low = LEVERS[name]["change"].get("synthetic_detail") == "low"
         control = runs.get("simple-clean" if low else "clean")
-        plot.save(square_free_chart(name, records, control), os.path.join(out, f"square-free-vs-t-{name}.png"))
+        plot.save(square_free_chart(name, records, control),
+                  os.path.join(out, f"square-free-vs-t-{name}.png"))
     text = table_markdown(runs) + "\n" + gap_markdown(runs)
     if md:
         checkpoint.atomic_write(md, lambda f: f.write(text.encode()))

@@ -11,7 +11,8 @@ import tempfile
 
 
 def atomic_write(path, write, mode=0o644):
-    """Call write(file) on a binary temp file beside `path`, fsync it, then rename it over `path`."""
+    """Call write(file) on a binary temp file beside `path`, fsync it, then rename it over
+    `path`."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)

@@ -20,7 +20,8 @@ FOLDER = "checkpoints"
 
 
 def save_checkpoint(run_dir, payload, keep=3):
-    """Write payload as checkpoints/ckpt-<iteration>.pt, point `latest` at it, keep the newest `keep`."""
+    """Write payload as checkpoints/ckpt-<iteration>.pt, point `latest` at it, keep the newest
+    `keep`."""
     payload = dict(payload, format=FORMAT, version=VERSION)
     name = f"ckpt-{payload['iteration']:08d}.pt"
     path = os.path.join(run_dir, FOLDER, name)

@@ -1,33 +1,33 @@
 """Training presets and how a command line becomes a full training configuration.
 
-`paper` is the setting of the paper and of rosinality/glow-pytorch's train.py. `small` is what a
-2-core CPU trains in about 15 minutes on the synthetic faces; what it can and cannot show is
-measured in docs/phenomenon.md. With no GPU and no architecture given, `train` picks `small`.
+`paper` is the setting of the paper and of rosinality/glow-pytorch's train.py. `small` is sized
+for a 2-core CPU on the synthetic faces (docs/conventions.md §4); what it can and cannot show is in
+docs/phenomenon.md. With no GPU and no architecture given, `train` picks `small`.
 """
 import torch
 
-from .errors import UserError
 from .data.synthetic import DETAILS
+from .errors import UserError
 
 PAPER_SIZE = 64  # the image side the paper's square sizes refer to
 
 PRESETS = {
     "paper": dict(image_size=64, blocks=4, flows=32, hidden=512, n_bits=5, batch=16,
                   iterations=200_000, square=20, lr=1e-4, warmup=0),
-    # From the scratch runs recorded in issue 5: 16×16, 3 blocks × 8 flows, hidden 64, batch 64
-    # run ~0.12 s per iteration on 2 cores; lr 1e-3 with a 200-step warm-up learned ~3× faster than
-    # 1e-4 without NaNs. 6,000 iterations is 8–15 minutes. The low-detail faces (synthetic.DETAILS)
-    # are the scale study's best lever: squares in samples at t ≥ 0.7 and none at t ≤ 0.4 within
-    # 4–8k iterations (at 12k squares show at every t), where the full-detail faces need 12–20k
-    # (docs/phenomenon.md).
+    # Sized so a 2-core CPU trains it in minutes. lr 1e-3 with a 200-step warm-up learns faster
+    # than the paper's 1e-4 and stays free of NaNs at this size. The low-detail faces
+    # (synthetic.DETAILS) are the scale study's best lever: squares appear in samples at high t and
+    # not at low t within the preset's iterations, where the full-detail faces need several times
+    # as many (docs/phenomenon.md has the measurements).
     "small": dict(image_size=16, blocks=3, flows=8, hidden=64, n_bits=5, batch=64,
                   iterations=6_000, square=20, lr=1e-3, warmup=200, synthetic_detail="low"),
 }
 
 DEFAULTS = dict(
     preset=None, data=None, synthetic_count=10_000, synthetic_detail="full", squares=1, affine=True,
-    lu=True, grad_clip=50.0, seed=0, impl=None, memory_saving=False, sample_every=1000, eval_every=500,
-    checkpoint_every=500, log_every=50, heldout_images=256, max_bad_steps=5, temperature=0.7,
+    lu=True, grad_clip=50.0, seed=0, impl=None, memory_saving=False, sample_every=1000,
+    eval_every=500, checkpoint_every=500, log_every=50, heldout_images=256, max_bad_steps=5,
+    temperature=0.7,
     out=None,
 )
 
@@ -57,9 +57,10 @@ def resolve_config(options, has_gpu=None):
     if "preset" not in given and name == "small":
         faces = ", low-detail synthetic faces" if config["data"] is None and \
             config["synthetic_detail"] == "low" else ""
-        note = (f"no GPU and no architecture given: using the `small` preset ({size}×{size}{faces}, "
-                f"{config['blocks']} blocks × {config['flows']} flows, hidden {config['hidden']}, "
-                f"batch {config['batch']}, {config['iterations']:,} iterations)")
+        note = (f"no GPU and no architecture given: using the `small` preset "
+                f"({size}×{size}{faces}, {config['blocks']} blocks × {config['flows']} "
+                f"flows, hidden {config['hidden']}, batch {config['batch']}, "
+                f"{config['iterations']:,} iterations)")
     if "square" not in given or ("image_size" not in given and size != PAPER_SIZE):
         paper_square = config["square"]
         config["square"] = max(1, round(paper_square * size / PAPER_SIZE)) if paper_square else 0

@@ -35,7 +35,8 @@ def picture(kind, rng, size, index):
         for _ in range(4):
             f, phase = rng.uniform(2, 12), rng.uniform(0, 6.3)
             angle = rng.uniform(0, math.pi)
-            wave = torch.sin(2 * math.pi * f * (xs * math.cos(angle) + ys * math.sin(angle)) + phase)
+            wave = torch.sin(2 * math.pi * f * (xs * math.cos(angle) + ys * math.sin(angle))
+                             + phase)
             out = out + 0.15 * wave * torch.rand(3, 1, 1, generator=g)
         return out.clamp(0, 1)
     if kind == "noise":
@@ -111,7 +112,8 @@ def grey_content(seed=0, size=64, square=12):
         # a grey background: everything outside the face's own colours becomes grey
         bg = torch.full_like(face, GREY)
         yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-        head = ((yy - size * 0.55) / (size * 0.45)) ** 2 + ((xx - size * 0.5) / (size * 0.3)) ** 2 < 1
+        head = (((yy - size * 0.55) / (size * 0.45)) ** 2
+                + ((xx - size * 0.5) / (size * 0.3)) ** 2 < 1)
         out.append((torch.where(head, face, bg), "face on a grey background"))
         rect = face.clone()
         t, l = rng.randrange(size - k), rng.randrange(size - 2 * k)

@@ -18,6 +18,6 @@ def test_training_asks_for_it(monkeypatch):
 
     calls = []
     monkeypatch.setattr(train, "keep_freed_memory", lambda: calls.append(1) or True)
-    with pytest.raises(Exception):
+    with pytest.raises(KeyError, match="preset"):  # the config has no preset to name the run by
         train.train({"not": "a config"})
     assert calls == [1]

@@ -5,12 +5,18 @@ import math
 import pytest
 import torch
 
-from missingglow.analysis.options import parse_alphas, parse_square, parse_temperatures, parse_values
+from missingglow.analysis.options import (
+    parse_alphas,
+    parse_square,
+    parse_temperatures,
+    parse_values,
+)
 from missingglow.analysis.runs import open_run, sample_images
 from missingglow.analysis.sheets import contact_sheet, sample_sheet
 from missingglow.analysis.table1 import format_table1, square_table, table1_csv, table1_plot
-from missingglow.flow.preprocess import from_model, to_model
 from missingglow.errors import UserError
+from missingglow.flow.preprocess import from_model, to_model
+
 from helpers import tiny_run
 
 
@@ -26,7 +32,8 @@ def run(tmp_path_factory):
 
 def test_parse_lists_ranges_and_bad_values():
     assert parse_values("0.1:0.5:0.1", "t") == [0.1, 0.2, 0.3, 0.4, 0.5]
-    assert parse_values("0.1:1.5:0.1", "t")[-1] == 1.5 and len(parse_values("0.1:1.5:0.1", "t")) == 15
+    assert parse_values("0.1:1.5:0.1", "t")[-1] == 1.5
+    assert len(parse_values("0.1:1.5:0.1", "t")) == 15
     assert parse_alphas("0.6") == [0.6] and parse_alphas("0.2,1") == [0.2, 1.0]
     for bad in ("0", "1.5", "-0.1", "abc", "nan", "0.5:0.1:0.1", ""):
         with pytest.raises(UserError):
@@ -92,7 +99,8 @@ def test_keep_observed_changes_only_the_square(run):
     from missingglow.analysis.impute import heldout_item, restore
 
     item = heldout_item(run, 0)
-    out = restore(run.model, item.image[None], [0.3, 1.0], run.n_bits, item.mask[None], iterations=2)
+    out = restore(run.model, item.image[None], [0.3, 1.0], run.n_bits, item.mask[None],
+                  iterations=2)
     observed = from_model(to_model(item.image[None], run.n_bits), run.n_bits)[0]
     outside = ~item.mask.expand(3, -1, -1)
     for result in out[:, 0]:

@@ -26,7 +26,8 @@ def test_check_names_the_build_of_the_cpu_coupling_loops():
     if not ops.AVAILABLE:
         pytest.skip(str(ops.WHY_UNAVAILABLE))
     result = run_cli("check")
-    assert any(f"CPU coupling loops: {name}" in result.stdout for name in ("avx512", "avx2", "portable"))
+    assert any(f"CPU coupling loops: {name}" in result.stdout
+               for name in ("avx512", "avx2", "portable"))
 
 
 def test_unknown_command_is_one_clear_error():

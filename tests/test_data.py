@@ -1,4 +1,5 @@
-"""Masked datasets (SPEC §3): folder ingestion, the cache, squares, the held-out split."""
+"""Masked datasets (docs/conventions.md §3): folder ingestion, the cache, squares, the held-out
+split."""
 import json
 import os
 import pickle
@@ -398,13 +399,14 @@ def test_low_detail_synthetic_faces_are_their_own_cache(cache_dir, monkeypatch):
     # the full-detail source string is unchanged, so caches built before `detail` existed stay valid
     assert synthetic_source(0, 10) == f"synthetic:seed=0,n=10,v={synthetic.VERSION}"
     full = data.open_dataset(None, 8, synthetic_count=12, cache_dir=cache_dir, quiet=True)
-    low = data.open_dataset(None, 8, synthetic_count=12, cache_dir=cache_dir, synthetic_detail="low",
-                            quiet=True)
+    low = data.open_dataset(None, 8, synthetic_count=12, cache_dir=cache_dir,
+                            synthetic_detail="low", quiet=True)
     assert full.path != low.path
     assert bytes(low.images[5].flatten().tolist()) == synthetic.draw(0, 5, 8, "low").tobytes()
     assert bytes(full.images[5].flatten().tolist()) != bytes(low.images[5].flatten().tolist())
     with pytest.raises(UserError, match="synthetic detail must be full or low"):
-        data.open_dataset(None, 8, synthetic_count=12, cache_dir=cache_dir, synthetic_detail="blurry")
+        data.open_dataset(None, 8, synthetic_count=12, cache_dir=cache_dir,
+                          synthetic_detail="blurry")
     # a config without the key (a run from before it existed) means the full-detail faces
     monkeypatch.setenv("MISSINGGLOW_CACHE", cache_dir)
     assert dataset_of({"data": None, "image_size": 8, "synthetic_count": 12}).path == full.path

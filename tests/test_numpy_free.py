@@ -9,7 +9,8 @@ import importlib.abc, sys, traceback
 class BlockNumpy(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name == "numpy" or name.startswith("numpy."):
-            if any(os.sep + "missingglow" + os.sep in f.filename for f in traceback.extract_stack()):
+            if any(os.sep + "missingglow" + os.sep in f.filename
+                   for f in traceback.extract_stack()):
                 print("missingglow tried to import numpy:", "".join(traceback.format_stack()))
                 sys.exit(3)
             raise ModuleNotFoundError("numpy is blocked for this test", name=name)
@@ -33,7 +34,7 @@ print("numpy-free")
 
 def test_core_runs_with_numpy_blocked():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=root, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=root, capture_output=True,
+                            text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "numpy-free" in result.stdout

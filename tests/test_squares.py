@@ -16,9 +16,18 @@ Blur on squares of 4–6 px is the hard case. These tests run a smaller cut of t
 """
 import torch
 
+from missingglow.analysis.squares import (
+    Square,
+    all_sizes,
+    candidate_sizes,
+    count,
+    detect,
+    iou,
+    match,
+    outline,
+)
 from missingglow.data.masks import GREY
-from missingglow.analysis.squares import (Square, all_sizes, candidate_sizes, count, detect, iou, match,
-                                 outline)
+
 from squares_bank import grey_content, score
 
 

@@ -1,4 +1,5 @@
-"""experiments/study.py on a tiny model: milestones are measured once, runs resume, the report draws."""
+"""experiments/study.py on a tiny model: milestones are measured once, runs resume, the report
+draws."""
 import importlib.util
 import json
 import os
@@ -10,7 +11,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture
 def study(monkeypatch, tmp_path):
-    spec = importlib.util.spec_from_file_location("study", os.path.join(ROOT, "experiments", "study.py"))
+    spec = importlib.util.spec_from_file_location("study",
+                                                  os.path.join(ROOT, "experiments", "study.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     tiny = dict(module.base_config(), image_size=8, blocks=2, flows=1, hidden=8, batch=8,
@@ -38,7 +40,8 @@ def test_milestones_are_measured_once_and_runs_resume(study, tmp_path):
         assert set(r) >= {"train", "heldout", "table1", "impute", "train_seconds", "s_per_iter"}
         assert abs(r["heldout"]["gap"] - (r["heldout"]["masked"] - r["heldout"]["clean"])) < 1e-4
         assert [row["t"] for row in r["table1"]] == list(study.TEMPERATURES)
-        assert {row["method"] for row in r["impute"]} >= {"flow", "flow + keep observed", "grey fill"}
+        assert {row["method"] for row in r["impute"]} >= {"flow", "flow + keep observed",
+                                                          "grey fill"}
     assert sorted(os.listdir(os.path.join(root, "base", "kept"))) == ["ckpt-00000002.pt",
                                                                       "ckpt-00000004.pt"]
     study.main(["run", "base", "--until", "4", "--every", "2", "--root", root])
@@ -69,7 +72,8 @@ def test_report_writes_curves_and_tables(study, tmp_path):
 
 
 def test_every_lever_makes_a_valid_config(tmp_path):
-    spec = importlib.util.spec_from_file_location("study_real", os.path.join(ROOT, "experiments", "study.py"))
+    spec = importlib.util.spec_from_file_location("study_real",
+                                                  os.path.join(ROOT, "experiments", "study.py"))
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)
     assert study.run_config("base", str(tmp_path))["synthetic_detail"] == "full"  # not the preset's
@@ -117,6 +121,7 @@ def test_sheet_puts_kept_checkpoints_side_by_side(study, tmp_path):
 def test_the_low_detail_lever_is_measured_on_its_own_faces(study, tmp_path, monkeypatch):
     caches = []
     real = study.MaskedImages
-    monkeypatch.setattr(study, "MaskedImages", lambda cache, *a: caches.append(cache.path) or real(cache, *a))
+    monkeypatch.setattr(study, "MaskedImages",
+                        lambda cache, *a: caches.append(cache.path) or real(cache, *a))
     study.main(["run", "simple", "--until", "2", "--every", "2", "--root", str(tmp_path / "runs")])
     assert caches and all("detaillow" in path for path in caches)

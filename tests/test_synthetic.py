@@ -61,7 +61,8 @@ def test_contact_sheet_layout():
 def test_low_detail_is_the_half_size_face_enlarged():
     low = synthetic.draw(0, 3, 16, "low")
     assert low.size == (16, 16)
-    assert low.tobytes() == synthetic.draw_face(0, 3, 8).resize((16, 16), 2).tobytes()  # 2: bilinear
+    # 2: bilinear
+    assert low.tobytes() == synthetic.draw_face(0, 3, 8).resize((16, 16), 2).tobytes()
     assert synthetic.draw(0, 3, 16, "full").tobytes() == synthetic.draw_face(0, 3, 16).tobytes()
     # smoother: neighbouring pixels differ less than in the full faces
     step = lambda detail: sum((x[1:] - x[:-1]).abs().mean() for x in (  # noqa: E731

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from missingglow import checkpoint as ckpt
+from missingglow import train as train_module
 from missingglow.errors import UserError
 from missingglow.presets import resolve_config
-from missingglow import train as train_module
 from missingglow.train import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,7 +59,8 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
     assert ckpt.load_checkpoint(part)["iteration"] == 6
     assert_same_params(final_params(whole), final_params(part), atol=1e-6)
     # and training moved the parameters at all
-    start = torch.load(os.path.join(whole, "checkpoints", "ckpt-00000000.pt"), weights_only=True)["model"]
+    start = torch.load(os.path.join(whole, "checkpoints", "ckpt-00000000.pt"),
+                       weights_only=True)["model"]
     moved = final_params(whole)["blocks.0.flows.0.coupling.net.4.conv.weight"]
     assert not torch.equal(start["blocks.0.flows.0.coupling.net.4.conv.weight"], moved)
 
@@ -127,7 +128,8 @@ def test_sigkill_at_any_moment_leaves_a_resumable_run(tmp_path):
                 "--out", run, "--quiet", env=env)
     deadline = time.time() + 120
     while time.time() < deadline:
-        names = os.listdir(os.path.join(run, "checkpoints")) if os.path.isdir(os.path.join(run, "checkpoints")) else []
+        folder = os.path.join(run, "checkpoints")
+        names = os.listdir(folder) if os.path.isdir(folder) else []
         if sum(n.endswith(".pt") for n in names) >= 3:
             break
         time.sleep(0.05)
@@ -137,7 +139,8 @@ def test_sigkill_at_any_moment_leaves_a_resumable_run(tmp_path):
     assert payload["iteration"] >= 2
     leftovers = [n for n in os.listdir(os.path.join(run, "checkpoints")) if not n.endswith(".pt")]
     assert all(n.startswith(".tmp-") for n in leftovers)
-    resumed = _cli("train", "--resume", run, "--iterations", str(payload["iteration"] + 2), "--quiet", env=env)
+    resumed = _cli("train", "--resume", run, "--iterations", str(payload["iteration"] + 2),
+                   "--quiet", env=env)
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert ckpt.load_checkpoint(run)["iteration"] == payload["iteration"] + 2
@@ -161,8 +164,10 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     a, b = final_params(one), final_params(two)
-    start = torch.load(os.path.join(one, "checkpoints", "ckpt-00000000.pt"), weights_only=True)["model"]
-    start_ddp = torch.load(os.path.join(two, "checkpoints", "ckpt-00000000.pt"), weights_only=True)["model"]
+    start = torch.load(os.path.join(one, "checkpoints", "ckpt-00000000.pt"),
+                       weights_only=True)["model"]
+    start_ddp = torch.load(os.path.join(two, "checkpoints", "ckpt-00000000.pt"),
+                           weights_only=True)["model"]
     assert_same_params(start, start_ddp, atol=0)  # ActNorm initialised on the same global batch
     diffs = torch.cat([(a[k].float() - b[k].float()).abs().flatten() for k in a])
     assert (diffs < 1e-6).float().mean() > 0.98, f"{(diffs >= 1e-6).float().mean():.1%} differ"

@@ -10,8 +10,8 @@ import math
 
 import torch
 
-from ..seeding import generator
 from ..flow.preprocess import dequantize, quantize
+from ..seeding import generator
 
 PAPER_SIZES = (0, 2, 8, 16, 32)  # at 64×64
 PAPER_COUNTS = (0, 1, 2)
@@ -25,7 +25,8 @@ def variants(square, count, image_size):
         size = 0 if k == 0 else min(image_size, max(1, round(k * image_size / 64)))
         if any(v[1] == size for v in out):
             continue
-        label = "no square" if size == 0 else f"{size}×{size}" + (" (trained)" if size == square else "")
+        label = ("no square" if size == 0
+                 else f"{size}×{size}" + (" (trained)" if size == square else ""))
         out.append((label, size, count if size else 0, "sizes"))
     for c in PAPER_COUNTS:
         trained = " (trained)" if c == count else ""
@@ -67,10 +68,12 @@ def summary_rows(result):
     for label, values in result["norms"].items():
         ok = values[torch.isfinite(values)]
         if len(ok):
-            q = torch.quantile(ok.double(), torch.tensor([0.25, 0.5, 0.75], dtype=torch.double)).tolist()
+            q = torch.quantile(ok.double(),
+                               torch.tensor([0.25, 0.5, 0.75], dtype=torch.double)).tolist()
             std = ok.std(unbiased=False).item()
             rows.append({"label": label, "n": len(values), "mean": ok.mean().item(), "std": std,
-                         "q25": q[0], "median": q[1], "q75": q[2], "nonfinite": len(values) - len(ok)})
+                         "q25": q[0], "median": q[1], "q75": q[2],
+                         "nonfinite": len(values) - len(ok)})
         else:
             nan = float("nan")
             rows.append({"label": label, "n": len(values), "mean": nan, "std": nan, "q25": nan,
@@ -80,7 +83,8 @@ def summary_rows(result):
 
 def format_table(result):
     rows = summary_rows(result)
-    lines = [f"‖Φ(x)‖ on held-out images (D = {result['dims']}, √D = {math.sqrt(result['dims']):.1f})",
+    lines = [f"‖Φ(x)‖ on held-out images (D = {result['dims']}, "
+             f"√D = {math.sqrt(result['dims']):.1f})",
              f"{'squares':<26}{'n':>5}{'mean':>10}{'std':>9}{'q25':>10}{'median':>10}{'q75':>10}"
              f"{'non-finite':>12}"]
     for r in rows:
@@ -102,10 +106,12 @@ def norms_plot(result):
     from .plot import histogram_chart, stack
 
     panels = []
-    for panel, title in (("sizes", "‖Φ(x)‖ by square size"), ("counts", "‖Φ(x)‖ by number of squares")):
+    for panel, title in (("sizes", "‖Φ(x)‖ by square size"),
+                         ("counts", "‖Φ(x)‖ by number of squares")):
         labels = list(dict.fromkeys(label for label, _, _, p in result["variants"] if p == panel))
         groups = [(label, result["norms"][label].tolist()) for label in labels]
         bad = sum(int((~torch.isfinite(result["norms"][label])).sum()) for label in labels)
-        note = f"√D = {math.sqrt(result['dims']):.1f}" + (f"; {bad} non-finite norms left out" if bad else "")
+        note = (f"√D = {math.sqrt(result['dims']):.1f}"
+                + (f"; {bad} non-finite norms left out" if bad else ""))
         panels.append(histogram_chart(groups, title=title, xlabel="‖Φ(x)‖", note=note))
     return stack(panels)

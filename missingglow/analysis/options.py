@@ -55,7 +55,8 @@ def parse_square(text):
     try:
         top, left, size = (int(p) for p in str(text).split(","))
     except ValueError:
-        raise UserError(f"--square takes TOP,LEFT,SIZE in pixels (e.g. 10,20,12), not {text!r}") from None
+        raise UserError(f"--square takes TOP,LEFT,SIZE in pixels (e.g. 10,20,12), "
+                        f"not {text!r}") from None
     if top < 0 or left < 0 or size < 1:
         raise UserError(f"--square {text}: top and left must be 0 or more and size at least 1")
     return top, left, size

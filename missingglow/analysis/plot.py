@@ -112,7 +112,8 @@ class _Axes:
             d.line([(left, y), (right, y)], fill=(232, 232, 232))
             label = _fmt(t)
             w, h = _text_size(d, label, small)
-            d.text((left - 6 - w, y - h / 2 - 2), _spell(label, small), fill=(60, 60, 60), font=small)
+            d.text((left - 6 - w, y - h / 2 - 2), _spell(label, small), fill=(60, 60, 60),
+                   font=small)
         for t in self.xt:
             x, _ = self.px(t, self.y0)
             d.line([(x, top), (x, bottom)], fill=(240, 240, 240))
@@ -124,7 +125,8 @@ class _Axes:
         w, _ = _text_size(d, title, big)
         d.text(((left + right) / 2 - w / 2, top - 26), _spell(title, big), fill=(0, 0, 0), font=big)
         w, _ = _text_size(d, xlabel, small)
-        d.text(((left + right) / 2 - w / 2, bottom + 24), _spell(xlabel, small), fill=(0, 0, 0), font=small)
+        d.text(((left + right) / 2 - w / 2, bottom + 24), _spell(xlabel, small), fill=(0, 0, 0),
+               font=small)
         # the y label, rotated, left of the tick labels
         w, h = _text_size(d, ylabel, small)
         label = Image.new("RGBA", (w + 4, h + 6), (255, 255, 255, 0))
@@ -148,10 +150,12 @@ class _Axes:
             return sum(x0 - 4 <= x <= x0 + width + 4 and y0 - 4 <= y <= y0 + height + 4
                        for x, y in points)
 
-        corners = [(right_edge - width - 8, top_edge + 8), (right_edge - width - 8, bottom_edge - height - 8),
+        corners = [(right_edge - width - 8, top_edge + 8),
+                   (right_edge - width - 8, bottom_edge - height - 8),
                    (left_edge + 8, top_edge + 8), (left_edge + 8, bottom_edge - height - 8)]
         left, top = min(corners, key=covered)
-        d.rectangle([left, top, left + width, top + height], fill=(255, 255, 255), outline=(180, 180, 180))
+        d.rectangle([left, top, left + width, top + height], fill=(255, 255, 255),
+                    outline=(180, 180, 180))
         for i, (label, colour, dashed) in enumerate(entries):
             y = top + 6 + i * line_h + 6
             _line(d, [(left + 6, y), (left + 28, y)], colour, dashed)
@@ -277,8 +281,8 @@ def label_rows(image, labels, top, step, width=None, header=None):
     """Put a text label left of each row of a grid image (rows start at `top`, every `step` px)."""
     fnt = font(12)
     probe = ImageDraw.Draw(image)
-    width = width or max([_text_size(probe, t, fnt)[0] for t in labels + ([header] if header else [])]
-                         + [0]) + 12
+    width = width or max([_text_size(probe, t, fnt)[0]
+                          for t in labels + ([header] if header else [])] + [0]) + 12
     head = 18 if header else 0
     out = Image.new("RGB", (image.size[0] + width, image.size[1] + head), (255, 255, 255))
     out.paste(image.convert("RGB"), (width, head))

@@ -18,7 +18,8 @@ def labelled_grid(rows, labels, min_tile):
     size = rows[0].shape[-1]
     scale = max(1, -(-min_tile // size))
     if scale > 1:
-        rows = [torch.nn.functional.interpolate(r, scale_factor=scale, mode="nearest") for r in rows]
+        rows = [torch.nn.functional.interpolate(r, scale_factor=scale, mode="nearest")
+                for r in rows]
     canvas, bad = grid(rows)
     return label_rows(to_pil(canvas), labels, 2, size * scale + 2), bad
 

@@ -22,7 +22,8 @@ accepted windows around one square (a few sizes and one-pixel shifts) form a clu
 formed greedily from the best-scoring window (score: boundary contrast over interior spread), any
 window overlapping the cluster's seed by more than half of the smaller one joins it, and the
 reported box is the median of the cluster's edges. So two squares that overlap by more than half
-count as one (a person counting would hesitate too); squares that touch or overlap less count as two.
+count as one (a person counting would hesitate too); squares that touch or overlap less count as
+two.
 """
 from dataclasses import dataclass
 
@@ -192,7 +193,8 @@ def detect(images, sizes, settings=DEFAULT, blobs=True):
     found = [[] for _ in range(batch.shape[0])]
     with _single_thread(), torch.no_grad():
         finite = torch.isfinite(batch.flatten(1)).all(1)
-        clean = torch.where(finite[:, None, None, None], batch.detach().float().cpu(), torch.zeros(()))
+        clean = torch.where(finite[:, None, None, None], batch.detach().float().cpu(),
+                            torch.zeros(()))
         tables = _Tables(clean)
         for k in sorted(set(int(k) for k in sizes)):
             if not 1 <= k <= size:
@@ -214,7 +216,8 @@ def _labels(mask):
     index + 1 of the component's pixels."""
     n, size = mask.shape[0], mask.shape[-1]
     big = size * size + 1
-    labels = torch.where(mask, torch.arange(1, size * size + 1).view(1, size, size).expand(n, -1, -1),
+    labels = torch.where(mask,
+                         torch.arange(1, size * size + 1).view(1, size, size).expand(n, -1, -1),
                          torch.full((), big))
     while True:
         p = torch.nn.functional.pad(labels, (1, 1, 1, 1), value=big)

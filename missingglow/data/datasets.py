@@ -1,4 +1,5 @@
-"""Masked datasets (SPEC §3): open or build the image cache, split it, hand out masked images.
+"""Masked datasets (docs/conventions.md §3): open or build the image cache, split it, hand out
+masked images.
 
     cache = open_dataset("img_align_celeba/", size=64)      # or None: the synthetic faces
     train = MaskedImages(cache, square=20, count=1, seed=0, split="train")
@@ -18,14 +19,14 @@ import time
 
 import torch
 
-from . import imagefolder, synthetic
-from .cache import SUFFIX, CacheMismatch, ImageCache, read_header, write_cache
 from ..errors import UserError
 from ..progress import echo, progress_bar
+from . import imagefolder, synthetic
+from .cache import SUFFIX, CacheMismatch, ImageCache, read_header, write_cache
 from .masks import GREY, apply_squares, check_squares, square_mask, square_positions
 
-__all__ = ["open_dataset", "dataset_of", "open_cache", "cache_path", "default_cache_dir", "heldout_indices",
-           "MaskedImages", "square_positions", "square_mask", "GREY"]
+__all__ = ["open_dataset", "dataset_of", "open_cache", "cache_path", "default_cache_dir",
+           "heldout_indices", "MaskedImages", "square_positions", "square_mask", "GREY"]
 
 SYNTHETIC_COUNT = 10_000
 HELDOUT_FRACTION = 0.05
@@ -71,7 +72,8 @@ def open_cache(path):
 
 
 def open_dataset(data=None, size=64, *, cache_dir=None, workers=None, rebuild=False,
-                 synthetic_count=SYNTHETIC_COUNT, synthetic_seed=0, synthetic_detail="full", quiet=False):
+                 synthetic_count=SYNTHETIC_COUNT, synthetic_seed=0, synthetic_detail="full",
+                 quiet=False):
     """The cache of `data` (an image folder, a `.mgcache` file, or None for the synthetic faces)
     at `size`×`size`, built if missing or stale, else reused at once. Returns an ImageCache.
 

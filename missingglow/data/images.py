@@ -66,8 +66,8 @@ def save_png(image, path):
 def load_image(path, size):
     """An image file as (3, size, size) in [0, 1]: RGB, shorter side resized, centre-cropped.
 
-    The same geometry as the dataset cache (SPEC §3), so a user's photo meets the model as the
-    training images did.
+    The same geometry as the dataset cache (docs/conventions.md §3), so a user's photo meets the
+    model as the training images did.
     """
     from .imagefolder import load_square  # the one decode/resize/crop the cache also uses
 
@@ -75,5 +75,7 @@ def load_image(path, size):
         raise UserError(f"image {path} not found")
     data, note = load_square(path, size)
     if data is None:
-        raise UserError(f"cannot read {path} as an image ({note}); pass a PNG, JPEG, BMP or WebP file")
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1).float().div(255)
+        raise UserError(f"cannot read {path} as an image ({note}); "
+                        "pass a PNG, JPEG, BMP or WebP file")
+    pixels = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(size, size, 3)
+    return pixels.permute(2, 0, 1).float().div(255)

@@ -82,7 +82,8 @@ def _hole_from(img, size, what):
 
 
 def load_mask(path, image_size, size):
-    """A mask file (non-zero = missing) for an image of `image_size` (w, h) → (1, size, size) bool."""
+    """A mask file (non-zero = missing) for an image of `image_size` (w, h) → (1, size, size)
+    bool."""
     from PIL import Image
 
     if not os.path.isfile(path):
