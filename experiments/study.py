@@ -166,7 +166,8 @@ def measure(run_dir, train_seconds, detector_square=None):
                          "E": round(r["E"], 3) if r["finite"] else None} for r in rows]
     sheet, _ = sample_sheet(run, TEMPERATURES, 12, seed=0)
     plot.save(sheet, os.path.join(run_dir, "study", f"samples-{record['iter']:08d}.png"))
-    result = evaluate.evaluate(run, IMPUTE_IMAGES, list(ALPHAS), iterations=KEEP_ITERATIONS)
+    with torch.enable_grad():  # the latent-norm inversion in evaluate takes gradient steps
+        result = evaluate.evaluate(run, IMPUTE_IMAGES, list(ALPHAS), iterations=KEEP_ITERATIONS)
     record["impute"] = [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()
                          if k in ("method", "alpha", "rmse_in", "rmse_out", "nonfinite")}
                         for row in result["rows"]]
