@@ -12,6 +12,7 @@ import torch
 from .atomic import atomic_write
 from .errors import UserError
 from .flow.model import Glow
+from .progress import echo
 
 FORMAT = "missingglow-checkpoint"
 VERSION = 1
@@ -41,8 +42,8 @@ def resolve(path):
         if not os.path.isfile(pointer):
             raise UserError(f"{path} is a folder without a `latest` checkpoint; pass a run folder "
                             "written by `missingglow train`, or a checkpoint file")
-        with open(pointer) as f:
-            path = os.path.join(path, f.read().strip())
+        with open(pointer, errors="replace") as f:
+            path = os.path.join(path, f.read().strip().replace("\0", ""))
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path} not found; pass a run folder or a .pt checkpoint file")
     return path
@@ -66,10 +67,29 @@ def _validate(payload, path):
     return payload
 
 
-def load_checkpoint(path):
-    """The validated payload of a missingglow checkpoint (a run folder or a file)."""
-    path = resolve(path)
-    return _validate(_read(path), path)
+def load_checkpoint(path, say=echo):
+    """The validated payload of a missingglow checkpoint (a run folder or a file).
+
+    A run folder whose `latest` pointer is missing, damaged or names a checkpoint that does not
+    load falls back to the newest checkpoint in `checkpoints/` that does, and says so."""
+    try:
+        resolved = resolve(path)
+        return _validate(_read(resolved), resolved)
+    except UserError:
+        folder = os.path.join(path, FOLDER)
+        if not os.path.isdir(folder):
+            raise
+        for name in sorted((n for n in os.listdir(folder)
+                            if n.startswith("ckpt-") and n.endswith(".pt")), reverse=True):
+            candidate = os.path.join(folder, name)
+            try:
+                payload = _validate(_read(candidate), candidate)
+            except UserError:
+                continue
+            say(f"{os.path.join(path, LATEST)} is missing or names no checkpoint that loads; "
+                f"using {FOLDER}/{name}, the newest one that does")
+            return payload
+        raise
 
 
 def build_model(model_config, state_dict=None):

@@ -65,3 +65,29 @@ def test_the_lock_is_released_when_its_holder_is_done(tmp_path):
             RunLock(str(tmp_path)).__enter__()
     with RunLock(str(tmp_path)):   # free again
         time.sleep(0)
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage", "binary", "truncated target"])
+def test_resume_falls_back_to_the_newest_checkpoint_that_loads(tmp_path, damage):
+    from missingglow import checkpoint as ckpt
+
+    run_dir = tmp_path / "run"
+    out = train_cli(["--out", str(run_dir), *TINY, "--checkpoint-every", "1"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    latest = run_dir / "latest"
+    newest = sorted((run_dir / "checkpoints").iterdir())[-1]
+    if damage == "missing":
+        latest.unlink()
+    elif damage == "garbage":
+        latest.write_text("garbage\n")
+    elif damage == "binary":
+        latest.write_bytes(b"\xff\x00\xfe")
+    else:  # latest points at a checkpoint cut short: the one before it must be used
+        newest.write_bytes(newest.read_bytes()[:100])
+    said = []
+    payload = ckpt.load_checkpoint(str(run_dir), say=said.append)
+    expected = 1 if damage == "truncated target" else 2
+    assert payload["iteration"] == expected and len(said) == 1 and "newest one that does" in said[0]
+    out = train_cli(["--resume", str(run_dir), "--iterations", "3", "--quiet"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "newest one that does" in out.stderr and "Traceback" not in out.stderr
