@@ -15,14 +15,14 @@ CUDA_TORCH=torch==2.14.1    # a CUDA 13.0 build, matching nvcc 13.0, only to com
 BASELINES="scikit-image opencv-python-headless"   # the optional `baselines` extra (evaluation only)
 LINT=ruff
 
-setup_venv() {  # setup_venv DIR TORCH_SPEC [EXTRA PACKAGES]
-    local dir=$1 torch_spec=$2 extra=${3:-}
-    local want="$torch_spec $extra"
+setup_venv() {  # setup_venv DIR TORCH_REQUIREMENT [EXTRA PACKAGES]
+    local dir=$1 torch_req=$2 extra=${3:-}
+    local want="$torch_req $extra"
     [ -x "$dir/bin/python" ] || "$PYTHON" -m venv "$dir"
     if [ ! -f "$dir/.missingglow-deps" ] || [ "$(cat "$dir/.missingglow-deps")" != "$want" ]; then
         "$dir/bin/python" -m pip install -q --upgrade pip
         # shellcheck disable=SC2086  # the extra packages are a word list on purpose
-        "$dir/bin/python" -m pip install -q "$torch_spec" ninja pybind11 pillow click pytest \
+        "$dir/bin/python" -m pip install -q "$torch_req" ninja pybind11 pillow click pytest \
             setuptools wheel $extra
         echo "$want" > "$dir/.missingglow-deps"
     fi

@@ -14,6 +14,8 @@ import os
 import sys
 import time
 
+import torch
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from missingglow.analysis import baselines  # noqa: E402
@@ -37,6 +39,9 @@ def main():
     ap.add_argument("-n", type=int, default=100)
     ap.add_argument("--gammas", default="0,0.001,0.003,0.01,0.03,0.1,0.3")
     ap.add_argument("--steps", default="25,50,100,150,300")
+    ap.add_argument("--holes", default=None,
+                    help="Instead of the sweeps: hole sides K (e.g. 3,5,8) on the clean held-out "
+                         "images, invert at its defaults against the baselines.")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     run = open_run(args.checkpoint)
@@ -48,6 +53,8 @@ def main():
     x0 = to_model(masked, run.n_bits)
     ref = from_model(to_model(clean, run.n_bits), run.n_bits)
     shown = from_model(x0, run.n_bits)
+    if args.holes:
+        return hole_sizes(run, held, clean, args)
     record = {"command": " ".join(sys.argv), "images": len(x0), "defaults": DEFAULTS,
               "baselines": {}, "gamma": [], "steps": [], "speed": {}}
     record["baselines"]["harmonic fill"] = rmse_in(harmonic_fill(shown, hole), ref, hole)
@@ -92,6 +99,31 @@ def main():
     save(stack([panel("gamma", "log10 γ (γ = 0 drawn at −4)", log=True),
                 panel("steps", "steps")]),
          os.path.join(args.out, "sweep.png"))
+
+
+def hole_sizes(run, held, clean, args):
+    """Invert and the baselines with K×K holes (seeded places) cut into the clean originals."""
+    from missingglow.data.masks import GREY, square_positions
+
+    size, n = run.image_size, len(clean)
+    ref = from_model(to_model(clean, run.n_bits), run.n_bits)
+    record = {"command": " ".join(sys.argv), "images": n, "defaults": DEFAULTS, "holes": []}
+    for k in (int(v) for v in args.holes.split(",")):
+        pos = torch.stack([square_positions(run.config.get("seed", 0), held.indices[j], k, 1,
+                                            size) for j in range(n)])
+        hole = square_mask(pos, k, size)
+        x = to_model(torch.where(hole, torch.tensor(GREY), clean), run.n_bits)
+        shown = from_model(x, run.n_bits)  # (to_model of this would not give x back exactly)
+        row = {"hole": k, "harmonic fill": rmse_in(harmonic_fill(shown, hole), ref, hole)}
+        for name in baselines.available()[0]:
+            row[name] = rmse_in(baselines.inpaint(name, shown, hole), ref, hole)
+        out, _ = invert(run.model, x, hole)
+        row["invert"] = rmse_in(from_model(out[0], run.n_bits), ref, hole)
+        record["holes"].append(row)
+        print(row, flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "holes.json"), "w") as f:
+        json.dump(record, f, indent=2)
 
 
 if __name__ == "__main__":

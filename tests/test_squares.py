@@ -2,17 +2,8 @@
 
 The bank (tests/squares_bank.py) puts 0–3 squares on synthetic faces, colour gradients, sinusoid
 textures, pixel noise, smooth random fields and random-shape scenes, then blurs, adds noise, tints
-the squares or quantises to 5 bits. Measured on the full bank (seed 1, 2 images per picture ×
-degradation × count; ~430 squares per row) with candidate_sizes(K, S):
-
-    S=64 K=20: precision 1.000 recall 0.988 exact count 0.986; grey content 0/24 fired
-    S=64 K=12: precision 1.000 recall 0.988 exact count 0.983; grey content 0/24 fired
-    S=32 K=10: precision 0.998 recall 0.986 exact count 0.976; grey content 0/24 fired
-    S=32 K=6:  precision 0.976 recall 0.861 exact count 0.840; grey content 0/24 fired
-    S=16 K=5:  precision 0.987 recall 0.898 exact count 0.878; grey content 1/24 (a disc of 8 px)
-    S=16 K=4:  precision 0.959 recall 0.877 exact count 0.892; grey content 1/24 (a disc of 6 px)
-
-Blur on squares of 4–6 px is the hard case. These tests run a smaller cut of the bank.
+the squares or quantises to 5 bits. Its scores on the full bank are in docs/phenomenon.md;
+these tests run a smaller cut of it.
 """
 import torch
 

@@ -125,17 +125,17 @@ def evaluate(run, n, alphas, iterations=1, seed=0, batch=50, say=None, invert_op
                 def plain():
                     return run.model.decode(alpha * z)
                 score(pools[("flow", alpha)], lambda: from_model(plain(), bits),
-                      f"flow α={alpha:g}")
+                      ("flow", alpha))
                 score(pools[("flow + keep observed", alpha)],
                       lambda: from_model(torch.where(mask, plain(), x0), bits),
-                      f"keep observed α={alpha:g}")
+                      ("flow + keep observed", alpha))
                 if iterations > 1:
                     def repeated():
                         x = x0
                         for _ in range(iterations):
                             x = torch.where(mask, run.model.decode(alpha * run.model.encode(x)), x0)
                         return from_model(x, bits)
-                    score(pools[(names[2], alpha)], repeated, f"×{iterations} α={alpha:g}")
+                    score(pools[(names[2], alpha)], repeated, (names[2], alpha))
         def inverted():
             return from_model(invert(run.model, x0, mask, **(invert_options or {}))[0][0], bits)
         score(base[INVERT], inverted, INVERT)
@@ -216,14 +216,23 @@ def report_json(path, result):
                              "skipped": result.get("skipped", {})})
 
 
-def comparison_sheet(result, methods=None, min_tile=48):
-    """The same held-out images restored by each method, a row per method (PIL image)."""
+def comparison_sheet(result, min_tile=48):
+    """The same held-out images restored by each method (the α methods at their best α), a row
+    per method (PIL image)."""
     from .sheets import labelled_grid
 
-    examples = result["examples"]
-    names = methods or [k for k in examples if k not in ("input", "original")]
-    labels = ["input", *names, "original"]
-    return labelled_grid([examples[k] for k in labels], labels, min_tile)[0]
+    examples, rows = result["examples"], result["rows"]
+    keys = ["input"]
+    for key in examples:
+        if isinstance(key, tuple):
+            best = best_alpha(rows, key[0])
+            if best is not None and best["alpha"] == key[1]:
+                keys.append(key)
+        elif key not in ("input", "original"):
+            keys.append(key)
+    keys.append("original")
+    labels = [f"{k[0]}, α={k[1]:g}" if isinstance(k, tuple) else k for k in keys]
+    return labelled_grid([examples[k] for k in keys], labels, min_tile)[0]
 
 
 def report_plot(result):

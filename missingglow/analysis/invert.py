@@ -44,6 +44,7 @@ def objective(model, z, x, observed, gamma):
     return fit + gamma * (z * z).mean(1)
 
 
+@torch.enable_grad()  # callers may run under no_grad (evaluate does); the search needs gradients
 def invert(model, x, missing, *, gamma=DEFAULTS["gamma"], steps=DEFAULTS["steps"],
            lr=DEFAULTS["lr"], alpha=DEFAULTS["alpha"], start=DEFAULTS["start"],
            optimiser=DEFAULTS["optimiser"], samples=1, spread=0.1, generator=None, on_step=None):
