@@ -5,6 +5,7 @@ dequantisation noise and the sample grids. A run resumed from a checkpoint there
 exactly what an uninterrupted run would have done, and under torchrun every rank takes its slice
 of the same global batch, so N processes compute what one process would with that batch.
 """
+import contextlib
 import json
 import math
 import os
@@ -179,29 +180,25 @@ def new_run_dir(config):
     return config.get("out") or os.path.join("runs", f"{config['preset']}-{stamp}")
 
 
-def open_run(config, resume, speak, lock):
-    """(config, run folder, checkpoint payload or None, held lock or None) for a new run or a
-    resumed one; `lock`: whether this process is the run's writer and must hold its folder."""
+def open_run(config, resume, speak, hold=None):
+    """(config, run folder, checkpoint payload or None) for a new run or a resumed one. `hold`:
+    an ExitStack that takes the run folder's lock, for the process that writes the run."""
     run_dir = new_run_dir(config) if resume is None else (
         resume if os.path.isdir(resume) else os.path.dirname(os.path.dirname(resume)))
-    held = RunLock(run_dir).__enter__() if lock else None
-    try:
-        if resume is None:
-            if os.path.exists(os.path.join(run_dir, ckpt.LATEST)):
-                raise UserError(f"run folder {run_dir} already holds a run; pass --resume "
-                                f"{run_dir} to continue it, or another --out")
-            return dict(config, out=run_dir), run_dir, None, held
-        payload = ckpt.load_checkpoint(resume)
-    except BaseException:
-        if held is not None:
-            held.__exit__(None, None, None)
-        raise
+    if hold is not None:
+        hold.enter_context(RunLock(run_dir))
+    if resume is None:
+        if os.path.exists(os.path.join(run_dir, ckpt.LATEST)):
+            raise UserError(f"run folder {run_dir} already holds a run; pass --resume "
+                            f"{run_dir} to continue it, or another --out")
+        return dict(config, out=run_dir), run_dir, None
+    payload = ckpt.load_checkpoint(resume)
     extend = (config or {}).get("iterations")
     config = dict(payload["config"], out=run_dir)
     if extend is not None:
         config["iterations"] = extend
     speak(f"resuming {run_dir} at iteration {payload['iteration']:,} of {config['iterations']:,}")
-    return config, run_dir, payload, held
+    return config, run_dir, payload
 
 
 def open_images(config, env, progress):
@@ -223,53 +220,56 @@ def train(config=None, resume=None, progress=True, say=None):
     env = Distributed()
     say = say or echo
     speak = say if env.main else (lambda msg: None)
-    config, run_dir, payload, lock = open_run(config, resume, speak, lock=env.main)
-    torch.manual_seed(config["seed"])
-    train_images, heldout = open_images(config, env, progress)
-    batches = Batches(train_images, config, env)
-    bits, dims = config["n_bits"], 3 * config["image_size"] ** 2
+    with contextlib.ExitStack() as hold:  # the process group, the run folder's lock, the bar
+        hold.callback(env.close)
+        config, run_dir, payload = open_run(config, resume, speak, hold if env.main else None)
+        torch.manual_seed(config["seed"])
+        train_images, heldout = open_images(config, env, progress)
+        batches = Batches(train_images, config, env)
+        bits, dims = config["n_bits"], 3 * config["image_size"] ** 2
 
-    model = Glow(**model_config(config)).to(env.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
-    state = {"lr_scale": 1.0, "skipped": 0, "rollbacks": 0}
-    if payload is None:
-        with torch.no_grad():  # data-dependent ActNorm init, on the whole first global batch
-            model.log_prob(batches.whole(0))
-        start = 0
-    else:
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        state.update(payload["state"])
-        start = payload["iteration"]
-    net = LogProb(model)
-    if env.world > 1:
-        net = nn.parallel.DistributedDataParallel(net)
+        model = Glow(**model_config(config)).to(env.device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
+        state = {"lr_scale": 1.0, "skipped": 0, "rollbacks": 0}
+        if payload is None:
+            with torch.no_grad():  # data-dependent ActNorm init, on the whole first global batch
+                model.log_prob(batches.whole(0))
+            start = 0
+        else:
+            model.load_state_dict(payload["model"])
+            optimizer.load_state_dict(payload["optimizer"])
+            state.update(payload["state"])
+            start = payload["iteration"]
+        net = LogProb(model)
+        if env.world > 1:
+            net = nn.parallel.DistributedDataParallel(net)
 
-    def save(iteration):
+        def save(iteration):
+            if env.main:
+                ckpt.save_checkpoint(run_dir, {
+                    "config": config, "model_config": model_config(config),
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "iteration": iteration, "state": dict(state),
+                    "rng": {"torch": torch.get_rng_state()},
+                })
+            env.barrier()
+
+        metrics = Metrics(run_dir, env.main)
+        metrics.since = start
         if env.main:
-            ckpt.save_checkpoint(run_dir, {
-                "config": config, "model_config": model_config(config),
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "iteration": iteration, "state": dict(state),
-                "rng": {"torch": torch.get_rng_state()},
-            })
-        env.barrier()
+            os.makedirs(run_dir, exist_ok=True)
+            write_json(os.path.join(run_dir, "config.json"), config)
+            metrics.append({"event": "start", "config": config} if payload is None
+                           else {"event": "resume", "iter": start})
+        if payload is None:
+            save(0)  # a rollback target from the start
 
-    metrics = Metrics(run_dir, env.main)
-    metrics.since = start
-    if env.main:
-        os.makedirs(run_dir, exist_ok=True)
-        write_json(os.path.join(run_dir, "config.json"), config)
-        metrics.append({"event": "start", "config": config} if payload is None
-                       else {"event": "resume", "iter": start})
-    if payload is None:
-        save(0)  # a rollback target from the start
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    clip = config["grad_clip"] if config["grad_clip"] else math.inf
-    iteration, bad_run = start, 0
-    with progress_bar(config["iterations"], "training", env.main and progress, start,
-                      show_pos=True, item_show_func=lambda s: s) as bar:
+        params = [p for p in model.parameters() if p.requires_grad]
+        clip = config["grad_clip"] if config["grad_clip"] else math.inf
+        iteration, bad_run = start, 0
+        bar = hold.enter_context(progress_bar(config["iterations"], "training",
+                                              env.main and progress, start, show_pos=True,
+                                              item_show_func=lambda s: s))
         try:
             while iteration < config["iterations"]:
                 # one step on this rank's slice of global batch `iteration`
@@ -323,11 +323,7 @@ def train(config=None, resume=None, progress=True, say=None):
             speak(f"interrupted: checkpoint at iteration {iteration:,} in {run_dir}; "
                   f"continue with --resume {run_dir}")
             raise
-        finally:
-            env.close()
-            if lock is not None:
-                lock.__exit__(None, None, None)
-    return run_dir
+        return run_dir
 
 
 def roll_back(run_dir, model, optimizer, state, speak, env, metrics):

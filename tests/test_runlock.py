@@ -91,3 +91,17 @@ def test_resume_falls_back_to_the_newest_checkpoint_that_loads(tmp_path, damage)
     out = train_cli(["--resume", str(run_dir), "--iterations", "3", "--quiet"], tmp_path)
     assert out.returncode == 0, out.stderr
     assert "newest one that does" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_run_that_fails_to_start_releases_its_lock(tmp_path, monkeypatch):
+    from missingglow.presets import resolve_config
+    from missingglow.train import train
+
+    monkeypatch.setenv("MISSINGGLOW_CACHE", str(tmp_path / "cache"))
+    config = resolve_config(dict(out=str(tmp_path / "run"), data=str(tmp_path / "no-such-folder"),
+                                 image_size=8, blocks=2, flows=2, hidden=8, batch=8, square=3,
+                                 iterations=1), has_gpu=False)[0]
+    with pytest.raises(UserError):
+        train(config, progress=False)
+    with RunLock(str(tmp_path / "run")):  # free again, in the same process
+        pass
