@@ -4,6 +4,7 @@ import sys
 import click
 
 from .errors import UserError
+from .progress import echo
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -113,10 +114,6 @@ def _temperatures(values, default):
     return out
 
 
-def _echo_err(message):
-    click.echo(message, err=True)
-
-
 def _checkpoint(value):
     """--checkpoint as given, else the newest run under ./runs/ (said in one line)."""
     if value is not None:
@@ -124,7 +121,7 @@ def _checkpoint(value):
     from .analysis.runs import newest_run
 
     path = newest_run()
-    _echo_err(f"using the newest run, {path} (pass --checkpoint to choose another)")
+    echo(f"using the newest run, {path} (pass --checkpoint to choose another)")
     return path
 
 
@@ -231,7 +228,7 @@ def squares(images, checkpoint, temperatures, n, seed, square, image_size, out):
     if out is None:
         out = os.path.join(checkpoint, "table1") if os.path.isdir(checkpoint) else "table1"
     os.makedirs(out, exist_ok=True)
-    rows = square_table(run, ts, n, seed, say=_echo_err)
+    rows = square_table(run, ts, n, seed, say=echo)
     click.echo(format_table1(rows))
     bad = sum(r["nonfinite"] for r in rows)
     if bad:
@@ -336,7 +333,7 @@ def impute(images, checkpoint, method, alpha, masks, samples, seed, keep_observe
         raise UserError("--square gives the square's place for --keep-observed; add "
                         "--keep-observed")
     run = open_run(_checkpoint(checkpoint))
-    items = load_inputs(run, images, masks, say=_echo_err)
+    items = load_inputs(run, images, masks, say=echo)
     if keep:
         items = [find_square(run, item, by_hand) for item in items]
     os.makedirs(out, exist_ok=True)
@@ -423,7 +420,7 @@ def evaluate(checkpoint, n, alpha, iterations, seed, classical, gamma, steps, lr
                                 classical=classical,
                                 on_batch=(lambda k: bar.update(k)) if bar is not None else None)
     for name, why in result["skipped"].items():
-        _echo_err(f"skipped {name}: not installed ({why})")
+        echo(f"skipped {name}: not installed ({why})")
     click.echo(format_report(result))
     os.makedirs(out, exist_ok=True)
     report_csv(os.path.join(out, "evaluation.csv"), result)

@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from ..data.images import finite_mask
 from ..flow.preprocess import from_model, to_model
 from .heldout import heldout_bits_per_dim
 
@@ -24,7 +25,7 @@ INVERT = "invert"
 
 def _errors(out, ref_in, ref_out, mask):
     """Pooled sums of squared errors inside/outside the mask over finite images, and counts."""
-    ok = torch.isfinite(out.flatten(1)).all(1)
+    ok = finite_mask(out)
     out, ref_in, ref_out, m = out[ok], ref_in[ok], ref_out[ok], mask[ok].expand(-1, 3, -1, -1)
     inside = ((out - ref_in) ** 2)[m].sum().item()
     outside = ((out - ref_out) ** 2)[~m].sum().item()
@@ -79,7 +80,8 @@ def evaluate(run, n, alphas, iterations=1, seed=0, batch=50, say=None, invert_op
     from ..data.datasets import MaskedImages, dataset_of
     from ..data.masks import square_mask
     from . import baselines
-    from .invert import harmonic_fill, invert
+    from .impute import restore
+    from .invert import harmonic_fill, invert, observed_mean
 
     run.need_dataset()
     c = run.config
@@ -111,31 +113,22 @@ def evaluate(run, n, alphas, iterations=1, seed=0, batch=50, say=None, invert_op
 
         examples.setdefault("input", ref_out[:8])
         examples.setdefault("original", ref_in[:8])
-        observed = (~mask).float()
-        mean = (ref_out * observed).sum((2, 3), keepdim=True) / observed.sum((2, 3), keepdim=True)
         score(base["grey fill"], lambda: ref_out, "grey fill")
-        score(base["mean-colour fill"], lambda: torch.where(mask, mean, ref_out),
-              "mean-colour fill")
+        score(base["mean-colour fill"],
+              lambda: torch.where(mask, observed_mean(ref_out, mask), ref_out), "mean-colour fill")
         score(base["harmonic fill"], lambda: harmonic_fill(ref_out, mask), "harmonic fill")
         for name in extra:
             score(base[name], lambda: baselines.inpaint(name, ref_out, mask), name)
-        with torch.no_grad():
-            z = run.model.encode(x0)
-            for alpha in alphas:
-                def plain():
-                    return run.model.decode(alpha * z)
-                score(pools[("flow", alpha)], lambda: from_model(plain(), bits),
-                      ("flow", alpha))
-                score(pools[("flow + keep observed", alpha)],
-                      lambda: from_model(torch.where(mask, plain(), x0), bits),
-                      ("flow + keep observed", alpha))
-                if iterations > 1:
-                    def repeated():
-                        x = x0
-                        for _ in range(iterations):
-                            x = torch.where(mask, run.model.decode(alpha * run.model.encode(x)), x0)
-                        return from_model(x, bits)
-                    score(pools[(names[2], alpha)], repeated, (names[2], alpha))
+        for alpha in alphas:
+            score(pools[("flow", alpha)], lambda: restore(run.model, masked, [alpha], bits)[0],
+                  ("flow", alpha))
+            score(pools[("flow + keep observed", alpha)],
+                  lambda: restore(run.model, masked, [alpha], bits, mask)[0],
+                  ("flow + keep observed", alpha))
+            if iterations > 1:
+                score(pools[(names[2], alpha)],
+                      lambda: restore(run.model, masked, [alpha], bits, mask, iterations)[0],
+                      (names[2], alpha))
         def inverted():
             return from_model(invert(run.model, x0, mask, **(invert_options or {}))[0][0], bits)
         score(base[INVERT], inverted, INVERT)
@@ -168,8 +161,6 @@ def format_report(result):
         lines.append(f"{r['method']:<30}{alpha:>6}{r['rmse_in']:>10.4f}{r['psnr_in']:>9.2f}"
                      f"{r['rmse_out']:>10.4f}{r['psnr_out']:>10.2f}{r['nonfinite']:>12d}"
                      f"{r['seconds_per_image']:>10.4f}")
-    for name, why in result.get("skipped", {}).items():
-        lines.append(f"skipped {name}: not installed ({why})")
     baselines = {r["method"]: r for r in rows if r["alpha"] is None}
     for method in dict.fromkeys(r["method"] for r in rows if r["alpha"] is not None):
         best = best_alpha(rows, method)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from ..data.images import finite_mask
 from ..errors import UserError
 from ..flow.preprocess import from_model, to_model
 
@@ -149,14 +150,13 @@ def impute_files(run, items, alphas, out_dir, keep_observed=False, iterations=1,
     number of non-finite results."""
     from ..data.images import grid, save_png
     from .plot import save
-    from .sheets import labelled_grid
+    from .sheets import column_sheet, labelled_grid
 
     lines, bad_total, columns = [], 0, []
-    size = run.image_size
     for item in items:
         mask = item.mask[None] if (keep_observed or iterations > 1) else None
         result = restore(run.model, item.image[None], alphas, run.n_bits, mask, iterations)[:, 0]
-        bad = int((~torch.isfinite(result.flatten(1)).all(1)).sum())
+        bad = int((~finite_mask(result)).sum())
         bad_total += bad
         for alpha, image in zip(alphas, result):
             path = os.path.join(out_dir, f"{item.name}-alpha{alpha:.2f}.png")
@@ -178,15 +178,7 @@ def impute_files(run, items, alphas, out_dir, keep_observed=False, iterations=1,
         lines.append(f"{item.name}: {len(alphas)} alpha(s), {how}"
                      f"{f', {iterations} iterations' if iterations > 1 else ''}{note}")
     if len(alphas) > 1 and len(items) > 1:
-        depth = max(c.shape[0] for c in columns)
-        rows = []
-        for r in range(depth):
-            row = [c[r] if r < c.shape[0] else torch.ones(3, size, size) for c in columns]
-            rows.append(torch.stack(row))
-        labels = ["input"] + [f"α={a:g}" for a in alphas]
-        if depth > len(labels):
-            labels.append("original")
-        save(labelled_grid(rows, labels, min_tile)[0],
+        save(column_sheet(columns, ["input"] + [f"α={a:g}" for a in alphas], min_tile),
              os.path.join(out_dir, "overview.png"))
     return lines, bad_total
 
@@ -206,7 +198,7 @@ def invert_files(run, items, out_dir, samples=1, seed=0, min_tile=48, on_step=No
     from ..seeding import generator
     from .invert import invert
     from .plot import save
-    from .sheets import labelled_grid
+    from .sheets import column_sheet
 
     x = to_model(torch.stack([it.image for it in items]), run.n_bits)
     hole = torch.stack([it.mask for it in items])
@@ -234,11 +226,5 @@ def invert_files(run, items, out_dir, samples=1, seed=0, min_tile=48, on_step=No
                      f"objective {start:.4f} → {end:.4f}{note}")
     labels = ["input", "restored", *[f"sample {k}" for k in range(1, samples)]]
     labels += ["spread"] if samples > 1 else []
-    depth = max(c.shape[0] for c in columns)
-    if depth > len(labels):
-        labels.append("original")
-    size = run.image_size
-    rows = [torch.stack([c[r] if r < c.shape[0] else torch.ones(3, size, size) for c in columns])
-            for r in range(depth)]
-    save(labelled_grid(rows, labels, min_tile)[0], os.path.join(out_dir, "invert.png"))
+    save(column_sheet(columns, labels, min_tile), os.path.join(out_dir, "invert.png"))
     return lines, int((~ok).sum())

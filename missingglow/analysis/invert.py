@@ -20,15 +20,19 @@ STARTS = ("fill", "input")
 DEFAULTS = dict(gamma=0.01, steps=150, lr=0.05, alpha=0.6, start="fill", optimiser="adam")
 
 
+def observed_mean(images, missing):
+    """Each image's mean colour over its observed pixels, (B, C, 1, 1)."""
+    observed = (~missing).to(images.dtype)
+    return (images * observed).sum((2, 3), keepdim=True) / observed.sum((2, 3), keepdim=True)
+
+
 def harmonic_fill(images, missing, iterations=None):
     """Fill the missing pixels by repeated 4-neighbour averaging (a discrete Laplace equation).
 
     images: (B, C, S, S); missing: (B, 1, S, S) bool. Observed pixels are never changed. Starts from
     each image's mean observed colour; the number of sweeps grows with the image side.
     """
-    observed = (~missing).to(images.dtype)
-    mean = (images * observed).sum((2, 3), keepdim=True) / observed.sum((2, 3), keepdim=True)
-    x = torch.where(missing, mean, images)
+    x = torch.where(missing, observed_mean(images, missing), images)
     for _ in range(iterations or 4 * images.shape[-1]):
         padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")
         average = (padded[..., :-2, 1:-1] + padded[..., 2:, 1:-1]

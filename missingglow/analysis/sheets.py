@@ -24,6 +24,17 @@ def labelled_grid(rows, labels, min_tile):
     return label_rows(to_pil(canvas), labels, 2, size * scale + 2), bad
 
 
+def column_sheet(columns, labels, min_tile):
+    """One column per item, (K_i, 3, S, S) each, shorter columns padded with white at the bottom;
+    a label per row, "original" added when some column is longer than `labels`."""
+    depth = max(c.shape[0] for c in columns)
+    labels = list(labels) + (["original"] if depth > len(labels) else [])
+    blank = torch.ones(columns[0].shape[1:])
+    rows = [torch.stack([c[r] if r < c.shape[0] else blank for c in columns])
+            for r in range(depth)]
+    return labelled_grid(rows, labels, min_tile)[0]
+
+
 def contact_sheet(rows, labels, min_tile=48):
     """Samples with their detected squares outlined: one row per entry of `rows` [(images, found)];
     non-finite samples as checkerboards. Returns (PIL image, non-finite count)."""
