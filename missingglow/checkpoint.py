@@ -67,14 +67,17 @@ def _validate(payload, path):
     return payload
 
 
-def load_checkpoint(path, say=echo):
-    """The validated payload of a missingglow checkpoint (a run folder or a file).
+def _load(path, say):
+    """(file, what it holds) for a checkpoint file, or for a run folder through `latest`.
 
     A run folder whose `latest` pointer is missing, damaged or names a checkpoint that does not
     load falls back to the newest checkpoint in `checkpoints/` that does, and says so."""
+    if not os.path.isdir(path):
+        resolved = resolve(path)
+        return resolved, _read(resolved)
     try:
         resolved = resolve(path)
-        return _validate(_read(resolved), resolved)
+        return resolved, _validate(_read(resolved), resolved)
     except UserError:
         folder = os.path.join(path, FOLDER)
         if not os.path.isdir(folder):
@@ -88,8 +91,14 @@ def load_checkpoint(path, say=echo):
                 continue
             say(f"{os.path.join(path, LATEST)} is missing or names no checkpoint that loads; "
                 f"using {FOLDER}/{name}, the newest one that does")
-            return payload
+            return candidate, payload
         raise
+
+
+def load_checkpoint(path, say=echo):
+    """The validated payload of a missingglow checkpoint (a run folder or a file)."""
+    resolved, raw = _load(path, say)
+    return _validate(raw, resolved)
 
 
 def build_model(model_config, state_dict=None):
@@ -109,11 +118,10 @@ def build_model(model_config, state_dict=None):
     return model
 
 
-def load_model(path, image_size=None):
+def load_model(path, image_size=None, say=echo):
     """(model in eval mode, payload) from a run folder, a missingglow checkpoint, or a
     rosinality/glow-pytorch state dict (payload is then None; image_size defaults to 64)."""
-    resolved = resolve(path)
-    raw = _read(resolved)
+    resolved, raw = _load(path, say)
     if isinstance(raw, dict) and raw.get("format") != FORMAT and any(
             k.split("module.")[-1].startswith("blocks.") for k in raw):
         from .flow.rosinality import from_rosinality

@@ -105,3 +105,16 @@ def test_a_run_that_fails_to_start_releases_its_lock(tmp_path, monkeypatch):
         train(config, progress=False)
     with RunLock(str(tmp_path / "run")):  # free again, in the same process
         pass
+
+
+def test_the_analysis_commands_take_the_same_fallback(tmp_path):
+    run_dir = tmp_path / "run"
+    out = train_cli(["--out", str(run_dir), *TINY], tmp_path)
+    assert out.returncode == 0, out.stderr
+    (run_dir / "latest").write_text("garbage\n")
+    env = {**os.environ, "MISSINGGLOW_CACHE": str(tmp_path / "cache"), "PYTHONPATH": ROOT}
+    out = subprocess.run([sys.executable, "-m", "missingglow", "sample", "--checkpoint",
+                          str(run_dir), "-n", "2", "--out", str(tmp_path / "s.png")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "newest one that does" in out.stderr
