@@ -338,4 +338,5 @@ def roll_back(run_dir, model, optimizer, state, speak, env, metrics):
           f"{payload['iteration']:,} with the learning rate halved (×{state['lr_scale']:g})")
     metrics.append({"event": "rollback", "iter": payload["iteration"],
                     "lr_scale": state["lr_scale"]})
+    metrics.since, metrics.since_time = payload["iteration"], time.perf_counter()
     return payload["iteration"]

@@ -190,3 +190,10 @@ def test_cli_says_which_preset_and_refuses_bad_settings(tmp_path):
     assert resolve_config({"preset": "paper"}, has_gpu=False)[0]["synthetic_detail"] == "full"
     with pytest.raises(UserError, match="--synthetic-detail must be full or low"):
         resolve_config({"synthetic_detail": "blurry"}, has_gpu=False)
+
+
+def test_speed_after_a_rollback_is_measured_from_the_checkpoint(tmp_path, monkeypatch):
+    nonfinite_losses(monkeypatch, {4, 5})
+    run = train(config(tmp_path, "rollback", max_bad_steps=2), progress=False)
+    speeds = [m["images_per_s"] for m in metrics(run) if "images_per_s" in m]
+    assert len(speeds) >= 6 and all(v > 0 for v in speeds), speeds
