@@ -26,13 +26,41 @@ def save_checkpoint(run_dir, payload, keep=3):
     payload = dict(payload, format=FORMAT, version=VERSION)
     name = f"ckpt-{payload['iteration']:08d}.pt"
     path = os.path.join(run_dir, FOLDER, name)
-    atomic_write(path, lambda f: torch.save(payload, f))
+    atomic_write(path, lambda f: _save(payload, f))
     atomic_write(os.path.join(run_dir, LATEST), lambda f: f.write(f"{FOLDER}/{name}\n".encode()))
     old = sorted(n for n in os.listdir(os.path.join(run_dir, FOLDER))
                  if n.startswith("ckpt-") and n.endswith(".pt"))[:-keep]
     for n in old:
         os.remove(os.path.join(run_dir, FOLDER, n))
     return path
+
+
+class _Writes:
+    """A file as torch.save sees it, remembering the OSError a write raised: torch reports a full
+    disk as its own RuntimeError, which would hide the reason."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data):
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self):
+        self.file.flush()
+
+
+def _save(payload, file):
+    writes = _Writes(file)
+    try:
+        torch.save(payload, writes)
+    except RuntimeError:
+        if writes.error is not None:
+            raise writes.error from None
+        raise
 
 
 def resolve(path):

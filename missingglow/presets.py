@@ -27,7 +27,7 @@ DEFAULTS = dict(
     preset=None, data=None, synthetic_count=10_000, synthetic_detail="full", squares=1, affine=True,
     lu=True, grad_clip=50.0, seed=0, impl=None, memory_saving=False, sample_every=1000,
     eval_every=500, checkpoint_every=500, log_every=50, heldout_images=256, max_bad_steps=5,
-    temperature=0.7,
+    temperature=0.7, channels=None,  # None: 1 for a dataset of grey images, else 3
     out=None,
 )
 
@@ -88,6 +88,7 @@ def validate(config):
                                         f"{size}×{size} image; choose --square ≤ {size}"),
         (config["squares"] >= 0, "--squares (squares per image) must be 0 or more"),
         (config["impl"] in (None, "fused", "reference"), "impl must be fused or reference"),
+        (config.get("channels") in (None, 1, 3), "channels must be 1 or 3"),
         (config["synthetic_detail"] in DETAILS,
          f"--synthetic-detail must be {' or '.join(DETAILS)}, not {config['synthetic_detail']!r}"),
     ]

@@ -7,6 +7,7 @@ resume. The holder's pid is written into the file so a second writer can say who
 import fcntl
 import os
 
+from .atomic import WriteError
 from .errors import UserError
 
 LOCK = ".lock"
@@ -20,8 +21,11 @@ class RunLock:
         self.file = None
 
     def __enter__(self):
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        self.file = open(self.path, "a+")
+        try:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            self.file = open(self.path, "a+")
+        except OSError as err:
+            raise WriteError(self.path, err) from None
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

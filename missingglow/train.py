@@ -18,12 +18,12 @@ from torch import nn
 from . import checkpoint as ckpt
 from .allocator import keep_freed_memory
 from .analysis.heldout import heldout_bits_per_dim
-from .atomic import write_json
+from .atomic import WriteError, append_line, write_json
 from .data.datasets import MaskedImages, dataset_of
 from .data.images import grid, save_png
 from .errors import UserError
 from .flow.model import Glow
-from .flow.preprocess import bits_per_dim, from_model, quantize
+from .flow.preprocess import bits_per_dim, from_model, match_channels, quantize
 from .progress import echo, progress_bar
 from .runlock import RunLock
 from .seeding import generator
@@ -34,6 +34,7 @@ METRICS = "metrics.jsonl"
 def model_config(config):
     """Glow keyword arguments from a training config."""
     out = {k: config[k] for k in ("blocks", "flows", "hidden", "affine", "lu", "image_size")}
+    out["in_channels"] = config.get("channels") or 3
     for key in ("impl", "memory_saving"):
         if config.get(key) is not None:
             out[key] = config[key]
@@ -121,10 +122,11 @@ class Batches:
 
     def batch(self, iteration, part=None):
         c, part = self.config, self.part if part is None else part
-        shape = (c["batch"], 3, c["image_size"], c["image_size"])
+        shape = (c["batch"], c["channels"], c["image_size"], c["image_size"])
         noise = torch.rand(shape, generator=generator(c["seed"], "noise", iteration))
         masked, _, _ = self.images.batch(self.order(iteration)[part])
-        return (quantize(masked, c["n_bits"]) + noise[part] / 2 ** c["n_bits"]).to(self.device)
+        x = quantize(match_channels(masked, c["channels"]), c["n_bits"])
+        return (x + noise[part] / 2 ** c["n_bits"]).to(self.device)
 
 
 class Metrics:
@@ -136,8 +138,7 @@ class Metrics:
 
     def append(self, record):
         if self.main:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(dict(record, time=time.time())) + "\n")
+            append_line(self.path, json.dumps(dict(record, time=time.time())))
 
     def add_loss(self, bpd):
         self.bpd_sum, self.bpd_count = self.bpd_sum + bpd, self.bpd_count + 1
@@ -195,19 +196,27 @@ def open_run(config, resume, speak, hold=None):
     payload = ckpt.load_checkpoint(resume)
     extend = (config or {}).get("iterations")
     config = dict(payload["config"], out=run_dir)
+    config.setdefault("channels", 3)  # runs from before grey folders trained one channel
     if extend is not None:
         config["iterations"] = extend
     speak(f"resuming {run_dir} at iteration {payload['iteration']:,} of {config['iterations']:,}")
     return config, run_dir, payload
 
 
-def open_images(config, env, progress):
-    """The training and held-out images; rank 0 builds the cache if needed, the others wait."""
+def open_images(config, env, progress, speak):
+    """The training and held-out images; rank 0 builds the cache if needed, the others wait.
+
+    A new run on a dataset whose every image is grey trains a one-channel model: three equal
+    channels would put the data on a subspace, where a flow's density has no bound."""
     if env.main:
         cache = dataset_of(config, quiet=not progress)
     env.barrier()
     if not env.main:
         cache = dataset_of(config)
+    if config.get("channels") is None:
+        config["channels"] = 1 if cache.grayscale else 3
+        if cache.grayscale:
+            speak(f"every image of {cache.source} is grayscale: training a one-channel model")
     if config["batch"] % env.world:
         raise UserError(f"batch {config['batch']} does not split evenly over {env.world} processes")
     return tuple(MaskedImages(cache, config["square"], config["squares"], config["seed"], split)
@@ -223,10 +232,11 @@ def train(config=None, resume=None, progress=True, say=None):
     with contextlib.ExitStack() as hold:  # the process group, the run folder's lock, the bar
         hold.callback(env.close)
         config, run_dir, payload = open_run(config, resume, speak, hold if env.main else None)
+        hold.enter_context(name_the_last_checkpoint(run_dir))
         torch.manual_seed(config["seed"])
-        train_images, heldout = open_images(config, env, progress)
+        train_images, heldout = open_images(config, env, progress, speak)
         batches = Batches(train_images, config, env)
-        bits, dims = config["n_bits"], 3 * config["image_size"] ** 2
+        bits, dims = config["n_bits"], config["channels"] * config["image_size"] ** 2
 
         model = Glow(**model_config(config)).to(env.device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
@@ -324,6 +334,26 @@ def train(config=None, resume=None, progress=True, say=None):
                   f"continue with --resume {run_dir}")
             raise
         return run_dir
+
+
+@contextlib.contextmanager
+def name_the_last_checkpoint(run_dir):
+    """A write that fails (a full disk, no permission) says which checkpoint is still good and how
+    to go on from it: nothing written before is lost, and no temp file is left."""
+    try:
+        yield
+    except WriteError as err:
+        try:
+            last = ckpt.resolve(run_dir)
+        except UserError:
+            last = None
+        fix = "free some space (or fix the folder's permissions)"
+        if last is None:
+            then = f"no checkpoint was written yet: {fix} and start the run again"
+        else:
+            then = (f"the last good checkpoint, {last}, is intact: {fix} and continue with "
+                    f"`missingglow train --resume {run_dir}`")
+        raise UserError(f"cannot write {err.path} ({err.reason}); {then}") from None
 
 
 def roll_back(run_dir, model, optimizer, state, speak, env, metrics):

@@ -100,8 +100,8 @@ def evaluate(run, n, alphas, iterations=1, seed=0, batch=50, say=None, invert_op
         js = list(range(start, min(start + batch, n)))
         masked, clean, positions = heldout.batch(js)
         mask = square_mask(positions, c["square"], run.image_size)           # (B, 1, S, S)
-        x0 = to_model(masked, bits)
-        ref_in = from_model(to_model(clean, bits), bits)
+        x0 = to_model(masked, bits, run.model.in_channels)
+        ref_in = from_model(to_model(clean, bits, run.model.in_channels), bits)
         ref_out = from_model(x0, bits)
 
         def score(pool, make, key):

@@ -8,7 +8,7 @@ out of both means.
 """
 import torch
 
-from ..flow.preprocess import bits_per_dim, quantize
+from ..flow.preprocess import bits_per_dim, match_channels, quantize
 from ..seeding import generator
 
 
@@ -20,6 +20,7 @@ def heldout_bits_per_dim(model, heldout, n_bits, seed, limit=None, batch=64, dev
     values = {"masked": [], "clean": []}
     for start in range(0, n, max(batch, 1)):
         masked, clean, _ = heldout.batch(list(range(start, min(start + batch, n))))
+        masked, clean = (match_channels(x, model.in_channels) for x in (masked, clean))
         dims = masked[0].numel()
         noise = torch.rand(masked.shape, generator=noise_gen) / 2 ** n_bits
         for key, images in (("masked", masked), ("clean", clean)):

@@ -87,6 +87,9 @@ def load_inputs(run, specs, masks=(), say=None):
                 item.source = "its alpha channel" if item.mask is not None else ""
         k += 1
         items.append(item)
+    if files and say and run.model.in_channels == 1:
+        say("the model has one channel (it was trained on grayscale images): colour inputs are "
+            "restored as their grey (luma) values")
     if reshaped and say:
         s = run.image_size
         say(f"{len(reshaped)} input(s) converted to RGB, shorter side resized to {s} and centre-"
@@ -131,7 +134,7 @@ def restore(model, images, alphas, n_bits, mask=None, iterations=1):
     """Every image (B, 3, S, S) at every alpha → (A, B, 3, S, S) images in [0, 1] (NaN where the
     flow's inverse was not finite). With a mask (B or 1, 1, S, S), pixels outside it keep the
     input."""
-    x0 = to_model(images, n_bits)
+    x0 = to_model(images, n_bits, model.in_channels)
     out = []
     for alpha in alphas:
         x = x0
@@ -162,7 +165,8 @@ def impute_files(run, items, alphas, out_dir, keep_observed=False, iterations=1,
             path = os.path.join(out_dir, f"{item.name}-alpha{alpha:.2f}.png")
             canvas, _ = grid([image[None]], padding=0)
             save_png(canvas, path)
-        shown = from_model(to_model(item.image[None], run.n_bits), run.n_bits)[0]
+        shown = from_model(to_model(item.image[None], run.n_bits, run.model.in_channels),
+                           run.n_bits)[0]
         column = [shown] + list(result) + ([item.clean] if item.clean is not None else [])
         columns.append(torch.stack(column))
         if len(alphas) > 1:
@@ -200,7 +204,7 @@ def invert_files(run, items, out_dir, samples=1, seed=0, min_tile=48, on_step=No
     from .plot import save
     from .sheets import column_sheet
 
-    x = to_model(torch.stack([it.image for it in items]), run.n_bits)
+    x = to_model(torch.stack([it.image for it in items]), run.n_bits, run.model.in_channels)
     hole = torch.stack([it.mask for it in items])
     out, history = invert(run.model, x, hole, samples=samples, generator=generator(seed, "invert"),
                           on_step=on_step, **options)

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from ..flow.preprocess import dequantize, quantize
+from ..flow.preprocess import dequantize, match_channels, quantize
 from ..seeding import generator
 
 PAPER_SIZES = (0, 2, 8, 16, 32)  # at 64×64
@@ -56,10 +56,11 @@ def latent_norms(run, n, seed=0, batch=50):
         out = []
         for start in range(0, m, batch):
             masked, _, _ = items.batch(list(range(start, min(start + batch, m))))
+            masked = match_channels(masked, run.model.in_channels)
             x = dequantize(quantize(masked, run.n_bits), run.n_bits, generator=gen)
             out.append(run.model.encode(x).norm(dim=1))
         norms[label] = done[(size, k)] = torch.cat(out)
-    dims = 3 * run.image_size ** 2
+    dims = run.model.in_channels * run.image_size ** 2
     return {"norms": norms, "variants": specs, "dims": dims}
 
 

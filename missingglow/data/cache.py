@@ -8,9 +8,10 @@ Layout of one cache file (format version 1):
     then `trailer_bytes` bytes   UTF-8 JSON {"names": [...], "skipped": [[name, reason], ...]}
 
 The header holds format_version, source, digest (of the source's file list), size (S), count (N),
-trailer_bytes, and a few informative fields. A file is only ever written under a temporary name in
-the same folder and renamed into place (`os.replace`), so a reader sees a whole file or none; a file
-whose header or length does not match is never read (`CacheMismatch` says why).
+trailer_bytes, grayscale (every image has R = G = B), and a few informative fields. A file is only
+ever written under a temporary name in the same folder and renamed into place (`os.replace`), so a
+reader sees a whole file or none; a file whose header or length does not match is never read
+(`CacheMismatch` says why).
 """
 import json
 import os
@@ -18,7 +19,7 @@ import time
 
 import torch
 
-from ..atomic import atomic_write
+from ..atomic import WriteError, atomic_write
 from ..errors import UserError
 
 MAGIC = b"MGLOWCACHE\n"
@@ -103,6 +104,16 @@ class ImageCache:
         return self._trailer
 
     @property
+    def grayscale(self):
+        """True when every image has R = G = B (a grey folder: training takes one channel).
+        Caches written before this was recorded are scanned once."""
+        if "grayscale" not in self.header:
+            self.header["grayscale"] = self.count > 0 and all(
+                bool((part[..., :1] == part[..., 1:]).all())
+                for part in self.images.split(1024))
+        return bool(self.header["grayscale"])
+
+    @property
     def names(self):
         """The name of each image (relative path in its folder, or `synthetic/000123`)."""
         return self._read_trailer()["names"]
@@ -130,12 +141,12 @@ def write_cache(path, *, source, digest, size, items, extra=None):
     temporary file in the same folder and renames it into place, so two writers racing leave one
     whole file. Returns the opened ImageCache. An unwritable folder or a full disk is a UserError.
     """
-    names, skipped, upscaled = [], [], 0
+    names, skipped, upscaled, grey = [], [], 0, True
     frame = size * size * 3
     header = {}
 
     def write(f):
-        nonlocal upscaled
+        nonlocal upscaled, grey
         f.write(b"\0" * HEADER_BYTES)
         for name, data, note in items:
             if data is None:
@@ -146,6 +157,7 @@ def write_cache(path, *, source, digest, size, items, extra=None):
             f.write(data)
             names.append(name)
             upscaled += note == "upscaled"
+            grey = grey and data[0::3] == data[1::3] == data[2::3]
         trailer = json.dumps({"names": names, "skipped": skipped}).encode("utf-8")
         f.write(trailer)
         header.update({
@@ -158,6 +170,7 @@ def write_cache(path, *, source, digest, size, items, extra=None):
             "trailer_bytes": len(trailer),
             "skipped": len(skipped),
             "upscaled": upscaled,
+            "grayscale": bool(names) and grey,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **(extra or {}),
         })
@@ -169,8 +182,8 @@ def write_cache(path, *, source, digest, size, items, extra=None):
 
     try:
         atomic_write(path, write)
-    except OSError as err:
-        raise UserError(f"cannot write the image cache {path} ({err.strerror or err}); free some "
+    except WriteError as err:
+        raise UserError(f"cannot write the image cache {path} ({err.reason}); free some "
                         "space or pass --cache DIR / set MISSINGGLOW_CACHE to another folder"
                         ) from None
     return ImageCache(path, header)

@@ -34,17 +34,41 @@ def bits_per_dim(log_prob, n_bits, dims):
     return (-log_prob + dims * math.log(2 ** n_bits)) / (dims * math.log(2))
 
 
-def to_model(images, n_bits):
-    """[0, 1] images → model space, at the centre of each quantisation bin."""
-    return quantize(images, n_bits) + 0.5 / 2 ** n_bits
+def luma(images):
+    """RGB [0, 1] images (..., 3, S, S) → grey (..., 1, S, S) on 8-bit values, rounded as Pillow's
+    convert("L") rounds: a grey image (R = G = B) keeps its exact values."""
+    v = (images.double() * 255).round()
+    y = torch.floor((v[..., 0:1, :, :] * 19595 + v[..., 1:2, :, :] * 38470
+                     + v[..., 2:3, :, :] * 7471 + 32768) / 65536)
+    return (y / 255).to(images.dtype)
+
+
+def match_channels(images, channels):
+    """Images in [0, 1] with the channels a model takes: RGB → grey by `luma` for a one-channel
+    model, grey → RGB by repetition (docs/conventions.md §1)."""
+    have = images.shape[-3]
+    if channels is None or have == channels:
+        return images
+    if have == 3 and channels == 1:
+        return luma(images)
+    if have == 1 and channels == 3:
+        return torch.cat([images] * 3, dim=-3)
+    raise ValueError(f"cannot turn {have}-channel images into {channels}-channel ones")
+
+
+def to_model(images, n_bits, channels=None):
+    """[0, 1] images → model space, at the centre of each quantisation bin; `channels`: the
+    model's (RGB images meet a one-channel model as their luma)."""
+    return quantize(match_channels(images, channels), n_bits) + 0.5 / 2 ** n_bits
 
 
 def from_model(x, n_bits):
-    """Model space → [0, 1] images; images with any non-finite value become all-NaN (counted by
-    callers, drawn as a checkerboard by images.grid)."""
+    """Model space → [0, 1] RGB images (a one-channel model's repeated to R = G = B); images
+    with any non-finite value become all-NaN (counted by callers, drawn as a checkerboard by
+    images.grid)."""
     out = to_unit_range(x - 0.5 / 2 ** n_bits)
     bad = ~torch.isfinite(x.flatten(1)).all(1)
     if bad.any():
         out = out.clone()
         out[bad] = float("nan")
-    return out
+    return match_channels(out, 3)
