@@ -188,6 +188,7 @@ def open_run(config, resume, speak, hold=None):
         resume if os.path.isdir(resume) else os.path.dirname(os.path.dirname(resume)))
     if hold is not None:
         hold.enter_context(RunLock(run_dir))
+        remove_temp_files(run_dir)
     if resume is None:
         if os.path.exists(os.path.join(run_dir, ckpt.LATEST)):
             raise UserError(f"run folder {run_dir} already holds a run; pass --resume "
@@ -334,6 +335,17 @@ def train(config=None, resume=None, progress=True, say=None):
                   f"continue with --resume {run_dir}")
             raise
         return run_dir
+
+
+def remove_temp_files(run_dir):
+    """Delete the temp files of writes cut short by a killed process (atomic.py names them
+    `.tmp-…`); safe only while holding the run's lock, when no other process writes there."""
+    for folder in (run_dir, os.path.join(run_dir, ckpt.FOLDER), os.path.join(run_dir, "samples")):
+        if os.path.isdir(folder):
+            for name in os.listdir(folder):
+                if name.startswith(".tmp-"):
+                    with contextlib.suppress(OSError):
+                        os.remove(os.path.join(folder, name))
 
 
 @contextlib.contextmanager

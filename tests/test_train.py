@@ -139,11 +139,13 @@ def test_sigkill_at_any_moment_leaves_a_resumable_run(tmp_path):
     assert payload["iteration"] >= 2
     leftovers = [n for n in os.listdir(os.path.join(run, "checkpoints")) if not n.endswith(".pt")]
     assert all(n.startswith(".tmp-") for n in leftovers)
+    open(os.path.join(run, "checkpoints", ".tmp-cut-short"), "wb").close()  # as a kill leaves one
     resumed = _cli("train", "--resume", run, "--iterations", str(payload["iteration"] + 2),
                    "--quiet", env=env)
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert ckpt.load_checkpoint(run)["iteration"] == payload["iteration"] + 2
+    assert not [n for n in os.listdir(os.path.join(run, "checkpoints")) if n.startswith(".tmp-")]
 
 
 def test_two_gloo_processes_match_one_process(tmp_path):

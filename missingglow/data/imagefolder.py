@@ -5,6 +5,7 @@ for a bad file: it returns the reason instead, and the caller counts and names t
 """
 import hashlib
 import os
+import warnings
 
 from PIL import Image, ImageOps
 
@@ -96,7 +97,12 @@ def load_square(path, size):
     below `size`, or, with bytes None, why the file was skipped.
     """
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            # Pillow warns from MAX_IMAGE_PIXELS and refuses from twice that; a large photo
+            # below the refusal decodes (JPEGs at a fraction of their size) and needs no warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
             # JPEG: let the decoder shrink by 1/2, 1/4 or 1/8 while keeping both sides >= size
             # (several times faster on large photos; CelebA at 64 px decodes at 1/2).
             img.draft("RGB", (size, size))
@@ -115,6 +121,9 @@ def load_square(path, size):
 
 
 def _reason(err):
+    if isinstance(err, Image.DecompressionBombError):
+        return (f"more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, refused as a possible "
+                "decompression bomb")
     if isinstance(err, OSError) and err.strerror:  # e.g. a broken link, no permission
         return err.strerror
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
