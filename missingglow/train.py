@@ -200,7 +200,12 @@ def open_run(config, resume, speak, hold=None):
     config.setdefault("channels", 3)  # runs from before grey folders trained one channel
     if extend is not None:
         config["iterations"] = extend
-    speak(f"resuming {run_dir} at iteration {payload['iteration']:,} of {config['iterations']:,}")
+    if payload["iteration"] >= config["iterations"]:
+        speak(f"{run_dir} has finished its {config['iterations']:,} iterations; pass "
+              "--iterations N (more) to train it further")
+    else:
+        speak(f"resuming {run_dir} at iteration {payload['iteration']:,} of "
+              f"{config['iterations']:,}")
     return config, run_dir, payload
 
 

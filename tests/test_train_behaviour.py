@@ -1,0 +1,207 @@
+"""What the training loop promises beyond resuming exactly: it learns (held-out bits/dim falls),
+Ctrl-C saves and exits 130, three checkpoints are kept, the warm-up and the gradient clipping have
+the values configured, the process group splits batches evenly, agrees on non-finite steps and
+lets rank 0 build the cache first, resuming works from a file and says when a run is finished, and
+every setting `validate()` checks is refused with a message."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from missingglow import checkpoint as ckpt
+from missingglow import train as train_module
+from missingglow.errors import UserError
+from missingglow.presets import resolve_config, validate
+from missingglow.train import open_images, set_lr, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(image_size=8, blocks=2, flows=2, hidden=8, batch=8, synthetic_count=48, square=3,
+            iterations=6, lr=1e-3, warmup=2, eval_every=1000, sample_every=1000,
+            checkpoint_every=3, log_every=1, heldout_images=8)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MISSINGGLOW_CACHE", str(tmp_path / "cache"))
+
+
+def config(tmp_path, name, **overrides):
+    return resolve_config(dict(TINY, out=str(tmp_path / name), **overrides), has_gpu=False)[0]
+
+
+def logged(run, key):
+    import json
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        return [(r["iter"], r[key]) for r in map(json.loads, f) if key in r]
+
+
+def test_training_lowers_heldout_bits_per_dim(tmp_path):
+    run = train(config(tmp_path, "learn", iterations=300, eval_every=100, synthetic_count=200,
+                       heldout_images=16, checkpoint_every=1000, log_every=100, lr=3e-3,
+                       warmup=20), progress=False)
+    clean = [bpd for _, bpd in logged(run, "heldout_bpd_clean")]
+    assert len(clean) == 3 and clean[0] > clean[1] > clean[2], clean
+    assert clean[0] - clean[2] > 0.1, clean  # it falls by about 0.15 in these 300 steps
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
+    run = str(tmp_path / "stopped")
+    args = ["train", "--size", "8", "--blocks", "2", "--flows", "2", "--hidden", "8", "--batch",
+            "8", "--synthetic-count", "48", "--square", "3", "--eval-every", "100000",
+            "--sample-every", "100000", "--checkpoint-every", "100000", "--iterations", "100000",
+            "--out", run, "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "missingglow", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not os.path.exists(os.path.join(run, "metrics.jsonl")) or \
+            len(logged(run, "bpd")) < 3:
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    iteration = ckpt.load_checkpoint(run)["iteration"]
+    assert iteration >= 3  # saved where it stopped, not only the checkpoint of iteration 0
+    assert f"interrupted: checkpoint at iteration {iteration:,} in {run}" in err
+
+
+def test_the_newest_three_checkpoints_are_kept(tmp_path):
+    for i in (5, 1, 10, 3, 7):
+        ckpt.save_checkpoint(str(tmp_path), {"iteration": i})
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == [
+        "ckpt-00000005.pt", "ckpt-00000007.pt", "ckpt-00000010.pt"]
+    assert ckpt.load_checkpoint(str(tmp_path))["iteration"] == 7  # `latest`: the last written
+
+
+class _Opt:
+    def __init__(self):
+        self.param_groups = [{}, {}]
+
+
+def test_warmup_is_linear_then_constant_and_scaled():
+    c = {"lr": 1e-3, "warmup": 4}
+    opt = _Opt()
+    assert [set_lr(opt, c, i, 1.0) for i in range(6)] == pytest.approx(
+        [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+    assert set_lr(opt, c, 10, 0.25) == pytest.approx(2.5e-4)
+    assert all(g["lr"] == pytest.approx(2.5e-4) for g in opt.param_groups)
+    assert set_lr(opt, {"lr": 1e-3, "warmup": 0}, 0, 1.0) == pytest.approx(1e-3)
+
+
+def test_gradients_are_clipped_to_the_configured_norm(tmp_path, monkeypatch):
+    norms = []
+    real_step = torch.optim.Adam.step
+
+    def step(self, *args, **kwargs):
+        grads = [p.grad.flatten() for g in self.param_groups for p in g["params"]
+                 if p.grad is not None]
+        norms.append(torch.cat(grads).norm().item())
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    run = train(config(tmp_path, "clip", iterations=3, grad_clip=0.01), progress=False)
+    logged_norms = [n for _, n in logged(run, "grad_norm")]
+    assert len(norms) == 3 and max(norms) <= 0.01 * (1 + 1e-4), norms
+    assert min(logged_norms) > 0.01  # the log shows the norm before clipping
+    norms.clear()
+    train(config(tmp_path, "free", iterations=3, grad_clip=0), progress=False)
+    assert max(norms) > 0.01  # 0 turns clipping off
+
+
+class FakeGroup:
+    """A process group of `world` ranks, seen from `rank`, recording the order of events."""
+
+    def __init__(self, rank, world, events):
+        self.rank, self.world, self.events, self.device = rank, world, events, "cpu"
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+    def barrier(self):
+        self.events.append("barrier")
+
+
+def test_rank_zero_builds_the_cache_while_the_others_wait(tmp_path, monkeypatch):
+    c = config(tmp_path, "ranks")
+    events = []
+    real = train_module.dataset_of
+    monkeypatch.setattr(train_module, "dataset_of", lambda *a, **k: events.append("cache") or
+                        real(*a, **k))
+    open_images(dict(c), FakeGroup(0, 2, events), False, print)
+    assert events == ["cache", "barrier"]
+    events.clear()
+    open_images(dict(c), FakeGroup(1, 2, events), False, print)
+    assert events == ["barrier", "cache"]
+
+
+def test_a_batch_must_split_evenly_over_the_processes(tmp_path):
+    with pytest.raises(UserError, match="batch 8 does not split evenly over 3 processes"):
+        open_images(config(tmp_path, "odd"), FakeGroup(0, 3, []), False, print)
+
+
+def _guard(rank, world, port, flags, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    env = train_module.Distributed()
+    try:
+        out[rank] = [env.all_finite(flag) for flag in flags[rank]]
+    finally:
+        env.close()
+
+
+def test_the_non_finite_guard_agrees_across_ranks():
+    """A step is skipped on every rank when any rank saw a non-finite loss or gradient."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    flags = {0: [True, True, False, True], 1: [True, False, True, True]}
+    ctx = torch.multiprocessing.get_context("spawn")
+    out = ctx.Manager().dict()
+    procs = [ctx.Process(target=_guard, args=(r, 2, port, flags, out)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert out[0] == out[1] == [True, False, False, True]
+
+
+def test_resume_from_a_checkpoint_file_and_of_a_finished_run(tmp_path):
+    said = []
+    run = train(config(tmp_path, "files", iterations=3), progress=False)
+    first = os.path.join(run, "checkpoints", "ckpt-00000003.pt")
+    train({"iterations": 6}, resume=first, progress=False)
+    assert ckpt.load_checkpoint(run)["iteration"] == 6
+    train(None, resume=run, progress=False, say=said.append)
+    assert ckpt.load_checkpoint(run)["iteration"] == 6
+    assert any("has finished its 6 iterations" in line for line in said), said
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("image_size", 10, "divisible by 2\\^blocks"),
+    ("blocks", 0, "at least 1"),
+    ("flows", 0, "at least 1"),
+    ("hidden", 0, "at least 1"),
+    ("n_bits", 0, "n_bits must be 1 to 8"),
+    ("n_bits", 9, "n_bits must be 1 to 8"),
+    ("batch", 0, "batch must be at least 1"),
+    ("iterations", -1, "iterations must be 0 or more"),
+    ("lr", 0.0, "learning rate must be positive"),
+    ("square", 9, "does not fit a 8×8 image"),
+    ("squares", -1, "--squares"),
+    ("impl", "fast", "impl must be fused or reference"),
+    ("synthetic_detail", "blurry", "--synthetic-detail must be"),
+    ("channels", 2, "channels must be 1 or 3"),
+])
+def test_validate_refuses_each_bad_setting(tmp_path, key, value, message):
+    good = config(tmp_path, "v")
+    validate(good)
+    with pytest.raises(UserError, match=message):
+        validate(dict(good, **{key: value}))
