@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# Mutation testing with mutmut 3 (not run by CI; docs/mutation.md holds the last report).
+#
+#   tests/mutation.sh [TARGET ...]     TARGET: loss pooling heldout counter checkpoint guard
+#                                      (default: all of them)
+#
+# The targets: loss = bits_per_dim (flow/preprocess.py); pooling = _errors, _Pool and _psnr
+# (analysis/evaluate.py); heldout = analysis/heldout.py; counter = analysis/squares.py;
+# checkpoint = checkpoint.py; guard = the non-finite guard of train.py: roll_back,
+# Distributed.all_finite and the mutants of train() that change a line of the guard's block or a
+# line that counts the bad steps (bad_run, the state dict).
+#
+# It copies the checkout's working tree (tracked and untracked, not ignored files; with
+# MUTATION_REV=<commit>, that commit instead) and the built missingglow._C to build/mutation,
+# runs mutmut there with [tool.mutmut] of pyproject.toml, and writes the summary with every
+# surviving mutant's diff to build/mutation/report.md. In that folder `mutmut show NAME` and
+# `mutmut browse` work on the result. mutmut 3 leaves decorated functions alone, so in the copy
+# heldout_bits_per_dim's @torch.no_grad() becomes a `with torch.no_grad():` around its body (the
+# same behaviour) so that it is mutated too.
+#
+# Environment: PYTHON (default .venv/bin/python, which must have mutmut: pip install mutmut),
+# MUTATION_JOBS (parallel mutants, default the number of CPUs), MUTATION_DIR (default
+# build/mutation). OMP_NUM_THREADS defaults to 1: each mutant is a small CPU test run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PY=${PYTHON:-$ROOT/.venv/bin/python}
+WORK=${MUTATION_DIR:-$ROOT/build/mutation}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+MUTMUT="$(dirname "$PY")/mutmut"
+[ -x "$MUTMUT" ] || { echo "mutmut not found beside $PY: pip install mutmut" >&2; exit 2; }
+ls missingglow/_C*.so >/dev/null 2>&1 || {
+    echo "missingglow._C is not built: pip install --no-build-isolation -e ." >&2; exit 2; }
+
+PARTS=(missingglow tests pytest.ini pyproject.toml)
+rm -rf "$WORK"
+mkdir -p "$WORK"
+if [ -n "${MUTATION_REV:-}" ]; then
+    git archive "$MUTATION_REV" -- "${PARTS[@]}" | tar -x -C "$WORK"
+    SOURCE="commit $(git rev-parse --short "$MUTATION_REV")"
+else
+    git ls-files -z --cached --others --exclude-standard -- "${PARTS[@]}" \
+        | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done \
+        | xargs -0 cp --parents -t "$WORK"
+    SOURCE="the working tree at commit $(git rev-parse --short HEAD)"
+    git diff --quiet HEAD -- "${PARTS[@]}" || SOURCE="$SOURCE, with uncommitted changes"
+fi
+cp missingglow/_C*.so "$WORK/missingglow/"
+
+cd "$WORK"
+exec "$PY" - "$MUTMUT" "${MUTATION_JOBS:-$(getconf _NPROCESSORS_ONLN)}" "$SOURCE" \
+    "$@" <<'PYTHON'
+import ast
+import fnmatch
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+mutmut, jobs, source, *wanted = sys.argv[1:]
+
+TARGETS = {  # name: (file, mutant-name globs)
+    "loss": ("missingglow/flow/preprocess.py",
+             ["missingglow.flow.preprocess.x_bits_per_dim__mutmut_*"]),
+    "pooling": ("missingglow/analysis/evaluate.py",
+                ["missingglow.analysis.evaluate.x__errors__mutmut_*",
+                 "missingglow.analysis.evaluate.xǁ_Poolǁ*__mutmut_*",
+                 "missingglow.analysis.evaluate.x__psnr__mutmut_*"]),
+    "heldout": ("missingglow/analysis/heldout.py", ["missingglow.analysis.heldout.*"]),
+    "counter": ("missingglow/analysis/squares.py", ["missingglow.analysis.squares.*"]),
+    "checkpoint": ("missingglow/checkpoint.py", ["missingglow.checkpoint.*"]),
+    "guard": ("missingglow/train.py",
+              ["missingglow.train.x_roll_back__mutmut_*",
+               "missingglow.train.xǁDistributedǁall_finite__mutmut_*"]),
+}
+wanted = wanted or list(TARGETS)
+unknown = [w for w in wanted if w not in TARGETS]
+if unknown:
+    sys.exit(f"unknown target(s) {unknown}; choose from {' '.join(TARGETS)}")
+
+
+def undecorate(path):
+    """@torch.no_grad() on a function → `with torch.no_grad():` around its body (after the
+    docstring), so that mutmut, which skips decorated functions, mutates it."""
+    lines = Path(path).read_text().splitlines(keepends=True)
+    tree = ast.parse("".join(lines))
+    found = [f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
+             and [ast.unparse(d) for d in f.decorator_list] == ["torch.no_grad()"]]
+    for f in sorted(found, key=lambda f: -f.lineno):
+        body = f.body[1:] if (isinstance(f.body[0], ast.Expr)
+                              and isinstance(f.body[0].value, ast.Constant)) else f.body
+        first, last = body[0].lineno - 1, f.end_lineno
+        strings = [n for n in ast.walk(f) if isinstance(n, ast.Constant)
+                   and isinstance(n.value, str) and n.lineno != n.end_lineno
+                   and n.lineno - 1 >= first]
+        assert not strings, f"{path}: a multi-line string in {f.name} would change when indented"
+        indent = " " * body[0].col_offset
+        lines[first:last] = [indent + "with torch.no_grad():\n"] + [
+            ("    " + line) if line.strip() else line for line in lines[first:last]]
+        d = f.decorator_list[0]
+        del lines[d.lineno - 1:d.end_lineno]
+    Path(path).write_text("".join(lines))
+    ast.parse("".join(lines))
+    return [f.name for f in found]
+
+
+def guard_lines(path):
+    """Line numbers of train()'s guard: from the `# the guard` comment to the `bad_run = 0` after
+    the optimiser's step, and every line of train() that names bad_run or builds the state."""
+    source = Path(path).read_text().splitlines()
+    train = next(f for f in ast.parse("\n".join(source)).body
+                 if isinstance(f, ast.FunctionDef) and f.name == "train")
+    start = next(i for i in range(train.lineno, train.end_lineno + 1)
+                 if "# the guard" in source[i - 1])
+    end = next(i for i in range(start, train.end_lineno + 1)
+               if source[i - 1].strip() == "bad_run = 0")
+    lines = set(range(start, end + 1))
+    lines |= {i for i in range(train.lineno, train.end_lineno + 1)
+              if "bad_run" in source[i - 1] or source[i - 1].strip().startswith("state = {")}
+    return train.lineno, lines, source
+
+
+def changed_lines(diff, first_line):
+    """Source line numbers of the lines a mutant's diff (of one function) removes or changes."""
+    out, old = set(), None
+    for line in diff.splitlines():
+        m = re.match(r"@@ -(\d+)", line)
+        if m:
+            old = int(m.group(1))
+        elif old is None or line.startswith(("---", "+++")):
+            continue
+        elif line.startswith("-"):
+            out.add(first_line + old - 1)
+            old += 1
+        elif line.startswith(" "):
+            old += 1
+    return out
+
+
+def meta():
+    keys = {}
+    for f in Path("mutants").rglob("*.py.meta"):
+        keys.update(json.loads(f.read_text())["exit_code_by_key"])
+    return keys
+
+
+def run(names):
+    began = time.time()
+    subprocess.run([mutmut, "run", "--max-children", jobs, *names], check=True)
+    return time.time() - began
+
+
+began = time.time()
+print("in the copy,", "undecorated:", undecorate("missingglow/analysis/heldout.py"))
+globs = [g for t in wanted for g in TARGETS[t][1]]
+run(globs)                         # generates every mutant, collects which tests call what
+
+from mutmut.mutation.diff_apply import get_diff_for_mutant  # noqa: E402 (needs mutants/ first)
+
+exit_codes = meta()
+selected = {t: sorted(k for k in exit_codes if any(fnmatch.fnmatch(k, g) for g in TARGETS[t][1]))
+            for t in wanted}
+if "guard" in wanted:
+    first, lines, _ = guard_lines("missingglow/train.py")
+    inside = []
+    for key in sorted(k for k in exit_codes if k.startswith("missingglow.train.x_train__mutmut_")):
+        touched = changed_lines(get_diff_for_mutant(key, path="missingglow/train.py"), first)
+        if touched & lines:
+            inside.append(key)
+    print(f"guard: {len(inside)} of train()'s mutants change a line of the guard")
+    run(inside)
+    selected["guard"] += inside
+
+from mutmut.stats import status_by_exit_code  # noqa: E402
+
+exit_codes = meta()
+out = [f"# mutmut report on {source}: {time.strftime('%Y-%m-%d %H:%M')}, "
+       f"{time.time() - began:.0f} s with {jobs} jobs", ""]
+for t in wanted:
+    status = {k: status_by_exit_code[exit_codes[k]] for k in selected[t]}
+    counts = {}
+    for s in status.values():
+        counts[s] = counts.get(s, 0) + 1
+    out.append(f"## {t} ({TARGETS[t][0]}): {len(status)} mutants: "
+               + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    for k, s in status.items():
+        if s != "killed":
+            out += ["", f"### {k}: {s}", "```diff",
+                    get_diff_for_mutant(k, path=TARGETS[t][0]), "```"]
+    out.append("")
+Path("report.md").write_text("\n".join(out))
+print("\n".join(line for line in out if line.startswith("#")))
+print(f"report with the survivors' diffs: {Path('report.md').resolve()}")
+PYTHON
