@@ -67,3 +67,35 @@ def env_with_cache(cache_dir):
     env = dict(os.environ)
     env["MISSINGGLOW_CACHE"] = str(cache_dir)
     return env
+
+
+def run_in_process(args, env=None, cwd=None):
+    """`missingglow ARGS` run in this process, as a CompletedProcess (returncode, stdout, stderr):
+    the command line's own entry point, without paying a Python and torch start per call. `env`
+    entries are set for the call only."""
+    import contextlib
+    import io
+    import subprocess
+
+    from missingglow.cli import main
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    saved = {k: os.environ.get(k) for k in (env or {})}
+    here = os.getcwd()
+    try:
+        os.environ.update({k: str(v) for k, v in (env or {}).items()})
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main([str(a) for a in args])
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        os.chdir(here)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())

@@ -15,7 +15,7 @@ from missingglow.data.masks import alpha_mask, load_mask
 from missingglow.errors import UserError
 from missingglow.flow.model import Glow
 
-from helpers import env_with_cache, randomize, tiny_run
+from helpers import env_with_cache, randomize, run_in_process, tiny_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -147,9 +147,14 @@ def setup(tmp_path_factory):
 
 
 def run_cli(setup, *args, cwd=None, env=None):
-    proc = subprocess.run([sys.executable, "-m", "missingglow", *args], cwd=cwd or setup["base"],
-                          env=env or {**setup["env"], "PYTHONPATH": ROOT}, capture_output=True,
-                          text=True, timeout=600)
+    """The command line in this process, or with `env` in a child process of its own."""
+    if env is None:
+        proc = run_in_process(args, cwd=cwd or setup["base"],
+                              env={"MISSINGGLOW_CACHE": setup["env"]["MISSINGGLOW_CACHE"]})
+    else:
+        proc = subprocess.run([sys.executable, "-m", "missingglow", *args],
+                              cwd=cwd or setup["base"], env=env, capture_output=True, text=True,
+                              timeout=600)
     return proc.returncode, proc.stdout, proc.stderr
 
 

@@ -11,6 +11,8 @@ import pytest
 from missingglow.errors import UserError
 from missingglow.runlock import RunLock
 
+from helpers import run_in_process
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--size", "8", "--blocks", "2", "--flows", "2", "--hidden", "8", "--batch", "8",
         "--synthetic-count", "48", "--square", "3", "--iterations", "2", "--eval-every", "1000",
@@ -28,9 +30,7 @@ def holder(run_dir):
 
 
 def train_cli(args, tmp_path):
-    env = {**os.environ, "MISSINGGLOW_CACHE": str(tmp_path / "cache"), "PYTHONPATH": ROOT}
-    return subprocess.run([sys.executable, "-m", "missingglow", "train", *args], env=env,
-                          capture_output=True, text=True, timeout=300)
+    return run_in_process(["train", *args], env={"MISSINGGLOW_CACHE": tmp_path / "cache"})
 
 
 def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
@@ -112,9 +112,7 @@ def test_the_analysis_commands_take_the_same_fallback(tmp_path):
     out = train_cli(["--out", str(run_dir), *TINY], tmp_path)
     assert out.returncode == 0, out.stderr
     (run_dir / "latest").write_text("garbage\n")
-    env = {**os.environ, "MISSINGGLOW_CACHE": str(tmp_path / "cache"), "PYTHONPATH": ROOT}
-    out = subprocess.run([sys.executable, "-m", "missingglow", "sample", "--checkpoint",
-                          str(run_dir), "-n", "2", "--out", str(tmp_path / "s.png")], env=env,
-                         capture_output=True, text=True, timeout=300)
+    out = run_in_process(["sample", "--checkpoint", run_dir, "-n", "2", "--out",
+                          tmp_path / "s.png"], env={"MISSINGGLOW_CACHE": tmp_path / "cache"})
     assert out.returncode == 0, out.stderr
     assert "newest one that does" in out.stderr
