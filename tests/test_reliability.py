@@ -21,7 +21,7 @@ from missingglow.cli import main
 from missingglow.data.imagefolder import load_square
 from missingglow.data.synthetic import draw_face
 
-from helpers import tiny_run
+from helpers import run_in_process, tiny_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = ["train", "--size", "8", "--blocks", "2", "--flows", "2", "--hidden", "8", "--batch", "8",
@@ -196,22 +196,18 @@ def test_training_on_a_real_full_disk(tmp_path, cache):
     disk = tmp_path / "disk"
     full_disk(disk, "1m")
     try:
-        env = dict(os.environ, MISSINGGLOW_CACHE=str(cache))
-        train = [sys.executable, "-m", "missingglow", *TRAIN, "--hidden", "48",
-                 "--checkpoint-every", "1", "--sample-every", "1000", "--out", str(disk / "run")]
-        done = subprocess.run([*train, "--iterations", "400"], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=600)
-        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-        lines = done.stderr.strip().splitlines()
-        assert len(lines) == 1 and "No space left on device" in lines[0], done.stderr
-        assert "is intact" in lines[0] and not temp_files(disk)
-        iteration = ckpt.load_checkpoint(str(disk / "run"))["iteration"]
+        run = disk / "run"
+        done = run_in_process([*TRAIN, "--hidden", "48", "--checkpoint-every", "1",
+                               "--sample-every", "1000", "--iterations", "400", "--out", run])
+        line = error_line(done.stderr)
+        assert done.returncode == 2 and "No space left on device" in line, done.stderr
+        assert "is intact" in line and not temp_files(disk)
+        iteration = ckpt.load_checkpoint(str(run))["iteration"]
         subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
-        resumed = subprocess.run([sys.executable, "-m", "missingglow", "train", "--resume",
-                                  str(disk / "run"), "--iterations", str(iteration + 2), "--quiet"],
-                                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        resumed = run_in_process(["train", "--resume", run, "--iterations", iteration + 2,
+                                  "--quiet"])
         assert resumed.returncode == 0, resumed.stderr
-        assert ckpt.load_checkpoint(str(disk / "run"))["iteration"] == iteration + 2
+        assert ckpt.load_checkpoint(str(run))["iteration"] == iteration + 2
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 

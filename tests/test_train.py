@@ -16,6 +16,8 @@ from missingglow.errors import UserError
 from missingglow.presets import resolve_config
 from missingglow.train import train
 
+from helpers import run_in_process
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(image_size=8, blocks=2, flows=2, hidden=8, batch=8, synthetic_count=48, square=3,
             iterations=6, lr=1e-3, warmup=2, eval_every=1000, sample_every=1000,
@@ -180,10 +182,9 @@ def test_two_gloo_processes_match_one_process(tmp_path):
 
 
 def test_cli_says_which_preset_and_refuses_bad_settings(tmp_path):
-    env = dict(os.environ, MISSINGGLOW_CACHE=str(tmp_path / "cache"))
-    proc = _cli("train", "--batch", "0", env=env)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 2 and "batch must be at least 1" in err and "Traceback" not in err
+    done = run_in_process(["train", "--batch", "0"], env={"MISSINGGLOW_CACHE": tmp_path / "c"})
+    err = done.stderr
+    assert done.returncode == 2 and "batch must be at least 1" in err and "Traceback" not in err
     note, _ = resolve_config({"square": 20}, has_gpu=False)
     assert note["image_size"] == 16 and note["square"] == 5
     _, line = resolve_config({"square": 20}, has_gpu=False)
