@@ -162,7 +162,7 @@ def test_the_non_finite_guard_agrees_across_ranks():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     flags = {0: [True, True, False, True], 1: [True, False, True, True]}
-    ctx = torch.multiprocessing.get_context("spawn")
+    ctx = torch.multiprocessing.get_context("fork")
     out = ctx.Manager().dict()
     procs = [ctx.Process(target=_guard, args=(r, 2, port, flags, out)) for r in (0, 1)]
     for p in procs:
