@@ -2,6 +2,7 @@
 the evaluation's pooling, held-out bits/dim, checkpoints and the training loop's non-finite guard,
 on small inputs whose results are worked out by hand."""
 import datetime
+import errno
 import json
 import math
 import os
@@ -182,6 +183,26 @@ def test_save_keeps_the_newest_three_and_nothing_else_is_touched(tmp_path):
     assert saved == {"iteration": 4, "format": "missingglow-checkpoint", "version": 1}
 
 
+class FullDisk:
+    """Fills after 1000 bytes: torch then reports its own RuntimeError."""
+    written = 0
+
+    def write(self, data):
+        self.written += len(data)
+        if self.written > 1000:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return len(data)
+
+    def flush(self):
+        pass
+
+
+def test_a_full_disk_is_reported_as_the_os_error_not_as_torchs():
+    with pytest.raises(OSError) as err:
+        ckpt._save({"w": torch.ones(10000)}, FullDisk())
+    assert err.value.errno == errno.ENOSPC
+
+
 def test_resolve_reads_latest_despite_bad_bytes_and_nul(tmp_path):
     run = write_run(tmp_path, [1])
     with open(os.path.join(run, "latest"), "wb") as f:
@@ -340,18 +361,19 @@ def nan_at(monkeypatch, calls):
 
 
 def test_single_bad_steps_apart_never_roll_back(config, monkeypatch):
-    nan_at(monkeypatch, {1, 3})
+    # max_bad_steps 2: call 0 (iteration 0) bad, call 1 good, call 2 (iteration 1) bad
+    nan_at(monkeypatch, {0, 2})
     said = []
     run = train_module.train(config, progress=False, say=said.append)
     state = ckpt.load_checkpoint(run)["state"]
     assert state["skipped"] == 2 and state["rollbacks"] == 0
-    assert "iteration 1: non-finite loss or gradient, step skipped (1 in a row, 1 in all)" in said
-    assert "iteration 2: non-finite loss or gradient, step skipped (1 in a row, 2 in all)" in said
+    assert "iteration 0: non-finite loss or gradient, step skipped (1 in a row, 1 in all)" in said
+    assert "iteration 1: non-finite loss or gradient, step skipped (1 in a row, 2 in all)" in said
 
 
 def test_the_count_restarts_after_a_rollback(config, monkeypatch):
-    # calls 4, 5: iterations 4, 4 → roll back to 3; calls 6, 7: iterations 3, 4; call 8 bad
-    nan_at(monkeypatch, {4, 5, 8})
+    # calls 4, 5: iteration 4 twice → roll back to 3; call 6, iteration 3 again, bad once more
+    nan_at(monkeypatch, {4, 5, 6})
     run = train_module.train(config, progress=True, say=lambda message: None)
     payload = ckpt.load_checkpoint(run)
     assert payload["iteration"] == 6
