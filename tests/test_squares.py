@@ -1,10 +1,15 @@
 """The grey-square detector: exact on known squares, silent on natural grey content.
 
-The bank (tests/squares_bank.py) puts 0–3 squares on synthetic faces, colour gradients, sinusoid
-textures, pixel noise, smooth random fields and random-shape scenes, then blurs, adds noise, tints
-the squares or quantises to 5 bits. Its scores on the full bank are in docs/phenomenon.md;
-these tests run a smaller cut of it.
+Two banks: the synthetic one (tests/squares_bank.py) puts 0–3 squares on synthetic faces, colour
+gradients, textures, noise, smooth fields and random-shape scenes, then blurs, adds noise, tints
+the squares or quantises to 5 bits; the photo bank (tests/photo_bank.py) puts them on 64-px crops
+of scikit-image's sample photographs, colour and grayscale (skipped without scikit-image). Their
+scores on the full banks are in docs/phenomenon.md (bench/squares.py); these tests run smaller
+cuts, on seeds the counter was not tuned on, with thresholds a little below what it scores there,
+so that a real regression fails.
 """
+import photo_bank
+import pytest
 import torch
 
 from missingglow.analysis.squares import (
@@ -20,6 +25,11 @@ from missingglow.analysis.squares import (
 from missingglow.data.masks import GREY
 
 from squares_bank import grey_content, score
+
+needs_photos = pytest.mark.skipif(
+    not photo_bank.available(),
+    reason="scikit-image's sample photographs are not installed (the optional extra: "
+           "pip install scikit-image)")
 
 
 def face(size=64, index=3):
@@ -50,9 +60,9 @@ def test_accuracy_on_the_bank_at_64px():
     result = score(lambda im: detect(im, candidate_sizes(12, 64)), seed=5, size=64, square=12,
                    per_cell=1)
     print({k: v for k, v in result.items() if k != "misses"})
-    assert result["precision"] >= 0.97
-    assert result["recall"] >= 0.93
-    assert result["count_accuracy"] >= 0.9
+    assert result["precision"] >= 0.99
+    assert result["recall"] >= 0.97
+    assert result["count_accuracy"] >= 0.97
     assert result["false_on_grey"] == []
 
 
@@ -60,8 +70,9 @@ def test_accuracy_on_the_bank_at_16px_small_preset_scale():
     result = score(lambda im: detect(im, candidate_sizes(5, 16)), seed=5, size=16, square=5,
                    per_cell=1)
     print({k: v for k, v in result.items() if k != "misses"})
-    assert result["precision"] >= 0.9
-    assert result["recall"] >= 0.75
+    assert result["precision"] >= 0.97
+    assert result["recall"] >= 0.87
+    assert result["count_accuracy"] >= 0.87
 
 
 def test_silent_on_natural_grey_content():
@@ -99,3 +110,131 @@ def test_sizes_iou_and_outline():
     drawn = outline(image, [Square(2, 2, 3, 1.0)])
     assert drawn[0, 1, 1] == 1 and drawn[0, 5, 5] == 1      # the frame lies just outside
     assert drawn[:, 2:5, 2:5].abs().sum() == 0              # the square itself stays visible
+
+
+def test_match_one_to_one_by_iou():
+    """match() on its own, with hand-made boxes: each true box is claimed at most once, by the
+    first detection (best first) whose best remaining true box overlaps it by IoU >= min_iou."""
+    box = (0, 0, 10)
+    assert match([box], [box]) == (1, 0, 0)                               # a true positive
+    assert match([(30, 30, 10)], []) == (0, 1, 0)                         # a false positive
+    assert match([], [box]) == (0, 0, 1)                                  # a false negative
+    assert match([Square(0, 0, 10, 1.0)], [box]) == (1, 0, 0)             # Square or tuple
+    assert match([box, (1, 1, 10)], [box]) == (1, 1, 0)                   # one truth, two claims
+    assert match([box], [box, (0, 1, 10)]) == (1, 0, 1)                   # one claim, two truths
+    assert iou((0, 0, 10), (0, 3, 10)) == 70 / 130                        # 0.54: matches
+    assert match([(0, 3, 10)], [box]) == (1, 0, 0)
+    assert match([(0, 3, 10)], [box], min_iou=0.6) == (0, 1, 1)
+    assert match([(0, 4, 10)], [box]) == (0, 1, 1)                        # 60 / 140 = 0.43
+    # greedy, not the best assignment: the first detection takes its best truth (IoU 0.82 over
+    # 0.54), which leaves the second with none; the best assignment would have matched both
+    first, second = (0, 2, 10), (0, 12, 10)
+    truths = [(0, 0, 10), (0, 3, 10)]
+    assert iou(first, truths[1]) > iou(first, truths[0]) >= 0.5 > iou(second, truths[0])
+    assert match([first, second], truths) == (1, 1, 1)
+    assert match([second, first], truths) == (1, 1, 1)
+
+
+SLOTS = [(2, 2), (2, 26), (2, 50), (26, 2), (26, 26), (26, 50), (50, 2), (50, 26), (50, 50)]
+
+
+def squares_on_faces(counts, k=12, size=64):
+    """A batch of faces carrying counts[i] exact K-px squares each (on a 3×3 grid of places, 12 px
+    apart), with a NaN image for each None."""
+    images = []
+    for i, c in enumerate(counts):
+        image = face(size, index=20 + i)
+        if c is None:
+            image[:] = float("nan")
+        else:
+            for t, l in SLOTS[:c]:
+                image[:, t:t + k, l:l + k] = GREY
+        images.append(image)
+    return torch.stack(images)
+
+
+def test_table1_counts_buckets_and_E_from_known_squares(monkeypatch):
+    """Table 1 through square_table, on samples with known numbers of squares (0–6 and a
+    non-finite one): counts per bucket with 4+ holding 4, 5 and 6, shares over the finite samples,
+    and E = the mean of the true counts (3.0 here, not the 2.57 that capping at 4 would give)."""
+    from types import SimpleNamespace
+
+    from missingglow.analysis import table1
+
+    batches = {0.5: squares_on_faces([0, 1, 2, 3, 4, 5, 6, None]),
+               1.0: squares_on_faces([4, 4, 1, 0])}
+    assert detect(batches[0.5], candidate_sizes(12, 64))[4] is not None
+    monkeypatch.setattr(table1, "sample_images", lambda run, n, t, seed, batch: batches[t])
+    run = SimpleNamespace(square=12, image_size=64)
+    low, high = table1.square_table(run, [0.5, 1.0], n=8, seed=0)
+    assert low["counts"] == [1, 1, 1, 1, 3] and low["finite"] == 7 and low["nonfinite"] == 1
+    assert low["E"] == pytest.approx(21 / 7)
+    assert low["shares"] == pytest.approx([100 / 7] * 4 + [300 / 7])
+    assert high["counts"] == [1, 1, 0, 0, 2] and high["E"] == pytest.approx(9 / 4)
+    assert low["theory"] == 0.25 and high["theory"] == 1.0
+    text = table1.format_table1([low, high])
+    assert [line.split()[-2:] for line in text.splitlines() if line.startswith("4+")] == \
+        [["43", "50"]]
+    assert table1.tally([[], None, [Square(0, 0, 4, 1.0)] * 7])["E"] == 3.5
+
+
+@pytest.fixture(scope="module")
+def photos():
+    """The photo bank's test cut, seed 2 (the counter was tuned on seed 0; the docs' numbers are
+    seed 1): 2 images per look × K × count 1–3 and 50 square-free crops, exact and degraded."""
+    return list(photo_bank.bank(2, 2, 50)), list(photo_bank.degraded(2, 2, 50))
+
+
+@needs_photos
+def test_photo_bank_is_what_it_says(photos):
+    exact, degraded = photos
+    assert [i for _, _, i in exact[:5]] == [i for _, _, i in photo_bank.bank(2, 2, 50)][:5]
+    assert len(exact) == 3 * 4 * 3 * 2 + 50
+    for image, boxes, info in exact:
+        assert image.shape == (3, 64, 64) and len(boxes) == info["count"] <= 3
+        if info["look"] != "colour":
+            assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
+        for t, l, k in boxes:
+            assert k == info["K"] in photo_bank.SQUARES and 0 <= t <= 64 - k and 0 <= l <= 64 - k
+            assert (image[:, t:t + k, l:l + k] == GREY).all()
+        for a, (t, l, k) in enumerate(boxes):      # never touching: GAP pixels between
+            for t2, l2, k2 in boxes[a + 1:]:
+                g = photo_bank.GAP
+                assert t + k + g <= t2 or t2 + k2 + g <= t or l + k + g <= l2 or l2 + k2 + g <= l
+    looks = {i["look"] for _, _, i in exact}
+    ways = {w for _, _, i in exact for w in i["ways"]}
+    assert looks == set(photo_bank.LOOKS) and ways == set(photo_bank.PLACES)
+    assert sum(not b for _, b, _ in exact) == 50
+    assert [b for _, b, _ in degraded] == [b for _, b, _ in exact]
+    assert {i["degradation"] for _, _, i in degraded} == set(photo_bank.DEGRADATIONS)
+
+
+def photo_score(images):
+    result = photo_bank.score(lambda im, k: detect(im, candidate_sizes(k, 64)), images)
+    print({k: v for k, v in result.items() if k != "misses"})
+    return result
+
+
+@needs_photos
+def test_counts_on_photographs_with_the_size_given(photos):
+    """Exact 128/255 squares on real photographs, colour and grayscale, the size given as Table 1
+    gives it: the exact count nearly always, and a false square on almost no square-free photo."""
+    result = photo_score(photos[0])
+    exact, images = result["exact"]
+    assert exact / images >= 0.97
+    assert result["free_fired"][0] <= 1                       # of 50
+    for look, (right, total) in result["by_look"].items():
+        assert right / total >= 0.95, look
+    assert result["precision"] >= 0.97 and result["recall"] >= 0.98
+
+
+@needs_photos
+def test_counts_on_degraded_photographs(photos):
+    """The same photographs with a model's degradations (noise, tint, blur): noisy squares on
+    grayscale photos are what the counter misses most."""
+    result = photo_score(photos[1])
+    exact, images = result["exact"]
+    assert exact / images >= 0.78
+    assert result["free_fired"][0] <= 1
+    assert result["by_look"]["colour"][0] / result["by_look"]["colour"][1] >= 0.95
+    assert result["precision"] >= 0.97 and result["recall"] >= 0.78

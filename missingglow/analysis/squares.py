@@ -1,29 +1,41 @@
 """The grey-square detector: finds K×K patches of (near-)uniform grey and counts them.
 
 A window (top, left, k) is a square when
-  1. its interior is near grey: every channel's mean within `tint` of 128/255 (a model's squares
-     come out slightly tinted),
-  2. its interior is uniform: the pooled standard deviation over the three channels is at most
-     `spread` (a model's squares carry noise),
-  3. it has a boundary on every side that lies inside the image: the one-pixel strip just outside
-     the side differs from the interior colour by an RMS of at least `contrast` (and at least
-     `edge_ratio` times the interior's own spread), in each third of the strip separately (so a
-     boundary that is grey in places, as where a curved grey region meets the window, is no
-     boundary). A side on the image border counts as a boundary.
+  1. its inside is near grey: every channel's mean within `tint` of 128/255 (a model's squares
+     come out slightly tinted);
+  2. its inside is flat: pooled standard deviation at most `spread` (a model's squares carry
+     noise), and each quarter's mean close to the whole's (a smooth natural region has a
+     gradient, a pasted square none);
+  3. every side that is not on the image border is an edge, right where the window puts it: the
+     values just inside the side match the inside colour, and either each third of the side steps
+     from them by at least `step` (and `step_ratio` times the inside's spread), or at least
+     `side_share` of the side lies off the inside colour by more than `noise_z` times that spread
+     (at least `contrast`), `mean_share` on average over the sides. The share is what finds a
+     square pasted against grey content along part of a side; the steps find a noisy one.
 
 Rule 3 is what tells a square from natural grey content: a grey background, a grey shirt or a grey
-gradient larger than the window has grey on at least one side of every window inside it, and a
-grey rectangle that is not square fails on its long sides. Windows of k >= 8 ignore a one-pixel
-band on either side of their claimed edge (the interior shrinks by one pixel, the strip moves out
-by one), so blurred edges neither spoil the uniformity nor hide the boundary.
+gradient larger than the window has grey on at least one side of every window inside it; a grey
+rectangle that is not square fails on its long sides; a grey disc is grey beyond the middle of
+each side. Noise and texture are told apart by scale: the inside's spread and the values along the
+sides are measured on b×b block means (b = 1 below `margin_from` px, 2, then 3 from
+`scale3_from`): averaging shrinks white noise, not texture. Windows of k >= `margin_from` ignore a
+one-pixel band inside their edge, so a blurred edge does not spoil the flatness.
+
+Where a masked dataset's squares are exact (the inside is 128/255 to within `exact`, noise-free),
+nothing needs averaging: such windows are judged pixel by pixel on the line just outside, where an
+outside pixel is off when it differs by `exact_contrast`; a natural region is never that flat at
+exactly that grey, so this is what makes the counter reliable on masked photographs, grayscale ones
+included (where every pixel is grey in hue, and only level, flatness and edges tell).
 
 All windows of all candidate sizes are scored at once with integral images (torch, no NumPy). The
 accepted windows around one square (a few sizes and one-pixel shifts) form a cluster: clusters are
-formed greedily from the best-scoring window (score: boundary contrast over interior spread), any
+formed greedily from the best-scoring window (score: edge contrast over the inside's spread), any
 window overlapping the cluster's seed by more than half of the smaller one joins it, and the
-reported box is the median of the cluster's edges. So two squares that overlap by more than half
-count as one (a person counting would hesitate too); squares that touch or overlap less count as
-two.
+reported box is the median of the cluster's edges (of its exact windows, if any). So two squares
+that overlap by more than half count as one (a person counting would hesitate too); squares that
+overlap less count as two; two squares that touch are one grey rectangle, and neither is found.
+When every size searched is below `blob_below`, a second pass also counts ragged grey blobs shaped
+like a square (a model's smallest squares); on larger searches grey blobs in photos are too common.
 """
 from dataclasses import dataclass
 
@@ -36,12 +48,26 @@ from ..data.masks import GREY
 class Settings:
     tint: float = 0.10       # max |channel mean − grey| inside
     spread: float = 0.05     # max pooled std inside
-    contrast: float = 0.04   # min RMS difference of each outside strip from the inside colour
-    edge_ratio: float = 2.0  # ... and at least this many times the inside std
-    parts: int = 3           # each strip is checked in this many pieces (fewer on small windows)
+    level: float = 0.01      # max |quarter's mean − inside mean| (no shading, no gradient) ...
+    level_z: float = 3.0     # ... or this many standard errors of a quarter's mean, if more
+    contrast: float = 0.03   # an outside value is off the square when it differs by more than this
+    noise_z: float = 6.0     # ... and by more than this many times the inside's spread
+    side_share: float = 0.5  # min share of off values along each side that is not on the border
+    mean_share: float = 0.7  # ... and on average over those sides (a disc is half off on each)
+    step: float = 0.05       # or: each third of the side steps from the inside by this RMS ...
+    step_ratio: float = 3.0  # ... and this many times the inside's spread
+    parts: int = 3
+    flat: float = 0.5        # values just inside a side within this share of the off threshold
+    flat_share: float = 0.9  # ... along this share of a side for its steps to count
+    exact: float = 0.006     # an inside this close to grey in mean and std is the mask's own grey
+    exact_contrast: float = 0.02  # ... and then its outside pixels need only differ this much
     margin_from: int = 8     # windows this size and larger ignore a 1-px band around their edge
+    #                          and compare 2×2 blocks, not pixels, outside and inside
+    scale3_from: int = 14    # ... and from this size 3×3 blocks
     overlap: float = 0.5     # windows overlapping a cluster's seed by more than this join it
     # the second pass, for a model's ragged squares: blobs of grey-looking pixels
+    blob_below: int = 8      # only when every size searched is below this (larger squares keep
+    #                          straight edges, and on photos grey blobs are everywhere)
     blob_tint: float = 0.10  # a pixel looks grey when every channel is this close to grey
     blob_fill: float = 0.6   # min share of its bounding box a blob covers
     blob_ring: float = 0.15  # min mean distance from grey of the pixels around the blob
@@ -102,37 +128,96 @@ class _single_thread:
 
 
 class _Tables:
-    """Integral images of one batch: the pixels, their squares, and products of pixels `d` rows
-    (or columns) apart, so that any rectangle's sums, and any two parallel lines' squared
-    difference, cost four look-ups."""
+    """Integral images of one batch, so that any rectangle's sums cost four look-ups: of the
+    pixels and their squares, and of the b×b block means and their squares (the inside's spread
+    at scale b: noise shrinks b-fold from pixels to b×b blocks, texture does not)."""
 
-    def __init__(self, images):
+    def __init__(self, images, scales):
         x = images.double()
         self.size = x.shape[-1]
         self.ii1, self.ii2 = _integral(x), _integral(x ** 2)
-        self.sq = _integral((x ** 2).sum(1, keepdim=True))
-        self.vertical, self.horizontal = {}, {}
-        for d in (1, 3):
-            if d < self.size:
-                v = torch.zeros_like(x[:, :1])
-                v[..., :-d, :] = (x[..., :-d, :] * x[..., d:, :]).sum(1, keepdim=True)
-                h = torch.zeros_like(x[:, :1])
-                h[..., :, :-d] = (x[..., :, :-d] * x[..., :, d:]).sum(1, keepdim=True)
-                self.vertical[d], self.horizontal[d] = _integral(v), _integral(h)
+        self.flat = self.ii1.flatten(2)
+        self.sums = {}
+        for b in scales:
+            blocks = torch.nn.functional.avg_pool2d(x, b, 1) if b > 1 else x
+            self.sums[b] = (_integral(blocks), _integral(blocks ** 2)) if b > 1 else \
+                (self.ii1, self.ii2)
 
-    def step(self, a_top, a_left, b_top, b_left, h, w, products):
-        """Mean over channels and pixels of (line a − line b)², a before b, `products` the table
-        for their distance: (N, P)."""
-        sa, sb = _rect(self.sq, a_top, a_left, h, w), _rect(self.sq, b_top, b_left, h, w)
-        ab = _rect(products, a_top, a_left, h, w)
-        return ((sa + sb - 2 * ab)[:, 0] / (3 * h * w)).clamp_min(0)
+    def mean(self, image, top, left, h, w):
+        """Mean colour of rectangles [top, top+h) × [left, left+w) of image[i] for index tensors
+        top, left (Q, n) and sizes h, w (ints or (Q, 1)): (Q, n, 3)."""
+        row = self.size + 1
+        a, b = top * row, (top + h) * row
+        f = self.flat
+        i = image[:, None]
+        total = f[i, :, b + left + w] - f[i, :, a + left + w] - f[i, :, b + left] + \
+            f[i, :, a + left]
+        area = torch.as_tensor(h * w, dtype=torch.float64)
+        return total / (area.clamp(min=1)[..., None] if area.dim() else max(float(area), 1.0))
+
+
+def _sides(tables, image, t, l, k, m, b):
+    """For the four sides (top, bottom, left, right) of windows (t, l, k): whether the side lies
+    on the image border (Q, 4); the means of b×b blocks along it just outside (only as deep as
+    the image allows) and just inside its ignored band of m pixels (Q, 4, n, 3)."""
+    size, n = tables.size, k - 2 * m - b + 1
+    along = torch.arange(n)
+    rows, cols = (t + m)[:, None] + along, (l + m)[:, None] + along
+    above, below = t.clamp(max=b)[:, None], (size - t - k).clamp(max=b)[:, None]
+    before, after = l.clamp(max=b)[:, None], (size - l - k).clamp(max=b)[:, None]
+
+    def fixed(v):
+        return v[:, None].expand(-1, n)
+
+    out = [tables.mean(image, fixed(t) - above, cols, above, b),
+           tables.mean(image, fixed(t + k), cols, below, b),
+           tables.mean(image, rows, fixed(l) - before, b, before),
+           tables.mean(image, rows, fixed(l + k), b, after)]
+    ins = [tables.mean(image, fixed(t + m), cols, b, b),
+           tables.mean(image, fixed(t + k - m - b), cols, b, b),
+           tables.mean(image, rows, fixed(l + m), b, b),
+           tables.mean(image, rows, fixed(l + k - m - b), b, b)]
+    border = torch.stack([t == 0, t + k == size, l == 0, l + k == size], 1)
+    return border, torch.stack(out, 1), torch.stack(ins, 1)
+
+
+def _strength(tables, image, t, l, k, m, b, mu, spread, need, settings):
+    """How clearly each side of windows (t, l, k) is an edge, at scale b: 1 where it steps from
+    the inside by at least `step` (and `step_ratio` times the spread) in each third, else the share
+    of outside values off the inside colour `mu` by more than `need`; 1 on the image border.
+    Returns border (Q, 4), strength (Q, 4) and the RMS difference outside (Q, 4)."""
+    border, values, inside = _sides(tables, image, t, l, k, m, b)
+    n = values.shape[2]
+    diff = (values - mu[:, None, None, :]).abs().amax(3)               # (Q, 4, n)
+    # the edge is where the window puts it: the values just inside are the inside colour
+    flat = (inside - mu[:, None, None, :]).abs().amax(3) <= need[:, None, None] * settings.flat
+    share = ((diff > need[:, None, None]) & flat).double().mean(2)     # (Q, 4)
+    parts = max(1, min(settings.parts, n // 2))
+    cuts = [round(n * p / parts) for p in range(parts + 1)]
+    steps = (values - inside).pow(2).mean(3)                           # (Q, 4, n)
+    weakest = torch.stack([steps[:, :, a:c].mean(2) for a, c in zip(cuts, cuts[1:])], 2)
+    weakest = weakest.amin(2).sqrt()                                   # (Q, 4)
+    stepped = weakest >= torch.clamp(settings.step_ratio * spread, min=settings.step)[:, None]
+    stepped &= flat.double().mean(2) >= settings.flat_share
+    strength = torch.where(stepped | border, torch.ones_like(share), share)
+    return border, strength, diff.pow(2).mean(2).sqrt()
+
+
+def _scale(k, settings):
+    """Block side for comparing a window's outside with its inside: larger windows average more."""
+    return 1 if k < settings.margin_from else 2 if k < settings.scale3_from else 3
 
 
 def _windows(tables, k, settings):
-    """Accepted windows of side k: (image index, top, left, score) tensors."""
+    """Accepted windows of side k: (image index, top, left, score, exactly grey) tensors."""
     size = tables.size
     m = 1 if k >= settings.margin_from else 0
-    inner, d = k - 2 * m, 1 + 2 * m
+    b = _scale(k, settings)
+    inner = k - 2 * m
+    n = inner - b + 1
+    if n < 1:
+        empty = torch.zeros(0, dtype=torch.long)
+        return empty, empty, empty, torch.zeros(0, dtype=torch.float64), empty.bool()
     span = torch.arange(size - k + 1)
     top = span.repeat_interleave(len(span))
     left = span.repeat(len(span))
@@ -141,40 +226,51 @@ def _windows(tables, k, settings):
     s2 = _rect(tables.ii2, top + m, left + m, inner, inner)
     mean = s1 / area                                                   # (N, 3, P)
     std = (s2 / area - mean ** 2).clamp_min(0).mean(1).sqrt()          # (N, P)
-    grey = (mean - GREY).abs().amax(1) <= settings.tint
-    uniform = std <= settings.spread
-    need = torch.maximum(torch.full_like(std, settings.contrast), settings.edge_ratio * std)
-    weakest = torch.full_like(std, float("inf"))
-    v, h = tables.vertical.get(d), tables.horizontal.get(d)
-    # each side: the step from the interior's outer line to the line just outside (d apart),
-    # checked piece by piece along the side
-    parts = max(1, min(settings.parts, inner // 2))
-    cuts = [round(inner * p / parts) for p in range(parts + 1)]
-    far = size - 1
-    for a, b in zip(cuts, cuts[1:]):
-        n = b - a
-        along_l, along_t = left + m + a, top + m + a
-        edges = [  # (outside line exists, first line top/left, second line top/left, h, w, table)
-            (top - 1 - m >= 0, (top - 1 - m).clamp(0, far), along_l, (top + m), along_l, 1, n, v),
-            (top + k + m <= far, top + k - 1 - m, along_l, (top + k + m).clamp(0, far), along_l,
-             1, n, v),
-            (left - 1 - m >= 0, along_t, (left - 1 - m).clamp(0, far), along_t, left + m, n, 1, h),
-            (left + k + m <= far, along_t, left + k - 1 - m, along_t, (left + k + m).clamp(0, far),
-             n, 1, h),
-        ]
-        for inside, at, al, bt, bl, hh, ww, table in edges:
-            if table is None:
-                continue
-            at_c, al_c = at.clamp(0, size - hh), al.clamp(0, size - ww)
-            bt_c, bl_c = bt.clamp(0, size - hh), bl.clamp(0, size - ww)
-            rms = tables.step(at_c, al_c, bt_c, bl_c, hh, ww, table).sqrt()
-            rms = torch.where(inside, rms, torch.full_like(rms, float("inf")))
-            weakest = torch.minimum(weakest, rms)
-    ok = grey & uniform & (weakest >= need)
+    ok = ((mean - GREY).abs().amax(1) <= settings.tint) & (std <= settings.spread)
+    # a flat patch has the same mean in each quarter, and in each corner; a smooth natural region
+    # has a gradient, a disc has no corners
+    for part in (inner // 2, max(2, inner // 4)):
+        if 1 <= part < inner:
+            tol = torch.clamp(settings.level_z * std / part, min=settings.level)
+            for dt in (0, inner - part):
+                for dl in (0, inner - part):
+                    q = _rect(tables.ii1, top + m + dt, left + m + dl, part, part) / part ** 2
+                    ok &= (q - mean).abs().amax(1) <= tol
     image, index = ok.nonzero(as_tuple=True)
-    edge = weakest[image, index].clamp(max=1.0)  # a window on all borders: contrast unknown
-    score = edge / (std[image, index] + 0.02)
-    return image, top[index], left[index], score
+    t, l = top[index], left[index]
+    mu, sd = mean[image, :, index], std[image, index]                 # (Q, 3), (Q,)
+    # the inside's spread at scale b
+    ii1, ii2 = tables.sums[b]
+    v1 = _rect(ii1, top + m, left + m, n, n)[image, :, index] / (n * n)
+    v2 = _rect(ii2, top + m, left + m, n, n)[image, :, index] / (n * n)
+    spread = (v2 - v1 ** 2).clamp_min(0).mean(1).sqrt()                # (Q,)
+    need = torch.clamp(settings.noise_z * spread, min=settings.contrast)
+    border, strength, rms = _strength(tables, image, t, l, k, m, b, mu, spread, need, settings)
+    # a noise-free inside: nothing to average away, so compare pixels one by one on the line just
+    # outside (a grey disc then shows no edge at the window's middles). The mask's own grey,
+    # exactly, over the whole window (no blur): a window one pixel too large shows none either.
+    clean = sd <= settings.exact
+    exact = clean & ((mu - GREY).abs().amax(1) <= settings.exact)
+    if m:
+        w1 = _rect(tables.ii1, top, left, k, k)[image, :, index] / (k * k)
+        w2 = _rect(tables.ii2, top, left, k, k)[image, :, index] / (k * k)
+        wsd = (w2 - w1 ** 2).clamp_min(0).mean(1).sqrt()
+        exact &= ((w1 - GREY).abs().amax(1) <= settings.exact) & (wsd <= settings.exact)
+    for pick, margin, contrast in ((clean & ~exact, m, settings.contrast),
+                                   (exact, 0, settings.exact_contrast)):
+        pick = pick.nonzero().flatten()
+        if len(pick):
+            _, strength[pick], rms[pick] = _strength(
+                tables, image[pick], t[pick], l[pick], k, margin, 1, mu[pick], sd[pick],
+                torch.full_like(sd[pick], contrast), settings)
+    sides = (~border).sum(1)
+    average = torch.where(border, torch.zeros_like(strength), strength).sum(1) / sides.clamp(min=1)
+    accept = (strength.amin(1) >= settings.side_share) & (average >= settings.mean_share) & \
+        (sides > 0)
+    # score: how clearly the weakest inside side stands off, over the inside's spread
+    edge = torch.where(border, torch.full_like(rms, float("inf")), rms).amin(1).clamp(max=1.0)
+    score = average * edge / (spread + 0.01)
+    return image[accept], t[accept], l[accept], score[accept], exact[accept]
 
 
 def detect(images, sizes, settings=DEFAULT, blobs=True):
@@ -195,15 +291,15 @@ def detect(images, sizes, settings=DEFAULT, blobs=True):
         finite = torch.isfinite(batch.flatten(1)).all(1)
         clean = torch.where(finite[:, None, None, None], batch.detach().float().cpu(),
                             torch.zeros(()))
-        tables = _Tables(clean)
-        for k in sorted(set(int(k) for k in sizes)):
-            if not 1 <= k <= size:
-                continue
-            image, top, left, score = _windows(tables, k, settings)
-            for i, t, l, s in zip(image.tolist(), top.tolist(), left.tolist(), score.tolist()):
-                found[i].append((s, t, l, k))
-        out = [_cluster(c, settings.overlap) for c in found]
-        if blobs and sizes:
+        ks = [k for k in sorted(set(int(k) for k in sizes)) if 1 <= k <= size]
+        tables = _Tables(clean, {1} | {_scale(k, settings) for k in ks})
+        for k in ks:
+            image, top, left, score, exact = _windows(tables, k, settings)
+            for i, t, l, s, e in zip(image.tolist(), top.tolist(), left.tolist(), score.tolist(),
+                                     exact.tolist()):
+                found[i].append((s, t, l, k, e))
+        out = [_cluster(c, settings.overlap, size) for c in found]
+        if blobs and sizes and max(sizes) < settings.blob_below:
             for squares, extra in zip(out, _blobs(clean, min(sizes), max(sizes), settings)):
                 squares += [b for b in extra if all(_overlap(b.box(), q.box()) <= 0.3
                                                     for q in squares)]
@@ -284,23 +380,27 @@ def _median(values):
     return values[len(values) // 2]
 
 
-def _cluster(candidates, overlap):
-    """Greedy clusters of overlapping windows, best first; each reported as its members' median."""
+def _cluster(candidates, overlap, size):
+    """Greedy clusters of overlapping windows, best first; each reported as its members' median
+    (of those exactly the mask's grey, if any: they fit the square to the pixel), kept inside the
+    S×S image."""
     seeds, members = [], []
-    for score, t, l, k in sorted(candidates, reverse=True):
+    for score, t, l, k, exact in sorted(candidates, reverse=True):
         for seed, group in zip(seeds, members):
-            if _overlap(seed[1:], (t, l, k)) > overlap:
-                group.append((t, l, t + k, l + k))
+            if _overlap(seed[1:4], (t, l, k)) > overlap:
+                group.append((t, l, t + k, l + k, exact))
                 break
         else:
             seeds.append((score, t, l, k))
-            members.append([(t, l, t + k, l + k)])
+            members.append([(t, l, t + k, l + k, exact)])
     squares = []
     for (score, *_), group in zip(seeds, members):
+        group = [g for g in group if g[4]] or group
         top, left = _median([m[0] for m in group]), _median([m[1] for m in group])
         bottom, right = _median([m[2] for m in group]), _median([m[3] for m in group])
-        side = max(1, round(((bottom - top) + (right - left)) / 2))
-        squares.append(Square(top, left, side, round(score, 4)))
+        side = min(max(1, round(((bottom - top) + (right - left)) / 2)), size)
+        squares.append(Square(min(top, size - side), min(left, size - side), side,
+                              round(score, 4)))
     return squares
 
 
@@ -316,7 +416,7 @@ def match(found, truth, min_iou=0.5):
     unmatched = list(truth)
     tp = 0
     for square in found:
-        box = square.box() if isinstance(square, Square) else tuple(square)
+        box = square.box() if hasattr(square, "box") else tuple(square)
         best = max(unmatched, key=lambda t: iou(box, t), default=None)
         if best is not None and iou(box, best) >= min_iou:
             unmatched.remove(best)

@@ -14,6 +14,20 @@ def detector_sizes(run, image_size=None):
     return detector_sizes_for(run.square, image_size or run.image_size)
 
 
+def tally(found):
+    """One Table 1 column from detect()'s output: finite and non-finite samples, samples per bucket
+    (0, 1, 2, 3, 4 or more squares), shares (%) and the empirical E (mean squares per sample) over
+    the finite ones; E counts every square, so 4+ adds its true counts, not 4."""
+    counts = [len(f) for f in found if f is not None]
+    buckets = [0] * len(BUCKETS)
+    for c in counts:
+        buckets[min(c, len(BUCKETS) - 1)] += 1
+    finite = len(counts)
+    return {"finite": finite, "nonfinite": len(found) - finite, "counts": buckets,
+            "shares": [100 * b / finite if finite else float("nan") for b in buckets],
+            "E": sum(counts) / finite if finite else float("nan")}
+
+
 def square_table(run, temperatures, n, seed, batch=64, keep=16, say=None):
     """Sample n images per temperature, count squares. One dict per t with the counts per bucket
     (over finite samples), shares (%), empirical E, theoretical t², and the non-finite count; also
@@ -23,21 +37,11 @@ def square_table(run, temperatures, n, seed, batch=64, keep=16, say=None):
     for t in temperatures:
         images = sample_images(run, n, t, seed, batch)
         found = detect(images, sizes)
-        counts = [len(f) for f in found if f is not None]
-        buckets = [0] * len(BUCKETS)
-        for c in counts:
-            buckets[min(c, 4)] += 1
-        finite = len(counts)
-        rows.append({
-            "t": t, "n": n, "finite": finite, "nonfinite": n - finite,
-            "counts": buckets,
-            "shares": [100 * b / finite if finite else float("nan") for b in buckets],
-            "E": sum(counts) / finite if finite else float("nan"),
-            "theory": t * t,
-            "images": images[:keep], "found": found[:keep],
-        })
+        rows.append({"t": t, "n": n, **tally(found), "theory": t * t,
+                     "images": images[:keep], "found": found[:keep]})
         if say:
-            say(f"t={t:g}: {finite}/{n} finite samples, mean {rows[-1]['E']:.2f} squares")
+            say(f"t={t:g}: {rows[-1]['finite']}/{n} finite samples, mean {rows[-1]['E']:.2f} "
+                "squares")
     return rows
 
 
