@@ -128,6 +128,42 @@ def _checkpoint(value):
 CHECKPOINT_HELP = "Run folder or checkpoint file [the newest run under ./runs/]."
 
 
+def dataset_options(f):
+    """--data and --square: the held-out images of a checkpoint that carries no training config
+    (one imported from rosinality/glow-pytorch). `evaluate` and `latent-norms`."""
+    f = click.option("--square", "square", type=int, default=None,
+                     help="Imported checkpoints only: the grey squares' side K in pixels (a "
+                          "missingglow run uses its own).")(f)
+    return click.option("--data", "data", default=None,
+                        help="Imported checkpoints only: the image folder (or .mgcache) whose "
+                             "held-out split to use [the synthetic faces].")(f)
+
+
+def _with_dataset(run, data, square):
+    """The run, its held-out dataset known: a missingglow run's own, or for an imported
+    checkpoint --data with one K×K square per image (K = --square), placed as training would."""
+    from .analysis.options import check_positive
+
+    if run.config:
+        if data is not None or square is not None:
+            raise UserError(f"--data and --square are for an imported checkpoint; {run.path} "
+                            "was trained by `missingglow train` on its own dataset and squares, "
+                            "which are used: leave both out")
+        run.need_dataset()
+        return run
+    if square is None:
+        raise UserError(f"{run.path} is an imported checkpoint without a training config, so its "
+                        "dataset and squares are unknown; give the square side with --square K "
+                        "(and its images with --data DIR; default: the synthetic faces)")
+    check_positive(square, "--square")
+    if square > run.image_size:
+        raise UserError(f"--square {square} does not fit the checkpoint's {run.image_size}×"
+                        f"{run.image_size} images; give at most {run.image_size}")
+    run.config.update(data=data, square=square, squares=1, seed=0, image_size=run.image_size)
+    run.square = square
+    return run
+
+
 @cli.command()
 @click.option("--checkpoint", default=None, help=CHECKPOINT_HELP)
 @click.option("-t", "--temperature", "temperatures", multiple=True,
@@ -157,6 +193,11 @@ def sample(checkpoint, temperatures, n, seed, columns, out):
                        "checkerboards)")
     total = sum(c for _, c in bad)
     click.echo(f"wrote {out}: {n * len(ts)} samples, {total} non-finite")
+
+
+# Said after counting squares of any size (no --square, no checkpoint to take it from).
+SQUARE_HINT = ("giving --square K (the trained square size) is far more reliable; see "
+               "docs/phenomenon.md")
 
 
 @cli.command()
@@ -215,6 +256,8 @@ def squares(images, checkpoint, temperatures, n, seed, square, image_size, out):
             where = ", ".join(f"({s.top},{s.left},{s.size})" for s in found)
             click.echo(f"{path}: {len(found)} square{'s' if len(found) != 1 else ''}"
                        f"{' at (top,left,size) ' + where if found else ''}")
+        if square is None and checkpoint is None:
+            echo(SQUARE_HINT)
         return
     if checkpoint is None:
         try:
@@ -358,8 +401,9 @@ def impute(images, checkpoint, method, alpha, masks, samples, seed, keep_observe
               help="Held-out images per variant.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds the dequantisation noise.")
+@dataset_options
 @click.option("--out", default="latent-norms", show_default=True, help="Output folder.")
-def latent_norms_command(checkpoint, n, seed, out):
+def latent_norms_command(checkpoint, n, seed, data, square, out):
     """Histograms of ‖Φ(x)‖ for several square sizes and counts (the paper's Appendix B)."""
     import os
 
@@ -369,7 +413,7 @@ def latent_norms_command(checkpoint, n, seed, out):
     from .analysis.runs import open_run
 
     check_positive(n, "-n (images)")
-    run = open_run(_checkpoint(checkpoint))
+    run = _with_dataset(open_run(_checkpoint(checkpoint)), data, square)
     result = latent_norms(run, n, seed)
     click.echo(format_table(result))
     os.makedirs(out, exist_ok=True)
@@ -389,10 +433,11 @@ def latent_norms_command(checkpoint, n, seed, out):
 @click.option("--classical/--no-classical", default=True, show_default=True,
               help="Also score scikit-image's and OpenCV's inpainting, where installed.")
 @invert_options
+@dataset_options
 @click.option("--json", "json_path", default=None, help="Also write every row to this JSON file.")
 @click.option("--out", default="evaluation", show_default=True, help="Output folder.")
 def evaluate(checkpoint, n, alpha, iterations, seed, classical, gamma, steps, lr, optimiser, start,
-             json_path, out):
+             data, square, json_path, out):
     """Every imputation method on the same held-out images (RMSE, PSNR, seconds), and bits/dim."""
     import os
 
@@ -413,7 +458,7 @@ def evaluate(checkpoint, n, alpha, iterations, seed, classical, gamma, steps, lr
     check_positive(n, "-n (images)")
     check_positive(iterations, "--iterations")
     _check_invert(gamma, steps, lr)
-    run = open_run(_checkpoint(checkpoint))
+    run = _with_dataset(open_run(_checkpoint(checkpoint)), data, square)  # before the bar starts
     options = dict(gamma=gamma, steps=steps, lr=lr, optimiser=optimiser, start=start)
     with progress_bar(n, "evaluating") as bar:
         result = run_evaluation(run, n, alphas, iterations, seed, invert_options=options,

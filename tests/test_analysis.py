@@ -111,22 +111,211 @@ def test_keep_observed_changes_only_the_square(run):
     assert not torch.allclose(out[0, 0], observed, atol=1e-3)   # alpha 0.3 changed the square
 
 
-def test_evaluation_invariants(run):
-    from missingglow.analysis.evaluate import best_alpha, evaluate, format_report
+# ---------------------------------------------------------------- the evaluation, by hand
 
-    result = evaluate(run, n=8, alphas=[0.5, 1.0], iterations=2)
-    rows = {(r["method"], r["alpha"]): r for r in result["rows"]}
-    grey = rows[("grey fill", None)]
-    # at alpha 1 the flow returns the input: the same error as leaving the grey square in place
-    assert math.isclose(rows[("flow", 1.0)]["rmse_in"], grey["rmse_in"], rel_tol=1e-2)
-    assert rows[("flow + keep observed", 0.5)]["rmse_out"] == 0
-    assert grey["rmse_out"] == 0 and grey["rmse_in"] > 0
-    assert rows[("mean-colour fill", None)]["rmse_in"] != grey["rmse_in"]
-    assert best_alpha(result["rows"], "flow")["alpha"] in (0.5, 1.0)
+ALPHAS = [0.5, 1.0]
+
+
+@pytest.fixture(scope="module")
+def heldout(run):
+    """The first 8 held-out images, clean and masked, in [0, 1], and their masks built by hand."""
+    from missingglow.data.datasets import MaskedImages, dataset_of
+
+    c = run.config
+    items = MaskedImages(dataset_of(c, run.image_size), c["square"], 1, c["seed"], split="heldout")
+    masked, clean, positions = items.batch(list(range(8)))
+    mask = torch.zeros(8, 1, 16, 16, dtype=torch.bool)
+    for b, ((top, left),) in enumerate(positions.tolist()):
+        mask[b, 0, top:top + 4, left:left + 4] = True
+    return items, masked, clean, mask
+
+
+@pytest.fixture(scope="module")
+def evaluated(run):
+    from missingglow.analysis.evaluate import evaluate
+
+    return evaluate(run, n=8, alphas=ALPHAS, iterations=2, classical=False,
+                    invert_options=dict(steps=3))
+
+
+def _quantised(images, bits=5):
+    """[0, 1] images as the model sees them and gives them back: the lower edge of their bin."""
+    return torch.floor(images * 255 / 2 ** (8 - bits)) / 2 ** bits
+
+
+def _flow_by_hand(model, masked, alpha, mask=None, iterations=1):
+    """Φ⁻¹(α·Φ(x)) from model space and back, the observed pixels put back each time."""
+    x0 = _quantised(masked) - 0.5 + 0.5 / 32   # the bin's centre, in [−0.5, 0.5)
+    x = x0
+    with torch.no_grad():
+        for _ in range(iterations):
+            x = model.decode(alpha * model.encode(x))
+            x = x if mask is None else torch.where(mask, x, x0)
+    return (x - 0.5 / 32 + 0.5).clamp(0, 1)
+
+
+def _pooled_rmse(out, ref, where):
+    """sqrt of the mean squared error over the pixels `where` of the images that are finite."""
+    ok = torch.isfinite(out.flatten(1)).all(1)
+    where = where.expand(-1, 3, -1, -1)[ok]
+    return math.sqrt(((out[ok] - ref[ok]) ** 2)[where].double().mean().item())
+
+
+def test_evaluation_invariants(run, heldout, evaluated):
+    """Each method's images and every row's numbers, recomputed by hand from the held-out images."""
+    _, masked, clean, mask = heldout
+    examples = evaluated["examples"]
+    grey, original = _quantised(masked), _quantised(clean)
+    torch.testing.assert_close(examples["input"], grey, rtol=0, atol=1e-6)
+    torch.testing.assert_close(examples["original"], original, rtol=0, atol=1e-6)
+    torch.testing.assert_close(examples["grey fill"], grey, rtol=0, atol=1e-6)
+    # mean-colour fill: inside the square, each channel's mean over the image's observed pixels
+    filled = examples["mean-colour fill"]
+    for b in range(8):
+        for ch in range(3):
+            mean = grey[b, ch][~mask[b, 0]].mean()
+            assert torch.allclose(filled[b, ch][mask[b, 0]], mean, atol=1e-6), (b, ch)
+            assert torch.equal(filled[b, ch][~mask[b, 0]], examples["input"][b, ch][~mask[b, 0]])
+    assert not torch.allclose(filled[mask.expand(-1, 3, -1, -1)], torch.tensor(0.5), atol=0.01)
+    # the flow's images: alone, keeping the observed pixels, and that twice (the ×2 row)
+    for alpha in ALPHAS:
+        for key, keep, times in (("flow", None, 1), ("flow + keep observed", mask, 1),
+                                 ("flow + keep observed ×2", mask, 2)):
+            by_hand = _flow_by_hand(run.model, masked, alpha, keep, times)
+            torch.testing.assert_close(examples[(key, alpha)], by_hand, rtol=0, atol=1e-5,
+                                       msg=lambda m: f"{key} at alpha {alpha}: {m}")
+    once = examples[("flow + keep observed", 0.5)]
+    twice = examples[("flow + keep observed ×2", 0.5)]
+    assert (once - twice).abs().max() > 1e-3   # the second pass moved the square's pixels
+    # every row: RMSE inside the square against the original, outside against the input, pooled
+    # over all pixels of all 8 images; PSNR of those; nothing non-finite; 8 images
+    rows = evaluated["rows"]
+    assert [(r["method"], r["alpha"]) for r in rows] == [
+        (m, a) for m in ("flow", "flow + keep observed", "flow + keep observed ×2") for a in ALPHAS
+    ] + [("grey fill", None), ("mean-colour fill", None), ("harmonic fill", None),
+         ("invert", None)]
+    for r in rows:
+        out = examples[r["method"] if r["alpha"] is None else (r["method"], r["alpha"])]
+        rmse_in, rmse_out = _pooled_rmse(out, original, mask), _pooled_rmse(out, grey, ~mask)
+        assert r["rmse_in"] == pytest.approx(rmse_in, rel=1e-5, abs=1e-7), r
+        assert r["rmse_out"] == pytest.approx(rmse_out, rel=1e-5, abs=1e-7), r
+        assert r["psnr_in"] == pytest.approx(-20 * math.log10(rmse_in), rel=1e-5), r
+        assert r["nonfinite"] == 0 and r["images"] == 8
+    by_method = {(r["method"], r["alpha"]): r for r in rows}
+    assert by_method[("grey fill", None)]["rmse_in"] > 0.05   # the grey square is no restoration
+    assert by_method[("flow", 0.5)]["rmse_out"] > 0.01   # the flow alone changes everything
+
+
+def _bits_per_dim_by_hand(model, masked, clean):
+    """Per image, masked and clean, under one seeded dequantisation noise shared by each pair."""
+    from missingglow.seeding import generator
+
+    noise = torch.rand(masked.shape, generator=generator(0, "eval-noise")) / 32
+    with torch.no_grad():
+        return [(-model.log_prob(_quantised(images) - 0.5 + noise) / (768 * math.log(2)) + 5)
+                .double() for images in (masked, clean)]
+
+
+def test_held_out_bits_per_dim_by_hand(run, heldout, evaluated):
+    _, masked, clean, _ = heldout
+    by_hand = [bpd.mean().item() for bpd in _bits_per_dim_by_hand(run.model, masked, clean)]
+    b = evaluated["bpd"]
+    assert b["masked"] == pytest.approx(by_hand[0], rel=1e-6)
+    assert b["clean"] == pytest.approx(by_hand[1], rel=1e-6)
+    assert b["gap"] == pytest.approx(by_hand[0] - by_hand[1], abs=1e-6)
+    assert b["nonfinite"] == 0 and b["images"] == 8
+
+
+def test_best_alpha_is_the_smallest_rmse_inside_the_square():
+    from missingglow.analysis.evaluate import best_alpha, format_report
+
+    def row(method, alpha, rmse_in):
+        return {"method": method, "alpha": alpha, "rmse_in": rmse_in, "psnr_in": 0.0,
+                "rmse_out": 0.0, "psnr_out": 0.0, "nonfinite": 0, "images": 4,
+                "seconds_per_image": 0.0}
+
+    rows = [row("flow", 0.2, 0.30), row("flow", 0.4, 0.12), row("flow", 0.6, float("nan")),
+            row("flow", 0.8, 0.19), row("flow + keep observed", 0.2, 0.05),
+            row("flow + keep observed", 0.4, 0.07), row("grey fill", None, 0.25),
+            row("mean-colour fill", None, 0.01)]
+    assert best_alpha(rows, "flow")["alpha"] == 0.4   # the NaN one left out, other methods too
+    assert best_alpha(rows, "flow + keep observed")["alpha"] == 0.2
+    assert best_alpha([row("flow", 0.2, float("nan"))], "flow") is None
+    report = format_report({"rows": rows, "images": 4, "count": 1, "square": 4,
+                            "bpd": {"masked": 5.5, "clean": 5.25, "gap": 0.25, "nonfinite": 0}})
+    assert ("best alpha for flow: 0.4 (RMSE in the square 0.1200; grey fill 0.2500, "
+            "mean-colour fill 0.0100)") in report
+    assert "best alpha for flow + keep observed: 0.2 (RMSE in the square 0.0500;" in report
+    assert report.splitlines()[-1] == ("held-out bits/dim: masked 5.5000, clean 5.2500, "
+                                       "gap (masked − clean) +0.2500")
+
+
+def test_a_non_finite_restoration_is_counted_per_method(run, heldout, monkeypatch):
+    """An image whose restoration overflows is counted in its method's row and left out of its
+    RMSE, the other methods' rows untouched; an image whose log p overflows, out of bits/dim."""
+    from missingglow.analysis.evaluate import evaluate
+
+    decode, log_prob = run.model.decode, run.model.log_prob
+
+    def overflowing_decode(z):
+        x = decode(z)
+        x[1] = float("inf")          # the second image of every batch
+        return x
+
+    def overflowing_log_prob(x):
+        lp = log_prob(x)
+        lp[2] = float("nan")         # the third
+        return lp
+
+    monkeypatch.setattr(run.model, "decode", overflowing_decode)
+    monkeypatch.setattr(run.model, "log_prob", overflowing_log_prob)
+    result = evaluate(run, n=4, alphas=[0.5], classical=False, invert_options=dict(steps=2))
+    monkeypatch.undo()
+    rows = {r["method"]: r for r in result["rows"]}
+    assert {m: r["nonfinite"] for m, r in rows.items()} == {
+        "flow": 1, "flow + keep observed": 1, "grey fill": 0, "mean-colour fill": 0,
+        "harmonic fill": 0, "invert": 1}
+    assert all(r["images"] == 4 for r in rows.values())
+    _, masked, clean, mask = heldout
+    masked, clean, mask = masked[:4], clean[:4], mask[:4]
+    finite = [0, 2, 3]
+    flow = _flow_by_hand(run.model, masked, 0.5)
+    assert torch.isnan(result["examples"][("flow", 0.5)][1]).all()
+    assert rows["flow"]["rmse_in"] == pytest.approx(
+        _pooled_rmse(flow[finite], _quantised(clean)[finite], mask[finite]), rel=1e-5)
+    assert rows["grey fill"]["rmse_in"] == pytest.approx(
+        _pooled_rmse(_quantised(masked), _quantised(clean), mask), rel=1e-5)
+    bpd = _bits_per_dim_by_hand(run.model, masked, clean)
     b = result["bpd"]
-    assert math.isfinite(b["masked"]) and math.isfinite(b["clean"])
-    assert math.isclose(b["gap"], b["masked"] - b["clean"])
-    assert "gap (masked − clean)" in format_report(result)
+    assert b["nonfinite"] == 1 and b["images"] == 4
+    assert b["masked"] == pytest.approx(bpd[0][[0, 1, 3]].mean().item(), rel=1e-6)
+    assert b["clean"] == pytest.approx(bpd[1][[0, 1, 3]].mean().item(), rel=1e-6)
+
+
+def test_the_csv_holds_the_rows(evaluated, tmp_path):
+    import csv
+
+    from missingglow.analysis.evaluate import report_csv
+
+    report_csv(tmp_path / "e.csv", evaluated)
+    with open(tmp_path / "e.csv") as f:
+        table = list(csv.DictReader(f))
+    rows = evaluated["rows"]
+    assert len(table) == len(rows) + 3
+    for line, r in zip(table, rows):
+        assert line["method"] == r["method"]
+        assert line["alpha"] == ("" if r["alpha"] is None else str(r["alpha"]))
+        for key in ("rmse_in", "rmse_out", "seconds_per_image"):
+            assert float(line[key]) == pytest.approx(r[key], abs=5e-7), (r["method"], key)
+        for key in ("psnr_in", "psnr_out"):
+            assert float(line[key]) == pytest.approx(r[key], abs=5e-5), (r["method"], key)
+        assert int(line["nonfinite"]) == r["nonfinite"] and int(line["images"]) == 8
+    b = evaluated["bpd"]
+    assert [line["method"] for line in table[-3:]] == [
+        "bits/dim masked", "bits/dim clean", "bits/dim gap (masked - clean)"]
+    for line, key in zip(table[-3:], ("masked", "clean", "gap")):
+        assert float(line["rmse_in"]) == pytest.approx(b[key], abs=5e-7)
+        assert int(line["images"]) == 8
 
 
 def test_latent_norms(run):

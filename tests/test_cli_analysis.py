@@ -1,5 +1,6 @@
 """The analysis commands as a user meets them: run in a subprocess, files written, numbers printed,
 and bad input stated in one line with a non-zero exit and no traceback."""
+import csv
 import os
 import subprocess
 import sys
@@ -57,10 +58,24 @@ def test_table1_from_a_checkpoint(setup):
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].split()[-2:] == ["0.2", "0.6"]
-    assert any(line.startswith("theoretical E = t²") and line.split()[-2:] == ["0.04", "0.36"]
-               for line in lines)
-    assert "non-finite samples" in out
-    for name in ("table1.csv", "table1.png", "contact-sheet.png"):
+    rows = {line.rsplit(None, 2)[0].strip(): line.split()[-2:] for line in lines[1:]
+            if len(line.split()) > 2}
+    assert rows["theoretical E = t²"] == ["0.04", "0.36"]
+    assert rows["samples per t"] == ["6", "6"] and rows["non-finite samples"] == ["0", "0"]
+    # the CSV's counts per bucket give the printed shares and, with no 4+, the printed E
+    with open(setup["base"] / "t1" / "table1.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [row["t"] for row in table] == ["0.2", "0.6"]
+    for i, row in enumerate(table):
+        counts = [int(row[f"count_{k}"]) for k in ("0", "1", "2", "3", "4+")]
+        assert sum(counts) == int(row["finite"]) == 6 and row["nonfinite"] == "0"
+        assert counts[4] == 0   # no sample of this tiny model has four squares
+        for k, count in enumerate(counts):
+            label = f"{k} square{'s' if k != 1 else ''}" if k < 4 else "4+ squares"
+            assert rows[label][i] == f"{100 * count / 6:.0f}", (label, rows[label])
+        empirical = sum(k * c for k, c in enumerate(counts)) / 6
+        assert rows["empirical E"][i] == f"{empirical:.2f}"
+    for name in ("table1.png", "contact-sheet.png"):
         assert (setup["base"] / "t1" / name).is_file()
 
 
@@ -90,17 +105,55 @@ def test_impute_by_hand_with_iterations(setup):
     assert "square from --square, 2 iterations" in out
 
 
+def _table(out, first_column_width):
+    """The printed table rows whose first column is `first_column_width` wide → {label: values}."""
+    rows = {}
+    for line in out.splitlines():
+        label, values = line[:first_column_width].strip(), line[first_column_width:].split()
+        if label and values:
+            rows[label] = values
+    return rows
+
+
 def test_latent_norms_and_evaluate(setup):
     code, out, err = run_cli(setup, "latent-norms", "--checkpoint", "{run}", "-n", "8", "--out",
                              "{base}/ln")
     assert code == 0, err
-    assert "no square" in out and "2 × 4×4" in out
+    assert out.splitlines()[0] == "‖Φ(x)‖ on held-out images (D = 768, √D = 27.7)"   # 3·16²
+    printed = _table(out, 26)
+    with open(setup["base"] / "ln" / "latent-norms.csv") as f:
+        table = {row["squares"]: row for row in csv.DictReader(f)}
+    assert list(table) == ["no square", "1×1", "2×2", "4×4 (trained)", "8×8",
+                           "1 × 4×4 (trained)", "2 × 4×4"]
+    for label, row in table.items():
+        assert printed[label][0] == row["n"] == "8", label
+        assert float(printed[label][1]) == pytest.approx(float(row["mean"]), abs=0.005), label
+    # one trained square is the same variant, measured once: the same numbers
+    assert printed["4×4 (trained)"] == printed["1 × 4×4 (trained)"]
+    assert printed["no square"] != printed["8×8"]
+
     code, out, err = run_cli(setup, "evaluate", "--checkpoint", "{run}", "-n", "8", "--alpha",
-                             "0.5,1", "--iterations", "2", "--out", "{base}/ev")
+                             "0.5,1", "--iterations", "2", "--steps", "10", "--out", "{base}/ev")
     assert code == 0, err
-    assert "best alpha for flow" in out and "gap (masked − clean)" in out
-    assert "mean-colour fill" in out
-    assert (setup["base"] / "ev" / "evaluation.csv").is_file()
+    with open(setup["base"] / "ev" / "evaluation.csv") as f:
+        rows = list(csv.DictReader(f))
+    lines = out.splitlines()
+    assert lines[0].startswith("held-out images: 8, 1 square(s) of 4 px each")
+    # every row printed as written to the CSV (RMSE to 4 decimals)
+    for row in rows[:-3]:
+        alpha = f"{float(row['alpha']):g}" if row["alpha"] else "—"
+        line = next(line for line in lines if line.startswith(f"{row['method']:<30}{alpha:>6}"))
+        assert line[36:].split()[:2] == [f"{float(row['rmse_in']):.4f}",
+                                         f"{float(row['psnr_in']):.2f}"], line
+    # the best alpha of each α method is the one whose RMSE in the square is smallest
+    for method in ("flow", "flow + keep observed", "flow + keep observed ×2"):
+        best = min((r for r in rows if r["method"] == method), key=lambda r: float(r["rmse_in"]))
+        grey = next(r for r in rows if r["method"] == "grey fill")
+        assert (f"best alpha for {method}: {float(best['alpha']):g} (RMSE in the square "
+                f"{float(best['rmse_in']):.4f}; grey fill {float(grey['rmse_in']):.4f}") in out
+    masked, clean, gap = (float(r["rmse_in"]) for r in rows[-3:])
+    assert lines[-2] == (f"held-out bits/dim: masked {masked:.4f}, clean {clean:.4f}, "
+                         f"gap (masked − clean) {gap:+.4f}")
 
 
 BAD = {

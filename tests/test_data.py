@@ -1,5 +1,6 @@
 """Masked datasets (docs/conventions.md §3): folder ingestion, the cache, squares, the held-out
 split."""
+import hashlib
 import json
 import os
 import pickle
@@ -13,6 +14,7 @@ from PIL import Image
 from missingglow.data import cache as cachefile
 from missingglow.data import datasets as data
 from missingglow.errors import UserError
+from missingglow.flow.preprocess import quantize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 S = 16
@@ -254,21 +256,30 @@ def test_squares_are_grey_inside_clean_outside(faces):
         assert masked.shape == clean.shape == (3, 32, 32) and masked.dtype == torch.float32
         assert pos.shape == (2, 2) and pos.dtype == torch.int64
         assert ((pos >= 0) & (pos <= 32 - 7)).all()
-        inside = data.square_mask(pos, 7, 32).expand(3, -1, -1)
-        assert inside.sum() >= 3 * 49
+        # the squares' pixels by hand: two 7×7 squares at the given corners, overlapping or not
+        pixels = {(t + r, l + c) for t, l in pos.tolist() for r in range(7) for c in range(7)}
+        by_hand = torch.zeros(1, 32, 32, dtype=torch.bool)
+        for r, c in pixels:
+            by_hand[0, r, c] = True
+        assert torch.equal(data.square_mask(pos, 7, 32), by_hand)
+        inside = by_hand.expand(3, -1, -1)
         assert (masked[inside] == GREY).all()
         assert torch.equal(masked[~inside], clean[~inside])
         assert torch.equal(clean, faces.images[j].permute(2, 0, 1).float() / 255)
-    # grey is exactly 0 after 5-bit preprocessing
-    assert torch.floor(torch.tensor(GREY) * 255 / 8) / 32 - 0.5 == 0
+        # the grey is exactly 0 after the model's 5-bit quantisation (before the bin centre)
+        assert (quantize(masked, 5)[inside] == 0).all()
 
 
 def test_square_positions_deterministic_and_uniform(faces):
     a = data.MaskedImages(faces, square=5, count=3, seed=11, split="all")
-    b = data.MaskedImages(faces, square=5, count=3, seed=11, split="all")
     other = data.MaskedImages(faces, square=5, count=3, seed=12, split="all")
     pa = torch.stack([a[j][2] for j in range(len(a))])
-    assert torch.equal(pa, torch.stack([b[j][2] for j in range(len(b))]))
+    # the documented formula (data/masks.py), by hand: sha256 of "missingglow-squares:seed:i:j"
+    for i in (0, 1, 57, 399):
+        for j in range(3):
+            d = hashlib.sha256(f"missingglow-squares:11:{i}:{j}".encode()).digest()
+            expected = [int.from_bytes(d[:8], "big") % 28, int.from_bytes(d[8:16], "big") % 28]
+            assert pa[i, j].tolist() == expected, (i, j)
     assert not torch.equal(pa, torch.stack([other[j][2] for j in range(len(other))]))
     assert pa.min() == 0 and pa.max() == 32 - 5
     assert abs(pa.float().mean().item() - (32 - 5) / 2) < 1.5
@@ -287,14 +298,8 @@ def test_square_positions_same_in_another_process():
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == here
     # pinned values: a change to the formula changes every experiment's squares
-    assert here[0] == data.square_positions(7, 0, 20, 2, 64).tolist()
-    assert data.square_positions(0, 0, 20, 1, 64).tolist() == PINNED
-
-
-PINNED = [[int.from_bytes(__import__("hashlib").sha256(b"missingglow-squares:0:0:0").digest()[:8],
-                          "big") % 45,
-           int.from_bytes(__import__("hashlib").sha256(b"missingglow-squares:0:0:0").digest()[8:16],
-                          "big") % 45]]
+    assert here[0] == [[12, 7], [11, 9]] and here[49] == [[31, 24], [15, 21]]
+    assert data.square_positions(0, 0, 20, 1, 64).tolist() == [[34, 14]]
 
 
 @pytest.mark.parametrize("square, count", [(0, 1), (8, 0), (0, 0)])
@@ -342,9 +347,15 @@ def test_batch_matches_items_and_pickles(faces):
     for b, j in enumerate(js):
         m, c, p = ds[j]
         assert torch.equal(masked[b], m) and torch.equal(clean[b], c) and torch.equal(pos[b], p)
-    again = pickle.loads(pickle.dumps(ds))
-    assert again.cache._images is None or again.cache._images is not ds.cache._images
-    assert torch.equal(again[7][0], ds[7][0])
+    ds[0]  # the pixels are mapped in this process now
+    pickled = pickle.dumps(ds)
+    assert len(pickled) < faces.images.numel() // 20  # a path and the names, not the pixels
+    again = pickle.loads(pickled)
+    assert again.cache._images is None  # mapped again where it is first read
+    assert again.indices == ds.indices and len(again) == len(ds)
+    for j in range(len(ds)):
+        for mine, theirs in zip(again[j], ds[j]):
+            assert torch.equal(mine, theirs), j
     loader = torch.utils.data.DataLoader(ds, batch_size=4, shuffle=False)
     m, c, p = next(iter(loader))
     assert torch.equal(m, ds.batch([0, 1, 2, 3])[0]) and p.shape == (4, 2, 2)

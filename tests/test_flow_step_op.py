@@ -1,14 +1,20 @@
 """The whole flow step as one op (csrc/flow_step.cpp, ops.flow_step) against reference.FlowStep.
 
-float64, fresh random inputs with odd shapes, every parameter randomly perturbed (conftest's
-`randomize`) so that each piece of the step acts on its input.
+Fresh random inputs with odd shapes, every parameter randomly perturbed (conftest's `randomize`)
+so that each piece of the step acts on its input; float64 to 1e-9, float32 to the tolerances
+derived in tests/test_ops.py from float32 rounding.
 """
 import pytest
+import test_ops  # the float32 tolerances, derived there
 import torch
 
 from missingglow.flow import fused, ops, reference
 
 from helpers import randomize
+
+U, assert_float32_close = test_ops.U, test_ops.assert_float32_close
+coupling_logdet_sd, rounding_floor = test_ops.coupling_logdet_sd, test_ops.rounding_floor
+float32_proper = test_ops.float32_proper  # the fixture: float32 without TF32 on a GPU
 
 pytestmark = pytest.mark.skipif(not ops.AVAILABLE, reason=str(ops.WHY_UNAVAILABLE))
 
@@ -61,6 +67,100 @@ def test_flow_step_op_matches_reference(gen, device, shape, channels_last):
         torch.testing.assert_close(inv_logdet, inv_logdet_fn, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(ops.flow_step_inverse(y_ref, *_op_args(step))[0],
                                    ref.reverse(y_ref), rtol=1e-9, atol=1e-9)
+
+
+def assert_step_logdet_close(fast, ref32, exact, log_s, c=4.0, what="logdet", floor=0.0):
+    """Per sample |fast − exact| ≤ c·max(rms(ref32 − exact), floor) + 6·coupling_logdet_sd(log_s).
+
+    A step's logdet carries two float32 errors: the rounding of everything before the sum (the
+    network's, which reaches it through log_s; ActNorm's and the 1×1 conv's own logdets), the same
+    in any correct evaluation (so within c of the float32 reference's, as in assert_float32_close,
+    with rounding_floor's floor), and the rounding of the per-term logs and of their sum, which
+    depends on the order of the sum and is bounded by coupling_logdet_sd (both in test_ops.py)."""
+    err = (fast.double() - exact).abs()
+    before = c * max((ref32.double() - exact).pow(2).mean().sqrt().item(), floor)
+    bound = before + 6 * coupling_logdet_sd(log_s).to(err.device)
+    assert (err <= bound).all(), (f"{what}: errors {(err / U).tolist()} U over "
+                                  f"{(bound / U).tolist()} U")
+
+
+FLOAT32_SHAPES = [(1, 6, 1, 1), (3, 12, 5, 7), (3, 48, 3, 3), (3, 6, 1, 5), (2, 12, 16, 16)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", FLOAT32_SHAPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.usefixtures("float32_proper")
+def test_flow_step_op_float32_is_as_accurate_as_the_reference(gen, device, shape, channels_last):
+    _, step = _steps(gen, shape[1], device=device)
+    args = [p.detach().float() for p in _op_args(step)]
+    wide = [p.double() for p in args]
+    x = _x(gen, shape, device, channels_last).float()
+    with torch.no_grad():
+        y, logdet = ops.flow_step(x, *args)
+        y32, logdet32 = reference.flow_step(x, *args)
+        y64, logdet64 = reference.flow_step(x.double(), *wide)
+        floors = rounding_floor(reference.flow_step, [x.double(), *wide], (y64, logdet64), gen)
+        out = reference.actnorm_conv(x.double(), *wide[:3])
+        log_s = reference.coupling_net(out[:, :shape[1] // 2], *wide[3:]).chunk(2, 1)[0]
+        assert y.dtype == logdet.dtype == torch.float32
+        assert_float32_close(y, y32, y64, what="y", floor=floors[0])
+        assert_step_logdet_close(logdet, logdet32, logdet64, log_s, floor=floors[1])
+        # the inverse, from the float32 reference's output
+        back, inv_logdet = ops.flow_step_inverse(y32, *args)
+        back32, inv_logdet32 = reference.flow_step_inverse(y32, *args)
+        back64, inv_logdet64 = reference.flow_step_inverse(y32.double(), *wide)
+        floors = rounding_floor(reference.flow_step_inverse, [y32.double(), *wide],
+                                (back64, inv_logdet64), gen)
+        assert_float32_close(back, back32, back64, what="x back", floor=floors[0])
+        assert_step_logdet_close(-inv_logdet, -inv_logdet32, -inv_logdet64, log_s,
+                                 what="inverse logdet", floor=floors[1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("driver", [True, False])
+@pytest.mark.parametrize("shape", [(1, 6, 1, 1), (3, 12, 5, 7), (3, 48, 3, 3)])
+@pytest.mark.usefixtures("float32_proper")
+def test_fused_step_float32_gradients_are_as_accurate_as_the_reference(gen, device, driver, shape,
+                                                                       monkeypatch):
+    """Through the module in float32, both ways of running it, against the reference module in
+    float32 and in float64 (the same float32 parameters and input).
+
+    The floor of assert_float32_close is rounding_floor's (a step's gradients have no `size`),
+    and c = 8 for the gradients: the fused backward evaluates other formulas than autograd's
+    (from the output y, not from x: grad log_s = (grad_y·y + grad_logdet)·(1 − s)), whose
+    roundings have other sensitivities, up to a factor 2 more than test_ops allows."""
+    monkeypatch.setattr(fused.FusedFlowStep, "driver", driver)
+    ref, step = _steps(gen, shape[1], device=device)
+    step.float()
+    ref32 = reference.FlowStep(shape[1], 7).to(device)
+    ref32.load_state_dict(step.state_dict())
+    ref.load_state_dict(step.state_dict())  # float64 again, of the float32 values
+    x = _x(gen, shape, device).float()
+    weights = torch.randn(shape, generator=gen).to(device)
+    names = [name for name, _ in ref.named_parameters()]
+
+    def outputs(module, x, *params):
+        """y, logdet and the gradients of Σ weights·y + Σ logdet² (x and every parameter)."""
+        x = x.detach().requires_grad_()
+        params = [p.detach().requires_grad_() for p in params or module.parameters()]
+        y, logdet = torch.func.functional_call(module, dict(zip(names, params)), (x,))
+        loss = (y * weights.to(x.dtype)).sum() + logdet.pow(2).sum()
+        return [y.detach(), logdet.detach(), *torch.autograd.grad(loss, [x, *params])]
+
+    fast, ref32, exact = outputs(step, x), outputs(ref32, x), outputs(ref, x.double())
+    floors = rounding_floor(lambda *a: outputs(ref, *a),
+                            [x.double(), *[p.detach() for p in ref.parameters()]], exact, gen)
+    with torch.no_grad():
+        out = ref.invconv(ref.actnorm(x.double())[0])[0]
+        log_s = ref.coupling.net(out.chunk(2, 1)[0]).chunk(2, 1)[0]
+    assert_step_logdet_close(fast[1], ref32[1], exact[1], log_s, floor=floors[1])
+    for name, a, r, e, floor in zip(["y", "logdet", "x", *names], fast, ref32, exact, floors):
+        assert a.dtype == torch.float32, name
+        if name != "logdet":
+            c = 4.0 if name == "y" else 8.0
+            assert_float32_close(a, r, e, c=c, what=name if name == "y" else f"grad {name}",
+                                 floor=floor)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -1,6 +1,9 @@
-"""Fused ops against their pure-PyTorch references, in float64, on fresh random odd-shaped input."""
+"""Fused ops against their pure-PyTorch references on fresh random odd-shaped input: in float64
+to 1e-10, and in float32 to tolerances derived from float32 rounding (`assert_float32_close`,
+`coupling_logdet_sd`)."""
 import pytest
 import torch
+from torch.nn import functional as F
 
 from missingglow.flow import ops, reference
 
@@ -8,11 +11,118 @@ pytestmark = pytest.mark.skipif(not ops.AVAILABLE, reason=str(ops.WHY_UNAVAILABL
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
+# --- float32 tolerances -------------------------------------------------------------------------
+#
+# Each float32 test computes three results from the same float32 inputs and parameters: the fused
+# op in float32, the reference in float32, and the reference in float64 on those float32 values
+# widened (exact to ~1e-16, so the errors below are the float32 arithmetic's alone).
+
+U = 2.0 ** -24  # float32's unit roundoff: a rounded result is within U·|value| of the exact one
+
+
+def _rms(t):
+    return t.double().pow(2).mean().sqrt().item()
+
+
+def assert_float32_close(fast, ref32, exact, size=None, c=4.0, what="", floor=None):
+    """The fused float32 result is as accurate as the float32 reference, to a factor c.
+
+    Derivation. To first order the error of a float32 evaluation is Σ_k δ_k·g_k·v_k: one term per
+    rounding k of an intermediate value v_k, |δ_k| ≤ U, g_k the output's sensitivity to v_k. The
+    fused op evaluates the same formula on the same inputs, so its g_k·v_k are the reference's; it
+    rounds in another order (sums split into SIMD lanes, one loop instead of several passes, fused
+    multiply-adds, a scale folded into a matrix), which changes which roundings occur but not their
+    number per output by more than a factor of about 2. Over a whole tensor the root-mean-square
+    error then differs from the reference's by about that factor; c = 4 leaves twice that.
+    The floor U·rms(size): a reference result can come out exactly rounded by luck, or the two
+    orders can differ by more than a factor 2 on a sum that cancels, while a correct kernel stays
+    within a rounding of the size of what it adds. `size` is that size: the same computation on
+    the absolute values of every input and parameter, in float64, which bounds every partial sum
+    and product along the way (|a + b| ≤ |a| + |b|); default: the result itself. Or `floor`
+    itself, for a computation with no such bound (see rounding_floor).
+
+    What fails: a step done in lower precision (bfloat16's rounding is 2^16·U), an approximate exp
+    or log, a constant rounded too early, a term left out: each an error of hundreds of U or more.
+    Over 100 to 300 random seeds of this file's and test_flow_step_op.py's and test_fused.py's
+    float32 tests, the largest error a correct kernel made was 0.75 of its bound.
+    """
+    if exact.numel() == 0:
+        return
+    err, err_ref = _rms(fast.double() - exact), _rms(ref32.double() - exact)
+    if floor is None:
+        floor = U * _rms(exact if size is None else size)
+    bound = c * max(err_ref, floor)
+    assert err <= bound, (f"{what}: float32 rms error {err:.3g} = {err / U:.1f} U, more than "
+                          f"{c:g} × max(the float32 reference's {err_ref / U:.1f} U, the floor "
+                          f"{floor / U:.1f} U)")
+
+
+def rounding_floor(compute, inputs, exact, generator, draws=4):
+    """rms change of each result of `compute(*inputs)` (float64) when every element of every input
+    is moved by ±U relative, the signs random (rms over `draws` such moves): the error that
+    rounding each input once to float32 causes, and so about the least error a float32 evaluation
+    has (it rounds every intermediate value too). A floor for assert_float32_close where the
+    result is a whole step's or model's, with no `size`."""
+    total = [0.0] * len(exact)
+    for _ in range(draws):
+        signs = [(2 * torch.randint(0, 2, t.shape, generator=generator) - 1).to(t)
+                 for t in inputs]
+        moved = compute(*[t * (1 + U * sign) for t, sign in zip(inputs, signs)])
+        total = [s + _rms(a - b) ** 2 for s, a, b in zip(total, moved, exact)]
+    return [(s / draws) ** 0.5 for s in total]
+
+
+def coupling_logdet_sd(log_s):
+    """Standard deviation of float32 rounding in logdet_b = Σ_i log sigmoid(log_s_bi + 2).
+
+    Derivation (rounding errors independent, uniform in ±U·|value rounded|, so each of standard
+    deviation U·|value|/√3; first order):
+    - per term, with v = log_s + 2: v itself is rounded (|∂ log sigmoid(v)/∂v| = 1 − s ≤ 1, so
+      U·|v|); exp(−|v|) (1 ulp, 2U) times e/(1+e) ≤ 1; 1 + e and the product the kernels take of
+      up to 64 of them before one log (U each, as a relative error of the product); the log (U).
+      At most (|v| + 4)·U per term: variance Σ_i (|v_i| + 4)²·U²/3.
+    - the sum: each addition rounds its running sum p_k. Summing in sequence (the portable build's
+      order; SIMD lanes and channels-last runs add shorter sums, which round less), p_k is the sum
+      of the first k terms; the kernels keep two running sums (the linear part min(v, 0) and the
+      log part of each term, both of its sign, so each |p_k| ≤ P_k = Σ_{i≤k} |log s_i|). Variance
+      2·Σ_k P_k²·U²/3. For n terms of similar size that is 2·n·(Σ|log s|)²·U²/9: the error grows
+      as √n·U times the logdet's size.
+    Six of these standard deviations bound the error of any correct float32 kernel (and of the
+    float32 reference: its logsigmoid is as exact, its sum pairwise). On 12×16×16 (1536 terms of
+    log_s + 2 = 4·N(0, 1) + 2) that is about 1e-2, against errors of 2e-4 (the SIMD builds) to
+    1.4e-3 (the portable build's sequential sum); the largest seen over 100 seeds was 0.24 of it.
+    A bias of 1e-5 per term (an exp or log good to 1e-5 only) is 1.5e-2 there, and fails."""
+    v = (log_s.double() + 2).flatten(1)
+    running = F.logsigmoid(v).abs().cumsum(1)
+    return U * (((v.abs() + 4) ** 2).sum(1) / 3 + 2 * (running ** 2).sum(1) / 3).sqrt()
+
+
+def assert_logdet_close(fast, exact, log_s, what=""):
+    """|fast − exact| ≤ 6 · coupling_logdet_sd(log_s) per sample."""
+    err = (fast.double() - exact).abs()
+    bound = 6 * coupling_logdet_sd(log_s).to(err.device)
+    assert (err <= bound).all(), (f"{what}: logdet errors {err.tolist()} over 6σ = "
+                                  f"{bound.tolist()}")
+
+
+@pytest.fixture
+def float32_proper():
+    """cuDNN's float32 convolutions and matmuls without TF32 (10-bit mantissas), which would make
+    the float32 reference itself 1e-3 off and every float32 check above meaningless on a GPU."""
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+
 
 # --- actnorm + 1×1 conv -------------------------------------------------------------------------
 
 CHANNEL_SHAPES = [(1, 6, 1, 1), (3, 12, 5, 7), (3, 48, 32, 32), (1, 6, 17, 3), (3, 12, 32, 32)]
 LAYOUTS = ["contiguous", "channels_last", "strided"]
+FLOAT32_SHAPES = [(1, 6, 1, 1), (3, 12, 5, 7), (2, 48, 9, 7)]  # the float32 tests': fewer, smaller
 
 
 def _activations(gen, shape, device, layout, dtype=torch.float64):
@@ -54,6 +164,28 @@ def test_actnorm_conv_matches_reference(gen, device, shape, layout):
         assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
     else:
         assert y.is_contiguous()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", FLOAT32_SHAPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_actnorm_conv_float32_is_as_accurate_as_the_reference(gen, float32_proper, device, shape,
+                                                              layout):
+    x = _activations(gen, shape, device, layout, torch.float32)
+    params = _actnorm_conv_params(gen, shape[1], device, torch.float32, weight_4d=shape[1] == 12)
+    wide = [p.double() for p in params]
+    loc, scale, weight = (p.abs() for p in wide)
+    y = ops.actnorm_conv(x, *params)
+    assert y.dtype == torch.float32
+    assert_float32_close(y, reference.actnorm_conv(x, *params),
+                         reference.actnorm_conv(x.double(), *wide),
+                         reference.actnorm_conv(x.double().abs(), loc, scale, weight), what="y")
+    back = ops.actnorm_conv_inverse(y, *params)
+    w_inv = torch.linalg.inv(wide[2].view(*wide[2].shape[:2])).abs()
+    assert_float32_close(back, reference.actnorm_conv_inverse(y, *params),
+                         reference.actnorm_conv_inverse(y.double(), *wide),
+                         F.conv2d(y.double().abs(), w_inv.view(*w_inv.shape, 1, 1)) / scale + loc,
+                         what="x back")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -117,6 +249,58 @@ def test_actnorm_conv_refuses_bad_arguments():
 
 # --- the whole-tensor coupling -------------------------------------------------------------------
 
+def _coupling_both_ways(x, h, y_in, grad_y, grad_logdet, step=None, inverse=None, backward=None):
+    """(y, logdet, x back from y_in, its logdet, grad x, grad h of Σ grad_y·y + Σ grad_logdet·logdet
+    from the output y_in) by the given ops, or by the reference's (autograd for the gradients)."""
+    if step is None:
+        xr, hr = x.detach().requires_grad_(), h.detach().requires_grad_()
+        y, logdet = reference.coupling_step(xr, hr)
+        grads = torch.autograd.grad((y * grad_y).sum() + (logdet * grad_logdet).sum(), [xr, hr])
+        back, inv_logdet = reference.coupling_step_inverse(y_in, h)
+        return y.detach(), logdet.detach(), back, inv_logdet, *grads
+    y, logdet = step(x, h)
+    back, inv_logdet = inverse(y_in, h)
+    return (y, logdet, back, inv_logdet, *backward(grad_y, grad_logdet, y_in, h))
+
+
+COUPLING_OUTPUTS = ("y", "logdet", "x back", "inverse logdet", "grad x", "grad h")
+
+
+def _check_coupling(gen, shape, device, layout, dtype, what):
+    """The coupling op's forward, inverse and backward against the reference. float64: to 1e-10.
+    float32: as accurate as the float32 reference (assert_float32_close), the logdets within the
+    derived bound of coupling_logdet_sd, all against the float64 reference on the same float32
+    inputs."""
+    x = _activations(gen, shape, device, layout, dtype)
+    h = 4 * _activations(gen, shape, device, layout, dtype)  # log_s + 2 of both signs, some far
+    grad_y = torch.randn(shape, generator=gen, dtype=dtype).to(device)
+    grad_logdet = torch.randn(shape[0], generator=gen, dtype=dtype).to(device)
+    y_in = reference.coupling_step(x, h)[0]  # the inverse's and the backward's input
+    fast = _coupling_both_ways(x, h, y_in, grad_y, grad_logdet, ops.coupling_step,
+                               ops.coupling_step_inverse,
+                               torch.ops.missingglow.coupling_step_backward.default)
+    wide = [t.double() for t in (x, h, y_in, grad_y, grad_logdet)]
+    exact = _coupling_both_ways(*wide)
+    if dtype == torch.float64:
+        for name, a, b in zip(COUPLING_OUTPUTS, fast, exact):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m: f"{name}: {m}")
+        return
+    ref32 = _coupling_both_ways(x, h, y_in, grad_y, grad_logdet)
+    log_s = h.chunk(2, 1)[0]
+    # where a result cancels, the size of what is rounded on the way: x = y/s − t rounds y/s =
+    # x + t; grad log_s = (grad_y·y + grad_logdet)·(1 − s) rounds the sum in brackets
+    sizes = {"x back": exact[2].abs() + wide[1].abs(),
+             "grad h": exact[5].abs() + (wide[3] * wide[2]).abs() + wide[4].abs().view(-1, 1, 1, 1)}
+    for name, a, r, e in zip(COUPLING_OUTPUTS, fast, ref32, exact):
+        assert a.dtype == torch.float32, name
+        if "logdet" in name:
+            sign = -1 if "inverse" in name else 1
+            assert_logdet_close(sign * a, sign * e, log_s, f"{what}: {name}")
+            assert_logdet_close(sign * r, sign * e, log_s, f"the reference's {name}")  # the bound
+        else:
+            assert_float32_close(a, r, e, sizes.get(name), what=f"{what}: {name}")
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", CHANNEL_SHAPES)
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -167,6 +351,14 @@ def test_coupling_step_opcheck(gen, device, layout):
                           [torch.randn_like(x), grad_logdet, x, h])
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", FLOAT32_SHAPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_coupling_step_float32_is_as_accurate_as_the_reference(gen, float32_proper, device, shape,
+                                                               layout):
+    _check_coupling(gen, shape, device, layout, torch.float32, f"coupling_step on {device}")
+
+
 def test_coupling_step_is_stable_for_extreme_scales():
     x = torch.ones(1, 4, 1, 1)
     h = torch.tensor([-200.0, 200.0, 0.0, 0.0]).view(1, 4, 1, 1)
@@ -214,6 +406,32 @@ def test_coupling_net_matches_reference(gen, device, shape, layout):
         torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-10)
 
 
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(1, 6, 1, 1), (3, 12, 5, 7), (2, 6, 1, 4)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_coupling_net_float32_is_as_accurate_as_the_reference(gen, float32_proper, device, shape,
+                                                              layout):
+    x_a = _activations(gen, (shape[0], shape[1] // 2, *shape[2:]), device, layout, torch.float32)
+    params = [p.float() for p in _net_params(gen, shape[1], 5, device)]
+    weights = torch.randn(shape, generator=gen).to(device)
+
+    def net_and_grads(net, x_a, params, weights):
+        params = [p.detach().requires_grad_() for p in params]
+        h = net(x_a, *params)
+        return [h.detach(), *torch.autograd.grad((h * weights).sum(), params)]
+
+    fast = net_and_grads(ops.coupling_net, x_a, params, weights)
+    ref32 = net_and_grads(reference.coupling_net, x_a, params, weights)
+    wide = [x_a.double(), [p.double() for p in params], weights.double()]
+    exact = net_and_grads(reference.coupling_net, *wide)
+    sizes = net_and_grads(reference.coupling_net, wide[0].abs(), [p.abs() for p in wide[1]],
+                          wide[2].abs())  # with every value ≥ 0 the ReLUs pass everything
+    names = ["h", "w1", "b1", "w2", "b2", "w3", "b3", "s3"]
+    for name, a, r, e, size in zip(names, fast, ref32, exact, sizes):
+        assert a.dtype == torch.float32
+        assert_float32_close(a, r, e, size, what=f"coupling_net {name}")
+
 # --- the SIMD builds of the CPU coupling loops (csrc/coupling_runs*.{h,cpp}) ---------------------
 
 def _simd_builds():
@@ -257,28 +475,7 @@ SIMD_SHAPES = [(3, 12, 16, 16), (2, 130, 3, 3), (1, 6, 1, 1), (3, 6, 5, 7), (2, 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_every_simd_build_matches_reference(gen, simd_build, shape, layout, dtype):
-    x = _activations(gen, shape, "cpu", layout)
-    h = 4 * _activations(gen, shape, "cpu", layout)  # log_s + 2 of both signs, some far from 0
-    grad_y = torch.randn(shape, generator=gen, dtype=x.dtype)
-    grad_logdet = torch.randn(shape[0], generator=gen, dtype=x.dtype)
-    xr, hr = x.detach().requires_grad_(), h.detach().requires_grad_()
-    y_ref, logdet_ref = reference.coupling_step(xr, hr)
-    grads_ref = torch.autograd.grad((y_ref * grad_y).sum() + (logdet_ref * grad_logdet).sum(),
-                                    [xr, hr])
-
-    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
-    xs, hs = x.to(dtype), h.to(dtype)
-    y, logdet = ops.coupling_step(xs, hs)
-    torch.testing.assert_close(y.double(), y_ref.detach(), **tol)
-    per_sample_tol = dict(rtol=tol["rtol"], atol=tol["atol"] * x[0].numel())
-    torch.testing.assert_close(logdet.double(), logdet_ref.detach(), **per_sample_tol)
-    back, inv_logdet = ops.coupling_step_inverse(y_ref.detach().to(dtype), hs)
-    torch.testing.assert_close(back.double(), x, rtol=tol["rtol"] * 10, atol=tol["atol"] * 10)
-    torch.testing.assert_close(inv_logdet.double(), -logdet_ref.detach(), **per_sample_tol)
-    grad_x, grad_h = torch.ops.missingglow.coupling_step_backward.default(
-        grad_y.to(dtype), grad_logdet.to(dtype), y_ref.detach().to(dtype), hs)
-    torch.testing.assert_close(grad_x.double(), grads_ref[0], **tol)
-    torch.testing.assert_close(grad_h.double(), grads_ref[1], **tol)
+    _check_coupling(gen, shape, "cpu", layout, dtype, f"the {simd_build} build")
 
 
 def test_every_simd_build_is_stable_for_extreme_scales(simd_build):

@@ -2,9 +2,11 @@
 draws."""
 import importlib.util
 import json
+import math
 import os
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,20 +32,65 @@ def records(path):
         return [json.loads(line) for line in f]
 
 
+def by_hand(study, kept):
+    """Held-out bits/dim and the grey fill's RMSE inside the square for a kept checkpoint, from
+    the images and the model alone: what a milestone's record must say."""
+    from missingglow.analysis.runs import open_run
+    from missingglow.data.datasets import MaskedImages, dataset_of
+    from missingglow.seeding import generator
+
+    run = open_run(kept)
+    c = run.config
+    items = MaskedImages(dataset_of(c), c["square"], c["squares"], c["seed"], "heldout")
+    masked, clean, positions = items.batch(list(range(study.BPD_IMAGES)))
+    noise = torch.rand(masked.shape, generator=generator(c["seed"], "eval-noise")) / 32
+    dims = masked[0].numel()
+
+    def bits(images):
+        x = torch.floor(images * 255 / 8) / 32 - 0.5 + noise
+        with torch.no_grad():
+            return (-run.model.log_prob(x) / (dims * math.log(2)) + 5).double().mean().item()
+
+    inside = torch.zeros(masked.shape, dtype=torch.bool)
+    for b, ((top, left),) in enumerate(positions.tolist()):
+        inside[b, :, top:top + c["square"], left:left + c["square"]] = True
+    n = study.IMPUTE_IMAGES
+    grey = (torch.floor(masked[:n] * 255 / 8) - torch.floor(clean[:n] * 255 / 8)) / 32
+    rmse = grey[inside[:n]].double().pow(2).mean().sqrt().item()
+    return {"masked": bits(masked), "clean": bits(clean)}, rmse
+
+
 def test_milestones_are_measured_once_and_runs_resume(study, tmp_path):
     root = str(tmp_path / "runs")
     study.main(["run", "base", "--until", "4", "--every", "2", "--root", root])
     log = os.path.join(root, "base", "study.jsonl")
     first = records(log)
     assert [r["iter"] for r in first] == [2, 4]
-    for r in first:
-        assert set(r) >= {"train", "heldout", "table1", "impute", "train_seconds", "s_per_iter"}
-        assert abs(r["heldout"]["gap"] - (r["heldout"]["masked"] - r["heldout"]["clean"])) < 1e-4
-        assert [row["t"] for row in r["table1"]] == list(study.TEMPERATURES)
-        assert {row["method"] for row in r["impute"]} >= {"flow", "flow + keep observed",
-                                                          "grey fill"}
     assert sorted(os.listdir(os.path.join(root, "base", "kept"))) == ["ckpt-00000002.pt",
                                                                       "ckpt-00000004.pt"]
+    methods = [(m, a) for m in ("flow", "flow + keep observed",
+                                f"flow + keep observed ×{study.KEEP_ITERATIONS}")
+               for a in study.ALPHAS]
+    methods += [(m, None) for m in ("grey fill", "mean-colour fill", "harmonic fill")]
+    for r in first:
+        assert set(r) >= {"train", "heldout", "table1", "impute", "train_seconds", "s_per_iter"}
+        bpd, grey_rmse = by_hand(study, os.path.join(root, "base", "kept",
+                                                     f"ckpt-{r['iter']:08d}.pt"))
+        assert r["heldout"]["masked"] == pytest.approx(bpd["masked"], abs=1e-5)
+        assert r["heldout"]["clean"] == pytest.approx(bpd["clean"], abs=1e-5)
+        assert r["heldout"]["gap"] == pytest.approx(bpd["masked"] - bpd["clean"], abs=2e-5)
+        assert [row["t"] for row in r["table1"]] == list(study.TEMPERATURES)
+        assert all(row["finite"] + row["nonfinite"] == study.SAMPLES_PER_T for row in r["table1"])
+        rows = {(row["method"], row["alpha"]): row for row in r["impute"]}
+        assert set(methods) <= set(rows) and ("invert", None) in rows
+        assert rows[("grey fill", None)]["rmse_in"] == pytest.approx(grey_rmse, abs=1e-5)
+        for alpha in study.ALPHAS:   # keeping the observed pixels leaves them as they were
+            assert rows[("flow + keep observed", alpha)]["rmse_out"] == 0
+            assert rows[("flow", alpha)]["rmse_out"] > 0
+    # two milestones of one run: the model changed between them, the data did not
+    assert first[0]["heldout"] != first[1]["heldout"]
+    grey = [next(row for row in r["impute"] if row["method"] == "grey fill") for r in first]
+    assert grey[0] == grey[1]
     study.main(["run", "base", "--until", "4", "--every", "2", "--root", root])
     assert records(log) == first  # nothing measured twice
     study.main(["run", "base", "--until", "6", "--every", "2", "--root", root])
