@@ -126,13 +126,14 @@ def test_match_one_to_one_by_iou():
     assert match([(0, 3, 10)], [box]) == (1, 0, 0)
     assert match([(0, 3, 10)], [box], min_iou=0.6) == (0, 1, 1)
     assert match([(0, 4, 10)], [box]) == (0, 1, 1)                        # 60 / 140 = 0.43
-    # greedy, not the best assignment: the first detection takes its best truth (IoU 0.82 over
-    # 0.54), which leaves the second with none; the best assignment would have matched both
-    first, second = (0, 2, 10), (0, 12, 10)
-    truths = [(0, 0, 10), (0, 3, 10)]
-    assert iou(first, truths[1]) > iou(first, truths[0]) >= 0.5 > iou(second, truths[0])
-    assert match([first, second], truths) == (1, 1, 1)
-    assert match([second, first], truths) == (1, 1, 1)
+    # each detection takes the best of the true boxes left (not the first that overlaps enough):
+    # IoU (10 - d) / (10 + d) for boxes d pixels apart, so 0.82, 0.67, 0.54, 0.43 for d = 1…4
+    a, b = (0, 10, 10), (0, 13, 10)
+    assert match([(0, 12, 10), (0, 8, 10)], [a, b]) == (2, 0, 0)
+    # and greedily, in the order given (best first), not the best assignment overall: the first
+    # takes b, which leaves the second (0.82 to b, 0.43 to a) with none
+    assert match([(0, 12, 10), (0, 14, 10)], [a, b]) == (1, 1, 1)
+    assert match([(0, 14, 10), (0, 12, 10)], [a, b]) == (2, 0, 0)
 
 
 SLOTS = [(2, 2), (2, 26), (2, 50), (26, 2), (26, 26), (26, 50), (50, 2), (50, 26), (50, 50)]
@@ -163,7 +164,7 @@ def test_table1_counts_buckets_and_E_from_known_squares(monkeypatch):
 
     batches = {0.5: squares_on_faces([0, 1, 2, 3, 4, 5, 6, None]),
                1.0: squares_on_faces([4, 4, 1, 0])}
-    assert detect(batches[0.5], candidate_sizes(12, 64))[4] is not None
+    assert count(batches[0.5], candidate_sizes(12, 64)) == [0, 1, 2, 3, 4, 5, 6, None]
     monkeypatch.setattr(table1, "sample_images", lambda run, n, t, seed, batch: batches[t])
     run = SimpleNamespace(square=12, image_size=64)
     low, high = table1.square_table(run, [0.5, 1.0], n=8, seed=0)

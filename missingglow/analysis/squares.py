@@ -55,9 +55,10 @@ class Settings:
     side_share: float = 0.5  # min share of off values along each side that is not on the border
     mean_share: float = 0.7  # ... and on average over those sides (a disc is half off on each)
     step: float = 0.05       # or: each third of the side steps from the inside by this RMS ...
-    step_ratio: float = 3.0  # ... and this many times the inside's spread
+    step_ratio: float = 3.0  # ... and this many times the inside's spread (2×2 or 3×3 blocks)
+    pixel_step_ratio: float = 2.0  # ... or its pixels' (below `margin_from`)
     parts: int = 3
-    flat: float = 0.5        # values just inside a side within this share of the off threshold
+    flat: float = 1.0        # values just inside a side within this many off thresholds ...
     flat_share: float = 0.9  # ... along this share of a side for its steps to count
     exact: float = 0.006     # an inside this close to grey in mean and std is the mask's own grey
     exact_contrast: float = 0.02  # ... and then its outside pixels need only differ this much
@@ -136,22 +137,23 @@ class _Tables:
         x = images.double()
         self.size = x.shape[-1]
         self.ii1, self.ii2 = _integral(x), _integral(x ** 2)
-        self.flat = self.ii1.flatten(2)
         self.sums = {}
         for b in scales:
             blocks = torch.nn.functional.avg_pool2d(x, b, 1) if b > 1 else x
             self.sums[b] = (_integral(blocks), _integral(blocks ** 2)) if b > 1 else \
                 (self.ii1, self.ii2)
+        # the same, flat and channels last, for gathering per candidate window
+        self.flat = {id(ii): (ii.flatten(2).transpose(1, 2).contiguous(), ii.shape[-1])
+                     for pair in self.sums.values() for ii in pair}
 
-    def mean(self, image, top, left, h, w):
+    def mean(self, image, top, left, h, w, ii=None):
         """Mean colour of rectangles [top, top+h) × [left, left+w) of image[i] for index tensors
-        top, left (Q, n) and sizes h, w (ints or (Q, 1)): (Q, n, 3)."""
-        row = self.size + 1
+        top, left (Q, n) and sizes h, w (ints or (Q, 1)): (Q, n, 3). Of the pixels, or of what
+        the integral image `ii` sums."""
+        f, row = self.flat[id(self.ii1 if ii is None else ii)]
         a, b = top * row, (top + h) * row
-        f = self.flat
         i = image[:, None]
-        total = f[i, :, b + left + w] - f[i, :, a + left + w] - f[i, :, b + left] + \
-            f[i, :, a + left]
+        total = f[i, b + left + w] - f[i, a + left + w] - f[i, b + left] + f[i, a + left]
         area = torch.as_tensor(h * w, dtype=torch.float64)
         return total / (area.clamp(min=1)[..., None] if area.dim() else max(float(area), 1.0))
 
@@ -197,7 +199,8 @@ def _strength(tables, image, t, l, k, m, b, mu, spread, need, settings):
     steps = (values - inside).pow(2).mean(3)                           # (Q, 4, n)
     weakest = torch.stack([steps[:, :, a:c].mean(2) for a, c in zip(cuts, cuts[1:])], 2)
     weakest = weakest.amin(2).sqrt()                                   # (Q, 4)
-    stepped = weakest >= torch.clamp(settings.step_ratio * spread, min=settings.step)[:, None]
+    ratio = settings.step_ratio if b > 1 else settings.pixel_step_ratio
+    stepped = weakest >= torch.clamp(ratio * spread, min=settings.step)[:, None]
     stepped &= flat.double().mean(2) >= settings.flat_share
     strength = torch.where(stepped | border, torch.ones_like(share), share)
     return border, strength, diff.pow(2).mean(2).sqrt()
@@ -227,22 +230,27 @@ def _windows(tables, k, settings):
     mean = s1 / area                                                   # (N, 3, P)
     std = (s2 / area - mean ** 2).clamp_min(0).mean(1).sqrt()          # (N, P)
     ok = ((mean - GREY).abs().amax(1) <= settings.tint) & (std <= settings.spread)
-    # a flat patch has the same mean in each quarter, and in each corner; a smooth natural region
-    # has a gradient, a disc has no corners
-    for part in (inner // 2, max(2, inner // 4)):
-        if 1 <= part < inner:
-            tol = torch.clamp(settings.level_z * std / part, min=settings.level)
-            for dt in (0, inner - part):
-                for dl in (0, inner - part):
-                    q = _rect(tables.ii1, top + m + dt, left + m + dl, part, part) / part ** 2
-                    ok &= (q - mean).abs().amax(1) <= tol
     image, index = ok.nonzero(as_tuple=True)
     t, l = top[index], left[index]
     mu, sd = mean[image, :, index], std[image, index]                 # (Q, 3), (Q,)
+
+    def box(ii, dt, dl, h, w):   # mean over [t+dt, +h) × [l+dl, +w) of each candidate: (Q, 3)
+        return tables.mean(image, (t + dt)[:, None], (l + dl)[:, None], h, w, ii)[:, 0]
+
+    # a flat patch has the same mean in each quarter, and in each corner; a smooth natural region
+    # has a gradient, a disc has no corners
+    keep = torch.ones_like(sd, dtype=torch.bool)
+    for part in (inner // 2, max(2, inner // 4)):
+        if 1 <= part < inner:
+            tol = torch.clamp(settings.level_z * sd / part, min=settings.level)
+            for dt in (0, inner - part):
+                for dl in (0, inner - part):
+                    q = box(tables.ii1, m + dt, m + dl, part, part)
+                    keep &= (q - mu).abs().amax(1) <= tol
+    image, t, l, mu, sd = image[keep], t[keep], l[keep], mu[keep], sd[keep]
     # the inside's spread at scale b
     ii1, ii2 = tables.sums[b]
-    v1 = _rect(ii1, top + m, left + m, n, n)[image, :, index] / (n * n)
-    v2 = _rect(ii2, top + m, left + m, n, n)[image, :, index] / (n * n)
+    v1, v2 = box(ii1, m, m, n, n), box(ii2, m, m, n, n)
     spread = (v2 - v1 ** 2).clamp_min(0).mean(1).sqrt()                # (Q,)
     need = torch.clamp(settings.noise_z * spread, min=settings.contrast)
     border, strength, rms = _strength(tables, image, t, l, k, m, b, mu, spread, need, settings)
@@ -252,8 +260,7 @@ def _windows(tables, k, settings):
     clean = sd <= settings.exact
     exact = clean & ((mu - GREY).abs().amax(1) <= settings.exact)
     if m:
-        w1 = _rect(tables.ii1, top, left, k, k)[image, :, index] / (k * k)
-        w2 = _rect(tables.ii2, top, left, k, k)[image, :, index] / (k * k)
+        w1, w2 = box(tables.ii1, 0, 0, k, k), box(tables.ii2, 0, 0, k, k)
         wsd = (w2 - w1 ** 2).clamp_min(0).mean(1).sqrt()
         exact &= ((w1 - GREY).abs().amax(1) <= settings.exact) & (wsd <= settings.exact)
     for pick, margin, contrast in ((clean & ~exact, m, settings.contrast),
