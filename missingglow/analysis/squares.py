@@ -4,8 +4,8 @@ A window (top, left, k) is a square when
   1. its inside is near grey: every channel's mean within `tint` of 128/255 (a model's squares
      come out slightly tinted);
   2. its inside is flat: pooled standard deviation at most `spread` (a model's squares carry
-     noise), and each quarter's mean close to the whole's (a smooth natural region has a
-     gradient, a pasted square none);
+     noise), and each quarter's and each corner's mean close to the whole's (a smooth natural
+     region has a gradient, a disc no corners, a pasted square neither);
   3. every side that is not on the image border is an edge, right where the window puts it: the
      values just inside the side match the inside colour, and either each third of the side steps
      from them by at least `step` (and `step_ratio` times the inside's spread), or at least
@@ -17,7 +17,7 @@ Rule 3 is what tells a square from natural grey content: a grey background, a gr
 gradient larger than the window has grey on at least one side of every window inside it; a grey
 rectangle that is not square fails on its long sides; a grey disc is grey beyond the middle of
 each side. Noise and texture are told apart by scale: the inside's spread and the values along the
-sides are measured on b×b block means (b = 1 below `margin_from` px, 2, then 3 from
+sides are measured on b×b block means (b = 1 below `scale2_from` px, 2, then 3 from
 `scale3_from`): averaging shrinks white noise, not texture. Windows of k >= `margin_from` ignore a
 one-pixel band inside their edge, so a blurred edge does not spoil the flatness.
 
@@ -56,14 +56,14 @@ class Settings:
     mean_share: float = 0.7  # ... and on average over those sides (a disc is half off on each)
     step: float = 0.05       # or: each third of the side steps from the inside by this RMS ...
     step_ratio: float = 3.0  # ... and this many times the inside's spread (2×2 or 3×3 blocks)
-    pixel_step_ratio: float = 2.0  # ... or its pixels' (below `margin_from`)
+    pixel_step_ratio: float = 2.0  # ... or its pixels' (below `scale2_from`)
     parts: int = 3
     flat: float = 1.0        # values just inside a side within this many off thresholds ...
     flat_share: float = 0.9  # ... along this share of a side for its steps to count
     exact: float = 0.006     # an inside this close to grey in mean and std is the mask's own grey
     exact_contrast: float = 0.02  # ... and then its outside pixels need only differ this much
-    margin_from: int = 8     # windows this size and larger ignore a 1-px band around their edge
-    #                          and compare 2×2 blocks, not pixels, outside and inside
+    margin_from: int = 8     # windows this size and larger ignore a 1-px band inside their edge
+    scale2_from: int = 10    # windows this size and larger compare 2×2 blocks ...
     scale3_from: int = 14    # ... and from this size 3×3 blocks
     overlap: float = 0.5     # windows overlapping a cluster's seed by more than this join it
     # the second pass, for a model's ragged squares: blobs of grey-looking pixels
@@ -208,7 +208,7 @@ def _strength(tables, image, t, l, k, m, b, mu, spread, need, settings):
 
 def _scale(k, settings):
     """Block side for comparing a window's outside with its inside: larger windows average more."""
-    return 1 if k < settings.margin_from else 2 if k < settings.scale3_from else 3
+    return 1 if k < settings.scale2_from else 2 if k < settings.scale3_from else 3
 
 
 def _windows(tables, k, settings):
