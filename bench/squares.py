@@ -6,8 +6,8 @@
 The photo bank (tests/photo_bank.py; needs scikit-image's sample photos) is scored with the square
 size given, `candidate_sizes(K, 64)` as Table 1 uses, and without it, `all_sizes(64)`; the exact
 grey 128/255 squares, their degraded twins (noise, tint, blur) and the same saved as JPEG are
-scored apart. The synthetic bank (tests/squares_bank.py) is scored with the size given at the
-sizes of the docs' table.
+scored apart. The synthetic
+bank (tests/squares_bank.py) is scored with the size given at the sizes of the docs' table.
 Times are per image, one image per call on one thread (a batch is faster per image).
 """
 import argparse

@@ -259,24 +259,15 @@ def compressed(seed=0, per_cell=2, free=None, quality=85):
             yield from_pil(img), boxes, {**info, "jpeg": quality}
 
 
-def score(detect_fn, images, batched=False):
+def score(detect_fn, images):
     """Scores of detect_fn(image, K) -> squares over (image, truth, info) triples: exact-count
     accuracy (all, per look, per K, per degradation), under/over counts, false squares on
-    square-free images, squares found per way placed, precision and recall. Returns a dict.
-    batched: detect_fn takes a (N, 3, S, S) batch of the images of one K and returns a list."""
+    square-free images, squares found per way placed, precision and recall. Returns a dict."""
     from missingglow.analysis.squares import iou, match
 
-    images = list(images)
-    if batched:
-        results = [None] * len(images)
-        for k in sorted({info["K"] for _, _, info in images}):
-            which = [i for i, (_, _, info) in enumerate(images) if info["K"] == k]
-            for i, found in zip(which, detect_fn(torch.stack([images[i][0] for i in which]), k)):
-                results[i] = found
-    else:
-        results = [detect_fn(image, info["K"]) for image, _, info in images]
     rows, ways = [], {w: [0, 0] for w in PLACES}
-    for (_, boxes, info), found in zip(images, results):
+    for image, boxes, info in images:
+        found = detect_fn(image, info["K"])
         tp, fp, fn = match(found, boxes)
         rows.append((info, len(boxes), len(found), tp, fp, fn))
         for box, way in zip(boxes, info["ways"]):

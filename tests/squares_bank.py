@@ -141,23 +141,16 @@ def grey_content(seed=0, size=64, square=12):
     return out
 
 
-def score(detect_fn, seed=0, size=64, square=12, per_cell=2, batched=False):
+def score(detect_fn, seed=0, size=64, square=12, per_cell=2):
     """Precision, recall and exact-count accuracy of detect_fn(image) -> squares on the bank, plus
-    false detections on the grey content. Returns a dict (also per picture kind).
-    batched: detect_fn takes a (N, 3, S, S) batch and returns a list."""
+    false detections on the grey content. Returns a dict (also per picture kind)."""
     from missingglow.analysis.squares import match
-
-    def run(images):
-        images = list(images)
-        if batched:
-            return detect_fn(torch.stack(images)) if images else []
-        return [detect_fn(image) for image in images]
 
     tp = fp = fn = exact = total = 0
     by_kind = {}
     misses = []
-    items = list(bank(seed, size, square, per_cell))
-    for (_, boxes, label), found in zip(items, run(im for im, _, _ in items)):
+    for image, boxes, label in bank(seed, size, square, per_cell):
+        found = detect_fn(image)
         a, b, c = match(found, boxes)
         tp, fp, fn = tp + a, fp + b, fn + c
         exact += len(found) == len(boxes)
@@ -168,8 +161,7 @@ def score(detect_fn, seed=0, size=64, square=12, per_cell=2, batched=False):
         if b or c:
             misses.append((label, len(boxes), len(found)))
     grey = grey_content(seed, size, square)
-    false_on_grey = [(desc, len(found)) for (_, desc), found in zip(grey, run(i for i, _ in grey))
-                     if found]
+    false_on_grey = [(desc, len(detect_fn(img))) for img, desc in grey if detect_fn(img)]
     return {
         "precision": tp / max(tp + fp, 1), "recall": tp / max(tp + fn, 1),
         "count_accuracy": exact / total, "images": total, "tp": tp, "fp": fp, "fn": fn,

@@ -58,7 +58,7 @@ def test_counts_zero_to_three_squares_on_a_face():
 
 def test_accuracy_on_the_bank_at_64px():
     result = score(lambda im: detect(im, candidate_sizes(12, 64)), seed=5, size=64, square=12,
-                   per_cell=1, batched=True)
+                   per_cell=1)
     print({k: v for k, v in result.items() if k != "misses"})
     assert result["precision"] >= 0.99
     assert result["recall"] >= 0.97
@@ -68,7 +68,7 @@ def test_accuracy_on_the_bank_at_64px():
 
 def test_accuracy_on_the_bank_at_16px_small_preset_scale():
     result = score(lambda im: detect(im, candidate_sizes(5, 16)), seed=5, size=16, square=5,
-                   per_cell=1, batched=True)
+                   per_cell=1)
     print({k: v for k, v in result.items() if k != "misses"})
     assert result["precision"] >= 0.97
     assert result["recall"] >= 0.88
@@ -79,10 +79,8 @@ def test_silent_on_natural_grey_content():
     """Grey backgrounds, bands, rectangles, discs, ramps, half-images and a square of another size
     are grey but not a K×K square."""
     for size, k in ((64, 12), (64, 20)):
-        content = grey_content(seed=3, size=size, square=k)
-        found = detect(torch.stack([image for image, _ in content]), candidate_sizes(k, size))
-        for (_, what), squares in zip(content, found):
-            assert squares == [], what
+        for image, what in grey_content(seed=3, size=size, square=k):
+            assert detect(image, candidate_sizes(k, size)) == [], what
 
 
 def test_blur_noise_and_tint_are_tolerated():
@@ -215,8 +213,7 @@ def test_photo_bank_is_what_it_says(photos):
 
 
 def photo_score(images):
-    result = photo_bank.score(lambda batch, k: detect(batch, candidate_sizes(k, 64)), images,
-                              batched=True)
+    result = photo_bank.score(lambda im, k: detect(im, candidate_sizes(k, 64)), images)
     print({k: v for k, v in result.items() if k != "misses"})
     return result
 

@@ -144,19 +144,9 @@ class _Tables:
             blocks = torch.nn.functional.avg_pool2d(x, b, 1) if b > 1 else x
             self.sums[b] = (_integral(blocks), _integral(blocks ** 2)) if b > 1 else \
                 (self.ii1, self.ii2)
-        # the same, flat and channels last, for gathering per candidate window; and the b×b block
-        # means themselves
+        # the same, flat and channels last, for gathering per candidate window
         self.flat = {id(ii): (ii.flatten(2).transpose(1, 2).contiguous(), ii.shape[-1])
                      for pair in self.sums.values() for ii in pair}
-        self.pooled = {b: ((torch.nn.functional.avg_pool2d(x, b, 1) if b > 1 else x)
-                           .flatten(2).transpose(1, 2).contiguous()) for b in scales}
-
-    def blocks(self, b, image, rows, cols):
-        """Means of the b×b blocks at (rows, cols) (clamped into the image) of image[i] for index
-        tensors (Q, n): (Q, n, 3)."""
-        width = self.size - b + 1
-        flat = rows.clamp(0, width - 1) * width + cols.clamp(0, width - 1)
-        return self.pooled[b][image[:, None], flat]
 
     def mean(self, image, top, left, h, w, ii=None):
         """Mean colour of rectangles [top, top+h) × [left, left+w) of image[i] for index tensors
@@ -177,29 +167,20 @@ def _sides(tables, image, t, l, k, m, b):
     size, n = tables.size, k - 2 * m - b + 1
     along = torch.arange(n)
     rows, cols = (t + m)[:, None] + along, (l + m)[:, None] + along
+    above, below = t.clamp(max=b)[:, None], (size - t - k).clamp(max=b)[:, None]
+    before, after = l.clamp(max=b)[:, None], (size - l - k).clamp(max=b)[:, None]
 
     def fixed(v):
         return v[:, None].expand(-1, n)
 
-    out, ins = [], []
-    # (across the side: the first line outside, the first inside, the lines the image has
-    # outside, whether those come before the window)
-    for vertical, start, inner, depth, before in (
-            (False, t - b, t + m, t, True), (False, t + k, t + k - m - b, size - t - k, False),
-            (True, l - b, l + m, l, True), (True, l + k, l + k - m - b, size - l - k, False)):
-        at = (rows, fixed(start)) if vertical else (fixed(start), cols)
-        o = tables.blocks(b, image, *at)
-        thin = ((depth > 0) & (depth < b)).nonzero().flatten()
-        if len(thin):   # fewer than b lines between the window and the border: only those
-            d = depth[thin, None].clamp(max=b)
-            first = fixed(start)[thin] + (b - d if before else 0)
-            if vertical:
-                o[thin] = tables.mean(image[thin], rows[thin], first, b, d)
-            else:
-                o[thin] = tables.mean(image[thin], first, cols[thin], d, b)
-        out.append(o)
-        ins.append(tables.blocks(b, image, *((rows, fixed(inner)) if vertical
-                                             else (fixed(inner), cols))))
+    out = [tables.mean(image, fixed(t) - above, cols, above, b),
+           tables.mean(image, fixed(t + k), cols, below, b),
+           tables.mean(image, rows, fixed(l) - before, b, before),
+           tables.mean(image, rows, fixed(l + k), b, after)]
+    ins = [tables.mean(image, fixed(t + m), cols, b, b),
+           tables.mean(image, fixed(t + k - m - b), cols, b, b),
+           tables.mean(image, rows, fixed(l + m), b, b),
+           tables.mean(image, rows, fixed(l + k - m - b), b, b)]
     border = torch.stack([t == 0, t + k == size, l == 0, l + k == size], 1)
     return border, torch.stack(out, 1), torch.stack(ins, 1)
 
