@@ -5,8 +5,7 @@
 
 The photo bank (tests/photo_bank.py; needs scikit-image's sample photos) is scored with the square
 size given, `candidate_sizes(K, 64)` as Table 1 uses, and without it, `all_sizes(64)`; the exact
-grey 128/255 squares, their degraded twins (noise, tint, blur) and the same saved as JPEG are
-scored apart. The synthetic
+grey 128/255 squares and their degraded twins (noise, tint, blur) are scored apart. The synthetic
 bank (tests/squares_bank.py) is scored with the size given at the sizes of the docs' table.
 Times are per image, one image per call on one thread (a batch is faster per image).
 """
@@ -36,12 +35,11 @@ def photo_rows(seed, per_cell, free):
 
     exact = list(pb.bank(seed, per_cell, free))
     degraded = list(pb.degraded(seed, per_cell, free))
-    jpeg = list(pb.compressed(seed, per_cell, free))
     lines = ["| squares | sizes searched | exact count | with squares | under / over | "
              "square-free fired | colour | grayscale | converted | precision / recall | "
              "ms per image |", "|" + "---|" * 11]
     results = {}
-    for part, images in (("exact grey", exact), ("degraded", degraded), ("JPEG q85", jpeg)):
+    for part, images in (("exact grey", exact), ("degraded", degraded)):
         for given in (True, False):
             def fn(image, k):
                 return detect(image, candidate_sizes(k, 64) if given else all_sizes(64))

@@ -18,12 +18,10 @@ within 0.06 of grey). Rules that keep the truth well defined:
     outside it clearly off grey (> EDGE on some channel): a side lost in flat grey is no edge to a
     person either.
 Square-free crops come from the same photos. `degraded()` gives the same images with what a
-model's samples have (noise, a tint on the squares, blur, or all three), `compressed()` the same
-saved as JPEG, each to be scored apart.
+model's samples have (noise, a tint on the squares, blur, or all three), to be scored apart.
 """
 import ast
 import importlib.util
-import io
 import math
 import os
 import random
@@ -246,17 +244,6 @@ def degraded(seed=0, per_cell=2, free=None):
         how = DEGRADATIONS[i % len(DEGRADATIONS)]
         out = degrade(image, boxes, how, rng, info["look"] != "colour")
         yield (out * 255).round() / 255, boxes, {**info, "degradation": how}
-
-
-def compressed(seed=0, per_cell=2, free=None, quality=85):
-    """The images of bank(seed, …) saved as JPEG (4:2:0, as most photographs are): a square's
-    grey is then no longer exact, and colour bleeds into its edges. info gains 'jpeg'."""
-    for image, boxes, info in bank(seed, per_cell, free):
-        buffer = io.BytesIO()
-        to_pil(image).save(buffer, "JPEG", quality=quality)
-        buffer.seek(0)
-        with Image.open(buffer) as img:
-            yield from_pil(img), boxes, {**info, "jpeg": quality}
 
 
 def score(detect_fn, images):

@@ -182,15 +182,13 @@ def test_table1_counts_buckets_and_E_from_known_squares(monkeypatch):
 @pytest.fixture(scope="module")
 def photos():
     """The photo bank's test cut, seed 2 (the counter was tuned on seed 0; the docs' numbers are
-    seed 1): 2 images per look × K × count 1–3 and 50 square-free crops, exact, degraded and
-    saved as JPEG."""
-    return (list(photo_bank.bank(2, 2, 50)), list(photo_bank.degraded(2, 2, 50)),
-            list(photo_bank.compressed(2, 2, 50)))
+    seed 1): 2 images per look × K × count 1–3 and 50 square-free crops, exact and degraded."""
+    return list(photo_bank.bank(2, 2, 50)), list(photo_bank.degraded(2, 2, 50))
 
 
 @needs_photos
 def test_photo_bank_is_what_it_says(photos):
-    exact, degraded, compressed = photos
+    exact, degraded = photos
     assert [i for _, _, i in exact[:5]] == [i for _, _, i in photo_bank.bank(2, 2, 50)][:5]
     assert len(exact) == 3 * 4 * 3 * 2 + 50
     for image, boxes, info in exact:
@@ -208,7 +206,7 @@ def test_photo_bank_is_what_it_says(photos):
     ways = {w for _, _, i in exact for w in i["ways"]}
     assert looks == set(photo_bank.LOOKS) and ways == set(photo_bank.PLACES)
     assert sum(not b for _, b, _ in exact) == 50
-    assert [b for _, b, _ in degraded] == [b for _, b, _ in exact] == [b for _, b, _ in compressed]
+    assert [b for _, b, _ in degraded] == [b for _, b, _ in exact]
     assert {i["degradation"] for _, _, i in degraded} == set(photo_bank.DEGRADATIONS)
 
 
@@ -241,14 +239,3 @@ def test_counts_on_degraded_photographs(photos):
     assert result["free_fired"][0] <= 1
     assert result["by_look"]["colour"][0] / result["by_look"]["colour"][1] >= 0.95
     assert result["precision"] >= 0.97 and result["recall"] >= 0.78
-
-
-@needs_photos
-def test_counts_on_photographs_saved_as_jpeg(photos):
-    """JPEG (quality 85) leaves a square's grey inexact and bleeds colour into its edges and
-    corners: the counter must still count nearly all."""
-    result = photo_score(photos[2])
-    exact, images = result["exact"]
-    assert exact / images >= 0.91
-    assert result["free_fired"][0] <= 1
-    assert result["precision"] >= 0.97 and result["recall"] >= 0.92

@@ -2,10 +2,10 @@
 
 A window (top, left, k) is a square when
   1. its inside is near grey: every channel's mean within `tint` of 128/255 (a model's squares
-     come out slightly tinted), and within `chroma` of each other (tinted grey, not a colour);
+     come out slightly tinted);
   2. its inside is flat: pooled standard deviation at most `spread` (a model's squares carry
-     noise), and each quarter's and each corner's grey level close to the whole's (a smooth
-     natural region has a gradient, a disc no corners, a pasted square neither);
+     noise), and each quarter's and each corner's mean close to the whole's (a smooth natural
+     region has a gradient, a disc no corners, a pasted square neither);
   3. every side that is not on the image border is an edge, right where the window puts it: the
      values just inside the side match the inside colour, and either each third of the side steps
      from them by at least `step` (and `step_ratio` times the inside's spread), or at least
@@ -48,9 +48,7 @@ from ..data.masks import GREY
 class Settings:
     tint: float = 0.10       # max |channel mean − grey| inside
     spread: float = 0.05     # max pooled std inside
-    chroma: float = 0.14     # max spread of the channel means: tinted grey, not a colour
-    level: float = 0.01      # max |quarter's or corner's grey level − the inside's| ...
-    level_colour: float = 0.05
+    level: float = 0.01      # max |quarter's mean − inside mean| (no shading, no gradient) ...
     level_z: float = 3.0     # ... or this many standard errors of a quarter's mean, if more
     contrast: float = 0.03   # an outside value is off the square when it differs by more than this
     noise_z: float = 6.0     # ... and by more than this many times the inside's spread
@@ -231,8 +229,7 @@ def _windows(tables, k, settings):
     s2 = _rect(tables.ii2, top + m, left + m, inner, inner)
     mean = s1 / area                                                   # (N, 3, P)
     std = (s2 / area - mean ** 2).clamp_min(0).mean(1).sqrt()          # (N, P)
-    ok = ((mean - GREY).abs().amax(1) <= settings.tint) & (std <= settings.spread) & \
-        (mean.amax(1) - mean.amin(1) <= settings.chroma)
+    ok = ((mean - GREY).abs().amax(1) <= settings.tint) & (std <= settings.spread)
     image, index = ok.nonzero(as_tuple=True)
     t, l = top[index], left[index]
     mu, sd = mean[image, :, index], std[image, index]                 # (Q, 3), (Q,)
@@ -240,20 +237,16 @@ def _windows(tables, k, settings):
     def box(ii, dt, dl, h, w):   # mean over [t+dt, +h) × [l+dl, +w) of each candidate: (Q, 3)
         return tables.mean(image, (t + dt)[:, None], (l + dl)[:, None], h, w, ii)[:, 0]
 
-    # a flat patch has the same grey level in each quarter and each corner: a smooth natural
-    # region has a gradient, a disc no corners (JPEG smears colour, not level, into a square's).
-    # The tolerance allows for the noise the middle shows (a disc's corners do not inflate it).
-    c0, cn = inner // 4, inner - 2 * (inner // 4)
-    c1, c2 = box(tables.ii1, m + c0, m + c0, cn, cn), box(tables.ii2, m + c0, m + c0, cn, cn)
-    noise = (c2 - c1 ** 2).clamp_min(0).mean(1).sqrt()
+    # a flat patch has the same mean in each quarter, and in each corner; a smooth natural region
+    # has a gradient, a disc has no corners
     keep = torch.ones_like(sd, dtype=torch.bool)
     for part in (inner // 2, max(2, inner // 4)):
         if 1 <= part < inner:
-            tol = torch.clamp(settings.level_z * noise / part, min=settings.level)
+            tol = torch.clamp(settings.level_z * sd / part, min=settings.level)
             for dt in (0, inner - part):
                 for dl in (0, inner - part):
-                    q = box(tables.ii1, m + dt, m + dl, part, part) - mu
-                    keep &= q.mean(1).abs() <= tol
+                    q = box(tables.ii1, m + dt, m + dl, part, part)
+                    keep &= (q - mu).abs().amax(1) <= tol
     image, t, l, mu, sd = image[keep], t[keep], l[keep], mu[keep], sd[keep]
     # the inside's spread at scale b
     ii1, ii2 = tables.sums[b]
