@@ -504,3 +504,17 @@ def test_windows_of_an_exact_square():
     # gives empty tensors of the right types
     i, t, l, score, exact = _windows(tables, 1, squares.Settings(margin_from=1))
     assert len(i) == 0 and score.dtype == torch.float64 and exact.dtype == torch.bool
+    assert i.dtype == t.dtype == l.dtype == torch.long
+
+
+def test_windows_from_8_px_ignore_a_blurred_band_inside_their_edge():
+    """A square whose outermost pixel ring is blurred halfway to its surroundings is still found
+    at its full size from 8 px up, where that band is left out of the inside."""
+    image = torch.full((3, 16, 16), 0.9)
+    image[:, 4:12, 4:12] = (GREY + 0.9) / 2
+    image[:, 5:11, 5:11] = GREY
+    assert [s.box() for s in detect(image, [8])] == [(4, 4, 8)]
+    seven = torch.full((3, 16, 16), 0.9)
+    seven[:, 4:11, 4:11] = (GREY + 0.9) / 2
+    seven[:, 5:10, 5:10] = GREY
+    assert detect(seven, [7]) == []
