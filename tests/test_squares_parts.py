@@ -124,6 +124,7 @@ def test_clusters_report_the_median_window_preferring_exact_ones():
     assert _cluster([(1.0, 5, 6, 4, False)], 0.5, 8) == [Square(4, 4, 4, 1.0)]
     assert _cluster([(1.0, 0, 0, 9, False)], 0.5, 8) == [Square(0, 0, 8, 1.0)]
     assert _cluster([], 0.5, 8) == []
+    assert _cluster([(1.0, 2, 2, 1, False)], 0.5, 8) == [Square(2, 2, 1, 1.0)]
 
 
 def test_labels_are_four_connected_components_named_by_their_first_pixel():
@@ -294,6 +295,18 @@ def test_blobs_later_in_the_image_are_found_after_one_is_refused():
         assert blob_boxes(with_good(image), 5, 7) == [good], name
 
 
+def sign_grid(k):
+    return ((torch.arange(k)[:, None] + torch.arange(k)) % 2 * 2 - 1).float()
+
+
+def test_a_blob_filling_exactly_the_share_of_its_box_is_taken():
+    image = canvas(12)
+    image[:, 2, 2:7] = image[:, 6, 2:7] = GREY        # 15 of a 5 × 5 box: 0.6 exactly
+    image[:, 3:6, 2] = GREY
+    image[:, 3:5, 6] = GREY
+    assert blob_boxes(image, 5, 5) == [(2, 2, 5)]
+
+
 def test_blobs_spread_and_ring():
     """A blob's pixels must be uniform (pooled std of each channel, over its pixels) and the ring
     just around it clearly off grey; what lies further away does not matter."""
@@ -310,6 +323,10 @@ def test_blobs_spread_and_ring():
     signs = torch.randint(0, 2, (3, 6, 6), generator=g) * 2 - 1
     wobbly[:, 4:10, 4:10] = GREY + 0.09 * signs              # every pixel grey-looking
     assert blob_boxes(wobbly, 5, 7) == []
+    # the pooled std is the population one: 0.0795 passes 0.08 (n - 1 would make it 0.0806)
+    checker = canvas()
+    checker[:, 4:10, 4:10] = GREY + 0.0795 * sign_grid(6)
+    assert blob_boxes(checker, 5, 7) == [(4, 4, 6)]
     far = canvas(value=GREY + 0.11)                          # not grey-looking, but nearly
     far[:, 2:12, 2:12] = 0.9
     far[:, 4:10, 4:10] = GREY
@@ -499,12 +516,112 @@ def test_windows_of_an_exact_square():
     tables = _Tables(image, {1})
     i, t, l, score, exact = _windows(tables, 6, DEFAULT)
     assert (i.tolist(), t.tolist(), l.tolist(), exact.tolist()) == ([0], [3], [4], [True])
-    assert score.item() > 0
+    # every side is off by 0.9 − grey, and the inside's spread is 0
+    assert score.item() == pytest.approx((0.9 - GREY) / 0.01, rel=1e-6)
     # a window larger than the image's flat part finds nothing; one too small to hold a block
     # gives empty tensors of the right types
     i, t, l, score, exact = _windows(tables, 1, squares.Settings(margin_from=1))
     assert len(i) == 0 and score.dtype == torch.float64 and exact.dtype == torch.bool
-    assert i.dtype == t.dtype == l.dtype == torch.long
+    assert i.dtype == t.dtype == l.dtype == torch.long and len(score) == len(exact) == 0
+
+
+def test_windows_mark_only_the_masks_own_grey_as_exact():
+    """A noisy square whose mean is exactly grey is found but not marked exact; a square whose
+    edge band alternates around grey (its mean still grey) is found through its inside, not as
+    the mask's own grey, which must be flat over the whole window."""
+    g = torch.Generator().manual_seed(0)
+    noisy = torch.full((3, 16, 16), 0.9)
+    noise = (torch.randint(0, 2, (6, 6), generator=g) * 2 - 1).float() * 0.03
+    noisy[:, 5:11, 4:10] = GREY + noise - noise.mean()
+    i, t, l, _, exact = _windows(_Tables(noisy[None], {1}), 6, DEFAULT)
+    assert (t.tolist(), l.tolist(), exact.tolist()) == ([5], [4], [False])
+    banded = torch.full((3, 16, 16), 0.9)
+    banded[:, 4:12, 4:12] = GREY
+    sign = ((torch.arange(16)[:, None] + torch.arange(16)) % 2 * 2 - 1).float()
+    band = torch.zeros(16, 16, dtype=torch.bool)
+    band[4:12, 4:12] = True
+    band[5:11, 5:11] = False
+    banded[:, band] = (GREY + 0.15 * sign)[band]
+    i, t, l, _, exact = _windows(_Tables(banded[None], {1}), 8, DEFAULT)
+    assert (t.tolist(), l.tolist(), exact.tolist()) == ([4], [4], [False])
+
+
+def test_an_exact_square_needs_half_of_each_side_off_counting_its_corner_pixels():
+    """The mask's own grey is judged pixel by pixel on the line just outside, end to end: a side
+    with 3 of its 8 pixels off (its two ends on grey content above) is not an edge."""
+    image = torch.full((3, 16, 16), 0.9)
+    image[:, 6:14, 4:12] = GREY
+    for c in (4, 5, 6, 10, 11):
+        image[:, 0:6, c] = GREY
+    assert detect(image, [8]) == []
+    image[:, 0:6, 6] = 0.9                            # 4 of 8 off: half, an edge
+    assert [s.box() for s in detect(image, [8])] == [(6, 4, 8)]
+
+
+def test_windows_need_the_sides_off_on_average_in_each_window_alone():
+    """Each side 60 % off (above `side_share`, below `mean_share` on average) is no square, even
+    beside another image's clear square in the same batch."""
+    image = torch.full((3, 20, 20), 0.9)
+    image[:, 5:15, 5:15] = GREY
+    image[:, 4, 5:9] = image[:, 15, 5:9] = image[:, 5:9, 4] = image[:, 5:9, 15] = GREY
+    clear = torch.full((3, 20, 20), 0.9)
+    clear[:, 5:15, 5:15] = GREY
+    found = detect(torch.stack([image, clear, image]), [10])
+    assert found[0] == found[2] == [] and [s.box() for s in found[1]] == [(5, 5, 10)]
+
+
+def test_a_windows_score_is_its_edge_over_its_spread_in_blocks():
+    """Score = mean side strength × weakest side's RMS step / (spread + 0.01), the spread taken
+    over the b×b block means that start inside the band (here 2×2 blocks of a 12-px window; its
+    inside rows 9 and 10 are grey ± 0.05, so only the block starting at row 8 is off grey)."""
+    image = torch.full((3, 20, 20), 0.9)
+    t = l = 4
+    image[:, t:t + 12, l:l + 12] = GREY
+    image[:, t + 9, l + 1:l + 11] += 0.05
+    image[:, t + 10, l + 1:l + 11] -= 0.05
+    i, tops, lefts, score, exact = _windows(_Tables(image[None], {1, 2}), 12, DEFAULT)
+    at = list(zip(tops.tolist(), lefts.tolist())).index((t, l))
+    blocks = torch.nn.functional.avg_pool2d(image.double()[None], 2, 1)[0]
+    inside = blocks[:, t + 1:t + 10, l + 1:l + 10].flatten(1)            # 9 × 9 block starts
+    spread = inside.var(1, unbiased=False).mean().sqrt().item()
+    mu = image.double()[:, t + 1:t + 11, l + 1:l + 11].mean((1, 2))
+    assert not exact[at]
+    assert score[at].item() == pytest.approx((0.9 - mu.max().item()) / (spread + 0.01), rel=1e-6)
+
+
+def test_windows_check_the_level_of_each_corner_block():
+    """The corner blocks are inner // 4 pixels (at least 2): a 2×2 corner off grey, offset within
+    its 3×3 and its quarter, is seen at inner 10; a 3×3 corner off, offset within its 2×2 and its
+    quarter, is seen at inner 12."""
+    image = torch.full((3, 20, 20), 0.9)
+    image[:, 4:16, 4:16] = GREY                         # k = 12, inner 10 from (5, 5)
+    image[:, 5:7, 5:7] += 0.05                          # the 2×2 corner block
+    image[:, 7, 5:8] -= 0.04                            # the rest of its 3×3
+    image[:, 5:7, 7] -= 0.04
+    _, t, l, _, _ = _windows(_Tables(image[None], {1, 2}), 12, DEFAULT)
+    assert (4, 4) not in list(zip(t.tolist(), l.tolist()))
+    image = torch.full((3, 20, 20), 0.9)
+    image[:, 4:18, 4:18] = GREY                         # k = 14, inner 12 from (5, 5)
+    image[:, 7, 5:8] += 0.05                            # the 3×3 block's outer L, 5 pixels
+    image[:, 5:7, 7] += 0.05
+    image[:, 9, 5:10] -= 0.05                           # the same taken back in its quarter
+    _, t, l, _, _ = _windows(_Tables(image[None], {1, 3}), 14, DEFAULT)
+    assert (4, 4) not in list(zip(t.tolist(), l.tolist()))
+
+
+def test_windows_check_the_level_of_each_quarter():
+    """A square brighter over an L inside one quarter (outside its corner blocks): the quarter's
+    mean is off the whole's, so the window is not flat (a window one pixel up and left, with
+    less of the L in its quarter, may still pass)."""
+    image = torch.full((3, 20, 20), 0.9)
+    image[:, 4:16, 4:16] = GREY
+    flat = image.clone()
+    image[:, 5 + 3:5 + 5, 5:5 + 5] += 0.1                # inner 10 × 10 from (5, 5): rows 3-4
+    image[:, 5:5 + 5, 5 + 3:5 + 5] += 0.1                # ... and columns 3-4 of its quarter
+    image = image.clamp(0, 1)
+    assert [s.box() for s in detect(flat, [12])] == [(4, 4, 12)]
+    i, t, l, _, _ = _windows(_Tables(image[None], {1, 2}), 12, DEFAULT)
+    assert (4, 4) not in list(zip(t.tolist(), l.tolist()))
 
 
 def test_windows_from_8_px_ignore_a_blurred_band_inside_their_edge():
