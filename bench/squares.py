@@ -1,6 +1,6 @@
 """How well the grey-square counter counts: on real photographs and on the synthetic bank.
 
-    python bench/squares.py                          # the tables in docs/phenomenon.md (seed 1)
+    python bench/squares.py                          # the tables in docs/phenomenon.md (seed 7)
     python bench/squares.py --seed 0 --photos-only   # the seed the counter was tuned on
 
 The photo bank (tests/photo_bank.py; needs scikit-image's sample photos) is scored with the square
@@ -72,7 +72,8 @@ def synthetic_rows(seed, per_cell):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seed", type=int, default=1, help="bank seed [1; the counter was tuned on 0]")
+    p.add_argument("--seed", type=int, default=7,
+                   help="bank seed [7; the counter was tuned on 0, and 1 is not held out]")
     p.add_argument("--per-cell", type=int, default=4,
                    help="photo-bank images per look × K × count [4]")
     p.add_argument("--free", type=int, default=100, help="square-free photo crops [100]")

@@ -196,7 +196,7 @@ def sample(checkpoint, temperatures, n, seed, columns, out):
 
 
 # Said after counting squares of any size (no --square, no checkpoint to take it from).
-SQUARE_HINT = ("giving --square K (the trained square size) is far more reliable; see "
+SQUARE_HINT = ("giving --square K (the trained square size) counts more reliably; see "
                "docs/phenomenon.md")
 
 

@@ -138,7 +138,7 @@ def test_squares_in_images_hints_at_square_only_when_no_size_is_known(cli):
     assert code == 0, err
     assert out.strip() == "photo.png: 1 square at (top,left,size) (8,7,10)"
     assert err.strip().splitlines()[-1] == SQUARE_HINT
-    assert "--square K (the trained square size) is far more reliable" in SQUARE_HINT
+    assert "--square K (the trained square size) counts more reliably" in SQUARE_HINT
     for args in (["--square", "10"], ["--checkpoint", "{run}"]):
         code, out, err = cli("squares", "photo.png", *args)
         assert code == 0, err
