@@ -364,16 +364,15 @@ def test_batch_matches_items_and_pickles(faces):
 # ---------------------------------------------------------------- command line, NumPy-free
 
 def test_prepare_command(folder, cache_dir):
-    env = {**os.environ, "MISSINGGLOW_CACHE": cache_dir}
-    run = [sys.executable, "-m", "missingglow", "prepare", "--size", "8"]
-    ok = subprocess.run(run + ["--data", str(folder)], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=120)
+    from helpers import run_in_process
+
+    env = {"MISSINGGLOW_CACHE": cache_dir}
+    ok = run_in_process(["prepare", "--size", "8", "--data", folder], env=env, cwd=ROOT)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip().startswith(cache_dir) and "prepared 9 images" in ok.stderr
     empty = folder / "empty"
     empty.mkdir()
-    bad = subprocess.run(run + ["--data", str(empty)], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=120)
+    bad = run_in_process(["prepare", "--size", "8", "--data", empty], env=env, cwd=ROOT)
     errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
     assert bad.returncode == 2 and len(errors) == 1 and "Traceback" not in bad.stderr
 
