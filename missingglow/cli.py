@@ -139,31 +139,6 @@ def dataset_options(f):
                              "held-out split to use [the synthetic faces].")(f)
 
 
-def _with_dataset(run, data, square):
-    """The run, its held-out dataset known: a missingglow run's own, or for an imported
-    checkpoint --data with one K×K square per image (K = --square), placed as training would."""
-    from .analysis.options import check_positive
-
-    if run.config:
-        if data is not None or square is not None:
-            raise UserError(f"--data and --square are for an imported checkpoint; {run.path} "
-                            "was trained by `missingglow train` on its own dataset and squares, "
-                            "which are used: leave both out")
-        run.need_dataset()
-        return run
-    if square is None:
-        raise UserError(f"{run.path} is an imported checkpoint without a training config, so its "
-                        "dataset and squares are unknown; give the square side with --square K "
-                        "(and its images with --data DIR; default: the synthetic faces)")
-    check_positive(square, "--square")
-    if square > run.image_size:
-        raise UserError(f"--square {square} does not fit the checkpoint's {run.image_size}×"
-                        f"{run.image_size} images; give at most {run.image_size}")
-    run.config.update(data=data, square=square, squares=1, seed=0, image_size=run.image_size)
-    run.square = square
-    return run
-
-
 @cli.command()
 @click.option("--checkpoint", default=None, help=CHECKPOINT_HELP)
 @click.option("-t", "--temperature", "temperatures", multiple=True,
@@ -413,7 +388,7 @@ def latent_norms_command(checkpoint, n, seed, data, square, out):
     from .analysis.runs import open_run
 
     check_positive(n, "-n (images)")
-    run = _with_dataset(open_run(_checkpoint(checkpoint)), data, square)
+    run = open_run(_checkpoint(checkpoint)).with_dataset(data, square)
     result = latent_norms(run, n, seed)
     click.echo(format_table(result))
     os.makedirs(out, exist_ok=True)
@@ -458,7 +433,7 @@ def evaluate(checkpoint, n, alpha, iterations, seed, classical, gamma, steps, lr
     check_positive(n, "-n (images)")
     check_positive(iterations, "--iterations")
     _check_invert(gamma, steps, lr)
-    run = _with_dataset(open_run(_checkpoint(checkpoint)), data, square)  # before the bar starts
+    run = open_run(_checkpoint(checkpoint)).with_dataset(data, square)  # before the bar starts
     options = dict(gamma=gamma, steps=steps, lr=lr, optimiser=optimiser, start=start)
     with progress_bar(n, "evaluating") as bar:
         result = run_evaluation(run, n, alphas, iterations, seed, invert_options=options,

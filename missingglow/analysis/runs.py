@@ -40,6 +40,33 @@ class Run:
             raise UserError(f"{self.path} carries {what}, so its dataset and squares are unknown; "
                             "use a checkpoint written by `missingglow train`")
 
+    def with_dataset(self, data, square):
+        """This run, its held-out dataset known: a missingglow run's own, or for an imported
+        checkpoint `data` with one K×K square per image (K = `square`), placed as training
+        would. The CLI's --data and --square."""
+        from .options import check_positive
+
+        if self.config:
+            if data is not None or square is not None:
+                raise UserError(f"--data and --square are for an imported checkpoint; {self.path} "
+                                "was trained by `missingglow train` on its own dataset and "
+                                "squares, which are used: leave both out")
+            self.need_dataset()
+            return self
+        if square is None:
+            raise UserError(f"{self.path} is an imported checkpoint without a training config, so "
+                            "its dataset and squares are unknown; give the square side with "
+                            "--square K (and its images with --data DIR; default: the synthetic "
+                            "faces)")
+        check_positive(square, "--square")
+        if square > self.image_size:
+            raise UserError(f"--square {square} does not fit the checkpoint's {self.image_size}×"
+                            f"{self.image_size} images; give at most {self.image_size}")
+        self.config.update(data=data, square=square, squares=1, seed=0,
+                           image_size=self.image_size)
+        self.square = square
+        return self
+
 
 def open_run(path, square=None):
     """Load a checkpoint (run folder or file) for analysis; UserErrors for anything foreign."""
