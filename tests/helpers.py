@@ -99,3 +99,14 @@ def run_in_process(args, env=None, cwd=None):
             else:
                 os.environ[k] = v
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def error_line(code, out, err, ignore=("Warning",)):
+    """The one line of a refused command: exit code 2, no traceback, and one `error: …` line on
+    stderr once lines holding any of `ignore` (warnings torch may print) are left out."""
+    assert code == 2, (code, out, err)
+    assert "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if not any(i in line for i in ignore)]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), lines[0]
+    return lines[0]

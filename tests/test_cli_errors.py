@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 
 from missingglow.checkpoint import load_model
-from missingglow.cli import SQUARE_HINT, main
+from missingglow.cli import SQUARE_HINT
 from missingglow.data.datasets import open_dataset
 
-from helpers import tiny_run
+from helpers import error_line, run_in_process, tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -43,34 +43,18 @@ def setup(tmp_path_factory):
 
 
 @pytest.fixture
-def cli(setup, monkeypatch, capsys):
-    """cli(*args) → (exit code, stdout, stderr), in the fixture's folder; {run} etc. filled in."""
-    monkeypatch.setenv("MISSINGGLOW_CACHE", setup["cache"])
+def cli(setup, monkeypatch):
+    """cli(*args) → (exit code, stdout, stderr), in the fixture's folder (the test's too, so it
+    reads what the command wrote); {run} etc. filled in."""
     monkeypatch.chdir(setup["base"])
 
     def call(*args, cwd=None):
-        if cwd:
-            monkeypatch.chdir(os.path.join(setup["base"], cwd))
-        capsys.readouterr()
-        try:
-            main([a.format(**setup) for a in args])
-            code = 0
-        except SystemExit as end:
-            code = end.code
-        out, err = capsys.readouterr()
-        return code, out, err
+        proc = run_in_process([a.format(**setup) for a in args],
+                              env={"MISSINGGLOW_CACHE": setup["cache"]},
+                              cwd=os.path.join(setup["base"], cwd or ""))
+        return proc.returncode, proc.stdout, proc.stderr
 
     return call
-
-
-def error_line(code, out, err):
-    """The one line of a refused command (its stderr, less the warnings torch may print)."""
-    assert code == 2, (code, out, err)
-    assert "Traceback" not in err
-    lines = [line for line in err.strip().splitlines() if "Warning" not in line]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: "), lines[0]
-    return lines[0]
 
 
 BAD = {

@@ -2,7 +2,6 @@
 every method side by side, and the newest run as the default checkpoint."""
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -16,8 +15,6 @@ from missingglow.errors import UserError
 from missingglow.flow.model import Glow
 
 from helpers import env_with_cache, randomize, run_in_process, tiny_run
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_model(gen):
@@ -146,15 +143,10 @@ def setup(tmp_path_factory):
             "rgba": str(rgba)}
 
 
-def run_cli(setup, *args, cwd=None, env=None):
-    """The command line in this process, or with `env` in a child process of its own."""
-    if env is None:
-        proc = run_in_process(args, cwd=cwd or setup["base"],
-                              env={"MISSINGGLOW_CACHE": setup["env"]["MISSINGGLOW_CACHE"]})
-    else:
-        proc = subprocess.run([sys.executable, "-m", "missingglow", *args],
-                              cwd=cwd or setup["base"], env=env, capture_output=True, text=True,
-                              timeout=600)
+def run_cli(setup, *args, cwd=None):
+    """The command line, in this process."""
+    proc = run_in_process(args, cwd=cwd or setup["base"],
+                          env={"MISSINGGLOW_CACHE": setup["env"]["MISSINGGLOW_CACHE"]})
     return proc.returncode, proc.stdout, proc.stderr
 
 
