@@ -16,3 +16,16 @@ def gen():
     seed = int(os.environ.get("MISSINGGLOW_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
     print(f"MISSINGGLOW_TEST_SEED={seed}")
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture
+def float32_proper():
+    """cuDNN's float32 convolutions and matmuls without TF32 (10-bit mantissas), which would make
+    the float32 reference itself 1e-3 off and every float32 check meaningless on a GPU."""
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul

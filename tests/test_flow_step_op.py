@@ -2,19 +2,15 @@
 
 Fresh random inputs with odd shapes, every parameter randomly perturbed (conftest's `randomize`)
 so that each piece of the step acts on its input; float64 to 1e-9, float32 to the tolerances
-derived in tests/test_ops.py from float32 rounding.
+derived in tests/float32_tolerances.py from float32 rounding.
 """
 import pytest
-import test_ops  # the float32 tolerances, derived there
 import torch
 
 from missingglow.flow import fused, ops, reference
 
+from float32_tolerances import U, assert_float32_close, coupling_logdet_sd, rounding_floor
 from helpers import randomize
-
-U, assert_float32_close = test_ops.U, test_ops.assert_float32_close
-coupling_logdet_sd, rounding_floor = test_ops.coupling_logdet_sd, test_ops.rounding_floor
-float32_proper = test_ops.float32_proper  # the fixture: float32 without TF32 on a GPU
 
 pytestmark = pytest.mark.skipif(not ops.AVAILABLE, reason=str(ops.WHY_UNAVAILABLE))
 
@@ -76,7 +72,8 @@ def assert_step_logdet_close(fast, ref32, exact, log_s, c=4.0, what="logdet", fl
     network's, which reaches it through log_s; ActNorm's and the 1×1 conv's own logdets), the same
     in any correct evaluation (so within c of the float32 reference's, as in assert_float32_close,
     with rounding_floor's floor), and the rounding of the per-term logs and of their sum, which
-    depends on the order of the sum and is bounded by coupling_logdet_sd (both in test_ops.py)."""
+    depends on the order of the sum and is bounded by coupling_logdet_sd (both in
+    float32_tolerances.py)."""
     err = (fast.double() - exact).abs()
     before = c * max((ref32.double() - exact).pow(2).mean().sqrt().item(), floor)
     bound = before + 6 * coupling_logdet_sd(log_s).to(err.device)
@@ -129,7 +126,7 @@ def test_fused_step_float32_gradients_are_as_accurate_as_the_reference(gen, devi
     The floor of assert_float32_close is rounding_floor's (a step's gradients have no `size`),
     and c = 8 for the gradients: the fused backward evaluates other formulas than autograd's
     (from the output y, not from x: grad log_s = (grad_y·y + grad_logdet)·(1 − s)), whose
-    roundings have other sensitivities, up to a factor 2 more than test_ops allows."""
+    roundings have other sensitivities, up to a factor 2 more than the single ops' tests allow."""
     monkeypatch.setattr(fused.FusedFlowStep, "driver", driver)
     ref, step = _steps(gen, shape[1], device=device)
     step.float()

@@ -2,20 +2,18 @@
 
 Every comparison is on a model whose parameters are all randomly perturbed (conftest's
 `randomize`), so each layer acts on its input; both models share one state dict. float64 to
-1e-10; float32 to the tolerances derived in tests/test_ops.py from float32 rounding.
+1e-10; float32 to the tolerances derived in tests/float32_tolerances.py from float32 rounding.
 """
 import copy
 
 import pytest
-import test_ops  # the float32 tolerances, derived there
 import torch
 
 from missingglow import Glow
 from missingglow.flow import fused, ops, reference
 
+import float32_tolerances as f32
 from helpers import randomize
-
-float32_proper = test_ops.float32_proper  # the fixture: float32 without TF32 on a GPU
 
 pytestmark = pytest.mark.skipif(not ops.AVAILABLE, reason=str(ops.WHY_UNAVAILABLE))
 
@@ -95,13 +93,13 @@ def test_fused_glow_float32_is_as_accurate_as_the_reference(gen, affine, lu):
     """log p(x), the latents, Φ⁻¹ and ∂log p/∂x of the float32 fused Glow against the float64
     reference with the same float32 parameters, next to the float32 reference's own errors.
 
-    test_ops.assert_float32_close, its floor test_ops.rounding_floor's (a model has no
+    f32.assert_float32_close, its floor f32.rounding_floor's (a model has no
     absolute-value `size`): c = 4 for the forward and inverse (the same formulas in another
     order), 8 for the gradient (the fused backward works from the outputs with other formulas,
     see test_flow_step_op.py, which checks every parameter's gradient step by step). log p also
     sums the D = 3·8² per-dimension terms in the kernels' own order: its floor is at least
     U·√D·|log p|, three standard deviations of a sequential sum's rounding
-    (test_ops.coupling_logdet_sd: U·√n·|sum|/3)."""
+    (f32.coupling_logdet_sd: U·√n·|sum|/3)."""
     cfg = dict(blocks=2, flows=2, hidden=7, image_size=8, affine=affine, lu=lu)
     ref = _pair(gen, impls=("reference",), **cfg)[0]
     state = {k: v.float() if v.is_floating_point() else v for k, v in ref.state_dict().items()}
@@ -133,12 +131,12 @@ def test_fused_glow_float32_is_as_accurate_as_the_reference(gen, affine, lu):
     fast, ref32 = (outputs(m, x, eps_in) for m in models)
     exact = outputs(ref, x.double(), eps_in.double())
     inputs = [x.double(), eps_in.double(), *[p.detach() for p in ref.parameters()]]
-    floors = test_ops.rounding_floor(moved, inputs, exact, gen, draws=2)
-    floors[0] = max(floors[0], test_ops.U * (3 * 8 * 8) ** 0.5 * exact[0].abs().max().item())
+    floors = f32.rounding_floor(moved, inputs, exact, gen, draws=2)
+    floors[0] = max(floors[0], f32.U * (3 * 8 * 8) ** 0.5 * exact[0].abs().max().item())
     for name, c, a, r, e, floor in zip(["log p", "latents", "decoded", "grad x"], [4, 4, 4, 8],
                                        fast, ref32, exact, floors):
         assert a.dtype == torch.float32, name
-        test_ops.assert_float32_close(a, r, e, c=c, what=name, floor=floor)
+        f32.assert_float32_close(a, r, e, c=c, what=name, floor=floor)
 
 
 def test_fused_step_matches_reference_step_on_odd_shapes(gen):
