@@ -34,7 +34,7 @@ def photo_rows(seed, per_cell, free):
     import photo_bank as pb
 
     exact = list(pb.bank(seed, per_cell, free))
-    degraded = list(pb.degraded(seed, per_cell, free))
+    degraded = list(pb.degraded(seed, per_cell, free, images=exact))
     lines = ["| squares | sizes searched | exact count | with squares | under / over | "
              "square-free fired | colour | grayscale | converted | precision / recall | "
              "ms per image |", "|" + "---|" * 11]

@@ -236,11 +236,11 @@ def degrade(image, boxes, how, rng, grey):
     return out.clamp(0, 1)
 
 
-def degraded(seed=0, per_cell=2, free=None):
+def degraded(seed=0, per_cell=2, free=None, images=None):
     """The images of bank(seed, …), each with one degradation (in turn): info gains 'degradation'.
-    Quantised to 8 bits, as a saved sample would be."""
+    Quantised to 8 bits, as a saved sample would be. `images`: that bank, if already built."""
     rng = random.Random(seed + 10 ** 6)
-    for i, (image, boxes, info) in enumerate(bank(seed, per_cell, free)):
+    for i, (image, boxes, info) in enumerate(images or bank(seed, per_cell, free)):
         how = DEGRADATIONS[i % len(DEGRADATIONS)]
         out = degrade(image, boxes, how, rng, info["look"] != "colour")
         yield (out * 255).round() / 255, boxes, {**info, "degradation": how}

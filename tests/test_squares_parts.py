@@ -38,6 +38,23 @@ def brute_sum(x, top, left, h, w):
     return x[..., top:top + h, left:left + w].double().sum((-2, -1))
 
 
+def brute_mean(x, top, left, h, w):
+    """Mean of x[..., top:top+h, left:left+w], 0 where the rectangle is empty."""
+    if h <= 0 or w <= 0:
+        return torch.zeros(x.shape[:-2], dtype=torch.float64)
+    return brute_sum(x, top, left, h, w) / (h * w)
+
+
+def canvas(size=20, value=0.9):
+    """A (3, size, size) image of one colour, to paste squares and blobs on."""
+    return torch.full((3, size, size), value)
+
+
+def sign_grid(k):
+    """A k×k checkerboard of ±1."""
+    return ((torch.arange(k)[:, None] + torch.arange(k)) % 2 * 2 - 1).float()
+
+
 def test_integral_and_rect_sum_any_rectangle():
     x = torch.rand(2, 3, 7, 7, generator=torch.Generator().manual_seed(0))
     ii = _integral(x)
@@ -57,21 +74,21 @@ def test_tables_mean_of_pixels_and_of_block_means():
     image = torch.tensor([1, 0])
     top, left = torch.tensor([[2], [0]]), torch.tensor([[5], [1]])
     got = tables.mean(image, top, left, 3, 4)
-    want = torch.stack([brute_sum(x[1], 2, 5, 3, 4), brute_sum(x[0], 0, 1, 3, 4)]) / 12
+    want = torch.stack([brute_mean(x[1], 2, 5, 3, 4), brute_mean(x[0], 0, 1, 3, 4)])
     torch.testing.assert_close(got[:, 0], want, rtol=0, atol=1e-12)
     # sizes per row, and an empty rectangle's mean is 0 (not nan)
     got = tables.mean(image, top, left, torch.tensor([[1], [0]]), torch.tensor([[2], [3]]))
-    torch.testing.assert_close(got[0, 0], brute_sum(x[1], 2, 5, 1, 2) / 2, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got[0, 0], brute_mean(x[1], 2, 5, 1, 2), rtol=0, atol=1e-12)
     assert (got[1, 0] == 0).all()
     assert (tables.mean(image, top, left, 0, 3) == 0).all()
     # of the squares, and of 2×2 block means: each block the mean of four pixels
     sq = tables.mean(image[:1], top[:1], left[:1], 3, 4, tables.ii2)[0, 0]
-    want = brute_sum(x[1].double() ** 2, 2, 5, 3, 4) / 12
+    want = brute_mean(x[1].double() ** 2, 2, 5, 3, 4)
     torch.testing.assert_close(sq, want, rtol=0, atol=1e-12)
     blocks = torch.nn.functional.avg_pool2d(x.double(), 2, 1)
     for b2, want in zip(tables.sums[2], (blocks, blocks ** 2)):
         got = tables.mean(torch.tensor([0]), torch.tensor([[3]]), torch.tensor([[2]]), 2, 5, b2)
-        torch.testing.assert_close(got[0, 0], brute_sum(want[0], 3, 2, 2, 5) / 10, rtol=0,
+        torch.testing.assert_close(got[0, 0], brute_mean(want[0], 3, 2, 2, 5), rtol=0,
                                    atol=1e-12)
 
 
@@ -154,7 +171,7 @@ def test_labels_are_four_connected_components_named_by_their_first_pixel():
 
 def ragged(size=16, box=(4, 5, 6), ring=0.9):
     """An image of one colour `ring` with a grey blob of side `box[2]` missing two corner pixels."""
-    image = torch.full((3, size, size), ring)
+    image = canvas(size, ring)
     t, l, k = box
     image[:, t:t + k, l:l + k] = GREY
     image[:, t, l] = image[:, t + k - 1, l + k - 1] = ring
@@ -176,11 +193,11 @@ def test_blobs_find_ragged_grey_squares_and_reject_what_is_not_one():
     noisy[:, 4:10, 5:11] += 0.09 * torch.randn(3, 6, 6, generator=g).sign()
     noisy = noisy.clamp(0, 1)
     assert _blobs(noisy[None], 5, 7, DEFAULT) == [[]]
-    bar = torch.full((3, 16, 16), 0.9)
+    bar = canvas(16)
     bar[:, 4:10, 5:7] = GREY
     assert _blobs(bar[None], 5, 7, DEFAULT) == [[]]
     # a blob covering too little of its box (an L) is not one either
-    ell = torch.full((3, 16, 16), 0.9)
+    ell = canvas(16)
     ell[:, 4:10, 5:7] = GREY
     ell[:, 8:10, 5:11] = GREY
     assert _blobs(ell[None], 5, 7, DEFAULT) == [[]]
@@ -190,18 +207,14 @@ def test_blobs_find_ragged_grey_squares_and_reject_what_is_not_one():
 
 
 def test_blobs_from_8_px_need_three_corners():
-    disc = torch.full((3, 24, 24), 0.9)
+    disc = canvas(24)
     yy, xx = torch.meshgrid(torch.arange(24.0), torch.arange(24.0), indexing="ij")
     disc[:, (yy - 11.5) ** 2 + (xx - 11.5) ** 2 <= 4.6 ** 2] = GREY      # 10 px across
     assert _blobs(disc[None], 8, 9, DEFAULT) == [[]]
-    square = torch.full((3, 24, 24), 0.9)
+    square = canvas(24)
     square[:, 7:16, 7:16] = GREY
     square[:, 7, 7] = 0.9
     assert _blobs(square[None], 8, 9, DEFAULT) == [[Square(7, 7, 9, round(80 / 81, 4))]]
-
-
-def canvas(size=20, value=0.9):
-    return torch.full((3, size, size), value)
 
 
 def blob_boxes(image, smallest, largest):
@@ -295,10 +308,6 @@ def test_blobs_later_in_the_image_are_found_after_one_is_refused():
         assert blob_boxes(with_good(image), 5, 7) == [good], name
 
 
-def sign_grid(k):
-    return ((torch.arange(k)[:, None] + torch.arange(k)) % 2 * 2 - 1).float()
-
-
 def test_a_blob_filling_exactly_the_share_of_its_box_is_taken():
     image = canvas(12)
     image[:, 2, 2:7] = image[:, 6, 2:7] = GREY        # 15 of a 5 × 5 box: 0.6 exactly
@@ -375,13 +384,6 @@ def test_outline_draws_a_clipped_frame_just_outside_each_square():
     assert outline(torch.zeros(3, 4, 4), [(1, 1, 1)])[:, 0, 0].tolist() == [1.0, 0.0, 0.0]
 
 
-def brute_mean(x, top, left, h, w):
-    """Mean colour of x[:, top:top+h, left:left+w], 0 where the rectangle is empty."""
-    if h <= 0 or w <= 0:
-        return torch.zeros(x.shape[0], dtype=torch.float64)
-    return x[:, top:top + h, left:left + w].double().mean((1, 2))
-
-
 @pytest.mark.parametrize("m,b", [(0, 1), (1, 1), (0, 2), (1, 2), (1, 3)])
 def test_sides_are_the_blocks_just_outside_and_just_inside_each_side(m, b):
     size = 11
@@ -425,7 +427,7 @@ def strength(image, k, b, spread, need, settings=DEFAULT, at=1):
 
 
 def window_in(size, k, outside, at=1):
-    image = torch.full((3, size, size), outside)
+    image = canvas(size, outside)
     image[:, at:at + k, at:at + k] = GREY
     return image
 
@@ -475,7 +477,7 @@ def test_strength_cuts_short_sides_into_halves_and_tiny_ones_not_at_all():
 
 
 def test_count_uses_the_settings_it_is_given():
-    image = torch.full((3, 16, 16), 0.9)
+    image = canvas(16)
     image[:, 3:9, 4:10] = GREY
     assert count(image[None], [6]) == [1]
     assert count(image[None], [6], squares.Settings(tint=-1.0, blob_below=0)) == [0]
@@ -502,7 +504,7 @@ def test_detect_checks_its_input_and_restores_the_thread_count():
     with _single_thread():
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == threads
-    image = torch.full((3, 16, 16), 0.9)
+    image = canvas(16)
     image[:, 3:9, 4:10] = GREY
     single = detect(image, [6, 0, 40, 6.0])               # sizes outside 1…S are skipped
     assert [s.box() for s in single] == [(3, 4, 6)]
@@ -530,14 +532,14 @@ def test_windows_mark_only_the_masks_own_grey_as_exact():
     edge band alternates around grey (its mean still grey) is found through its inside, not as
     the mask's own grey, which must be flat over the whole window."""
     g = torch.Generator().manual_seed(0)
-    noisy = torch.full((3, 16, 16), 0.9)
+    noisy = canvas(16)
     noise = (torch.randint(0, 2, (6, 6), generator=g) * 2 - 1).float() * 0.03
     noisy[:, 5:11, 4:10] = GREY + noise - noise.mean()
     i, t, l, _, exact = _windows(_Tables(noisy[None], {1}), 6, DEFAULT)
     assert (t.tolist(), l.tolist(), exact.tolist()) == ([5], [4], [False])
-    banded = torch.full((3, 16, 16), 0.9)
+    banded = canvas(16)
     banded[:, 4:12, 4:12] = GREY
-    sign = ((torch.arange(16)[:, None] + torch.arange(16)) % 2 * 2 - 1).float()
+    sign = sign_grid(16)
     band = torch.zeros(16, 16, dtype=torch.bool)
     band[4:12, 4:12] = True
     band[5:11, 5:11] = False
@@ -551,7 +553,7 @@ def test_an_exact_square_needs_half_of_each_side_off_counting_its_corner_pixels(
     this square, grey content covers part of that line: where a third of the side has no pixel
     off, the side counts as an edge only if at least half of its 8 pixels are off."""
     def square_under(grey_columns):
-        image = torch.full((3, 16, 16), 0.9)
+        image = canvas(16)
         image[:, 6:14, 4:12] = GREY
         for c in grey_columns:
             image[:, 0:6, c] = GREY
@@ -565,10 +567,10 @@ def test_an_exact_square_needs_half_of_each_side_off_counting_its_corner_pixels(
 def test_windows_need_the_sides_off_on_average_in_each_window_alone():
     """Each side 60 % off (above `side_share`, below `mean_share` on average) is no square, even
     beside another image's clear square in the same batch."""
-    image = torch.full((3, 20, 20), 0.9)
+    image = canvas(20)
     image[:, 5:15, 5:15] = GREY
     image[:, 4, 5:9] = image[:, 15, 5:9] = image[:, 5:9, 4] = image[:, 5:9, 15] = GREY
-    clear = torch.full((3, 20, 20), 0.9)
+    clear = canvas(20)
     clear[:, 5:15, 5:15] = GREY
     found = detect(torch.stack([image, clear, image]), [10])
     assert found[0] == found[2] == [] and [s.box() for s in found[1]] == [(5, 5, 10)]
@@ -578,7 +580,7 @@ def test_a_windows_score_is_its_edge_over_its_spread_in_blocks():
     """Score = mean side strength × weakest side's RMS step / (spread + 0.01), the spread taken
     over the b×b block means that start inside the band (here 2×2 blocks of a 12-px window; its
     inside rows 9 and 10 are grey ± 0.05, so only the block starting at row 8 is off grey)."""
-    image = torch.full((3, 20, 20), 0.9)
+    image = canvas(20)
     t = l = 4
     image[:, t:t + 12, l:l + 12] = GREY
     image[:, t + 9, l + 1:l + 11] += 0.05
@@ -597,14 +599,14 @@ def test_windows_check_the_level_of_each_corner_block():
     """The corner blocks are inner // 4 pixels (at least 2): a 2×2 corner off grey, offset within
     its 3×3 and its quarter, is seen at inner 10; a 3×3 corner off, offset within its 2×2 and its
     quarter, is seen at inner 12."""
-    image = torch.full((3, 20, 20), 0.9)
+    image = canvas(20)
     image[:, 4:16, 4:16] = GREY                         # k = 12, inner 10 from (5, 5)
     image[:, 5:7, 5:7] += 0.05                          # the 2×2 corner block
     image[:, 7, 5:8] -= 0.04                            # the rest of its 3×3
     image[:, 5:7, 7] -= 0.04
     _, t, l, _, _ = _windows(_Tables(image[None], {1, 2}), 12, DEFAULT)
     assert (4, 4) not in list(zip(t.tolist(), l.tolist()))
-    image = torch.full((3, 20, 20), 0.9)
+    image = canvas(20)
     image[:, 4:18, 4:18] = GREY                         # k = 14, inner 12 from (5, 5)
     image[:, 7, 5:8] += 0.05                            # the 3×3 block's outer L, 5 pixels
     image[:, 5:7, 7] += 0.05
@@ -617,7 +619,7 @@ def test_windows_check_the_level_of_each_quarter():
     """A square brighter over an L inside one quarter (outside its corner blocks): the quarter's
     mean is off the whole's, so the window is not flat (a window one pixel up and left, with
     less of the L in its quarter, may still pass)."""
-    image = torch.full((3, 20, 20), 0.9)
+    image = canvas(20)
     image[:, 4:16, 4:16] = GREY
     flat = image.clone()
     image[:, 5 + 3:5 + 5, 5:5 + 5] += 0.1                # inner 10 × 10 from (5, 5): rows 3-4
@@ -631,11 +633,11 @@ def test_windows_check_the_level_of_each_quarter():
 def test_windows_from_8_px_ignore_a_blurred_band_inside_their_edge():
     """A square whose outermost pixel ring is blurred halfway to its surroundings is still found
     at its full size from 8 px up, where that band is left out of the inside."""
-    image = torch.full((3, 16, 16), 0.9)
+    image = canvas(16)
     image[:, 4:12, 4:12] = (GREY + 0.9) / 2
     image[:, 5:11, 5:11] = GREY
     assert [s.box() for s in detect(image, [8])] == [(4, 4, 8)]
-    seven = torch.full((3, 16, 16), 0.9)
+    seven = canvas(16)
     seven[:, 4:11, 4:11] = (GREY + 0.9) / 2
     seven[:, 5:10, 5:10] = GREY
     assert detect(seven, [7]) == []
