@@ -15,8 +15,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from missingglow.data.synthetic import draw_face  # noqa: E402
-from missingglow.presets import resolve_config  # noqa: E402
-from missingglow.train import train  # noqa: E402
+from missingglow.training.config import resolve_config  # noqa: E402
+from missingglow.training.loop import train  # noqa: E402
 
 
 def main():

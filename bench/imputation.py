@@ -20,12 +20,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from missingglow.analysis import baselines  # noqa: E402
 from missingglow.analysis.invert import DEFAULTS, harmonic_fill, invert  # noqa: E402
-from missingglow.analysis.plot import Series, line_chart, save, stack  # noqa: E402
 from missingglow.analysis.runs import open_run  # noqa: E402
-from missingglow.checkpoint import build_model  # noqa: E402
 from missingglow.data.datasets import MaskedImages, dataset_of  # noqa: E402
 from missingglow.data.masks import square_mask  # noqa: E402
 from missingglow.flow.preprocess import from_model, to_model  # noqa: E402
+from missingglow.render.images import save_png as save  # noqa: E402
+from missingglow.render.plot import Series, line_chart, stack  # noqa: E402
+from missingglow.training.checkpoint import build_model  # noqa: E402
 
 
 def rmse_in(out, ref, hole):

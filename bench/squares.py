@@ -3,10 +3,11 @@
     python bench/squares.py                          # the tables in docs/phenomenon.md (seed 7)
     python bench/squares.py --seed 0 --photos-only   # the seed the counter was tuned on
 
-The photo bank (tests/photo_bank.py; needs scikit-image's sample photos) is scored with the square
-size given, `candidate_sizes(K, 64)` as Table 1 uses, and without it, `all_sizes(64)`; the exact
-grey 128/255 squares and their degraded twins (noise, tint, blur) are scored apart. The synthetic
-bank (tests/squares_bank.py) is scored with the size given at the sizes of the docs' table.
+The photo bank (missingglow/analysis/photo_bank.py; needs scikit-image's sample photos) is
+scored with the square size given, `candidate_sizes(K, 64)` as Table 1 uses, and without it,
+`all_sizes(64)`; the exact grey 128/255 squares and their degraded twins (noise, tint, blur) are
+scored apart. The synthetic bank (missingglow/analysis/square_bank.py) is scored with the size
+given at the sizes of the docs' table.
 Times are per image, one image per call on one thread (a batch is faster per image).
 """
 import argparse
@@ -16,7 +17,6 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import torch  # noqa: E402
 
@@ -31,7 +31,7 @@ def pct(pair):
 
 
 def photo_rows(seed, per_cell, free):
-    import photo_bank as pb
+    from missingglow.analysis import photo_bank as pb
 
     exact = list(pb.bank(seed, per_cell, free))
     degraded = list(pb.degraded(seed, per_cell, free, images=exact))
@@ -57,7 +57,7 @@ def photo_rows(seed, per_cell, free):
 
 
 def synthetic_rows(seed, per_cell):
-    from squares_bank import score
+    from missingglow.analysis.square_bank import score
 
     lines = ["| S | K | precision | recall | exact count | grey content fired |",
              "|---|---|---|---|---|---|"]
@@ -84,7 +84,7 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(1)
     if not args.synthetic_only:
-        import photo_bank as pb
+        from missingglow.analysis import photo_bank as pb
 
         if not pb.available():
             sys.exit("the photo bank needs scikit-image's sample photos: pip install scikit-image")

@@ -7,7 +7,8 @@ ratio holds even on a busy machine; medians over the timed steps.
     python bench/train_speed.py --preset paper --steps 3 --threads 2
     python bench/train_speed.py --allocator default    # glibc's default, not training's setting
 
-Like `missingglow train`, it keeps freed heap memory (missingglow/allocator.py) unless told not to.
+Like `missingglow train`, it keeps freed heap memory (missingglow/training/allocator.py) unless
+told not to.
 """
 import argparse
 import os
@@ -22,9 +23,9 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from missingglow import Glow  # noqa: E402
-from missingglow.allocator import keep_freed_memory  # noqa: E402
 from missingglow.flow.preprocess import bits_per_dim  # noqa: E402
-from missingglow.presets import PRESETS  # noqa: E402
+from missingglow.training.allocator import keep_freed_memory  # noqa: E402
+from missingglow.training.config import PRESETS  # noqa: E402
 
 
 def make(preset, impl):

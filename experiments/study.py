@@ -35,14 +35,14 @@ import warnings
 warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # the core never uses it
 import torch  # noqa: E402
 
-from missingglow import checkpoint, presets  # noqa: E402
 from missingglow.analysis import evaluate, plot
-from missingglow.analysis.heldout import heldout_bits_per_dim  # noqa: E402
-from missingglow.analysis.runs import open_run
-from missingglow.analysis.sheets import sample_sheet
+from missingglow.analysis.runs import open_run, sample_sheet
 from missingglow.analysis.table1 import square_table
 from missingglow.data.datasets import MaskedImages, dataset_of  # noqa: E402
-from missingglow.train import train  # noqa: E402
+from missingglow.training import checkpoint
+from missingglow.training import config as presets  # noqa: E402
+from missingglow.training.heldout import heldout_bits_per_dim  # noqa: E402
+from missingglow.training.loop import train  # noqa: E402
 
 TEMPERATURES = (0.3, 0.5, 0.7, 0.9, 1.1, 1.3)
 ALPHAS = (0.5, 0.6, 0.7)

@@ -8,9 +8,9 @@ import os
 
 import torch
 
-from missingglow.checkpoint import save_checkpoint
 from missingglow.flow.model import Glow
 from missingglow.flow.preprocess import quantize
+from missingglow.training.checkpoint import save_checkpoint
 
 
 @torch.no_grad()
@@ -50,7 +50,8 @@ CONFIG = dict(data=None, synthetic_count=64, image_size=16, square=4, squares=1,
 
 def tiny_run(run_dir, cache_dir):
     """Write the checkpoint into run_dir (the synthetic cache into cache_dir); returns run_dir."""
-    from missingglow.data.datasets import MaskedImages, open_dataset
+    from missingglow.data.cache import open_dataset
+    from missingglow.data.datasets import MaskedImages
 
     torch.manual_seed(0)
     model = Glow(blocks=2, flows=2, hidden=8, image_size=16)

@@ -1,11 +1,11 @@
-"""Training keeps freed heap memory (missingglow/allocator.py) where glibc can be asked to."""
+"""Training keeps freed heap memory (training/allocator.py) where glibc can be asked to."""
 import ctypes.util
 import sys
 
 import pytest
 
-from missingglow import allocator
-from missingglow.allocator import keep_freed_memory
+from missingglow.training import allocator
+from missingglow.training.allocator import keep_freed_memory
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h>
 
@@ -67,7 +67,7 @@ def test_keep_freed_memory_is_applied_on_glibc():
 
 
 def test_training_asks_for_it_first(monkeypatch):
-    from missingglow import train
+    from missingglow.training import loop as train
 
     calls = []
 

@@ -5,17 +5,17 @@ import math
 import pytest
 import torch
 
-from missingglow.analysis.options import (
+from missingglow.analysis.runs import open_run, sample_images, sample_sheet
+from missingglow.analysis.table1 import format_table1, square_table, table1_csv, table1_plot
+from missingglow.cli.params import (
     parse_alphas,
     parse_square,
     parse_temperatures,
     parse_values,
 )
-from missingglow.analysis.runs import open_run, sample_images
-from missingglow.analysis.sheets import contact_sheet, sample_sheet
-from missingglow.analysis.table1 import format_table1, square_table, table1_csv, table1_plot
 from missingglow.errors import UserError
 from missingglow.flow.preprocess import from_model, to_model
+from missingglow.render.sheets import contact_sheet
 
 from helpers import tiny_run
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from missingglow.checkpoint import load_model
-from missingglow.cli import SQUARE_HINT
-from missingglow.data.datasets import open_dataset
+from missingglow.cli.analysis_commands import SQUARE_HINT
+from missingglow.data.cache import open_dataset
+from missingglow.training.checkpoint import load_model
 
 from helpers import error_line, run_in_process, tiny_run
 

@@ -13,6 +13,7 @@ from PIL import Image
 
 from missingglow.data import cache as cachefile
 from missingglow.data import datasets as data
+from missingglow.data import masks
 from missingglow.errors import UserError
 from missingglow.flow.preprocess import quantize
 
@@ -67,7 +68,7 @@ def _pixel(cache, name):
 
 
 def test_folder_modes_converted_bad_files_skipped(folder, cache_dir, capsys):
-    cache = data.open_dataset(str(folder), S, cache_dir=cache_dir)
+    cache = cachefile.open_dataset(str(folder), S, cache_dir=cache_dir)
     assert cache.names == ["a_rgb.png", "e_cmyk.jpg", "f_16bit.png", "g_tiny.bmp", "h_wide.webp",
                            "j_full.jpg", "sub/b_grey.png", "sub/c_palette.png",
                            "sub/deep/d_rgba.png"]
@@ -96,31 +97,31 @@ def test_folder_modes_converted_bad_files_skipped(folder, cache_dir, capsys):
 
 def test_16bit_midgrey_scaled(tmp_path, cache_dir):
     _save(Image.new("I;16", (8, 8), 32768), str(tmp_path / "x" / "mid.png"))
-    cache = data.open_dataset(str(tmp_path / "x"), 8, cache_dir=cache_dir, quiet=True)
+    cache = cachefile.open_dataset(str(tmp_path / "x"), 8, cache_dir=cache_dir, quiet=True)
     assert cache.images[0, 0, 0].tolist() == [128, 128, 128]
 
 
 def test_second_open_reuses_cache(folder, cache_dir, capsys):
-    first = data.open_dataset(str(folder), S, cache_dir=cache_dir)
+    first = cachefile.open_dataset(str(folder), S, cache_dir=cache_dir)
     inode = os.stat(first.path).st_ino
-    second = data.open_dataset(str(folder), S, cache_dir=cache_dir)
+    second = cachefile.open_dataset(str(folder), S, cache_dir=cache_dir)
     assert second.path == first.path and os.stat(second.path).st_ino == inode
     assert torch.equal(first.images, second.images)
     assert "using the image cache" in capsys.readouterr().err
 
 
 def test_changed_folder_rebuilds(folder, cache_dir, capsys):
-    first = data.open_dataset(str(folder), S, cache_dir=cache_dir, quiet=True)
+    first = cachefile.open_dataset(str(folder), S, cache_dir=cache_dir, quiet=True)
     _save(Image.new("RGB", (20, 20), (1, 2, 3)), str(folder / "z_new.png"))
-    second = data.open_dataset(str(folder), S, cache_dir=cache_dir)
+    second = cachefile.open_dataset(str(folder), S, cache_dir=cache_dir)
     assert second.path == first.path and len(second) == len(first) + 1
     assert "other source files" in capsys.readouterr().err
 
 
 def test_pool_gives_same_bytes_as_serial(folder, tmp_path, monkeypatch):
-    serial = data.open_dataset(str(folder), S, cache_dir=str(tmp_path / "c1"), quiet=True)
-    monkeypatch.setattr(data, "_SERIAL_BELOW", 1)
-    pooled = data.open_dataset(str(folder), S, cache_dir=str(tmp_path / "c2"), workers=2,
+    serial = cachefile.open_dataset(str(folder), S, cache_dir=str(tmp_path / "c1"), quiet=True)
+    monkeypatch.setattr(cachefile, "_SERIAL_BELOW", 1)
+    pooled = cachefile.open_dataset(str(folder), S, cache_dir=str(tmp_path / "c2"), workers=2,
                                quiet=True)
     assert pooled.header["workers"] == 2 and serial.header["workers"] == 1
     assert pooled.names == serial.names and torch.equal(pooled.images, serial.images)
@@ -137,7 +138,7 @@ def test_unusable_folder_is_a_user_error(tmp_path, cache_dir, what):
         d = tmp_path / "plain.txt"
         d.write_text("x")
     with pytest.raises(UserError) as err:
-        data.open_dataset(str(d), S, cache_dir=cache_dir, quiet=True)
+        cachefile.open_dataset(str(d), S, cache_dir=cache_dir, quiet=True)
     expected = {"empty": "folder is empty", "no_images": "1 other files ignored",
                 "missing": "does not exist", "file": "not a folder"}[what]
     assert expected in str(err.value)
@@ -147,14 +148,14 @@ def test_only_bad_images_is_a_user_error(tmp_path, cache_dir):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "x.png").write_text("not a png")
     with pytest.raises(UserError, match="none of the 1 image files"):
-        data.open_dataset(str(tmp_path / "d"), S, cache_dir=cache_dir, quiet=True)
+        cachefile.open_dataset(str(tmp_path / "d"), S, cache_dir=cache_dir, quiet=True)
 
 
 def test_unwritable_cache_location(folder, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     with pytest.raises(UserError, match="cannot write the image cache.*--cache"):
-        data.open_dataset(str(folder), S, cache_dir=str(blocker / "cache"), quiet=True)
+        cachefile.open_dataset(str(folder), S, cache_dir=str(blocker / "cache"), quiet=True)
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores modes")
@@ -164,7 +165,7 @@ def test_read_only_cache_folder(folder, tmp_path):
     ro.chmod(0o500)
     try:
         with pytest.raises(UserError, match="cannot write the image cache"):
-            data.open_dataset(str(folder), S, cache_dir=str(ro), quiet=True)
+            cachefile.open_dataset(str(folder), S, cache_dir=str(ro), quiet=True)
     finally:
         ro.chmod(0o700)
 
@@ -185,7 +186,7 @@ def _rewrite_header(path, **changes):
     ("digest", "other source files"),
 ])
 def test_bad_cache_is_rebuilt_or_refused(folder, cache_dir, capsys, damage, reason):
-    good = data.open_dataset(str(folder), S, cache_dir=cache_dir, quiet=True)
+    good = cachefile.open_dataset(str(folder), S, cache_dir=cache_dir, quiet=True)
     expected = good.images.clone()
     path = good.path
     del good
@@ -200,9 +201,9 @@ def test_bad_cache_is_rebuilt_or_refused(folder, cache_dir, capsys, damage, reas
         _rewrite_header(path, digest="0" * 64)
     if damage != "digest":  # a file with the right form but other sources opens on its own
         with pytest.raises(UserError, match=f"{reason}.*missingglow prepare"):
-            data.open_cache(path)
+            cachefile.open_cache(path)
     capsys.readouterr()
-    rebuilt = data.open_dataset(str(folder), S, cache_dir=cache_dir)
+    rebuilt = cachefile.open_dataset(str(folder), S, cache_dir=cache_dir)
     note = [line for line in capsys.readouterr().err.splitlines() if "rebuilding" in line]
     assert len(note) == 1 and reason in note[0]
     assert torch.equal(rebuilt.images, expected)
@@ -210,18 +211,18 @@ def test_bad_cache_is_rebuilt_or_refused(folder, cache_dir, capsys, damage, reas
 
 
 def test_cache_file_as_data(folder, cache_dir):
-    built = data.open_dataset(str(folder), S, cache_dir=cache_dir, quiet=True)
-    again = data.open_dataset(built.path, S)
+    built = cachefile.open_dataset(str(folder), S, cache_dir=cache_dir, quiet=True)
+    again = cachefile.open_dataset(built.path, S)
     assert torch.equal(again.images, built.images)
     with pytest.raises(UserError, match="--size 16"):
-        data.open_dataset(built.path, 32)
+        cachefile.open_dataset(built.path, 32)
 
 
 CONCURRENT = r"""
 import sys
 sys.path.insert(0, {root!r})
-from missingglow.data import datasets as data
-c = data.open_dataset(None, 16, cache_dir={cache!r}, synthetic_count=1500, workers=1,
+from missingglow.data import cache as cachefile
+c = cachefile.open_dataset(None, 16, cache_dir={cache!r}, synthetic_count=1500, workers=1,
                       rebuild=True, quiet=True)
 print(c.path)
 """
@@ -236,7 +237,7 @@ def test_two_processes_preparing_at_once_leave_one_good_cache(cache_dir):
     paths = {out.strip() for out, _ in outs}
     assert len(paths) == 1
     assert os.listdir(cache_dir) == [os.path.basename(paths.pop())]  # no temp files left
-    cache = data.open_dataset(None, 16, cache_dir=cache_dir, synthetic_count=1500, quiet=True)
+    cache = cachefile.open_dataset(None, 16, cache_dir=cache_dir, synthetic_count=1500, quiet=True)
     assert len(cache) == 1500
     assert cache.images[1499].float().std() > 0
 
@@ -245,7 +246,7 @@ def test_two_processes_preparing_at_once_leave_one_good_cache(cache_dir):
 
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory):
-    return data.open_dataset(None, 32, cache_dir=str(tmp_path_factory.mktemp("c")),
+    return cachefile.open_dataset(None, 32, cache_dir=str(tmp_path_factory.mktemp("c")),
                              synthetic_count=400, quiet=True)
 
 
@@ -261,7 +262,7 @@ def test_squares_are_grey_inside_clean_outside(faces):
         by_hand = torch.zeros(1, 32, 32, dtype=torch.bool)
         for r, c in pixels:
             by_hand[0, r, c] = True
-        assert torch.equal(data.square_mask(pos, 7, 32), by_hand)
+        assert torch.equal(masks.square_mask(pos, 7, 32), by_hand)
         inside = by_hand.expand(3, -1, -1)
         assert (masked[inside] == GREY).all()
         assert torch.equal(masked[~inside], clean[~inside])
@@ -289,7 +290,7 @@ def test_square_positions_deterministic_and_uniform(faces):
 
 
 def test_square_positions_same_in_another_process():
-    here = [data.square_positions(7, i, 20, 2, 64).tolist() for i in range(50)]
+    here = [masks.square_positions(7, i, 20, 2, 64).tolist() for i in range(50)]
     code = ("import sys, json; sys.path.insert(0, %r); from missingglow.data.masks import "
             "square_positions as p; print(json.dumps([p(7, i, 20, 2, 64).tolist() "
             "for i in range(50)]))" % ROOT)
@@ -299,7 +300,7 @@ def test_square_positions_same_in_another_process():
     assert json.loads(out.stdout) == here
     # pinned values: a change to the formula changes every experiment's squares
     assert here[0] == [[12, 7], [11, 9]] and here[49] == [[31, 24], [15, 21]]
-    assert data.square_positions(0, 0, 20, 1, 64).tolist() == [[34, 14]]
+    assert masks.square_positions(0, 0, 20, 1, 64).tolist() == [[34, 14]]
 
 
 @pytest.mark.parametrize("square, count", [(0, 1), (8, 0), (0, 0)])
@@ -385,9 +386,10 @@ class Block(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError("numpy blocked", name=name)
 sys.meta_path.insert(0, Block())
 sys.path.insert(0, {root!r})
+from missingglow.data import cache as cachefile
 from missingglow.data import datasets as data
 for src in ({folder!r}, None):
-    c = data.open_dataset(src, 8, cache_dir={cache!r}, synthetic_count=300, quiet=True)
+    c = cachefile.open_dataset(src, 8, cache_dir={cache!r}, synthetic_count=300, quiet=True)
     ds = data.MaskedImages(c, square=3, count=1)
     ds[0]; ds.batch([0, 1])
 assert "numpy" not in sys.modules
@@ -404,18 +406,19 @@ def test_data_path_numpy_free(folder, cache_dir):
 
 def test_low_detail_synthetic_faces_are_their_own_cache(cache_dir, monkeypatch):
     from missingglow.data import synthetic
-    from missingglow.data.datasets import dataset_of, synthetic_source
+    from missingglow.data.cache import synthetic_source
+    from missingglow.data.datasets import dataset_of
 
     # the full-detail source string is unchanged, so caches built before `detail` existed stay valid
     assert synthetic_source(0, 10) == f"synthetic:seed=0,n=10,v={synthetic.VERSION}"
-    full = data.open_dataset(None, 8, synthetic_count=12, cache_dir=cache_dir, quiet=True)
-    low = data.open_dataset(None, 8, synthetic_count=12, cache_dir=cache_dir,
+    full = cachefile.open_dataset(None, 8, synthetic_count=12, cache_dir=cache_dir, quiet=True)
+    low = cachefile.open_dataset(None, 8, synthetic_count=12, cache_dir=cache_dir,
                             synthetic_detail="low", quiet=True)
     assert full.path != low.path
     assert bytes(low.images[5].flatten().tolist()) == synthetic.draw(0, 5, 8, "low").tobytes()
     assert bytes(full.images[5].flatten().tolist()) != bytes(low.images[5].flatten().tolist())
     with pytest.raises(UserError, match="synthetic detail must be full or low"):
-        data.open_dataset(None, 8, synthetic_count=12, cache_dir=cache_dir,
+        cachefile.open_dataset(None, 8, synthetic_count=12, cache_dir=cache_dir,
                           synthetic_detail="blurry")
     # a config without the key (a run from before it existed) means the full-detail faces
     monkeypatch.setenv("MISSINGGLOW_CACHE", cache_dir)

@@ -8,14 +8,13 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from missingglow import checkpoint as ckpt
 from missingglow.cli import cli as main
-from missingglow.data.cache import ImageCache, read_header
-from missingglow.data.datasets import open_dataset
+from missingglow.data.cache import ImageCache, open_dataset, read_header
 from missingglow.data.synthetic import draw_face
 from missingglow.flow.preprocess import from_model, luma, match_channels, to_model
-from missingglow.presets import resolve_config
-from missingglow.train import train
+from missingglow.training import checkpoint as ckpt
+from missingglow.training.config import resolve_config
+from missingglow.training.loop import train
 
 TINY = dict(image_size=8, blocks=2, flows=2, hidden=8, batch=8, square=3, iterations=4, lr=1e-3,
             warmup=2, eval_every=2, sample_every=1000, checkpoint_every=1000, log_every=1,

@@ -10,7 +10,7 @@ from PIL import Image
 
 from missingglow.analysis import baselines
 from missingglow.analysis.invert import harmonic_fill, invert, objective
-from missingglow.data.masks import alpha_mask, load_mask
+from missingglow.data.images import alpha_mask, load_mask
 from missingglow.errors import UserError
 from missingglow.flow.model import Glow
 

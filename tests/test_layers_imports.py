@@ -12,17 +12,18 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # lowest first; a module may import its own layer and the layers below it
 LAYERS = [
-    {"errors", "atomic", "seeding", "allocator", "progress", "runlock", "_C"},
+    {"errors", "atomic", "seeding", "progress", "_C"},
     {"flow"},
     {"data"},
-    {"checkpoint", "presets"},
+    {"render"},
+    {"training"},
     {"analysis"},
-    {"train"},
     {"selfcheck"},
     {"cli", "__main__"},
 ]
 ONLY_IN = {"click": {"cli", "progress"}}
-NEVER_IN = {"flow": {"click", "PIL", "numpy"}, "data": {"numpy"}, "analysis": {"numpy"}}
+NEVER_IN = {"flow": {"click", "PIL", "numpy"}, "data": {"numpy"}, "render": {"numpy"},
+            "training": {"numpy"}, "analysis": {"numpy"}}
 # the classical baselines are an optional extra for evaluation only, imported lazily
 NUMPY_ALLOWED = {("analysis", "baselines")}
 

@@ -12,15 +12,15 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from missingglow import checkpoint as ckpt
-from missingglow import train as train_module
 from missingglow.analysis.evaluate import _errors, _Pool, _psnr
-from missingglow.analysis.heldout import heldout_bits_per_dim
 from missingglow.errors import UserError
 from missingglow.flow.model import Glow
 from missingglow.flow.preprocess import bits_per_dim, quantize
-from missingglow.presets import resolve_config
 from missingglow.seeding import generator
+from missingglow.training import checkpoint as ckpt
+from missingglow.training import loop as train_module
+from missingglow.training.config import resolve_config
+from missingglow.training.heldout import heldout_bits_per_dim
 
 # --- the evaluation's pooling -----------------------------------------------------------------
 

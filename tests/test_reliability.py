@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from missingglow import atomic
-from missingglow import checkpoint as ckpt
 from missingglow.cli import main
 from missingglow.data.imagefolder import load_square
 from missingglow.data.synthetic import draw_face
+from missingglow.training import checkpoint as ckpt
 
 from helpers import run_in_process, tiny_run
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from missingglow.errors import UserError
-from missingglow.runlock import RunLock
+from missingglow.training.runlock import RunLock
 
 from helpers import run_in_process
 
@@ -21,7 +21,8 @@ TINY = ["--size", "8", "--blocks", "2", "--flows", "2", "--hidden", "8", "--batc
 
 def holder(run_dir):
     """A process that holds the run's lock until killed; returns once it holds it."""
-    code = ("import sys, time; sys.path.insert(0, %r); from missingglow.runlock import RunLock; "
+    code = ("import sys, time; sys.path.insert(0, %r); "
+            "from missingglow.training.runlock import RunLock; "
             "lock = RunLock(%r).__enter__(); print('held', flush=True); time.sleep(600)"
             % (ROOT, str(run_dir)))
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -69,7 +70,7 @@ def test_the_lock_is_released_when_its_holder_is_done(tmp_path):
 
 @pytest.mark.parametrize("damage", ["missing", "garbage", "binary", "truncated target"])
 def test_resume_falls_back_to_the_newest_checkpoint_that_loads(tmp_path, damage):
-    from missingglow import checkpoint as ckpt
+    from missingglow.training import checkpoint as ckpt
 
     run_dir = tmp_path / "run"
     out = train_cli(["--out", str(run_dir), *TINY, "--checkpoint-every", "1"], tmp_path)
@@ -94,8 +95,8 @@ def test_resume_falls_back_to_the_newest_checkpoint_that_loads(tmp_path, damage)
 
 
 def test_a_run_that_fails_to_start_releases_its_lock(tmp_path, monkeypatch):
-    from missingglow.presets import resolve_config
-    from missingglow.train import train
+    from missingglow.training.config import resolve_config
+    from missingglow.training.loop import train
 
     monkeypatch.setenv("MISSINGGLOW_CACHE", str(tmp_path / "cache"))
     config = resolve_config(dict(out=str(tmp_path / "run"), data=str(tmp_path / "no-such-folder"),

@@ -1,8 +1,8 @@
 """The grey-square detector: exact on known squares, silent on natural grey content.
 
-Two banks: the synthetic one (tests/squares_bank.py) puts 0–3 squares on synthetic faces, colour
+Two banks: the synthetic one (analysis/square_bank.py) puts 0–3 squares on synthetic faces, colour
 gradients, textures, noise, smooth fields and random-shape scenes, then blurs, adds noise, tints
-the squares or quantises to 5 bits; the photo bank (tests/photo_bank.py) puts them on 64-px crops
+the squares or quantises to 5 bits; the photo bank (analysis/photo_bank.py) puts them on 64-px crops
 of scikit-image's sample photographs, colour and grayscale (skipped without scikit-image). Their
 scores on the full banks are in docs/phenomenon.md (bench/squares.py); these tests run smaller
 cuts, on seeds the counter was not tuned on, with thresholds a little below what it scores there,
@@ -10,23 +10,20 @@ so that a real regression fails.
 """
 import itertools
 
-import photo_bank
 import pytest
 import torch
 
+from missingglow.analysis import photo_bank
+from missingglow.analysis.square_bank import grey_content, iou, match, score
 from missingglow.analysis.squares import (
     Square,
     all_sizes,
     candidate_sizes,
     count,
     detect,
-    iou,
-    match,
-    outline,
 )
 from missingglow.data.masks import GREY
-
-from squares_bank import grey_content, score
+from missingglow.render.sheets import outline
 
 needs_photos = pytest.mark.skipif(
     not photo_bank.available(),

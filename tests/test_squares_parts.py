@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from missingglow.analysis import squares
+from missingglow.analysis.square_bank import iou, match
 from missingglow.analysis.squares import (
     DEFAULT,
     Square,
@@ -27,11 +28,9 @@ from missingglow.analysis.squares import (
     count,
     detect,
     detector_sizes_for,
-    iou,
-    match,
-    outline,
 )
 from missingglow.data.masks import GREY
+from missingglow.render.sheets import outline
 
 
 def brute_sum(x, top, left, h, w):

@@ -10,11 +10,11 @@ import time
 import pytest
 import torch
 
-from missingglow import checkpoint as ckpt
-from missingglow import train as train_module
 from missingglow.errors import UserError
-from missingglow.presets import resolve_config
-from missingglow.train import train
+from missingglow.training import checkpoint as ckpt
+from missingglow.training import loop as train_module
+from missingglow.training.config import resolve_config
+from missingglow.training.loop import train
 
 from helpers import run_in_process
 

@@ -12,11 +12,11 @@ import time
 import pytest
 import torch
 
-from missingglow import checkpoint as ckpt
-from missingglow import train as train_module
+from missingglow.training import loop as train_module
 from missingglow.errors import UserError
-from missingglow.presets import resolve_config, validate
-from missingglow.train import open_images, set_lr, train
+from missingglow.training import checkpoint as ckpt
+from missingglow.training.config import resolve_config, validate
+from missingglow.training.loop import open_images, set_lr, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(image_size=8, blocks=2, flows=2, hidden=8, batch=8, synthetic_count=48, square=3,

@@ -15,9 +15,9 @@ import math
 
 import torch
 
-from ..data.images import finite_mask
 from ..flow.preprocess import from_model, to_model
-from .heldout import heldout_bits_per_dim
+from ..render.images import finite_mask
+from ..training.heldout import heldout_bits_per_dim
 
 BASELINES = ("grey fill", "mean-colour fill", "harmonic fill")
 INVERT = "invert"
@@ -210,7 +210,7 @@ def report_json(path, result):
 def comparison_sheet(result, min_tile=48):
     """The same held-out images restored by each method (the α methods at their best α), a row
     per method (PIL image)."""
-    from .sheets import labelled_grid
+    from ..render.sheets import labelled_grid
 
     examples, rows = result["examples"], result["rows"]
     keys = ["input"]
@@ -227,7 +227,7 @@ def comparison_sheet(result, min_tile=48):
 
 
 def report_plot(result):
-    from .plot import Series, line_chart, stack
+    from ..render.plot import Series, line_chart, stack
 
     rows = result["rows"]
     flows = list(dict.fromkeys(r["method"] for r in rows if r["alpha"] is not None))

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from ..data.images import finite_mask
 from ..errors import UserError
 from ..flow.preprocess import from_model, to_model
+from ..render.images import finite_mask
 
 
 @dataclass
@@ -55,8 +55,7 @@ def load_inputs(run, specs, masks=(), say=None):
 
     `masks`: one mask file per image file, in order (or one for all of them); an image with an
     alpha channel and no mask file takes its transparent pixels as the hole."""
-    from ..data.images import load_image
-    from ..data.masks import alpha_mask, load_mask
+    from ..data.images import alpha_mask, load_image, load_mask
 
     files = [s for s in specs if not s.startswith("heldout:")]
     masks = list(masks)
@@ -151,9 +150,8 @@ def impute_files(run, items, alphas, out_dir, keep_observed=False, iterations=1,
     strip per item (a row per alpha, the input on top, the original at the bottom when known) and
     an overview with a column per item (the paper's Fig. 2). Returns a list of summary lines and the
     number of non-finite results."""
-    from ..data.images import grid, save_png
-    from .plot import save
-    from .sheets import column_sheet, labelled_grid
+    from ..render.images import grid, save_png
+    from ..render.sheets import column_sheet, labelled_grid
 
     lines, bad_total, columns = [], 0, []
     for item in items:
@@ -173,7 +171,7 @@ def impute_files(run, items, alphas, out_dir, keep_observed=False, iterations=1,
             labels = ["input"] + [f"α={a:g}" for a in alphas]
             labels += ["original"] if item.clean is not None else []
             sheet, _ = labelled_grid([t[None] for t in column], labels, min_tile)
-            save(sheet,
+            save_png(sheet,
                  os.path.join(out_dir, f"{item.name}-strip.png"))
         how = (f"keeping observed pixels, square from {item.source}" if mask is not None
                else "whole image")
@@ -182,7 +180,7 @@ def impute_files(run, items, alphas, out_dir, keep_observed=False, iterations=1,
         lines.append(f"{item.name}: {len(alphas)} alpha(s), {how}"
                      f"{f', {iterations} iterations' if iterations > 1 else ''}{note}")
     if len(alphas) > 1 and len(items) > 1:
-        save(column_sheet(columns, ["input"] + [f"α={a:g}" for a in alphas], min_tile),
+        save_png(column_sheet(columns, ["input"] + [f"α={a:g}" for a in alphas], min_tile),
              os.path.join(out_dir, "overview.png"))
     return lines, bad_total
 
@@ -198,11 +196,10 @@ def invert_files(run, items, out_dir, samples=1, seed=0, min_tile=48, on_step=No
     per item, with several samples `<name>-sample-K.png` too, and `invert.png`: a column per item
     with the input, the restored image, the other completions and their spread map, and the
     original when known. Returns summary lines and the number of non-finite results."""
-    from ..data.images import grid, save_png
+    from ..render.images import grid, save_png
+    from ..render.sheets import column_sheet
     from ..seeding import generator
     from .invert import invert
-    from .plot import save
-    from .sheets import column_sheet
 
     x = to_model(torch.stack([it.image for it in items]), run.n_bits, run.model.in_channels)
     hole = torch.stack([it.mask for it in items])
@@ -230,5 +227,5 @@ def invert_files(run, items, out_dir, samples=1, seed=0, min_tile=48, on_step=No
                      f"objective {start:.4f} → {end:.4f}{note}")
     labels = ["input", "restored", *[f"sample {k}" for k in range(1, samples)]]
     labels += ["spread"] if samples > 1 else []
-    save(column_sheet(columns, labels, min_tile), os.path.join(out_dir, "invert.png"))
+    save_png(column_sheet(columns, labels, min_tile), os.path.join(out_dir, "invert.png"))
     return lines, int((~ok).sum())

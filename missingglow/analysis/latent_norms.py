@@ -104,7 +104,7 @@ def norms_csv(path, result):
 
 
 def norms_plot(result):
-    from .plot import histogram_chart, stack
+    from ..render.plot import histogram_chart, stack
 
     panels = []
     for panel, title in (("sizes", "‖Φ(x)‖ by square size"),

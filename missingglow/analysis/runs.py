@@ -12,15 +12,18 @@ Non-finite outputs (a Glow's inverse can overflow at high temperature) stay NaN 
 they are counted, drawn as a checkerboard by `images.grid`, and left out of every statistic, with
 the count printed beside it.
 """
+import math
 import os
 from dataclasses import dataclass
 
 import torch
 
-from ..checkpoint import load_model
 from ..errors import UserError
 from ..flow.preprocess import from_model
+from ..render.images import finite_mask
+from ..render.sheets import labelled_grid
 from ..seeding import generator
+from ..training.checkpoint import load_model
 
 
 @dataclass
@@ -44,8 +47,6 @@ class Run:
         """This run, its held-out dataset known: a missingglow run's own, or for an imported
         checkpoint `data` with one K×K square per image (K = `square`), placed as training
         would. The CLI's --data and --square."""
-        from .options import check_positive
-
         if self.config:
             if data is not None or square is not None:
                 raise UserError(f"--data and --square are for an imported checkpoint; {self.path} "
@@ -58,7 +59,8 @@ class Run:
                             "its dataset and squares are unknown; give the square side with "
                             "--square K (and its images with --data DIR; default: the synthetic "
                             "faces)")
-        check_positive(square, "--square")
+        if square < 1:
+            raise UserError(f"--square must be at least 1, not {square}")
         if square > self.image_size:
             raise UserError(f"--square {square} does not fit the checkpoint's {self.image_size}×"
                             f"{self.image_size} images; give at most {self.image_size}")
@@ -93,7 +95,7 @@ def sample_images(run, n, temperature, seed, batch=64):
 
 def newest_run(root="runs"):
     """The run folder under `root` whose `latest` checkpoint pointer was written last."""
-    from ..checkpoint import LATEST
+    from ..training.checkpoint import LATEST
 
     runs = []
     if os.path.isdir(root):
@@ -105,3 +107,17 @@ def newest_run(root="runs"):
         raise UserError(f"no --checkpoint given and no trained run under ./{root}/; train one with "
                         "`missingglow train` or pass --checkpoint RUN")
     return max(runs)[1]
+
+def sample_sheet(run, temperatures, n, seed, columns=None, min_tile=32):
+    """Samples per temperature as one labelled grid: a row per temperature (n per row) when
+    several temperatures are asked for, else n samples in rows of `columns`.
+    Returns (PIL image, [(t, non-finite count)])."""
+    rows, labels, bad = [], [], []
+    for t in temperatures:
+        images = sample_images(run, n, t, seed)
+        bad.append((t, int((~finite_mask(images)).sum())))
+        per_row = n if len(temperatures) > 1 else (columns or max(1, math.ceil(math.sqrt(n))))
+        for i in range(0, n, per_row):
+            rows.append(images[i:i + per_row])
+            labels.append(f"t={t:g}" if i == 0 else "")
+    return labelled_grid(rows, labels, min_tile)[0], bad

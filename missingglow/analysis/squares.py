@@ -416,49 +416,6 @@ def count(images, sizes, settings=DEFAULT):
     return [None if found is None else len(found) for found in detect(images, sizes, settings)]
 
 
-def match(found, truth, min_iou=0.5):
-    """Greedy one-to-one matching of detected boxes to true (top, left, size) boxes by IoU.
-
-    Returns (true positives, false positives, false negatives)."""
-    unmatched = list(truth)
-    tp = 0
-    for square in found:
-        box = square.box() if hasattr(square, "box") else tuple(square)
-        best = max(unmatched, key=lambda t: iou(box, t), default=None)
-        if best is not None and iou(box, best) >= min_iou:
-            unmatched.remove(best)
-            tp += 1
-    return tp, len(found) - tp, len(unmatched)
-
-
-def iou(a, b):
-    (ta, la, ka), (tb, lb, kb) = a, b
-    h = max(min(ta + ka, tb + kb) - max(ta, tb), 0)
-    w = max(min(la + ka, lb + kb) - max(la, lb), 0)
-    inter = h * w
-    return inter / (ka * ka + kb * kb - inter)
-
-
-def outline(image, squares, colour=(1.0, 0.0, 0.0)):
-    """A copy of a (3, S, S) image with a one-pixel frame drawn just outside each square (clipped to
-    the image), so the square itself stays visible."""
-    out = image.clone()
-    size = out.shape[-1]
-    c = torch.tensor(colour, dtype=out.dtype)[:, None]
-    for square in squares:
-        t, l, k = square.box() if isinstance(square, Square) else square
-        top, bottom, left, right = t - 1, t + k, l - 1, l + k
-        cols = slice(max(left, 0), min(right, size - 1) + 1)
-        rows = slice(max(top, 0), min(bottom, size - 1) + 1)
-        for r in (top, bottom):
-            if 0 <= r < size:
-                out[:, r, cols] = c
-        for col in (left, right):
-            if 0 <= col < size:
-                out[:, rows, col] = c
-    return out
-
-
 def detector_sizes_for(square, image_size):
     """Window sizes for a known trained square size (around it), else every plausible size."""
     return candidate_sizes(square, image_size) if square else all_sizes(image_size)

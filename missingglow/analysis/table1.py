@@ -72,7 +72,7 @@ def table1_csv(path, rows):
 
 def table1_plot(rows):
     """Empirical E against t² (top), shares per bucket against t (bottom)."""
-    from .plot import Series, line_chart, stack
+    from ..render.plot import Series, line_chart, stack
 
     ts = [r["t"] for r in rows]
     bad = sum(r["nonfinite"] for r in rows)

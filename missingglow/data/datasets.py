@@ -1,137 +1,23 @@
-"""Masked datasets (docs/conventions.md §3): open or build the image cache, split it, hand out
-masked images.
+"""Masked datasets (docs/conventions.md §3): the held-out split and masked images from a cache.
 
-    cache = open_dataset("img_align_celeba/", size=64)      # or None: the synthetic faces
+    cache = open_dataset("img_align_celeba/", size=64)      # data/cache.py; None: synthetic faces
     train = MaskedImages(cache, square=20, count=1, seed=0, split="train")
     masked, clean, positions = train[0]                     # (3,S,S), (3,S,S) in [0,1]; (count,2)
 
-`open_dataset` builds the cache on first use (decoding on all cores, with a progress bar) and
-reuses it afterwards. Squares come from (seed, i) (see `masks`), so any square size and count reads
-the same cache. The held-out split depends only on the image names and `split_seed`, not on the
-training seed: every run holds out the same images.
+Squares come from (seed, i) (see `masks`), so any square size and count reads the same cache.
+The held-out split depends only on the image names and `split_seed`, not on the training seed:
+every run holds out the same images.
 """
 import hashlib
-import multiprocessing
-import os
-import re
-import sys
-import time
 
 import torch
 
 from ..errors import UserError
-from ..progress import echo, progress_bar
-from . import imagefolder, synthetic
-from .cache import SUFFIX, CacheMismatch, ImageCache, read_header, write_cache
-from .masks import GREY, apply_squares, check_squares, square_mask, square_positions
+from .cache import SYNTHETIC_COUNT, open_dataset
+from .masks import GREY, apply_squares, check_squares, square_positions
 
-__all__ = ["open_dataset", "dataset_of", "open_cache", "cache_path", "default_cache_dir",
-           "heldout_indices", "MaskedImages", "square_positions", "square_mask", "GREY"]
-
-SYNTHETIC_COUNT = 10_000
 HELDOUT_FRACTION = 0.05
 MIN_HELDOUT = 16
-_SERIAL_BELOW = 256  # fewer items than this decode in-process (a worker pool costs more)
-
-
-def default_cache_dir():
-    """$MISSINGGLOW_CACHE, else $XDG_CACHE_HOME/missingglow, else ~/.cache/missingglow."""
-    if os.environ.get("MISSINGGLOW_CACHE"):
-        return os.environ["MISSINGGLOW_CACHE"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "missingglow")
-
-
-def synthetic_source(seed, count, detail="full"):
-    low = f",detail={detail}" if detail != "full" else ""  # full detail keeps its old caches
-    return f"synthetic:seed={seed},n={count}{low},v={synthetic.VERSION}"
-
-
-def cache_path(source, size, cache_dir=None):
-    """Where the cache of `source` at `size` lives: one file per (source, size).
-
-    A cache whose file list digest no longer matches its folder is rebuilt in place, so a changed
-    folder does not leave stale multi-gigabyte files behind.
-    """
-    if source.startswith("folder:"):
-        slug = os.path.basename(source[len("folder:"):].rstrip("/")) or "root"
-    else:
-        slug = source.split(",v=")[0].replace(":", "-").replace(",", "-").replace("=", "")
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", slug)[:40]
-    key = hashlib.sha256(source.encode("utf-8", "surrogateescape")).hexdigest()[:12]
-    return os.path.join(cache_dir or default_cache_dir(), f"{slug}-{size}px-{key}{SUFFIX}")
-
-
-def open_cache(path):
-    """Open an existing cache file; a UserError that says how to rebuild it if it cannot be read."""
-    try:
-        return ImageCache(path)
-    except CacheMismatch as why:
-        raise UserError(f"the image cache {path} is {why}; delete it and run `missingglow prepare "
-                        "--data DIR --size S` to rebuild it") from None
-
-
-def open_dataset(data=None, size=64, *, cache_dir=None, workers=None, rebuild=False,
-                 synthetic_count=SYNTHETIC_COUNT, synthetic_seed=0, synthetic_detail="full",
-                 quiet=False):
-    """The cache of `data` (an image folder, a `.mgcache` file, or None for the synthetic faces)
-    at `size`×`size`, built if missing or stale, else reused at once. Returns an ImageCache.
-
-    Messages (a progress bar while building, one summary line) go to stderr unless `quiet`.
-    `workers`: decoding processes (default: the cores this process may use).
-    """
-    if not isinstance(size, int) or size < 1:
-        raise UserError(f"image size must be a positive whole number of pixels, not {size!r}")
-    if data is not None and os.path.isfile(data) and str(data).endswith(SUFFIX):
-        cache = open_cache(data)
-        if cache.size != size:
-            raise UserError(f"the image cache {data} holds {cache.size}-pixel images, not {size}; "
-                            f"pass --size {cache.size} or the image folder instead")
-        return cache
-    say = (lambda msg: None) if quiet else echo
-    if data is None:
-        if synthetic_count < 1:
-            raise UserError(f"the synthetic set needs at least 1 image, not {synthetic_count}")
-        if synthetic_detail not in synthetic.DETAILS:
-            raise UserError(f"synthetic detail must be {' or '.join(synthetic.DETAILS)}, "
-                            f"not {synthetic_detail!r}")
-        source = synthetic_source(synthetic_seed, synthetic_count, synthetic_detail)
-        digest = hashlib.sha256(source.encode()).hexdigest()
-        items = [(synthetic_seed, i, size, synthetic_detail) for i in range(synthetic_count)]
-        detail = " low-detail" if synthetic_detail == "low" else ""
-        job, what = synthetic.face_bytes, f"drawing {synthetic_count}{detail} synthetic faces"
-    else:
-        root = os.path.abspath(os.path.expanduser(os.fspath(data)))
-        if not os.path.exists(root):
-            raise UserError(f"image folder {data} does not exist; pass --data with a folder of "
-                            "images, or leave it out to use the synthetic faces")
-        if not os.path.isdir(root):
-            raise UserError(f"{data} is a file, not a folder; pass --data with a folder of images "
-                            f"(or a {SUFFIX} cache file)")
-        names, ignored = imagefolder.find_images(root)
-        if not names:
-            what = f"{ignored} other files ignored" if ignored else "the folder is empty"
-            raise UserError(f"no images ({', '.join(e[1:] for e in imagefolder.EXTENSIONS)}) found "
-                            f"in {data}, searched recursively ({what}); pass --data with a folder "
-                            "of images")
-        source = f"folder:{root}"
-        digest = imagefolder.file_list_digest(root, names)
-        items = [(root, name, size) for name in names]
-        job, what = _decode_item, f"decoding {len(names)} images from {data}"
-
-    path = cache_path(source, size, cache_dir)
-    cache = None if rebuild else _reusable(path, source, digest, size, say)
-    if cache is not None:
-        return cache
-    start = time.perf_counter()
-    results = _run(job, items, workers, what if not quiet else None)
-    extra = {"pillow": _pillow_version(), "workers": _workers(workers, len(items))}
-    cache = write_cache(path, source=source, digest=digest, size=size, items=results, extra=extra)
-    say(_summary(cache, len(items), time.perf_counter() - start, path))
-    if cache.count == 0:
-        raise UserError(f"none of the {len(items)} image files in {data} could be read; "
-                        "see the line above for why")
-    return cache
 
 
 def dataset_of(config, size=None, quiet=True):
@@ -139,77 +25,6 @@ def dataset_of(config, size=None, quiet=True):
     return open_dataset(config.get("data"), size or config["image_size"],
                         synthetic_count=config.get("synthetic_count", SYNTHETIC_COUNT),
                         synthetic_detail=config.get("synthetic_detail", "full"), quiet=quiet)
-
-
-def _reusable(path, source, digest, size, say):
-    """The cache at `path` if it is whole and made from these sources, else None (and why)."""
-    try:
-        header = read_header(path)
-        if (header.get("source"), header.get("digest"), header.get("size")) != (source, digest,
-                                                                               size):
-            raise CacheMismatch("for other source files (the folder changed since it was built)")
-    except CacheMismatch as why:
-        if str(why) != "missing":
-            say(f"the image cache {path} is {why}; rebuilding it")
-        return None
-    cache = ImageCache(path, header)
-    skipped = f" ({header['skipped']} source files were skipped)" if header.get("skipped") else ""
-    say(f"using the image cache {path}: {cache.count} images, {size}×{size}{skipped}")
-    return cache
-
-
-def _decode_item(args):
-    root, name, size = args
-    data, note = imagefolder.load_square(os.path.join(root, name), size)
-    return name, data, note
-
-
-def _workers(workers, n):
-    if workers is None:
-        affinity = getattr(os, "sched_getaffinity", None)
-        workers = len(affinity(0)) if affinity else os.cpu_count()
-    return max(1, min(int(workers or 1), n)) if n >= _SERIAL_BELOW else 1
-
-
-def _run(job, items, workers, label):
-    """Yield job(item) in order, on a pool of processes when worth it, with a progress bar."""
-    n_workers = _workers(workers, len(items))
-    with progress_bar(len(items), label, show=bool(label)) as bar:
-        if n_workers == 1:
-            for item in items:
-                yield job(item)
-                if bar is not None:
-                    bar.update(1)
-            return
-        # fork keeps workers cheap (they run Pillow only); elsewhere the platform's default
-        fork = sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods()
-        ctx = multiprocessing.get_context("fork" if fork else None)
-        chunk = max(1, min(256, len(items) // (n_workers * 16)))
-        with ctx.Pool(n_workers) as pool:
-            for result in pool.imap(job, items, chunksize=chunk):
-                yield result
-                if bar is not None:
-                    bar.update(1)
-
-
-def _summary(cache, n_items, seconds, path):
-    rate = n_items / seconds if seconds > 0 else float("inf")
-    line = (f"prepared {cache.count} images, {cache.size}×{cache.size}, in {seconds:.1f} s "
-            f"({rate:.0f} images/s) into {path}")
-    skipped = cache.skipped
-    if skipped:
-        shown = ", ".join(f"{name} ({why})" for name, why in skipped[:5])
-        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
-        line += f"; skipped {len(skipped)} unreadable files: {shown}{more}"
-    upscaled = cache.header.get("upscaled")
-    if upscaled:
-        line += f"; {upscaled} smaller than {cache.size} px were upscaled"
-    return line
-
-
-def _pillow_version():
-    import PIL
-    return PIL.__version__
 
 
 def heldout_indices(names, fraction=HELDOUT_FRACTION, split_seed=0, minimum=MIN_HELDOUT):

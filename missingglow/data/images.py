@@ -1,28 +1,16 @@
-"""Tensors to and from PNG files without NumPy, and image grids people look at.
+"""Reading what users give: image files and mask files, through the training images' geometry.
 
-Non-finite pixels (a Glow's inverse can overflow at high temperature) are never written as if they
-were an image: `grid` draws such tiles as a magenta/black checkerboard and returns how many there
-were, so callers can count and report them.
+An image file meets the model as the cached training images did (docs/conventions.md §3): RGB,
+shorter side resized, centre crop. A mask (a file, or an image's alpha channel) goes through the
+same geometry, so its hole lands on the same model pixels.
 """
 import os
 
 import torch
 from PIL import Image
 
-from ..atomic import atomic_write
 from ..errors import UserError
-
-
-def finite_mask(batch):
-    """(N,) bool: which images have only finite pixels."""
-    return torch.isfinite(batch.flatten(1)).all(1)
-
-
-def to_pil(image):
-    """(3, H, W) float in [0, 1] → RGB PIL image (values clamped, rounded)."""
-    pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
-    h, w = pixels.shape[1:]
-    return Image.frombytes("RGB", (w, h), bytes(pixels.permute(1, 2, 0).cpu().flatten().tolist()))
+from .imagefolder import load_square, resize_crop
 
 
 def from_pil(image):
@@ -33,44 +21,12 @@ def from_pil(image):
     return data.view(h, w, 3).permute(2, 0, 1).float().div(255)
 
 
-def invalid_tile(size):
-    """A magenta/black checkerboard: unmistakably not a picture."""
-    ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    check = ((ys // max(size // 4, 1) + xs // max(size // 4, 1)) % 2).float()
-    return torch.stack([check, torch.zeros_like(check), check])
-
-
-def grid(rows, padding=2, background=1.0):
-    """Rows of (N_i, 3, S, S) images in [0, 1] → ((3, H, W) grid, number of non-finite tiles)."""
-    rows = [r.detach().float().cpu() for r in rows]
-    size = rows[0].shape[-1]
-    columns = max(r.shape[0] for r in rows)
-    step = size + padding
-    canvas = torch.full((3, padding + step * len(rows), padding + step * columns), background)
-    bad = 0
-    for i, row in enumerate(rows):
-        ok = finite_mask(row)
-        bad += int((~ok).sum())
-        for j, image in enumerate(row):
-            tile = image.clamp(0, 1) if ok[j] else invalid_tile(size)
-            top, left = padding + i * step, padding + j * step
-            canvas[:, top:top + size, left:left + size] = tile
-    return canvas, bad
-
-
-def save_png(image, path):
-    """Write a (3, H, W) image as PNG atomically."""
-    return atomic_write(path, lambda f: to_pil(image).save(f, format="PNG"))
-
-
 def load_image(path, size):
     """An image file as (3, size, size) in [0, 1]: RGB, shorter side resized, centre-cropped.
 
     The same geometry as the dataset cache (docs/conventions.md §3), so a user's photo meets the
     model as the training images did.
     """
-    from .imagefolder import load_square  # the one decode/resize/crop the cache also uses
-
     if not os.path.isfile(path):
         raise UserError(f"image {path} not found")
     data, note = load_square(path, size)
@@ -79,3 +35,48 @@ def load_image(path, size):
                         "pass a PNG, JPEG, BMP or WebP file")
     pixels = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(size, size, 3)
     return pixels.permute(2, 0, 1).float().div(255)
+
+def _hole_from(img, size, what):
+    """A Pillow 'L' image of 255 = missing → (1, size, size) bool, through the images' geometry."""
+    # BOX keeps a model pixel missing when any source pixel under it is missing
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.NEAREST if scale > 1 else Image.BOX)
+    img = resize_crop(img, size)
+    hole = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(1, size, size) > 0
+    if not hole.any():
+        raise UserError(f"{what} marks no pixel as missing; nothing to restore")
+    if hole.all():
+        raise UserError(f"{what} marks every pixel as missing; keep some of the image")
+    return hole
+
+
+def load_mask(path, image_size, size):
+    """A mask file (non-zero = missing) for an image of `image_size` (w, h) → (1, size, size)
+    bool."""
+    if not os.path.isfile(path):
+        raise UserError(f"mask {path} not found")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            grey = img.convert("L")
+    except Exception as err:  # noqa: BLE001 - any decoding failure is the user's file
+        raise UserError(f"cannot read mask {path} as an image ({type(err).__name__}); pass a PNG "
+                        "whose non-zero pixels mark what is missing") from None
+    if grey.size != tuple(image_size):
+        raise UserError(f"mask {path} is {grey.size[0]}×{grey.size[1]} but its image is "
+                        f"{image_size[0]}×{image_size[1]}; pass a mask of the image's size")
+    return _hole_from(grey.point(lambda v: 255 if v else 0), size, f"mask {path}")
+
+
+def alpha_mask(img, size, path):
+    """The transparent part (alpha < 128) of an opened Pillow image → (1, size, size) bool, or None
+    when the image has no alpha channel."""
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode not in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return None
+    alpha = img.getchannel("A").point(lambda v: 255 if v < 128 else 0)
+    return _hole_from(alpha, size, f"the alpha channel of {path}")

@@ -1,5 +1,6 @@
-"""A bank of test images for the grey-square detector: known squares on varied pictures, and natural
-grey content that holds no square. Deterministic from a seed; torch + Pillow only.
+"""A bank of synthetic images for measuring the grey-square detector: known squares on varied
+pictures, and natural grey content that holds no square. Deterministic from a seed; torch and
+Pillow only.
 
     for image, truth, kind in bank(seed=0, size=64, square=12):   # truth: [(top, left, K), ...]
 
@@ -13,9 +14,10 @@ import random
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from missingglow.data.images import from_pil, to_pil
-from missingglow.data.masks import GREY
-from missingglow.data.synthetic import draw_face
+from ..data.images import from_pil
+from ..data.masks import GREY
+from ..data.synthetic import draw_face
+from ..render.images import to_pil
 
 PICTURES = ("face", "gradient", "texture", "noise", "smooth", "scene")
 DEGRADATIONS = ("none", "blur", "noise", "tint", "quantize", "blur+noise+tint")
@@ -144,7 +146,6 @@ def grey_content(seed=0, size=64, square=12):
 def score(detect_fn, seed=0, size=64, square=12, per_cell=2):
     """Precision, recall and exact-count accuracy of detect_fn(image) -> squares on the bank, plus
     false detections on the grey content. Returns a dict (also per picture kind)."""
-    from missingglow.analysis.squares import match
 
     tp = fp = fn = exact = total = 0
     by_kind = {}
@@ -169,3 +170,28 @@ def score(detect_fn, seed=0, size=64, square=12, per_cell=2):
                     for k, v in by_kind.items()},
         "grey_images": len(grey), "false_on_grey": false_on_grey, "misses": misses,
     }
+
+# --- scoring: detected boxes against the true ones ----------------------------------------------
+
+def match(found, truth, min_iou=0.5):
+    """Greedy one-to-one matching of detected boxes to true (top, left, size) boxes by IoU.
+
+    Returns (true positives, false positives, false negatives)."""
+    unmatched = list(truth)
+    tp = 0
+    for square in found:
+        box = square.box() if hasattr(square, "box") else tuple(square)
+        best = max(unmatched, key=lambda t: iou(box, t), default=None)
+        if best is not None and iou(box, best) >= min_iou:
+            unmatched.remove(best)
+            tp += 1
+    return tp, len(found) - tp, len(unmatched)
+
+
+def iou(a, b):
+    """Intersection over union of two (top, left, K) squares."""
+    (ta, la, ka), (tb, lb, kb) = a, b
+    h = max(min(ta + ka, tb + kb) - max(ta, tb), 0)
+    w = max(min(la + ka, lb + kb) - max(la, lb), 0)
+    inter = h * w
+    return inter / (ka * ka + kb * kb - inter)

@@ -7,8 +7,8 @@ resume. The holder's pid is written into the file so a second writer can say who
 import fcntl
 import os
 
-from .atomic import WriteError
-from .errors import UserError
+from ..atomic import WriteError
+from ..errors import UserError
 
 LOCK = ".lock"
 

@@ -9,10 +9,10 @@ import os
 
 import torch
 
-from .atomic import atomic_write
-from .errors import UserError
-from .flow.model import Glow
-from .progress import echo
+from ..atomic import atomic_write
+from ..errors import UserError
+from ..flow.model import Glow
+from ..progress import echo
 
 FORMAT = "missingglow-checkpoint"
 VERSION = 1
@@ -152,7 +152,7 @@ def load_model(path, image_size=None, say=echo):
     resolved, raw = _load(path, say)
     if isinstance(raw, dict) and raw.get("format") != FORMAT and any(
             k.split("module.")[-1].startswith("blocks.") for k in raw):
-        from .flow.rosinality import from_rosinality
+        from ..flow.rosinality import from_rosinality
         return from_rosinality(raw, image_size=image_size or 64).eval(), None
     payload = _validate(raw, resolved)
     config = dict(payload["model_config"])

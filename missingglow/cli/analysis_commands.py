@@ -1,112 +1,13 @@
-"""The `missingglow` command line: parse, call, print. No logic a test would want to call."""
-import sys
-
+"""The analysis commands (`sample`, `squares`, `impute`, `latent-norms`, `evaluate`): parse, call,
+print."""
 import click
 
-from .errors import UserError
-from .progress import echo
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cli():
-    """Glow normalizing flows trained on images with missing squares."""
-
-
-@cli.command()
-@click.option("--data", "data_dir", type=click.Path(), default=None,
-              help="Image folder (searched recursively). Default: the built-in synthetic faces.")
-@click.option("--size", type=int, default=64, show_default=True, help="Image side S in pixels.")
-@click.option("--cache", "cache_dir", type=click.Path(), default=None,
-              help="Cache folder. Default: $MISSINGGLOW_CACHE or ~/.cache/missingglow.")
-@click.option("--workers", type=int, default=None, help="Decoding processes. Default: all cores.")
-@click.option("--synthetic-count", type=int, default=10_000, show_default=True,
-              help="How many synthetic faces, when no --data is given.")
-@click.option("--synthetic-seed", type=int, default=0, show_default=True)
-@click.option("--synthetic-detail", type=click.Choice(["full", "low"]), default="full",
-              show_default=True,
-              help="Synthetic faces as drawn, or drawn at half size and enlarged (the small "
-                   "preset's).")
-@click.option("--rebuild", is_flag=True, help="Decode again even if a good cache exists.")
-def prepare(data_dir, size, cache_dir, workers, synthetic_count, synthetic_seed, synthetic_detail,
-            rebuild):
-    """Decode an image folder once into the memory-mapped cache (reused when up to date)."""
-    from .data.datasets import open_dataset
-
-    cache = open_dataset(data_dir, size, cache_dir=cache_dir, workers=workers, rebuild=rebuild,
-                         synthetic_count=synthetic_count, synthetic_seed=synthetic_seed,
-                         synthetic_detail=synthetic_detail)
-    click.echo(cache.path)
-
-
-@cli.command()
-def check():
-    """Check this installation: the fused extension, and a small model that must invert."""
-    from .selfcheck import run
-
-    for line in run():
-        click.echo(line)
-    click.echo("ok")
-
-
-@cli.command()
-@click.option("--preset", type=click.Choice(["small", "paper"]), default=None,
-              help="Defaults for everything below. Default: paper with a GPU or an architecture "
-                   "given, else small.")
-@click.option("--data", default=None, help="Image folder (or .mgcache). Default: synthetic faces.")
-@click.option("--synthetic-count", type=int, default=None, help="Synthetic faces to draw [10000].")
-@click.option("--synthetic-detail", type=click.Choice(["full", "low"]), default=None,
-              help="Synthetic faces as drawn, or drawn at half size and enlarged [small: low, "
-                   "paper: full].")
-@click.option("--size", "image_size", type=int, default=None, help="Image side S in pixels.")
-@click.option("--square", type=int, default=None,
-              help="Grey square side K in pixels (paper: 20 at 64×64; taken at 64-px scale when "
-                   "the size comes from a preset).")
-@click.option("--squares", type=int, default=None, help="Squares per image [1].")
-@click.option("--blocks", type=int, default=None)
-@click.option("--flows", type=int, default=None, help="Flow steps per block.")
-@click.option("--hidden", type=int, default=None, help="Coupling network width.")
-@click.option("--bits", "n_bits", type=int, default=None, help="Bits per colour channel [5].")
-@click.option("--affine/--additive", default=None, help="Coupling type [affine].")
-@click.option("--lu/--no-lu", default=None, help="LU-parametrised 1×1 convs [lu].")
-@click.option("--batch", type=int, default=None, help="Global batch size.")
-@click.option("--iterations", type=int, default=None,
-              help="Total iterations (with --resume: extend to).")
-@click.option("--lr", type=float, default=None, help="Adam learning rate.")
-@click.option("--warmup", type=int, default=None, help="Linear warm-up iterations.")
-@click.option("--grad-clip", type=float, default=None, help="Gradient-norm clip (0: none) [50].")
-@click.option("--seed", type=int, default=None, help="Seeds data order, noise, squares [0].")
-@click.option("--impl", type=click.Choice(["fused", "reference"]), default=None)
-@click.option("--memory-saving", is_flag=True, default=None,
-              help="Rebuild activations in the backward pass instead of storing them.")
-@click.option("--sample-every", type=int, default=None,
-              help="Sample grid every N iterations [1000].")
-@click.option("--eval-every", type=int, default=None,
-              help="Held-out bits/dim every N iterations [500].")
-@click.option("--checkpoint-every", type=int, default=None,
-              help="Checkpoint every N iterations [500].")
-@click.option("--out", default=None, help="Run folder [runs/<preset>-<time>].")
-@click.option("--resume", default=None, help="Continue the run in this folder.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(resume, quiet, **options):
-    """Train a Glow on images with grey squares (progress, checkpoints, resume, torchrun)."""
-    from .presets import resolve_config
-    from .train import train as run_training
-
-    if resume is not None:
-        config = {"iterations": options["iterations"]}
-    else:
-        config, note = resolve_config(options)
-        if note:
-            click.echo(note, err=True)
-    try:
-        run_dir = run_training(config, resume=resume, progress=not quiet)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    click.echo(run_dir)
+from ..errors import UserError
+from ..progress import echo
 
 
 def _temperatures(values, default):
-    from .analysis.options import parse_temperatures
+    from .params import parse_temperatures
 
     out = []
     for text in values or (default,):
@@ -118,7 +19,7 @@ def _checkpoint(value):
     """--checkpoint as given, else the newest run under ./runs/ (said in one line)."""
     if value is not None:
         return value
-    from .analysis.runs import newest_run
+    from ..analysis.runs import newest_run
 
     path = newest_run()
     echo(f"using the newest run, {path} (pass --checkpoint to choose another)")
@@ -139,7 +40,7 @@ def dataset_options(f):
                              "held-out split to use [the synthetic faces].")(f)
 
 
-@cli.command()
+@click.command()
 @click.option("--checkpoint", default=None, help=CHECKPOINT_HELP)
 @click.option("-t", "--temperature", "temperatures", multiple=True,
               help="Temperature(s): 0.7, a list 0.5,0.7 or a range 0.1:1.5:0.1; repeatable. [0.7]")
@@ -150,10 +51,9 @@ def dataset_options(f):
 @click.option("--out", default="samples.png", show_default=True, help="PNG file to write.")
 def sample(checkpoint, temperatures, n, seed, columns, out):
     """Sample a grid PNG: ε ~ N(0, t²·I), x = Φ⁻¹(ε); several temperatures give a row each."""
-    from .analysis.options import check_positive
-    from .analysis.plot import save
-    from .analysis.runs import open_run
-    from .analysis.sheets import sample_sheet
+    from ..analysis.runs import open_run, sample_sheet
+    from ..render.images import save_png
+    from .params import check_positive
 
     ts = _temperatures(temperatures, "0.7")
     n = check_positive(n if n is not None else (64 if len(ts) == 1 else 8), "-n (samples)")
@@ -161,7 +61,7 @@ def sample(checkpoint, temperatures, n, seed, columns, out):
         check_positive(columns, "--columns")
     run = open_run(_checkpoint(checkpoint))
     image, bad = sample_sheet(run, ts, n, seed, columns)
-    save(image, out)
+    save_png(image, out)
     for t, count in bad:
         if count:
             click.echo(f"t={t:g}: {count} of {n} samples non-finite (drawn as magenta/black "
@@ -175,7 +75,7 @@ SQUARE_HINT = ("giving --square K (the trained square size) counts more reliably
                "docs/phenomenon.md")
 
 
-@cli.command()
+@click.command()
 @click.argument("images", nargs=-1)
 @click.option("--checkpoint", default=None,
               help="Run folder or checkpoint: sample it and print Table 1 [the newest run under "
@@ -196,11 +96,11 @@ def squares(images, checkpoint, temperatures, n, seed, square, image_size, out):
     """Count grey squares: in samples per temperature (the paper's Table 1), or in IMAGES."""
     import os
 
-    from .analysis.options import check_positive
-    from .analysis.plot import save
-    from .analysis.runs import open_run
-    from .analysis.sheets import contact_sheet
-    from .analysis.table1 import format_table1, square_table, table1_csv, table1_plot
+    from ..analysis.runs import open_run
+    from ..analysis.table1 import format_table1, square_table, table1_csv, table1_plot
+    from ..render.images import save_png
+    from ..render.sheets import contact_sheet
+    from .params import check_positive
 
     if square is not None:
         check_positive(square, "--square")
@@ -209,8 +109,8 @@ def squares(images, checkpoint, temperatures, n, seed, square, image_size, out):
     if images:
         from PIL import Image
 
-        from .analysis.squares import detect, detector_sizes_for
-        from .data.images import load_image
+        from ..analysis.squares import detect, detector_sizes_for
+        from ..data.images import load_image
 
         k = square
         if checkpoint is not None:
@@ -253,17 +153,17 @@ def squares(images, checkpoint, temperatures, n, seed, square, image_size, out):
         click.echo(f"{bad} of {n * len(rows)} samples were non-finite (the flow's inverse "
                    "overflowed); shares and E are over the finite ones")
     table1_csv(os.path.join(out, "table1.csv"), rows)
-    save(table1_plot(rows), os.path.join(out, "table1.png"))
+    save_png(table1_plot(rows), os.path.join(out, "table1.png"))
     sheet, _ = contact_sheet([(r["images"], r["found"]) for r in rows],
                              [f"t={r['t']:g}" for r in rows])
-    save(sheet, os.path.join(out, "contact-sheet.png"))
+    save_png(sheet, os.path.join(out, "contact-sheet.png"))
     click.echo(f"wrote {out}/table1.csv, table1.png and contact-sheet.png (first "
                f"{min(n, 16)} samples per t, detected squares outlined in red)")
 
 
 def invert_options(f):
     """The latent-norm inversion's settings, shared by `impute` and `evaluate`."""
-    from .analysis import invert as inv
+    from ..analysis import invert as inv
 
     d = inv.DEFAULTS
     options = [
@@ -288,7 +188,7 @@ def invert_options(f):
 def _check_invert(gamma, steps, lr):
     import math
 
-    from .analysis.options import check_positive
+    from .params import check_positive
 
     check_positive(steps, "--steps")
     if not (math.isfinite(gamma) and gamma >= 0):
@@ -297,7 +197,7 @@ def _check_invert(gamma, steps, lr):
         raise UserError(f"--lr must be a positive number, not {lr:g}")
 
 
-@cli.command()
+@click.command()
 @click.argument("images", nargs=-1, required=True)
 @click.option("--checkpoint", default=None, help=CHECKPOINT_HELP)
 @click.option("--method", type=click.Choice(["invert", "alpha"]), default="invert",
@@ -330,10 +230,10 @@ def impute(images, checkpoint, method, alpha, masks, samples, seed, keep_observe
     """Restore IMAGES (files, or heldout:N for held-out dataset items)."""
     import os
 
-    from .analysis.impute import find_square, impute_files, invert_files, load_inputs
-    from .analysis.options import check_positive, parse_alphas, parse_square
-    from .analysis.runs import open_run
-    from .progress import progress_bar
+    from ..analysis.impute import find_square, impute_files, invert_files, load_inputs
+    from ..analysis.runs import open_run
+    from ..progress import progress_bar
+    from .params import check_positive, parse_alphas, parse_square
 
     alphas = parse_alphas(alpha or "0.6")
     check_positive(iterations, "--iterations")
@@ -370,7 +270,7 @@ def impute(images, checkpoint, method, alpha, masks, samples, seed, keep_observe
     click.echo(f"wrote {count} restored image(s) to {out}{f' ({bad} non-finite)' if bad else ''}")
 
 
-@cli.command("latent-norms")
+@click.command("latent-norms")
 @click.option("--checkpoint", default=None, help=CHECKPOINT_HELP)
 @click.option("-n", "n", type=int, default=100, show_default=True,
               help="Held-out images per variant.")
@@ -382,10 +282,10 @@ def latent_norms_command(checkpoint, n, seed, data, square, out):
     """Histograms of ‖Φ(x)‖ for several square sizes and counts (the paper's Appendix B)."""
     import os
 
-    from .analysis.latent_norms import format_table, latent_norms, norms_csv, norms_plot
-    from .analysis.options import check_positive
-    from .analysis.plot import save
-    from .analysis.runs import open_run
+    from ..analysis.latent_norms import format_table, latent_norms, norms_csv, norms_plot
+    from ..analysis.runs import open_run
+    from ..render.images import save_png
+    from .params import check_positive
 
     check_positive(n, "-n (images)")
     run = open_run(_checkpoint(checkpoint)).with_dataset(data, square)
@@ -393,11 +293,11 @@ def latent_norms_command(checkpoint, n, seed, data, square, out):
     click.echo(format_table(result))
     os.makedirs(out, exist_ok=True)
     norms_csv(os.path.join(out, "latent-norms.csv"), result)
-    save(norms_plot(result), os.path.join(out, "latent-norms.png"))
+    save_png(norms_plot(result), os.path.join(out, "latent-norms.png"))
     click.echo(f"wrote {out}/latent-norms.csv and latent-norms.png")
 
 
-@cli.command()
+@click.command()
 @click.option("--checkpoint", default=None, help=CHECKPOINT_HELP)
 @click.option("-n", "n", type=int, default=100, show_default=True, help="Held-out images.")
 @click.option("--alpha", "alpha", default="0.1:1.0:0.1", show_default=True, help="Alphas to score.")
@@ -416,18 +316,18 @@ def evaluate(checkpoint, n, alpha, iterations, seed, classical, gamma, steps, lr
     """Every imputation method on the same held-out images (RMSE, PSNR, seconds), and bits/dim."""
     import os
 
-    from .analysis.evaluate import (
+    from ..analysis.evaluate import (
         comparison_sheet,
         format_report,
         report_csv,
         report_json,
         report_plot,
     )
-    from .analysis.evaluate import evaluate as run_evaluation
-    from .analysis.options import check_positive, parse_alphas
-    from .analysis.plot import save
-    from .analysis.runs import open_run
-    from .progress import progress_bar
+    from ..analysis.evaluate import evaluate as run_evaluation
+    from ..analysis.runs import open_run
+    from ..progress import progress_bar
+    from ..render.images import save_png
+    from .params import check_positive, parse_alphas
 
     alphas = parse_alphas(alpha)
     check_positive(n, "-n (images)")
@@ -444,25 +344,10 @@ def evaluate(checkpoint, n, alpha, iterations, seed, classical, gamma, steps, lr
     click.echo(format_report(result))
     os.makedirs(out, exist_ok=True)
     report_csv(os.path.join(out, "evaluation.csv"), result)
-    save(report_plot(result), os.path.join(out, "evaluation.png"))
-    save(comparison_sheet(result), os.path.join(out, "comparison.png"))
+    save_png(report_plot(result), os.path.join(out, "evaluation.png"))
+    save_png(comparison_sheet(result), os.path.join(out, "comparison.png"))
     written = f"{out}/evaluation.csv, evaluation.png and comparison.png"
     if json_path:
         report_json(json_path, result)
         written += f", {json_path}"
     click.echo(f"wrote {written}")
-
-
-def main(argv=None):
-    """Entry point: a UserError becomes one line on stderr and exit code 2, never a traceback."""
-    try:
-        cli.main(args=argv, prog_name="missingglow", standalone_mode=False)
-    except UserError as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as err:
-        err.show()
-        sys.exit(err.exit_code)

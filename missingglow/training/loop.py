@@ -15,18 +15,18 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..atomic import WriteError, append_line, write_json
+from ..data.datasets import MaskedImages, dataset_of
+from ..errors import UserError
+from ..flow.model import Glow
+from ..flow.preprocess import bits_per_dim, from_model, match_channels, quantize
+from ..progress import echo, progress_bar
+from ..render.images import grid, save_png
+from ..seeding import generator
 from . import checkpoint as ckpt
 from .allocator import keep_freed_memory
-from .analysis.heldout import heldout_bits_per_dim
-from .atomic import WriteError, append_line, write_json
-from .data.datasets import MaskedImages, dataset_of
-from .data.images import grid, save_png
-from .errors import UserError
-from .flow.model import Glow
-from .flow.preprocess import bits_per_dim, from_model, match_channels, quantize
-from .progress import echo, progress_bar
+from .heldout import heldout_bits_per_dim
 from .runlock import RunLock
-from .seeding import generator
 
 METRICS = "metrics.jsonl"
 

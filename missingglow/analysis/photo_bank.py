@@ -30,8 +30,10 @@ from functools import cache
 import torch
 from PIL import Image, ImageFilter
 
-from missingglow.data.images import from_pil, to_pil
-from missingglow.data.masks import GREY
+from ..data.images import from_pil
+from ..data.masks import GREY
+from ..render.images import to_pil
+from .square_bank import iou, match
 
 SIZE = 64
 SQUARES = (8, 12, 16, 20)
@@ -250,7 +252,6 @@ def score(detect_fn, images):
     """Scores of detect_fn(image, K) -> squares over (image, truth, info) triples: exact-count
     accuracy (all, per look, per K, per degradation), under/over counts, false squares on
     square-free images, squares found per way placed, precision and recall. Returns a dict."""
-    from missingglow.analysis.squares import iou, match
 
     rows, ways = [], {w: [0, 0] for w in PLACES}
     for image, boxes, info in images:

@@ -1,16 +1,12 @@
-"""Labelled image sheets people look at: samples per temperature, detections outlined.
+"""Labelled image sheets people look at: rows of images, columns per item, squares outlined.
 
 Tiles smaller than `min_tile` pixels are enlarged by a whole factor (nearest neighbour, so every
 model pixel stays a sharp block) and non-finite images are drawn as checkerboards.
 """
-import math
-
 import torch
 
-from ..data.images import finite_mask, grid, to_pil
+from .images import grid, to_pil
 from .plot import label_rows
-from .runs import sample_images
-from .squares import outline
 
 
 def labelled_grid(rows, labels, min_tile):
@@ -42,17 +38,21 @@ def contact_sheet(rows, labels, min_tile=48):
              for images, found in rows]
     return labelled_grid(tiles, labels, min_tile)
 
-
-def sample_sheet(run, temperatures, n, seed, columns=None, min_tile=32):
-    """Samples per temperature as one labelled grid: a row per temperature (n per row) when
-    several temperatures are asked for, else n samples in rows of `columns`.
-    Returns (PIL image, [(t, non-finite count)])."""
-    rows, labels, bad = [], [], []
-    for t in temperatures:
-        images = sample_images(run, n, t, seed)
-        bad.append((t, int((~finite_mask(images)).sum())))
-        per_row = n if len(temperatures) > 1 else (columns or max(1, math.ceil(math.sqrt(n))))
-        for i in range(0, n, per_row):
-            rows.append(images[i:i + per_row])
-            labels.append(f"t={t:g}" if i == 0 else "")
-    return labelled_grid(rows, labels, min_tile)[0], bad
+def outline(image, squares, colour=(1.0, 0.0, 0.0)):
+    """A copy of a (3, S, S) image with a one-pixel frame drawn just outside each square (a
+    (top, left, K) or a detector's Square), clipped to the image, so the square stays visible."""
+    out = image.clone()
+    size = out.shape[-1]
+    c = torch.tensor(colour, dtype=out.dtype)[:, None]
+    for square in squares:
+        t, l, k = square.box() if hasattr(square, "box") else square
+        top, bottom, left, right = t - 1, t + k, l - 1, l + k
+        cols = slice(max(left, 0), min(right, size - 1) + 1)
+        rows = slice(max(top, 0), min(bottom, size - 1) + 1)
+        for r in (top, bottom):
+            if 0 <= r < size:
+                out[:, r, cols] = c
+        for col in (left, right):
+            if 0 <= col < size:
+                out[:, rows, col] = c
+    return out

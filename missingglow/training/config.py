@@ -6,8 +6,8 @@ docs/phenomenon.md. With no GPU and no architecture given, `train` picks `small`
 """
 import torch
 
-from .data.synthetic import DETAILS
-from .errors import UserError
+from ..data.synthetic import DETAILS
+from ..errors import UserError
 
 PAPER_SIZE = 64  # the image side the paper's square sizes refer to
 

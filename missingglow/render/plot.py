@@ -13,8 +13,6 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ..atomic import atomic_write
-
 PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189),
            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
@@ -294,8 +292,3 @@ def label_rows(image, labels, top, step, width=None, header=None):
         y = head + top + i * step + step / 2 - h / 2 - 2
         draw.text((4, y), _spell(text, fnt), fill=(0, 0, 0), font=fnt)
     return out
-
-
-def save(image, path):
-    """Write a PIL image as PNG atomically."""
-    return atomic_write(path, lambda f: image.save(f, format="PNG"))
