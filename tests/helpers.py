@@ -18,12 +18,16 @@ def randomize(module, generator=None, scale=0.1):
     """Perturb every floating parameter and mark every ActNorm initialised.
 
     Noise on the 1×1 convs' matrices is divided by √C, so a perturbed W stays well conditioned at
-    any width, as a trained one is.
+    any width, as a trained one is. Noise on a prior's conv weights is divided by √fan-in: a prior
+    predicts log σ linearly from the kept half, and unscaled noise there turns a kept half of a few
+    tens into σ = e^±25, whose samples overflow, which tests nothing but float range.
     """
     for name, param in module.named_parameters():
         noise = torch.randn(param.shape, generator=generator, dtype=param.dtype)
         if name.endswith(("invconv.w_l", "invconv.w_u", "invconv.weight")):
             noise /= param.shape[0] ** 0.5
+        elif ".prior." in f".{name}" and name.endswith("conv.weight"):
+            noise /= param[0].numel() ** 0.5
         param.add_(scale * noise.to(param.device))
     for name, buf in module.named_buffers():
         if name.endswith("initialized"):
