@@ -35,10 +35,12 @@ import warnings
 warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # the core never uses it
 import torch  # noqa: E402
 
-from missingglow.analysis import evaluate, plot
+from missingglow.analysis import evaluate
 from missingglow.analysis.runs import open_run, sample_sheet
 from missingglow.analysis.table1 import square_table
 from missingglow.data.datasets import MaskedImages, dataset_of  # noqa: E402
+from missingglow.render import plot  # noqa: E402
+from missingglow.render.images import save_png  # noqa: E402
 from missingglow.training import checkpoint
 from missingglow.training import config as presets  # noqa: E402
 from missingglow.training.heldout import heldout_bits_per_dim  # noqa: E402
@@ -165,7 +167,7 @@ def measure(run_dir, train_seconds, detector_square=None):
                          "with_square_pct": round(100 - r["shares"][0], 1) if r["finite"] else None,
                          "E": round(r["E"], 3) if r["finite"] else None} for r in rows]
     sheet, _ = sample_sheet(run, TEMPERATURES, 12, seed=0)
-    plot.save(sheet, os.path.join(run_dir, "study", f"samples-{record['iter']:08d}.png"))
+    save_png(sheet, os.path.join(run_dir, "study", f"samples-{record['iter']:08d}.png"))
     with torch.enable_grad():  # the latent-norm inversion in evaluate takes gradient steps
         result = evaluate.evaluate(run, IMPUTE_IMAGES, list(ALPHAS), iterations=KEEP_ITERATIONS)
     record["impute"] = [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()
@@ -365,12 +367,12 @@ def report(root, out, md, names):
     if not runs:
         raise SystemExit(f"no measured runs under {root}")
     os.makedirs(out, exist_ok=True)
-    plot.save(gap_chart(runs), os.path.join(out, "gap-vs-iterations.png"))
-    plot.save(gap_chart(runs, "train"), os.path.join(out, "train-gap-vs-iterations.png"))
+    save_png(gap_chart(runs), os.path.join(out, "gap-vs-iterations.png"))
+    save_png(gap_chart(runs, "train"), os.path.join(out, "train-gap-vs-iterations.png"))
     for name, records in runs.items():
         low = LEVERS[name]["change"].get("synthetic_detail") == "low"
         control = runs.get("simple-clean" if low else "clean")
-        plot.save(square_free_chart(name, records, control),
+        save_png(square_free_chart(name, records, control),
                   os.path.join(out, f"square-free-vs-t-{name}.png"))
     text = table_markdown(runs) + "\n" + gap_markdown(runs)
     if md:
@@ -396,7 +398,7 @@ def sheet(specs, root, out, n=8):
         panel.paste(image, (0, 22))
         ImageDraw.Draw(panel).text((60, 3), title, fill=(0, 0, 0), font=plot.font(14))
         panels.append(panel)
-    plot.save(plot.stack(panels, vertical=False, gap=24), out)
+    save_png(plot.stack(panels, vertical=False, gap=24), out)
 
 
 def main(argv=None):
