@@ -15,7 +15,8 @@ The header holds format_version, source, digest (of the source's file list), siz
 trailer_bytes, grayscale (every image has R = G = B), and a few informative fields. A file is only
 ever written under a temporary name in the same folder and renamed into place (`os.replace`), so a
 reader sees a whole file or none; a file whose header or length does not match is never read
-(`CacheMismatch` says why).
+(`CacheMismatch` says why). The temporary file of a build that was killed is removed by the next
+`open_dataset` on that folder once its writer is gone (atomic.py).
 """
 import hashlib
 import json
@@ -27,7 +28,7 @@ import time
 
 import torch
 
-from ..atomic import WriteError, atomic_write
+from ..atomic import WriteError, atomic_write, remove_abandoned_temp_files
 from ..errors import UserError
 from ..progress import echo, progress_bar
 from . import imagefolder, synthetic
@@ -286,6 +287,7 @@ def open_dataset(data=None, size=64, *, cache_dir=None, workers=None, rebuild=Fa
         job, what = _decode_item, f"decoding {len(names)} images from {data}"
 
     path = cache_path(source, size, cache_dir)
+    _remove_abandoned(os.path.dirname(path), say)
     cache = None if rebuild else _reusable(path, source, digest, size, say)
     if cache is not None:
         return cache
@@ -315,6 +317,16 @@ def _reusable(path, source, digest, size, say):
     skipped = f" ({header['skipped']} source files were skipped)" if header.get("skipped") else ""
     say(f"using the image cache {path}: {cache.count} images, {size}×{size}{skipped}")
     return cache
+
+
+def _remove_abandoned(folder, say):
+    """A build killed mid-way leaves a temp file as large as the cache: take back the space of
+    every build whose writer is gone (a concurrent build keeps its file)."""
+    removed = remove_abandoned_temp_files(folder)
+    if removed:
+        megabytes = sum(size for _, size in removed) / 1e6
+        say(f"removed {len(removed)} temporary files ({megabytes:.1f} MB) left in {folder} by "
+            "interrupted builds")
 
 
 def _decode_item(args):
