@@ -1,6 +1,6 @@
 """How well the grey-square counter counts: on real photographs and on the synthetic bank.
 
-    python bench/squares.py                          # the tables in docs/phenomenon.md (seed 7)
+    python bench/squares.py                          # the tables in docs/detector.md (seed 7)
     python bench/squares.py --seed 0 --photos-only   # the seed the counter was tuned on
 
 The photo bank (missingglow/analysis/photo_bank.py; needs scikit-image's sample photos) is

@@ -4,7 +4,7 @@ Two banks: the synthetic one (analysis/square_bank.py) puts 0–3 squares on syn
 gradients, textures, noise, smooth fields and random-shape scenes, then blurs, adds noise, tints
 the squares or quantises to 5 bits; the photo bank (analysis/photo_bank.py) puts them on 64-px crops
 of scikit-image's sample photographs, colour and grayscale (skipped without scikit-image). Their
-scores on the full banks are in docs/phenomenon.md (bench/squares.py); these tests run smaller
+scores on the full banks are in docs/detector.md (bench/squares.py); these tests run smaller
 cuts, on seeds the counter was not tuned on, with thresholds a little below what it scores there,
 so that a real regression fails.
 """
