@@ -68,6 +68,7 @@ def test_keep_freed_memory_is_applied_on_glibc():
 
 def test_training_asks_for_it_first(monkeypatch):
     from missingglow.training import loop as train
+    from missingglow.training.config import preset_config
 
     calls = []
 
@@ -81,5 +82,5 @@ def test_training_asks_for_it_first(monkeypatch):
     monkeypatch.setattr(train, "keep_freed_memory", lambda: calls.append("keep") or True)
     monkeypatch.setattr(train, "Distributed", distributed)
     with pytest.raises(Stop):
-        train.train({"preset": "small"})
+        train.train(preset_config("small"))
     assert calls == ["keep", "distributed"]  # before anything else of the run starts

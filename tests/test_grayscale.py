@@ -100,7 +100,7 @@ def test_a_run_from_before_keeps_three_channels_on_resume(tmp_path, monkeypatch)
     payload = torch.load(path, weights_only=True)
     del payload["config"]["channels"]
     torch.save(payload, path)
-    train({"iterations": 3}, resume=run_dir, progress=False)
+    train(resume=run_dir, iterations=3, progress=False)
     resumed = ckpt.load_checkpoint(run_dir)
     assert resumed["iteration"] == 3 and resumed["model_config"]["in_channels"] == 3
 

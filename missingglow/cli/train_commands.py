@@ -1,7 +1,11 @@
 """`prepare`, `check` and `train`: parse, call, print."""
 import sys
+from dataclasses import fields
 
 import click
+
+from ..errors import UserError
+from ..training.config import TrainConfig, preset_values, resolve_config, value_type
 
 
 @click.command()
@@ -40,58 +44,95 @@ def check():
     click.echo("ok")
 
 
+def shown_default(f):
+    """The default of setting f as `train --help` shows it: one value, or each preset's."""
+    shown = f.metadata["shown"]
+    if shown is not None:
+        return shown
+    values = {name: spelled(f, value) for name, value in preset_values(f.name).items()}
+    if len(set(values.values())) == 1:
+        return next(iter(values.values()))
+    return ", ".join(f"{name}: {value}" for name, value in values.items())
+
+
+def spelled(f, value):
+    """A setting's value as a user would type it: the switch's name for a bool, %g for a float."""
+    flag = f.metadata["flag"]
+    if isinstance(value, bool):
+        if flag and "/" in flag:
+            return flag.split("/")[0 if value else 1].lstrip("-")
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def click_type(f):
+    """The click type that checks a setting's range, so that a bad value is a usage error."""
+    meta, kind = f.metadata, value_type(f)
+    if meta["choices"] is not None:
+        return click.Choice(meta["choices"])
+    if kind is int and (meta["at_least"] is not None or meta["at_most"] is not None):
+        return click.IntRange(min=meta["at_least"], max=meta["at_most"])
+    if kind is float and meta["above"] is not None:
+        return click.FloatRange(min=meta["above"], min_open=True, max=meta["at_most"])
+    if kind is float and (meta["at_least"] is not None or meta["at_most"] is not None):
+        return click.FloatRange(min=meta["at_least"], max=meta["at_most"])
+    return kind
+
+
+def flag_of(f):
+    """--field-name, or the field's own spelling (--size, --affine/--additive)."""
+    return f.metadata["flag"] or "--" + f.name.replace("_", "-")
+
+
+def setting_option(f):
+    """The click option of TrainConfig field f, with help and default from the field; not given
+    means None, which the preset fills."""
+    flag = flag_of(f)
+    help_text = f"{f.metadata['help']} [{shown_default(f)}]"
+    if value_type(f) is bool and "/" in flag:
+        return click.option(flag, f.name, default=None, help=help_text)
+    if value_type(f) is bool:
+        return click.option(flag, f.name, is_flag=True, default=None, help=help_text)
+    return click.option(flag, f.name, type=click_type(f), default=None, help=help_text)
+
+
+def setting_options(command):
+    """Every TrainConfig field as an option of `command`, in the fields' order."""
+    for f in reversed(fields(TrainConfig)):
+        command = setting_option(f)(command)
+    return command
+
+
+def refuse_settings_beside_resume(settings):
+    """A resumed run keeps its stored settings: one given beside --resume would be ignored, so it
+    is refused instead (all but --iterations, which extends the run)."""
+    ignored = [flag_of(f) for f in fields(TrainConfig)
+               if settings[f.name] is not None and f.name != "iterations"]
+    if ignored:
+        raise UserError(f"--resume continues a run with its stored settings: of the others, only "
+                        f"--iterations applies, not {', '.join(ignored)}")
+
+
 @click.command()
-@click.option("--preset", type=click.Choice(["small", "paper"]), default=None,
-              help="Defaults for everything below. Default: paper with a GPU or an architecture "
-                   "given, else small.")
-@click.option("--data", default=None, help="Image folder (or .mgcache). Default: synthetic faces.")
-@click.option("--synthetic-count", type=int, default=None, help="Synthetic faces to draw [10000].")
-@click.option("--synthetic-detail", type=click.Choice(["full", "low"]), default=None,
-              help="Synthetic faces as drawn, or drawn at half size and enlarged [small: low, "
-                   "paper: full].")
-@click.option("--size", "image_size", type=int, default=None, help="Image side S in pixels.")
-@click.option("--square", type=int, default=None,
-              help="Grey square side K in pixels (paper: 20 at 64×64; taken at 64-px scale when "
-                   "the size comes from a preset).")
-@click.option("--squares", type=int, default=None, help="Squares per image [1].")
-@click.option("--blocks", type=int, default=None)
-@click.option("--flows", type=int, default=None, help="Flow steps per block.")
-@click.option("--hidden", type=int, default=None, help="Coupling network width.")
-@click.option("--bits", "n_bits", type=int, default=None, help="Bits per colour channel [5].")
-@click.option("--affine/--additive", default=None, help="Coupling type [affine].")
-@click.option("--lu/--no-lu", default=None, help="LU-parametrised 1×1 convs [lu].")
-@click.option("--batch", type=int, default=None, help="Global batch size.")
-@click.option("--iterations", type=int, default=None,
-              help="Total iterations (with --resume: extend to).")
-@click.option("--lr", type=float, default=None, help="Adam learning rate.")
-@click.option("--warmup", type=int, default=None, help="Linear warm-up iterations.")
-@click.option("--grad-clip", type=float, default=None, help="Gradient-norm clip (0: none) [50].")
-@click.option("--seed", type=int, default=None, help="Seeds data order, noise, squares [0].")
-@click.option("--impl", type=click.Choice(["fused", "reference"]), default=None)
-@click.option("--memory-saving", is_flag=True, default=None,
-              help="Rebuild activations in the backward pass instead of storing them.")
-@click.option("--sample-every", type=int, default=None,
-              help="Sample grid every N iterations [1000].")
-@click.option("--eval-every", type=int, default=None,
-              help="Held-out bits/dim every N iterations [500].")
-@click.option("--checkpoint-every", type=int, default=None,
-              help="Checkpoint every N iterations [500].")
-@click.option("--out", default=None, help="Run folder [runs/<preset>-<time>].")
-@click.option("--resume", default=None, help="Continue the run in this folder.")
+@setting_options
+@click.option("--resume", default=None,
+              help="Continue the run in this folder (or from this checkpoint file) with its "
+                   "stored settings; of the options above only --iterations applies.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(resume, quiet, **options):
+def train(resume, quiet, **settings):
     """Train a Glow on images with grey squares (progress, checkpoints, resume, torchrun)."""
-    from ..training.config import resolve_config
     from ..training.loop import train as run_training
 
+    config = None
     if resume is not None:
-        config = {"iterations": options["iterations"]}
+        refuse_settings_beside_resume(settings)
     else:
-        config, note = resolve_config(options)
+        config, note = resolve_config(settings)
         if note:
             click.echo(note, err=True)
     try:
-        run_dir = run_training(config, resume=resume, progress=not quiet)
+        run_dir = run_training(config, resume=resume, iterations=settings["iterations"],
+                               progress=not quiet)
     except KeyboardInterrupt:
         sys.exit(130)
     click.echo(run_dir)

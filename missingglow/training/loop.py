@@ -10,6 +10,7 @@ import json
 import math
 import os
 import time
+from dataclasses import replace
 
 import torch
 import torch.distributed as dist
@@ -25,6 +26,7 @@ from ..render.images import grid, save_png
 from ..seeding import generator
 from . import checkpoint as ckpt
 from .allocator import keep_freed_memory
+from .config import TrainConfig
 from .heldout import heldout_bits_per_dim
 from .runlock import RunLock
 
@@ -33,11 +35,12 @@ METRICS = "metrics.jsonl"
 
 def model_config(config):
     """Glow keyword arguments from a training config."""
-    out = {k: config[k] for k in ("blocks", "flows", "hidden", "affine", "lu", "image_size")}
-    out["in_channels"] = config.get("channels") or 3
-    for key in ("impl", "memory_saving"):
-        if config.get(key) is not None:
-            out[key] = config[key]
+    out = dict(blocks=config.blocks, flows=config.flows, hidden=config.hidden,
+               affine=config.affine, lu=config.lu, image_size=config.image_size,
+               in_channels=config.channels or 3)
+    if config.impl is not None:
+        out["impl"] = config.impl
+    out["memory_saving"] = config.memory_saving
     return out
 
 
@@ -113,8 +116,8 @@ class Batches:
 
     def __init__(self, images, config, env):
         self.images, self.config, self.device = images, config, env.device
-        self.order = BatchOrder(len(images), config["batch"], config["seed"])
-        local = config["batch"] // env.world
+        self.order = BatchOrder(len(images), config.batch, config.seed)
+        local = config.batch // env.world
         self.part = slice(env.rank * local, (env.rank + 1) * local)
 
     def whole(self, iteration):
@@ -122,11 +125,11 @@ class Batches:
 
     def batch(self, iteration, part=None):
         c, part = self.config, self.part if part is None else part
-        shape = (c["batch"], c["channels"], c["image_size"], c["image_size"])
-        noise = torch.rand(shape, generator=generator(c["seed"], "noise", iteration))
+        shape = (c.batch, c.channels, c.image_size, c.image_size)
+        noise = torch.rand(shape, generator=generator(c.seed, "noise", iteration))
         masked, _, _ = self.images.batch(self.order(iteration)[part])
-        x = quantize(match_channels(masked, c["channels"]), c["n_bits"])
-        return (x + noise[part] / 2 ** c["n_bits"]).to(self.device)
+        x = quantize(match_channels(masked, c.channels), c.n_bits)
+        return (x + noise[part] / 2 ** c.n_bits).to(self.device)
 
 
 class Metrics:
@@ -160,8 +163,8 @@ class Metrics:
 def sample_grid(model, config, path, n=32, columns=8):
     """A grid of n samples at the configured temperature (fixed seed); returns how many were
     non-finite."""
-    images = model.sample(n, config["temperature"], generator=generator(config["seed"], "samples"))
-    images = from_model(images.cpu(), config["n_bits"])  # non-finite ones stay NaN, to be counted
+    images = model.sample(n, config.temperature, generator=generator(config.seed, "samples"))
+    images = from_model(images.cpu(), config.n_bits)  # non-finite ones stay NaN, to be counted
     rows = [images[i:i + columns] for i in range(0, n, columns)]
     canvas, bad = grid(rows)
     save_png(canvas, path)
@@ -169,8 +172,8 @@ def sample_grid(model, config, path, n=32, columns=8):
 
 
 def set_lr(optimizer, config, iteration, lr_scale):
-    warm = min(1.0, (iteration + 1) / config["warmup"]) if config["warmup"] else 1.0
-    lr = config["lr"] * lr_scale * warm
+    warm = min(1.0, (iteration + 1) / config.warmup) if config.warmup else 1.0
+    lr = config.lr * lr_scale * warm
     for group in optimizer.param_groups:
         group["lr"] = lr
     return lr
@@ -178,12 +181,16 @@ def set_lr(optimizer, config, iteration, lr_scale):
 
 def new_run_dir(config):
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return config.get("out") or os.path.join("runs", f"{config['preset']}-{stamp}")
+    return config.out or os.path.join("runs", f"{config.preset}-{stamp}")
 
 
-def open_run(config, resume, speak, hold=None):
-    """(config, run folder, checkpoint payload or None) for a new run or a resumed one. `hold`:
-    an ExitStack that takes the run folder's lock, for the process that writes the run."""
+def open_run(config, resume, iterations, speak, hold=None):
+    """(config, run folder, checkpoint payload or None) for a new run or a resumed one, with
+    `iterations` (when given) as its total. `hold`: an ExitStack that takes the run folder's lock,
+    for the process that writes the run."""
+    if config is not None and not isinstance(config, TrainConfig):
+        raise TypeError(f"train() takes a TrainConfig (training/config.py), not "
+                        f"{type(config).__name__}")
     run_dir = new_run_dir(config) if resume is None else (
         resume if os.path.isdir(resume) else os.path.dirname(os.path.dirname(resume)))
     if hold is not None:
@@ -193,62 +200,79 @@ def open_run(config, resume, speak, hold=None):
         if os.path.exists(os.path.join(run_dir, ckpt.LATEST)):
             raise UserError(f"run folder {run_dir} already holds a run; pass --resume "
                             f"{run_dir} to continue it, or another --out")
-        return dict(config, out=run_dir), run_dir, None
+        config = replace(config, out=run_dir)
+        return (config if iterations is None else replace(config, iterations=iterations),
+                run_dir, None)
     payload = ckpt.load_checkpoint(resume)
-    extend = (config or {}).get("iterations")
-    config = dict(payload["config"], out=run_dir)
-    config.setdefault("channels", 3)  # runs from before grey folders trained one channel
-    if extend is not None:
-        config["iterations"] = extend
-    if payload["iteration"] >= config["iterations"]:
-        speak(f"{run_dir} has finished its {config['iterations']:,} iterations; pass "
+    stored = payload["config"]
+    unknown = TrainConfig.unknown(stored)
+    if unknown:
+        speak(f"{run_dir} was trained with settings this missingglow does not know "
+              f"({', '.join(unknown)}); going on without them")
+    config = replace(TrainConfig.from_dict(stored), out=run_dir)
+    if iterations is not None:
+        config = replace(config, iterations=iterations)
+    if payload["iteration"] >= config.iterations:
+        speak(f"{run_dir} has finished its {config.iterations:,} iterations; pass "
               "--iterations N (more) to train it further")
     else:
         speak(f"resuming {run_dir} at iteration {payload['iteration']:,} of "
-              f"{config['iterations']:,}")
+              f"{config.iterations:,}")
     return config, run_dir, payload
 
 
 def open_images(config, env, progress, speak):
-    """The training and held-out images; rank 0 builds the cache if needed, the others wait.
+    """(config, training images, held-out images); rank 0 builds the cache if needed, the others
+    wait.
 
-    A new run on a dataset whose every image is grey trains a one-channel model: three equal
-    channels would put the data on a subspace, where a flow's density has no bound."""
+    A new run on a dataset whose every image is grey trains a one-channel model (the config's
+    `channels` says which): three equal channels would put the data on a subspace, where a flow's
+    density has no bound."""
     if env.main:
-        cache = dataset_of(config, quiet=not progress)
+        cache = dataset_of(config.to_dict(), quiet=not progress)
     env.barrier()
     if not env.main:
-        cache = dataset_of(config)
-    if config.get("channels") is None:
-        config["channels"] = 1 if cache.grayscale else 3
+        cache = dataset_of(config.to_dict())
+    if config.channels is None:
+        config = replace(config, channels=1 if cache.grayscale else 3)
         if cache.grayscale:
             speak(f"every image of {cache.source} is grayscale: training a one-channel model")
-    if config["batch"] % env.world:
-        raise UserError(f"batch {config['batch']} does not split evenly over {env.world} processes")
-    return tuple(MaskedImages(cache, config["square"], config["squares"], config["seed"], split)
-                 for split in ("train", "heldout"))
+    if config.batch % env.world:
+        raise UserError(f"batch {config.batch} does not split evenly over {env.world} processes")
+    train_images, heldout = (MaskedImages(cache, config.square, config.squares, config.seed, split)
+                             for split in ("train", "heldout"))
+    return config, train_images, heldout
 
 
-def train(config=None, resume=None, progress=True, say=None):
-    """Train a new run from `config`, or resume the run folder `resume`; returns the run folder."""
+def train(config=None, resume=None, progress=True, say=None, iterations=None):
+    """Train a new run from `config` (a TrainConfig), or resume the run folder (or checkpoint
+    file) `resume` with its stored config; `iterations`, when given, is the run's total (a resumed
+    run is extended to it). Returns the run folder."""
     keep_freed_memory()
     env = Distributed()
     say = say or echo
     speak = say if env.main else (lambda msg: None)
     with contextlib.ExitStack() as hold:  # the process group, the run folder's lock, the bar
         hold.callback(env.close)
-        config, run_dir, payload = open_run(config, resume, speak, hold if env.main else None)
-        hold.enter_context(name_the_last_checkpoint(run_dir))
-        torch.manual_seed(config["seed"])
-        train_images, heldout = open_images(config, env, progress, speak)
-        batches = Batches(train_images, config, env)
-        bits, dims = config["n_bits"], config["channels"] * config["image_size"] ** 2
 
+        # the run folder, locked by the writing process; a resumed run brings its config
+        config, run_dir, payload = open_run(config, resume, iterations, speak,
+                                            hold if env.main else None)
+        hold.enter_context(name_the_last_checkpoint(run_dir))
+
+        # the images, and global batch t with its noise as a pure function of (seed, t)
+        torch.manual_seed(config.seed)
+        config, train_images, heldout = open_images(config, env, progress, speak)
+        batches = Batches(train_images, config, env)
+        bits, dims = config.n_bits, config.channels * config.image_size ** 2
+
+        # the model and optimiser: new, with ActNorm initialised on the whole first global batch,
+        # or as the checkpoint left them
         model = Glow(**model_config(config)).to(env.device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         state = {"lr_scale": 1.0, "skipped": 0, "rollbacks": 0}
         if payload is None:
-            with torch.no_grad():  # data-dependent ActNorm init, on the whole first global batch
+            with torch.no_grad():
                 model.log_prob(batches.whole(0))
             start = 0
         else:
@@ -263,31 +287,34 @@ def train(config=None, resume=None, progress=True, say=None):
         def save(iteration):
             if env.main:
                 ckpt.save_checkpoint(run_dir, {
-                    "config": config, "model_config": model_config(config),
+                    "config": config.to_dict(), "model_config": model_config(config),
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "iteration": iteration, "state": dict(state),
                     "rng": {"torch": torch.get_rng_state()},
                 })
             env.barrier()
 
+        # the run's files: config.json, the metrics log, and a checkpoint of iteration 0 (a
+        # rollback target from the start)
         metrics = Metrics(run_dir, env.main)
         metrics.since = start
         if env.main:
             os.makedirs(run_dir, exist_ok=True)
-            write_json(os.path.join(run_dir, "config.json"), config)
-            metrics.append({"event": "start", "config": config} if payload is None
+            write_json(os.path.join(run_dir, "config.json"), config.to_dict())
+            metrics.append({"event": "start", "config": config.to_dict()} if payload is None
                            else {"event": "resume", "iter": start})
         if payload is None:
-            save(0)  # a rollback target from the start
+            save(0)
 
+        # the loop; Ctrl-C saves a checkpoint where it stopped
         params = [p for p in model.parameters() if p.requires_grad]
-        clip = config["grad_clip"] if config["grad_clip"] else math.inf
+        clip = config.grad_clip if config.grad_clip else math.inf
         iteration, bad_run = start, 0
-        bar = hold.enter_context(progress_bar(config["iterations"], "training",
+        bar = hold.enter_context(progress_bar(config.iterations, "training",
                                               env.main and progress, start, show_pos=True,
                                               item_show_func=lambda s: s))
         try:
-            while iteration < config["iterations"]:
+            while iteration < config.iterations:
                 # one step on this rank's slice of global batch `iteration`
                 lr = set_lr(optimizer, config, iteration, state["lr_scale"])
                 loss = bits_per_dim(net(batches.batch(iteration)), bits, dims).mean()
@@ -302,7 +329,7 @@ def train(config=None, resume=None, progress=True, say=None):
                     bad_run += 1
                     speak(f"iteration {iteration}: non-finite loss or gradient, step skipped "
                           f"({bad_run} in a row, {state['skipped']} in all)")
-                    if bad_run >= config["max_bad_steps"]:
+                    if bad_run >= config.max_bad_steps:
                         iteration, bad_run = roll_back(run_dir, model, optimizer, state, speak,
                                                        env, metrics), 0
                         if bar is not None:
@@ -312,27 +339,27 @@ def train(config=None, resume=None, progress=True, say=None):
                 bad_run = 0
                 metrics.add_loss(loss.item())
                 iteration += 1
-                done = iteration == config["iterations"]
+                done = iteration == config.iterations
                 if bar is not None:
                     bar.update(1, f"bpd {metrics.mean_bpd:.3f}")
 
                 # log, evaluate on held-out images, sample, checkpoint
-                if iteration % config["log_every"] == 0 or done:
-                    metrics.log_step(iteration, config["batch"], lr=lr, grad_norm=float(grad_norm),
+                if iteration % config.log_every == 0 or done:
+                    metrics.log_step(iteration, config.batch, lr=lr, grad_norm=float(grad_norm),
                                      skipped=state["skipped"])
-                if env.main and (iteration % config["eval_every"] == 0 or done):
+                if env.main and (iteration % config.eval_every == 0 or done):
                     model.eval()
-                    result = heldout_bits_per_dim(model, heldout, bits, config["seed"],
-                                                  config["heldout_images"], config["batch"],
+                    result = heldout_bits_per_dim(model, heldout, bits, config.seed,
+                                                  config.heldout_images, config.batch,
                                                   env.device)
                     model.train()
                     metrics.append({"iter": iteration, "heldout_bpd_masked": result["masked"],
                                     "heldout_bpd_clean": result["clean"], "gap": result["gap"]})
-                if env.main and (iteration % config["sample_every"] == 0 or done):
+                if env.main and (iteration % config.sample_every == 0 or done):
                     path = os.path.join(run_dir, "samples", f"iter_{iteration:08d}.png")
                     bad = sample_grid(model, config, path)
                     metrics.append({"iter": iteration, "samples": path, "nonfinite_samples": bad})
-                if iteration % config["checkpoint_every"] == 0 or done:
+                if iteration % config.checkpoint_every == 0 or done:
                     save(iteration)
         except KeyboardInterrupt:
             save(iteration)
