@@ -1,8 +1,14 @@
 """Quantisation, dequantisation and the bits-per-dim loss (docs/conventions.md §1; rosinality's
-train.py).
+train.py), and the exact way between images and model space.
 
 Images in [0, 1] become multiples of 1/2^b in [−0.5, 0.5); training adds U(0, 1/2^b) noise so the
 model sees a continuous density whose integral over each bin is the discrete probability.
+
+Model space counts intensity in 256ths (bin j of width w = 2^(8−b) 8-bit values starts at
+j·w/256), so images enter at their bin's centre (`to_model`) and leave by the affine map that sends
+each bin's centre to the bin's representative 8-bit value (`from_model`, `bin_representatives`).
+Both ways are exact on quantised images and on the grid of centres, so an image written as a PNG,
+read back and encoded again lands on the same point, at every n_bits.
 """
 import math
 
@@ -10,10 +16,23 @@ import torch
 
 
 def quantize(images, n_bits=5):
-    """[0, 1] images → floor(x·255 / 2^(8−b)) / 2^b − 0.5; grey 128/255 maps to exactly 0 at 5 bits.
-    """
-    bins = 2 ** n_bits
-    return torch.floor(images * 255 / 2 ** (8 - n_bits)) / bins - 0.5
+    """[0, 1] images → bin j = floor(k / 2^(8−b)) of their 8-bit value k = round(255·x), as the
+    bin's lower edge j/2^b − 0.5; grey 128/255 maps to exactly 0 at 5 bits.
+
+    Rounding to the 8-bit value first keeps k/255 in its bin however the float was made: a product
+    such as (k/255)·255 can land a hair below k, and flooring it would drop a whole bin."""
+    levels = torch.round(images * 255)
+    return torch.floor(levels / 2 ** (8 - n_bits)) / 2 ** n_bits - 0.5
+
+
+def bin_representatives(n_bits):
+    """The 8-bit value each of the 2^b bins comes out as, (2^b,) int64: the bin's centre (the
+    mean of its 8-bit values, for unbiased brightness) rounded up to a whole value, j·w + w//2 with
+    w = 2^(8−b); that is the centre on model space's 256ths scale. A whole value is what a PNG
+    holds exactly, and it sits at least half a level inside its bin, so float error in a flow's
+    round trip cannot carry it into another."""
+    w = 2 ** (8 - n_bits)
+    return torch.arange(2 ** n_bits) * w + w // 2
 
 
 def dequantize(quantized, n_bits=5, generator=None):
@@ -63,10 +82,13 @@ def to_model(images, n_bits, channels=None):
 
 
 def from_model(x, n_bits):
-    """Model space → [0, 1] RGB images (a one-channel model's repeated to R = G = B); images
-    with any non-finite value become all-NaN (counted by callers, drawn as a checkerboard by
-    images.grid)."""
-    out = to_unit_range(x - 0.5 / 2 ** n_bits)
+    """Model space → [0, 1] RGB images (a one-channel model's repeated to R = G = B): the affine map
+    that sends each bin's centre exactly to its representative k/255 (`bin_representatives`), and
+    points between centres in proportion. Images with any non-finite value become all-NaN (counted
+    by callers, drawn as a checkerboard by images.grid)."""
+    w = 2 ** (8 - n_bits)
+    # 256·(x + 0.5) is the 8-bit scale of model space; at 8 bits a centre is j + ½, so ½ comes off
+    out = (((x + 0.5) * 256 + (w // 2 - w / 2)) / 255).clamp(0, 1)
     bad = ~torch.isfinite(x.flatten(1)).all(1)
     if bad.any():
         out = out.clone()
