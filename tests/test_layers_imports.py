@@ -18,6 +18,7 @@ LAYERS = [
     {"render"},
     {"training"},
     {"analysis"},
+    {"api"},
     {"selfcheck"},
     {"cli", "__main__"},
 ]
