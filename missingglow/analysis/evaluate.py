@@ -12,6 +12,7 @@ seconds per image, and the non-finite count. Methods:
 - `invert`: latent-norm inversion (analysis/invert.py) at the given settings.
 """
 import math
+import os
 
 import torch
 
@@ -245,3 +246,16 @@ def report_plot(result):
         panels.append(line_chart(series, title=title, xlabel="alpha", ylabel="RMSE",
                                  note=f"{bad} non-finite results left out" if bad else None))
     return stack(panels)
+
+
+def write_report(result, out, json_path=None):
+    """The CSV, the plot and the comparison sheet into folder `out`, and with `json_path` the JSON
+    too; returns the paths written."""
+    from ..render.images import save_png
+
+    paths = [report_csv(os.path.join(out, "evaluation.csv"), result),
+             save_png(report_plot(result), os.path.join(out, "evaluation.png")),
+             save_png(comparison_sheet(result), os.path.join(out, "comparison.png"))]
+    if json_path:
+        paths.append(report_json(json_path, result))
+    return paths

@@ -7,6 +7,7 @@ All variants use the same images and the same dequantisation noise, so they diff
 squares. Non-finite norms are counted and left out of the statistics.
 """
 import math
+import os
 
 import torch
 
@@ -116,3 +117,11 @@ def norms_plot(result):
                 + (f"; {bad} non-finite norms left out" if bad else ""))
         panels.append(histogram_chart(groups, title=title, xlabel="‖Φ(x)‖", note=note))
     return stack(panels)
+
+
+def write_latent_norms(result, out):
+    """The summary CSV and the histograms into folder `out`; returns the paths written."""
+    from ..render.images import save_png
+
+    return [norms_csv(os.path.join(out, "latent-norms.csv"), result),
+            save_png(norms_plot(result), os.path.join(out, "latent-norms.png"))]

@@ -2,7 +2,10 @@
 
     rows = square_table(run, [0.1, 0.2, …, 1.5], n=50, seed=0)
     print(format_table1(rows))
+    write_table1(rows, table1_folder("runs/X"))   # table1.csv, table1.png, contact-sheet.png
 """
+import os
+
 from ..atomic import write_csv
 from .runs import sample_images
 from .squares import detect, detector_sizes_for
@@ -86,3 +89,22 @@ def table1_plot(rows):
                         title="Share of samples by number of squares", xlabel="temperature t",
                         ylabel="% of finite samples", ylim=(0, 100))
     return stack([top, bottom])
+
+
+def table1_folder(checkpoint):
+    """Where Table 1 goes when no folder is given: beside the run (`<run folder>/table1`), or
+    `./table1` for a checkpoint file."""
+    return os.path.join(checkpoint, "table1") if os.path.isdir(checkpoint) else "table1"
+
+
+def write_table1(rows, out):
+    """Table 1's CSV, its plot and the contact sheet (the first samples per t with the detected
+    squares outlined) into folder `out`; returns the paths written."""
+    from ..render.images import save_png
+    from ..render.sheets import contact_sheet
+
+    sheet, _ = contact_sheet([(r["images"], r["found"]) for r in rows],
+                             [f"t={r['t']:g}" for r in rows])
+    return [table1_csv(os.path.join(out, "table1.csv"), rows),
+            save_png(table1_plot(rows), os.path.join(out, "table1.png")),
+            save_png(sheet, os.path.join(out, "contact-sheet.png"))]
