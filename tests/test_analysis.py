@@ -1,19 +1,16 @@
 """The analysis pieces in-process: parsing, model/image space, Table 1 with non-finite samples,
 imputation that keeps observed pixels, the evaluation's invariants, latent norms, and the plots."""
 import math
+import os
+import re
 
+import click
 import pytest
 import torch
 
 from missingglow.analysis.runs import open_run, sample_images, sample_sheet
 from missingglow.analysis.table1 import format_table1, square_table, table1_csv, table1_plot
-from missingglow.cli.params import (
-    parse_alphas,
-    parse_square,
-    parse_temperatures,
-    parse_values,
-)
-from missingglow.errors import UserError
+from missingglow.cli import params
 from missingglow.flow.preprocess import from_model, to_model
 from missingglow.render.sheets import contact_sheet
 
@@ -30,21 +27,54 @@ def run(tmp_path_factory):
     mp.undo()
 
 
-def test_parse_lists_ranges_and_bad_values():
-    assert parse_values("0.1:0.5:0.1", "t") == [0.1, 0.2, 0.3, 0.4, 0.5]
-    assert parse_values("0.1:1.5:0.1", "t")[-1] == 1.5
-    assert len(parse_values("0.1:1.5:0.1", "t")) == 15
-    assert parse_alphas("0.6") == [0.6] and parse_alphas("0.2,1") == [0.2, 1.0]
-    for bad in ("0", "1.5", "-0.1", "abc", "nan", "0.5:0.1:0.1", ""):
-        with pytest.raises(UserError):
-            parse_alphas(bad)
-    for bad in ("-1", "nan", "inf", "x"):
-        with pytest.raises(UserError):
-            parse_temperatures(bad)
-    assert parse_temperatures("0") == [0.0]
-    assert parse_square("1,2,3") == (1, 2, 3)
-    with pytest.raises(UserError):
-        parse_square("1,2")
+def convert(kind, text):
+    return kind.convert(text, None, None)
+
+
+def test_values_types_read_lists_and_ranges():
+    assert convert(params.TEMPERATURES, "0.1:0.5:0.1") == [0.1, 0.2, 0.3, 0.4, 0.5]
+    assert convert(params.TEMPERATURES, "0.1:1.5:0.1")[-1] == 1.5
+    assert len(convert(params.TEMPERATURES, "0.1:1.5:0.1")) == 15
+    assert convert(params.TEMPERATURES, "0") == [0.0]
+    assert convert(params.ALPHAS, "0.6") == [0.6]
+    assert convert(params.ALPHAS, "0.2,1") == [0.2, 1.0]
+    assert convert(params.ALPHAS, [0.5]) == [0.5]   # a default already converted passes through
+
+
+ALPHA, TEMPERATURE = params.ALPHAS, params.TEMPERATURES
+
+
+@pytest.mark.parametrize("kind,text,message", [
+    (ALPHA, "0", "alpha must lie in (0, 1]"), (ALPHA, "1.5", "not 1.5"),
+    (ALPHA, "-0.1", "(0, 1]"), (ALPHA, "nan", "(0, 1]"), (ALPHA, "", "must be a number"),
+    (ALPHA, "abc", "a range like 0.1:1.0:0.1 (start:stop:step), not 'abc'"),
+    (ALPHA, "0.5:0.1:0.1", "must be a number"), (ALPHA, "0.1:1:0", "must be a number"),
+    (ALPHA, "0.1:0.5", "must be a number"), (ALPHA, "0.2,1.2", "not 1.2"),
+    (TEMPERATURE, "-1", "temperature must be a finite number of 0 or more, not -1"),
+    (TEMPERATURE, "nan", "not nan"), (TEMPERATURE, "inf", "not inf"),
+    (TEMPERATURE, "x", "temperature must be a number"),
+    (TEMPERATURE, "0:100000:1", "must be a number"),   # more values than anyone means
+])
+def test_values_types_refuse_what_is_not_allowed(kind, text, message):
+    with pytest.raises(click.BadParameter, match=re.escape(message)):
+        convert(kind, text)
+
+
+def test_square_place_count_and_finite_range():
+    assert convert(params.SQUARE_PLACE, "1,2,3") == (1, 2, 3)
+    for bad, message in (("1,2", "TOP,LEFT,SIZE"), ("a,b,c", "TOP,LEFT,SIZE"),
+                         ("-1,0,3", "top and left must be 0 or more"),
+                         ("0,0,0", "size at least 1")):
+        with pytest.raises(click.BadParameter, match=message):
+            convert(params.SQUARE_PLACE, bad)
+    assert convert(params.COUNT, "1") == 1
+    with pytest.raises(click.BadParameter, match="0 is not in the range x>=1"):
+        convert(params.COUNT, "0")
+    positive = params.FiniteRange(min=0, min_open=True)
+    assert convert(positive, "0.5") == 0.5
+    for bad in ("0", "-1", "nan", "inf"):
+        with pytest.raises(click.BadParameter):
+            convert(positive, bad)
 
 
 def test_model_space_round_trip_is_the_quantised_image():
@@ -93,6 +123,39 @@ def test_table1_files(run, tmp_path):
     assert lines[0].startswith("t,samples,finite,nonfinite,count_0") and len(lines) == 3
     image = table1_plot(rows)
     assert image.size[0] >= 600 and len(image.getcolors(1 << 20)) > 10   # not a blank canvas
+
+
+def test_table1_written_where_asked_returns_its_paths(run, tmp_path):
+    from missingglow.analysis.table1 import table1_folder, write_table1
+
+    rows = square_table(run, [0.3], n=2, seed=0)
+    out = tmp_path / "deep" / "t1"
+    paths = write_table1(rows, str(out))
+    assert [os.path.relpath(p, out) for p in paths] == ["table1.csv", "table1.png",
+                                                        "contact-sheet.png"]
+    assert all(os.path.getsize(p) > 0 for p in paths)
+    assert table1_folder(str(tmp_path)) == os.path.join(str(tmp_path), "table1")
+    assert table1_folder(str(tmp_path / "model.pt")) == "table1"   # a file: beside the command
+
+
+def test_squares_counted_in_files_one_failure_beside_the_others(tmp_path):
+    from PIL import Image
+
+    from missingglow.analysis.square_counts import count_in_files, format_count
+
+    photo = Image.new("L", (40, 30), 30)   # a 10-px grey square at (8, 7) once centre-cropped
+    photo.paste(128, (12, 8, 22, 18))
+    photo.save(tmp_path / "photo.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    paths = [str(tmp_path / n) for n in ("photo.png", "missing.png", "broken.png")]
+    counts = count_in_files(paths, square=10)
+    assert [c.path for c in counts] == paths
+    assert format_count(counts[0]) == f"{paths[0]}: 1 square at (top,left,size) (8,7,10)"
+    assert counts[1].found is None and counts[1].error == f"image {paths[1]} not found"
+    assert counts[2].found is None and counts[2].error.startswith(f"cannot read {paths[2]}")
+    # at a size asked for, the file is resized first: the square doubles with it
+    (found,) = count_in_files(paths[:1], square=20, image_size=60)[0].found
+    assert (found.top, found.left, found.size) == (16, 14, 20)
 
 
 def test_keep_observed_changes_only_the_square(run):
@@ -318,8 +381,29 @@ def test_the_csv_holds_the_rows(evaluated, tmp_path):
         assert int(line["images"]) == 8
 
 
-def test_latent_norms(run):
-    from missingglow.analysis.latent_norms import format_table, latent_norms, norms_plot, variants
+def test_the_report_files_are_written_and_named(evaluated, tmp_path):
+    import json
+
+    from missingglow.analysis.evaluate import report_json, write_report
+
+    paths = write_report(evaluated, str(tmp_path / "ev"), str(tmp_path / "e.json"))
+    assert [os.path.relpath(p, tmp_path) for p in paths] == [
+        os.path.join("ev", "evaluation.csv"), os.path.join("ev", "evaluation.png"),
+        os.path.join("ev", "comparison.png"), "e.json"]
+    report_json(str(tmp_path / "direct.json"), evaluated)   # the JSON is report_json's, as it was
+    assert (tmp_path / "e.json").read_text() == (tmp_path / "direct.json").read_text()
+    assert len(json.loads((tmp_path / "e.json").read_text())["rows"]) == len(evaluated["rows"])
+    assert len(write_report(evaluated, str(tmp_path / "no-json"))) == 3
+
+
+def test_latent_norms(run, tmp_path):
+    from missingglow.analysis.latent_norms import (
+        format_table,
+        latent_norms,
+        norms_plot,
+        variants,
+        write_latent_norms,
+    )
 
     specs = variants(square=4, count=1, image_size=16)
     assert [s[1] for s in specs if s[3] == "sizes"] == [0, 1, 2, 4, 8]
@@ -331,3 +415,7 @@ def test_latent_norms(run):
     assert not torch.equal(norms["no square"], norms["8×8"])
     assert "√D" in format_table(result)
     assert norms_plot(result).size[1] > 400
+    paths = write_latent_norms(result, str(tmp_path / "ln"))
+    assert [os.path.basename(p) for p in paths] == ["latent-norms.csv", "latent-norms.png"]
+    with open(paths[0]) as f:
+        assert len(f.read().splitlines()) == 1 + len(norms)

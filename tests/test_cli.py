@@ -34,3 +34,18 @@ def test_unknown_command_is_one_clear_error():
     result = run_cli("no-such-command")
     assert result.returncode != 0
     assert "Traceback" not in result.stderr and "No such command" in result.stderr
+
+
+def test_a_bad_value_is_one_line_not_a_usage_block():
+    result = run_cli("sample", "-t", "0.5,-1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == ("error: Invalid value for '-t' / '--temperature': "
+                                     "temperature must be a finite number of 0 or more, not -1")
+
+
+def test_impute_help_says_what_alpha_alone_means():
+    result = run_cli("impute", "--help")
+    assert result.returncode == 0, result.stderr
+    help_text = " ".join(result.stdout.split())
+    assert "`impute --alpha 0.6 img.png` by the paper's α-imputation" in help_text
+    assert "[alpha when --alpha is given, else invert]" in help_text

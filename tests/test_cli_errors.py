@@ -66,19 +66,27 @@ BAD = {
         None, ["--square gives the square's place for --keep-observed", "add --keep-observed"]),
     "heldout index past the end": (
         ["impute", "heldout:16", "--checkpoint", "{run}", "--method", "alpha"], None,
-        ["heldout:16 is out of range", "has 16 images (0 to 15)"]),
+        ["error: heldout:16: out of range", "has 16 images (heldout:0 to heldout:15)"]),
     "negative heldout index": (
         ["impute", "heldout:-1", "--checkpoint", "{run}", "--method", "alpha"], None,
-        ["heldout:-1 is out of range", "(0 to 15)"]),
+        ["error: heldout:-1: out of range", "(heldout:0 to heldout:15)"]),
     "no grey square in the image": (
         ["impute", "plain.png", "--checkpoint", "{run}", "--method", "alpha", "--keep-observed"],
-        None, ["no grey square found in plain", "--square TOP,LEFT,SIZE"]),
+        None, ["error: plain.png: no grey square found", "--square TOP,LEFT,SIZE"]),
+    "a misspelt option": (
+        ["impute", "photo.png", "--checkpoint", "{run}", "--alpah", "0.6"], None,
+        ["No such option '--alpah'", "'--alpha'", "see `missingglow impute --help`"]),
+    "no images to impute": (["impute", "--checkpoint", "{run}"], None,
+                            ["Missing argument 'IMAGES...'"]),
+    "a square place that is not three numbers": (
+        ["impute", "photo.png", "--checkpoint", "{run}", "--square", "1,2"], None,
+        ["Invalid value for '--square': give TOP,LEFT,SIZE in pixels (e.g. 10,20,12)"]),
     "--columns 0": (["sample", "--checkpoint", "{run}", "--columns", "0"], None,
-                    ["--columns must be at least 1, not 0"]),
+                    ["Invalid value for '--columns': 0 is not in the range x>=1"]),
     "latent-norms -n 0": (["latent-norms", "--checkpoint", "{run}", "-n", "0"], None,
-                          ["-n (images) must be at least 1, not 0"]),
+                          ["Invalid value for '-n': 0 is not in the range x>=1"]),
     "evaluate --iterations 0": (["evaluate", "--checkpoint", "{run}", "--iterations", "0"], None,
-                                ["--iterations must be at least 1, not 0"]),
+                                ["Invalid value for '--iterations': 0 is not in the range x>=1"]),
     "run folder without latest or checkpoints": (
         ["sample", "--checkpoint", "empty-run"], None,
         ["empty-run is a folder without a `latest` checkpoint", "pass a run folder written by"]),
@@ -127,6 +135,14 @@ def test_squares_in_images_hints_at_square_only_when_no_size_is_known(cli):
         code, out, err = cli("squares", "photo.png", *args)
         assert code == 0, err
         assert SQUARE_HINT not in err and SQUARE_HINT not in out, args
+
+
+def test_squares_in_images_counts_the_readable_ones_and_names_the_others(cli):
+    code, out, err = cli("squares", "photo.png", "nothing.png", "plain.png", "--square", "10")
+    assert code == 2, err
+    assert out.strip().splitlines() == ["photo.png: 1 square at (top,left,size) (8,7,10)",
+                                        "plain.png: 0 squares"]
+    assert err.strip() == "error: nothing.png: image nothing.png not found"
 
 
 # ------------------------------------------------------- an imported rosinality checkpoint works

@@ -2,6 +2,7 @@
 every method side by side, and the newest run as the default checkpoint."""
 import json
 import os
+import re
 import sys
 
 import pytest
@@ -139,8 +140,19 @@ def setup(tmp_path_factory):
     img = Image.new("RGBA", (16, 16), (90, 160, 200, 255))
     img.paste((0, 0, 0, 0), (8, 8, 12, 12))
     img.save(rgba)
+    # a logo saved with an alpha channel that is opaque everywhere, a grey square pasted in; and
+    # the same picture without its alpha channel
+    logo = Image.new("RGBA", (16, 16), (30, 90, 200, 255))
+    for x in range(16):
+        logo.putpixel((x, 14), (200, 40, 40, 255))
+    logo.paste((128, 128, 128, 255), (5, 5, 9, 9))
+    logo.save(base / "logo.png")
+    logo.convert("RGB").save(base / "logo-rgb.png")
+    (base / "broken.png").write_bytes(b"not a png at all")
     return {"base": base, "env": env_with_cache(cache), "photo": str(photo), "mask": str(mask),
-            "rgba": str(rgba)}
+            "rgba": str(rgba), "logo": str(base / "logo.png"),
+            "logo_rgb": str(base / "logo-rgb.png"), "broken": str(base / "broken.png"),
+            "run": str(base / "runs" / "tiny")}
 
 
 def run_cli(setup, *args, cwd=None):
@@ -209,7 +221,8 @@ BAD = {
     "mask of the wrong size": (["impute", "{photo}", "--mask", "{rgba}"], "but its image is"),
     "too many masks": (["impute", "{photo}", "--mask", "{mask}", "--mask", "{mask}", "--mask",
                         "{mask}"], "--mask files for 1 image"),
-    "invert with several alphas": (["impute", "{photo}", "--alpha", "0.2,0.4"], "one --alpha"),
+    "invert with several alphas": (["impute", "{photo}", "--method", "invert", "--alpha",
+                                    "0.2,0.4"], "one --alpha"),
     "negative gamma": (["impute", "{photo}", "--gamma", "-1"], "--gamma"),
     "zero steps": (["evaluate", "--steps", "0"], "--steps"),
     "samples with alpha": (["impute", "{photo}", "--method", "alpha", "--samples", "2"],
@@ -230,3 +243,175 @@ def test_bad_imputation_input_is_one_clear_line(setup, case):
 def test_no_run_and_no_checkpoint_is_one_clear_line(setup, tmp_path):
     code, out, err = run_cli(setup, "sample", cwd=tmp_path)
     assert code == 2 and "no trained run under ./runs/" in err and "Traceback" not in err
+
+
+# ------------------------------------------------ --alpha alone, and one bad input among good ones
+
+def pixels(path):
+    with Image.open(path) as img:
+        return img.convert("RGB").tobytes()
+
+
+def test_alpha_alone_restores_every_input_an_opaque_alpha_channel_too(setup, tmp_path):
+    code, out, err = run_cli(setup, "impute", "--alpha", "0.6", setup["photo"], setup["rgba"],
+                             setup["logo"], "--out", str(tmp_path))
+    assert code == 0, err
+    assert sorted(os.listdir(tmp_path)) == ["hole-alpha0.60.png", "logo-alpha0.60.png",
+                                            "photo-alpha0.60.png"]
+    assert "logo: 1 alpha(s), whole image" in out
+    assert out.strip().splitlines()[-1] == f"wrote 3 restored image(s) to {tmp_path}"
+
+
+def test_an_opaque_alpha_channel_leaves_the_hole_to_the_detector(setup, tmp_path):
+    for name in ("logo", "logo_rgb"):
+        code, out, err = run_cli(setup, "impute", "--alpha", "0.6", "--keep-observed",
+                                 setup[name], "--out", str(tmp_path / name))
+        assert code == 0, err
+        assert "square from the detector (1 square)" in out, out
+    # the alpha channel changed nothing: the same pixels as the picture saved without it
+    assert pixels(tmp_path / "logo" / "logo-alpha0.60.png") == \
+        pixels(tmp_path / "logo_rgb" / "logo-rgb-alpha0.60.png")
+
+
+def test_several_alphas_draw_the_strips(setup, tmp_path):
+    code, out, err = run_cli(setup, "impute", "--alpha", "0.2,0.6,1.0", setup["photo"],
+                             "heldout:0", "--out", str(tmp_path))
+    assert code == 0, err
+    names = set(os.listdir(tmp_path))
+    assert {"photo-strip.png", "heldout-0-strip.png", "overview.png"} <= names
+    assert {f"photo-alpha{a:.2f}.png" for a in (0.2, 0.6, 1.0)} <= names
+    assert "photo: 3 alpha(s), whole image" in out
+    with Image.open(tmp_path / "heldout-0-strip.png") as strip:   # input, 3 alphas, original
+        assert strip.size[1] > strip.size[0] and strip.size[1] >= 5 * 16
+
+
+def test_without_alpha_the_default_is_inversion(setup, tmp_path):
+    code, out, err = run_cli(setup, "impute", setup["photo"], "--mask", setup["mask"], "--steps",
+                             "2", "--out", str(tmp_path))
+    assert code == 0, err
+    assert sorted(os.listdir(tmp_path)) == ["invert.png", "photo-restored.png"]
+    assert "missing pixels from mask mask.png, objective" in out
+
+
+def error_lines(err):
+    return [line for line in err.strip().splitlines() if line.startswith("error:")]
+
+
+def test_one_unreadable_file_is_one_line_and_the_others_are_written(setup, tmp_path):
+    code, out, err = run_cli(setup, "impute", "--alpha", "0.6", setup["photo"], setup["broken"],
+                             setup["logo"], "--out", str(tmp_path))
+    assert code == 2, err
+    assert sorted(os.listdir(tmp_path)) == ["logo-alpha0.60.png", "photo-alpha0.60.png"]
+    lines = error_lines(err)
+    assert len(lines) == 1 and lines[0].startswith(f"error: {setup['broken']}: cannot read"), err
+    assert "pass a PNG, JPEG, BMP or WebP file" in lines[0]
+    assert out.strip().splitlines()[-1] == f"wrote 2 restored image(s) to {tmp_path}"
+    assert "Traceback" not in err
+
+
+def test_inputs_without_a_hole_fail_alone_under_inversion(setup, tmp_path):
+    """Inversion needs each input's hole: the flat photo has none to find, the held-out item its
+    dataset's square, the transparent one its alpha channel."""
+    code, out, err = run_cli(setup, "impute", "heldout:0", setup["photo"], setup["rgba"],
+                             "heldout:99", "--steps", "2", "--out", str(tmp_path))
+    assert code == 2, err
+    assert {"heldout-0-restored.png", "hole-restored.png", "invert.png"} == \
+        set(os.listdir(tmp_path))
+    assert error_lines(err) == [
+        f"error: {setup['photo']}: no grey square found; give its place by hand with --square "
+        "TOP,LEFT,SIZE, or the hole with --mask FILE",
+        "error: heldout:99: out of range: the held-out split has 16 images (heldout:0 to "
+        "heldout:15)"]
+
+
+def test_a_bad_mask_for_one_file_sinks_only_that_file(setup, tmp_path):
+    # the mask fits the 24×24 photo, not the 16×16 picture
+    code, out, err = run_cli(setup, "impute", setup["photo"], setup["logo_rgb"], "--mask",
+                             setup["mask"], "--mask", setup["mask"], "--steps", "2", "--out",
+                             str(tmp_path))
+    assert code == 2, err
+    assert "photo-restored.png" in os.listdir(tmp_path)
+    assert "logo-rgb-restored.png" not in os.listdir(tmp_path)
+    (line,) = error_lines(err)
+    assert line.startswith(f"error: {setup['logo_rgb']}: mask {setup['mask']} is 24×24 but its "
+                           "image is 16×16"), line
+
+
+# ------------------------------------------------------------- the option rules, without click
+
+def test_the_options_become_a_plan():
+    from missingglow.analysis.impute import Plan, plan_impute
+
+    assert plan_impute() == Plan("invert", (0.6,), True)
+    assert plan_impute(alphas=[0.6]) == Plan("alpha", (0.6,), False)
+    assert plan_impute(alphas=[0.2, 0.6, 1.0]).alphas == (0.2, 0.6, 1.0)
+    assert plan_impute("invert", [0.3], samples=4) == Plan("invert", (0.3,), True, samples=4)
+    assert plan_impute("alpha") == Plan("alpha", (0.6,), False)
+    assert plan_impute("alpha", iterations=2) == Plan("alpha", (0.6,), True, iterations=2)
+    assert plan_impute(alphas=[0.5], keep_observed=True, square=(1, 2, 4)) == \
+        Plan("alpha", (0.5,), True, square=(1, 2, 4))
+    assert plan_impute(masks=["m.png"]).masks == ("m.png",)
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(method="invert", alphas=[0.2, 0.4]), "--method invert takes one --alpha"),
+    (dict(alphas=[0.6], samples=2), "add --method invert"),
+    (dict(method="alpha", samples=2), "--samples draws several completions with --method invert"),
+    (dict(method="alpha", square=(1, 1, 4)), "add --keep-observed"),
+    (dict(alphas=[0.6], masks=["m.png"]), "--mask gives the hole for --keep-observed"),
+    (dict(masks=["m.png"], square=(1, 1, 4)), "--mask or with --square, not both"),
+    (dict(method="invert", keep_observed=True), "--keep-observed and --iterations are for"),
+    (dict(iterations=3), "add --alpha A or --method alpha"),
+])
+def test_contradicting_options_are_refused(options, message):
+    from missingglow.analysis.impute import plan_impute
+
+    with pytest.raises(UserError, match=re.escape(message)):
+        plan_impute(**options)
+
+
+def test_prepare_inputs_keeps_the_usable_ones(setup, monkeypatch):
+    from missingglow.analysis.impute import plan_impute, prepare_inputs
+    from missingglow.analysis.runs import open_run
+
+    monkeypatch.setenv("MISSINGGLOW_CACHE", setup["env"]["MISSINGGLOW_CACHE"])
+    run = open_run(setup["run"])
+    said = []
+    specs = [setup["rgba"], setup["broken"], "heldout:0", "heldout:x", setup["photo"],
+             setup["logo"]]
+    items, failures = prepare_inputs(run, specs, plan_impute(), say=said.append)
+    assert [(i.name, i.source) for i in items] == [
+        ("hole", "its alpha channel"), ("heldout-0", "the dataset"),
+        ("logo", "the detector (1 square)")]
+    assert [int(i.mask.sum()) for i in items] == [16, 16, 16]
+    assert [spec for spec, _ in failures] == [setup["broken"], "heldout:x", setup["photo"]]
+    assert failures[1][1] == "write heldout:N with N a whole number"
+    assert said == ["2 input(s) converted to RGB, shorter side resized to 16 and centre-cropped "
+                    "to 16×16, as in training (hole.png, logo.png)"]   # RGBA, of those used
+    # the α method without keep-observed needs no hole: nothing is looked for, nothing fails
+    items, failures = prepare_inputs(run, [setup["photo"], setup["logo"]],
+                                     plan_impute(alphas=[0.6]))
+    assert failures == [] and [i.mask for i in items] == [None, None]
+    # a square by hand that fits no input is the options' fault, said once
+    with pytest.raises(UserError, match="does not fit 16×16 images"):
+        prepare_inputs(run, [setup["photo"]], plan_impute(square=(10, 10, 8)))
+
+
+def test_restore_inputs_returns_what_it_wrote(setup, monkeypatch, tmp_path):
+    from missingglow.analysis.impute import plan_impute, prepare_inputs, restore_inputs
+    from missingglow.analysis.runs import open_run
+
+    monkeypatch.setenv("MISSINGGLOW_CACHE", setup["env"]["MISSINGGLOW_CACHE"])
+    run = open_run(setup["run"])
+    plan = plan_impute(alphas=[0.3, 0.9])
+    items, _ = prepare_inputs(run, [setup["photo"], "heldout:1"], plan)
+    done = restore_inputs(run, items, plan, str(tmp_path / "a"))
+    assert done.count == 4 and done.nonfinite == 0 and len(done.lines) == 2
+    assert sorted(os.path.basename(p) for p in done.paths) == sorted(os.listdir(tmp_path / "a"))
+    assert len(done.paths) == 4 + 2 + 1   # an image per alpha, a strip per input, the overview
+    plan = plan_impute(samples=2)
+    items, _ = prepare_inputs(run, ["heldout:1"], plan)
+    done = restore_inputs(run, items, plan, str(tmp_path / "b"), invert_options=dict(steps=2))
+    assert done.count == 2
+    assert sorted(os.path.basename(p) for p in done.paths) == [
+        "heldout-1-restored.png", "heldout-1-sample-1.png", "invert.png"]

@@ -7,10 +7,14 @@ observed pixel and restoring only the hole, repeated `iterations` times:
 
     x ← where(hole, Φ⁻¹(α·Φ(x)), x_observed)
 
+`--alpha` alone asks for the α method (several alphas: the Fig. 2 strips); without it `invert`
+is the default (`plan_impute`).
+
 Inputs are image files (any size or mode: resized and centre-cropped as in training) or items of
 the checkpoint's held-out split, written `heldout:N`; for those the square's place and the clean
-original are known. A file's hole comes from `--mask FILE`, else its alpha channel, else
-`--square` by hand, else the grey-square detector.
+original are known. Where the hole is needed, it is `--square` by hand, else a `--mask FILE`, the
+file's alpha channel or the dataset's squares, else the grey-square detector's. An input that
+cannot be used is reported on its own and the others are restored (`prepare_inputs`).
 """
 import os
 from dataclasses import dataclass
@@ -42,51 +46,175 @@ def heldout_item(run, index):
     cache = dataset_of(c, run.image_size)
     items = MaskedImages(cache, c["square"], c.get("squares", 1), c.get("seed", 0), split="heldout")
     if not 0 <= index < len(items):
-        raise UserError(f"heldout:{index} is out of range: the held-out split has {len(items)} "
-                        f"images (0 to {len(items) - 1})")
+        raise UserError(f"out of range: the held-out split has {len(items)} images (heldout:0 "
+                        f"to heldout:{len(items) - 1})")
     masked, clean, positions = items[index]
     hole = square_mask(positions, c["square"], run.image_size)
     return Item(f"heldout-{index}", masked, clean, hole,
                 "the dataset")
 
 
-def load_inputs(run, specs, masks=(), say=None):
-    """Image files and `heldout:N` specs → Items. Says once if files were resized or cropped.
+@dataclass(frozen=True)
+class Plan:
+    """What `impute` will do, decided from its options before any input is read."""
+    method: str                  # "alpha" (the paper's Φ⁻¹(α·Φ(x))) or "invert"
+    alphas: tuple                # alpha: the scales to restore at; invert: one, its start's scale
+    keep_observed: bool = False  # restore only the hole (needs it); invert always does
+    iterations: int = 1          # alpha: scale, put the observed pixels back, N times
+    samples: int = 1             # invert: completions per input
+    square: tuple = None         # (top, left, size) by hand, for every input
+    masks: tuple = ()            # mask files: one per image file, or one for all
 
-    `masks`: one mask file per image file, in order (or one for all of them); an image with an
-    alpha channel and no mask file takes its transparent pixels as the hole."""
-    from ..data.images import alpha_mask, load_image, load_mask
 
+ALPHA = 0.6   # the α of the paper's Fig. 2, when --method alpha is given without --alpha
+
+
+def plan_impute(method=None, alphas=None, *, masks=(), square=None, samples=1,
+                keep_observed=False, iterations=1):
+    """The options of `impute` → a Plan; a UserError for options that contradict each other.
+
+    --alpha alone means the paper's α-imputation (several alphas draw its Fig. 2 strips); with no
+    --alpha, latent-norm inversion is the default, and `--method invert --alpha A` starts it from
+    A·Φ(x)."""
+    from .invert import DEFAULTS
+
+    explicit = method is not None
+    method = method or ("alpha" if alphas else "invert")
+    alphas = tuple(alphas) if alphas else ((ALPHA,) if method == "alpha" else (DEFAULTS["alpha"],))
+    masks = tuple(masks)
+    if square is not None and masks:
+        raise UserError("give the hole with --mask or with --square, not both")
+    if method == "invert":
+        if len(alphas) > 1:
+            raise UserError("--method invert takes one --alpha (the start's scale); for strips "
+                            "over several alphas leave out --method invert (or give --method "
+                            "alpha)")
+        if keep_observed or iterations > 1:
+            raise UserError("--keep-observed and --iterations are for the α method (inversion "
+                            "always keeps the observed pixels); add --alpha A or --method alpha")
+        return Plan("invert", alphas, True, 1, samples, square, masks)
+    if samples > 1:
+        how = ("" if explicit else "; --alpha alone means --method alpha: add --method invert "
+               "(α is then the start's scale)")
+        raise UserError(f"--samples draws several completions with --method invert{how}")
+    keep = keep_observed or iterations > 1
+    if not keep and square is not None:
+        raise UserError("--square gives the square's place for --keep-observed; add "
+                        "--keep-observed")
+    if not keep and masks:
+        raise UserError("--mask gives the hole for --keep-observed; add --keep-observed")
+    return Plan("alpha", alphas, keep, iterations, 1, square, masks)
+
+
+def by_hand(square, size):
+    """(1, size, size) hole of a square given as (top, left, k); a UserError when it does not
+    fit."""
+    from ..data.masks import square_mask
+
+    top, left, k = square
+    if top + k > size or left + k > size:
+        raise UserError(f"--square {top},{left},{k} does not fit {size}×{size} images")
+    return square_mask(torch.tensor([[top, left]]), k, size)
+
+
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")   # Pillow's modes with an alpha channel
+
+
+def alpha_hole(img, size, path):
+    """An image's transparent pixels as its hole, or None. An alpha channel that is opaque
+    everywhere (a logo saved as RGBA) marks nothing missing: it is no hole, so the mask, the
+    square or the detector decide as for any other image."""
+    from ..data.images import alpha_mask
+
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    opaque = img.mode in ALPHA_MODES and img.getchannel("A").getextrema()[0] >= 128
+    return None if opaque else alpha_mask(img, size, path)
+
+
+def _load_file(run, path, mask_file, need_hole):
+    """An image file → (Item, whether it was converted or resized); its hole from `mask_file` or its
+    alpha channel when one is needed."""
+    from ..data.images import load_image, load_mask
+
+    image = load_image(path, run.image_size)   # UserError for a missing or unreadable file
+    item = Item(os.path.splitext(os.path.basename(path))[0], image)
+    with Image.open(path) as img:
+        reshaped = img.size != (run.image_size, run.image_size) or img.mode != "RGB"
+        if need_hole and mask_file is not None:
+            item.mask = load_mask(mask_file, img.size, run.image_size)
+            item.source = f"mask {os.path.basename(mask_file)}"
+        elif need_hole:
+            item.mask = alpha_hole(img, run.image_size, path)
+            item.source = "its alpha channel" if item.mask is not None else ""
+    return item, reshaped
+
+
+def _heldout(run, spec):
+    try:
+        index = int(spec.split(":", 1)[1])
+    except ValueError:
+        raise UserError("write heldout:N with N a whole number") from None
+    return heldout_item(run, index)
+
+
+def find_hole(run, item, hand=None):
+    """Fill item.mask: `hand` (a hole given by hand) first, else the item's own (mask file, alpha
+    channel, the dataset's squares), else the detector's squares."""
+    from .squares import detect, detector_sizes_for
+
+    size = run.image_size
+    if hand is not None:
+        item.mask, item.source = hand, "--square"
+        return item
+    if item.mask is not None:
+        return item
+    found = detect(item.image, detector_sizes_for(run.square, size))
+    if not found:
+        raise UserError("no grey square found; give its place by hand with --square "
+                        "TOP,LEFT,SIZE, or the hole with --mask FILE")
+    mask = torch.zeros((1, size, size), dtype=torch.bool)
+    for sq in found:
+        mask[:, sq.top:sq.top + sq.size, sq.left:sq.left + sq.size] = True
+    plural = "s" if len(found) > 1 else ""
+    item.mask, item.source = mask, f"the detector ({len(found)} square{plural})"
+    return item
+
+
+def prepare_inputs(run, specs, plan, say=None):
+    """Image files and `heldout:N` specs → (Items ready to restore, [(spec, what is wrong)]).
+
+    One input that cannot be used (an unreadable file, a bad mask, no square found where the hole
+    is needed) is a failure of its own; the others are still returned. Options that no input can
+    satisfy (a mask count that matches nothing, a --square that does not fit) are a UserError.
+    Says once if files were converted, resized or cropped."""
     files = [s for s in specs if not s.startswith("heldout:")]
-    masks = list(masks)
+    masks = list(plan.masks)
     if masks and len(masks) not in (1, len(files)):
         raise UserError(f"{len(masks)} --mask files for {len(files)} image files: give one mask "
                         "per image file, in the same order, or one mask for all of them")
-    items, reshaped, k = [], [], 0
+    need_hole = plan.keep_observed
+    hand = by_hand(plan.square, run.image_size) if need_hole and plan.square else None
+    items, failures, reshaped, files_used, k = [], [], [], 0, 0
     for spec in specs:
-        if spec.startswith("heldout:"):
-            try:
-                index = int(spec.split(":", 1)[1])
-            except ValueError:
-                raise UserError(f"{spec}: write heldout:N with N a whole number") from None
-            items.append(heldout_item(run, index))
-            continue
-        image = load_image(spec, run.image_size)   # UserError for a missing or unreadable file
-        stem = os.path.splitext(os.path.basename(spec))[0]
-        item = Item(stem, image)
-        with Image.open(spec) as img:
-            if img.size != (run.image_size, run.image_size) or img.mode != "RGB":
-                reshaped.append(os.path.basename(spec))
-            if masks:
-                mask_file = masks[k if len(masks) > 1 else 0]
-                item.mask = load_mask(mask_file, img.size, run.image_size)
-                item.source = f"mask {os.path.basename(mask_file)}"
+        converted = False
+        try:
+            if spec.startswith("heldout:"):
+                item = _heldout(run, spec)
             else:
-                item.mask = alpha_mask(img, run.image_size, spec)
-                item.source = "its alpha channel" if item.mask is not None else ""
-        k += 1
+                mask_file = masks[k if len(masks) > 1 else 0] if masks else None
+                k += 1
+                item, converted = _load_file(run, spec, mask_file, need_hole)
+            if need_hole:
+                find_hole(run, item, hand)
+        except UserError as err:
+            failures.append((spec, str(err)))
+            continue
         items.append(item)
-    if files and say and run.model.in_channels == 1:
+        files_used += not spec.startswith("heldout:")
+        if converted:
+            reshaped.append(os.path.basename(spec))
+    if say and files_used and run.model.in_channels == 1:
         say("the model has one channel (it was trained on grayscale images): colour inputs are "
             "restored as their grey (luma) values")
     if reshaped and say:
@@ -98,34 +226,26 @@ def load_inputs(run, specs, masks=(), say=None):
     for i, it in enumerate(items):  # unique output names
         if names.count(it.name) > 1:
             it.name = f"{it.name}-{i}"
-    return items
+    return items, failures
 
 
-def find_square(run, item, square=None):
-    """Fill item.mask for --keep-observed: by hand, else from the dataset, else the detector."""
-    from ..data.masks import square_mask
-    from .squares import detect, detector_sizes_for
+@dataclass
+class Restored:
+    lines: list        # one summary line per input
+    count: int         # restored images written (inputs × alphas or × samples)
+    nonfinite: int     # of those, how many the flow's inverse did not give back finite
+    paths: list        # every file written
 
-    size = run.image_size
-    if square is not None:
-        top, left, k = square
-        if top + k > size or left + k > size:
-            raise UserError(f"--square {top},{left},{k} does not fit {size}×{size} images")
-        item.mask = square_mask(torch.tensor([[top, left]]), k, size)
-        item.source = "--square"
-        return item
-    if item.mask is not None:
-        return item
-    found = detect(item.image, detector_sizes_for(run.square, size))
-    if not found:
-        raise UserError(f"no grey square found in {item.name}; give its place by hand with "
-                        "--square TOP,LEFT,SIZE")
-    mask = torch.zeros((1, size, size), dtype=torch.bool)
-    for sq in found:
-        mask[:, sq.top:sq.top + sq.size, sq.left:sq.left + sq.size] = True
-    plural = "s" if len(found) > 1 else ""
-    item.mask, item.source = mask, f"the detector ({len(found)} square{plural})"
-    return item
+
+def restore_inputs(run, items, plan, out_dir, seed=0, invert_options=None, on_step=None):
+    """Restore prepared Items as the plan says and write them into out_dir (made when missing;
+    every file is written atomically, so a failed write leaves the ones before it).
+    `invert_options`: the inversion's settings (analysis.invert); `on_step(i)`: its progress."""
+    if plan.method == "invert":
+        options = {**(invert_options or {}), "alpha": plan.alphas[0]}
+        return invert_files(run, items, out_dir, plan.samples, seed, on_step=on_step, **options)
+    return impute_files(run, items, list(plan.alphas), out_dir, plan.keep_observed,
+                        plan.iterations)
 
 
 @torch.no_grad()
@@ -148,12 +268,12 @@ def restore(model, images, alphas, n_bits, mask=None, iterations=1):
 def impute_files(run, items, alphas, out_dir, keep_observed=False, iterations=1, min_tile=48):
     """Restore each item at each alpha; write one PNG per (item, alpha), and with several alphas a
     strip per item (a row per alpha, the input on top, the original at the bottom when known) and
-    an overview with a column per item (the paper's Fig. 2). Returns a list of summary lines and the
-    number of non-finite results."""
+    an overview with a column per item (the paper's Fig. 2). Returns a Restored: a summary line per
+    item, the counts and the paths written."""
     from ..render.images import grid, save_png
     from ..render.sheets import column_sheet, labelled_grid
 
-    lines, bad_total, columns = [], 0, []
+    lines, bad_total, columns, paths = [], 0, [], []
     for item in items:
         mask = item.mask[None] if (keep_observed or iterations > 1) else None
         result = restore(run.model, item.image[None], alphas, run.n_bits, mask, iterations)[:, 0]
@@ -162,7 +282,7 @@ def impute_files(run, items, alphas, out_dir, keep_observed=False, iterations=1,
         for alpha, image in zip(alphas, result):
             path = os.path.join(out_dir, f"{item.name}-alpha{alpha:.2f}.png")
             canvas, _ = grid([image[None]], padding=0)
-            save_png(canvas, path)
+            paths.append(save_png(canvas, path))
         shown = from_model(to_model(item.image[None], run.n_bits, run.model.in_channels),
                            run.n_bits)[0]
         column = [shown] + list(result) + ([item.clean] if item.clean is not None else [])
@@ -171,8 +291,7 @@ def impute_files(run, items, alphas, out_dir, keep_observed=False, iterations=1,
             labels = ["input"] + [f"α={a:g}" for a in alphas]
             labels += ["original"] if item.clean is not None else []
             sheet, _ = labelled_grid([t[None] for t in column], labels, min_tile)
-            save_png(sheet,
-                 os.path.join(out_dir, f"{item.name}-strip.png"))
+            paths.append(save_png(sheet, os.path.join(out_dir, f"{item.name}-strip.png")))
         how = (f"keeping observed pixels, square from {item.source}" if mask is not None
                else "whole image")
         note = (f"; {bad} of {len(alphas)} results non-finite (drawn as checkerboards)" if bad
@@ -180,9 +299,9 @@ def impute_files(run, items, alphas, out_dir, keep_observed=False, iterations=1,
         lines.append(f"{item.name}: {len(alphas)} alpha(s), {how}"
                      f"{f', {iterations} iterations' if iterations > 1 else ''}{note}")
     if len(alphas) > 1 and len(items) > 1:
-        save_png(column_sheet(columns, ["input"] + [f"α={a:g}" for a in alphas], min_tile),
-             os.path.join(out_dir, "overview.png"))
-    return lines, bad_total
+        paths.append(save_png(column_sheet(columns, ["input"] + [f"α={a:g}" for a in alphas],
+                                           min_tile), os.path.join(out_dir, "overview.png")))
+    return Restored(lines, len(items) * len(alphas), bad_total, paths)
 
 
 def spread_map(completions):
@@ -195,7 +314,8 @@ def invert_files(run, items, out_dir, samples=1, seed=0, min_tile=48, on_step=No
     """Restore every item by latent-norm inversion, all in one batch; write `<name>-restored.png`
     per item, with several samples `<name>-sample-K.png` too, and `invert.png`: a column per item
     with the input, the restored image, the other completions and their spread map, and the
-    original when known. Returns summary lines and the number of non-finite results."""
+    original when known. Returns a Restored: a summary line per item, the counts and the paths
+    written."""
     from ..render.images import grid, save_png
     from ..render.sheets import column_sheet
     from ..seeding import generator
@@ -207,11 +327,12 @@ def invert_files(run, items, out_dir, samples=1, seed=0, min_tile=48, on_step=No
                           on_step=on_step, **options)
     result = from_model(out, run.n_bits)                                # (K, B, 3, S, S)
     ok = torch.isfinite(result.flatten(2)).all(2)                       # (K, B)
-    lines, columns = [], []
+    lines, columns, paths = [], [], []
     for b, item in enumerate(items):
         for k in range(samples):
             name = f"{item.name}-restored.png" if k == 0 else f"{item.name}-sample-{k}.png"
-            save_png(grid([result[k, b][None]], padding=0)[0], os.path.join(out_dir, name))
+            paths.append(save_png(grid([result[k, b][None]], padding=0)[0],
+                                  os.path.join(out_dir, name)))
         shown = from_model(x[b:b + 1], run.n_bits)[0]
         column = [shown, *result[:, b]]
         if samples > 1:
@@ -227,5 +348,6 @@ def invert_files(run, items, out_dir, samples=1, seed=0, min_tile=48, on_step=No
                      f"objective {start:.4f} → {end:.4f}{note}")
     labels = ["input", "restored", *[f"sample {k}" for k in range(1, samples)]]
     labels += ["spread"] if samples > 1 else []
-    save_png(column_sheet(columns, labels, min_tile), os.path.join(out_dir, "invert.png"))
-    return lines, int((~ok).sum())
+    paths.append(save_png(column_sheet(columns, labels, min_tile),
+                          os.path.join(out_dir, "invert.png")))
+    return Restored(lines, len(items) * samples, int((~ok).sum()), paths)

@@ -1,62 +1,101 @@
-"""Numbers users type for the analysis commands: lists and ranges of alphas and temperatures,
-counts, and a square given by hand. Anything out of range is a one-line UserError."""
+"""What users type into the analysis commands, as click parameter types: lists and ranges of
+alphas and temperatures, counts, finite numbers in a range, and a square's place given by hand.
+
+A bad value is click's `BadParameter`; `OneLineErrors` turns it into the one `error:` line every
+other bad input gets, instead of click's usage block.
+"""
 import math
+
+import click
 
 from ..errors import UserError
 
+COUNT = click.IntRange(min=1)
+MOST_VALUES = 10_000
 
-def parse_values(text, what):
-    """'0.5', '0.1,0.2,0.3' or a range 'START:STOP:STEP' (STOP included) → list of floats."""
+
+def parse_values(text):
+    """'0.5', '0.1,0.2,0.3' or a range 'START:STOP:STEP' (STOP included) → list of floats; None
+    when the text is none of those."""
     text = str(text).strip()
     try:
         if ":" in text:
             parts = [float(p) for p in text.split(":")]
             if len(parts) != 3 or not all(math.isfinite(p) for p in parts) or parts[2] <= 0:
-                raise ValueError
+                return None
             start, stop, step = parts
             count = int(math.floor((stop - start) / step + 1e-9)) + 1
-            if count < 1 or count > 10_000:
-                raise ValueError
+            if count < 1 or count > MOST_VALUES:
+                return None
             return [round(start + i * step, 10) for i in range(count)]
         values = [float(p) for p in text.split(",") if p.strip()]
-        if not values:
-            raise ValueError
+        return values or None
+    except ValueError:
+        return None
+
+
+class Values(click.ParamType):
+    """A number, a list like 0.1,0.5 or a range like 0.1:1.0:0.1 → a list of floats, each finite
+    and `allowed`; `rule` says what is allowed, for the message."""
+
+    def __init__(self, what, allowed, rule):
+        self.what, self.allowed, self.rule = what, allowed, rule
+        self.name = f"{what}s"
+
+    def convert(self, value, param, ctx):
+        values = list(value) if isinstance(value, (list, tuple)) else parse_values(value)
+        if values is None:
+            self.fail(f"{self.what} must be a number, a list like 0.1,0.5 or a range like "
+                      f"0.1:1.0:0.1 (start:stop:step), not {str(value).strip()!r}", param, ctx)
+        for v in values:
+            if not (math.isfinite(v) and self.allowed(v)):
+                self.fail(f"{self.what} {self.rule}, not {v:g}", param, ctx)
         return values
-    except ValueError:
-        raise UserError(f"{what} must be a number, a list like 0.1,0.5 or a range like 0.1:1.0:0.1 "
-                        f"(start:stop:step), not {text!r}") from None
 
 
-def parse_alphas(text):
-    """Alphas in (0, 1]: a latent scaled by more than 1 or by 0 or less is no imputation."""
-    values = parse_values(text, "alpha")
-    for a in values:
-        if not (math.isfinite(a) and 0 < a <= 1):
-            raise UserError(f"alpha must lie in (0, 1] (1 gives the input back), not {a:g}")
-    return values
+# a latent scaled by more than 1, or by 0 or less, is no imputation
+ALPHAS = Values("alpha", lambda a: 0 < a <= 1, "must lie in (0, 1] (1 gives the input back)")
+TEMPERATURES = Values("temperature", lambda t: t >= 0, "must be a finite number of 0 or more")
 
 
-def parse_temperatures(text):
-    values = parse_values(text, "temperature")
-    for t in values:
-        if not (math.isfinite(t) and t >= 0):
-            raise UserError(f"temperature must be a finite number of 0 or more, not {t:g}")
-    return values
+class FiniteRange(click.FloatRange):
+    """click's FloatRange, without NaN and infinity (which every comparison lets through)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a finite number", param, ctx)
+        return number
 
 
-def check_positive(n, what):
-    if n is None or n < 1:
-        raise UserError(f"{what} must be at least 1, not {n}")
-    return n
+class SquarePlace(click.ParamType):
+    """'TOP,LEFT,SIZE' in pixels → (top, left, size)."""
+
+    name = "top,left,size"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            top, left, size = (int(p) for p in str(value).split(","))
+        except ValueError:
+            self.fail(f"give TOP,LEFT,SIZE in pixels (e.g. 10,20,12), not {value!r}", param, ctx)
+        if top < 0 or left < 0 or size < 1:
+            self.fail(f"{value}: top and left must be 0 or more and size at least 1", param, ctx)
+        return top, left, size
 
 
-def parse_square(text):
-    """'TOP,LEFT,SIZE' → (top, left, size)."""
-    try:
-        top, left, size = (int(p) for p in str(text).split(","))
-    except ValueError:
-        raise UserError(f"--square takes TOP,LEFT,SIZE in pixels (e.g. 10,20,12), "
-                        f"not {text!r}") from None
-    if top < 0 or left < 0 or size < 1:
-        raise UserError(f"--square {text}: top and left must be 0 or more and size at least 1")
-    return top, left, size
+SQUARE_PLACE = SquarePlace()
+
+
+class OneLineErrors(click.Command):
+    """A command whose bad parameters read as one `error:` line with exit code 2, as every other
+    bad input does, rather than click's usage block."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.BadParameter as err:
+            raise UserError(err.format_message()) from None
+        except click.UsageError as err:
+            raise UserError(f"{err.format_message()} (see `{ctx.command_path} --help`)") from None
