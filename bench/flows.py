@@ -10,8 +10,8 @@ reference_ms / fused_ms. "compiled_ms" is torch.compile of the reference where i
 
 The flow step and model rows also time the fused step's other mode, interleaved in the same loop
 and against the same reference times: a whole affine step as one op driven from C++
-(fused.FusedFlowStep.driver = True, csrc/flow_step.cpp) or the fused ops called one by one from
-Python (driver = False). Its row is labelled "C++ driver on" or "C++ driver off", whichever is
+(fused_step.FusedFlowStep.driver = True, csrc/flow_step.cpp) or the fused ops called one by one
+from Python (driver = False). Its row is labelled "C++ driver on" or "C++ driver off", whichever is
 not the default on that device (the driver by default on CUDA, not on the CPU).
 
 --keep-freed-memory asks glibc (mallopt) to keep freed memory instead of handing it back to the
@@ -39,8 +39,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from missingglow import Glow, allocator
-from missingglow.flow import fused, ops, reference  # noqa: E402
+from missingglow import Glow  # noqa: E402
+from missingglow.flow import fused_step, layers, ops, ops_reference  # noqa: E402
+from missingglow.training import allocator  # noqa: E402
 
 
 def sync(device):
@@ -72,14 +73,14 @@ def make_glow(impl, preset, device, memory_saving=False, seed=0):
 
 
 def other_mode_label(device):
-    return "C++ driver " + ("off" if fused.FusedFlowStep.driver_for(device) else "on")
+    return "C++ driver " + ("off" if fused_step.FusedFlowStep.driver_for(device) else "on")
 
 
 def other_mode(module, device):
     """module with every fused flow step switched to the non-default mode (see the docstring)."""
     for m in module.modules():
-        if isinstance(m, fused.FusedFlowStep):
-            m.driver = not fused.FusedFlowStep.driver_for(device)
+        if isinstance(m, fused_step.FusedFlowStep):
+            m.driver = not fused_step.FusedFlowStep.driver_for(device)
     return module
 
 
@@ -134,23 +135,23 @@ def op_rows(preset, device, repeats, gen):
     an_args, an_args_g = (x, loc, scale, weight), with_grad(x, loc, scale, weight)
     cases = [
         ("actnorm+1x1conv", "forward", lambda: ops.actnorm_conv(*an_args),
-         lambda: reference.actnorm_conv(*an_args)),
+         lambda: ops_reference.actnorm_conv(*an_args)),
         ("actnorm+1x1conv", "inverse", lambda: ops.actnorm_conv_inverse(*an_args),
-         lambda: reference.actnorm_conv_inverse(*an_args)),
+         lambda: ops_reference.actnorm_conv_inverse(*an_args)),
         ("actnorm+1x1conv", "forward+backward",
          lambda: ops.actnorm_conv(*an_args_g).sum().backward(),
-         lambda: reference.actnorm_conv(*an_args_g).sum().backward()),
+         lambda: ops_reference.actnorm_conv(*an_args_g).sum().backward()),
     ]
 
     xg, hg = with_grad(x, h)
     cases += [
         ("affine coupling", "forward", lambda: ops.coupling_step(x, h),
-         lambda: reference.coupling_step(x, h)),
+         lambda: ops_reference.coupling_step(x, h)),
         ("affine coupling", "inverse", lambda: ops.coupling_step_inverse(x, h),
-         lambda: reference.coupling_step_inverse(x, h)),
+         lambda: ops_reference.coupling_step_inverse(x, h)),
         ("affine coupling", "forward+backward",
          lambda: sum(t.sum() for t in ops.coupling_step(xg, hg)).backward(),
-         lambda: sum(t.sum() for t in reference.coupling_step(xg, hg)).backward()),
+         lambda: sum(t.sum() for t in ops_reference.coupling_step(xg, hg)).backward()),
     ]
     for name, direction, fast, ref in cases:
         f_ms, r_ms = interleaved([fast, ref], device, repeats)
@@ -161,13 +162,13 @@ def op_rows(preset, device, repeats, gen):
 def step_rows(preset, device, repeats, gen, compile_ref):
     n, c, s, hidden = preset["batch"], 12, preset["size"] // 2, preset["hidden"]
     shape = f"{n}x{c}x{s}x{s} h{hidden}"
-    ref = reference.FlowStep(c, hidden).to(device)
+    ref = layers.FlowStep(c, hidden).to(device)
     x = torch.randn(n, c, s, s, generator=gen).to(device)
     with torch.no_grad():
         ref(x)
-    fast = fused.FusedFlowStep(c, hidden).to(device)
+    fast = fused_step.FusedFlowStep(c, hidden).to(device)
     fast.load_state_dict(ref.state_dict())
-    other = other_mode(fused.FusedFlowStep(c, hidden).to(device), device)
+    other = other_mode(fused_step.FusedFlowStep(c, hidden).to(device), device)
     other.load_state_dict(ref.state_dict())
     xg = x.detach().requires_grad_()
     rows = []
@@ -322,9 +323,7 @@ COLUMNS = [("name", 36), ("device", 6), ("shape", 28), ("direction", 17), ("fuse
 
 
 def coupling_build():
-    from missingglow import _C
-
-    return _C.coupling_simd()
+    return ops.coupling_simd()
 
 
 def table(rows):
@@ -371,9 +370,7 @@ def main(argv=None):
     if args.keep_freed_memory and not allocator.keep_freed_memory():
         sys.exit("mallopt refused the settings (not glibc?)")
     if args.coupling_simd:
-        from missingglow import _C
-
-        _C.coupling_simd(args.coupling_simd)
+        ops.coupling_simd(args.coupling_simd)
     if args.memory_child:
         return memory_child(json.loads(args.memory_child))
     gen = torch.Generator().manual_seed(0)

@@ -17,7 +17,7 @@ import torch
 from flows import make_glow, train_step
 from torch.profiler import ProfilerActivity, profile
 
-from missingglow.flow import fused
+from missingglow.flow import fused_step
 
 PRESETS = {
     "small": dict(size=32, blocks=3, flows=8, hidden=64, batch=64),
@@ -58,7 +58,7 @@ def main(argv=None):
         for label, impl, driver in [("reference", "reference", None),
                                     ("fused, ops one by one", "fused", False),
                                     ("fused, C++ driver (default on CUDA)", "fused", True)]:
-            fused.FusedFlowStep.driver = driver
+            fused_step.FusedFlowStep.driver = driver
             step = train_step(make_glow(impl, preset, "cuda"), x)
             for _ in range(3):
                 step()
@@ -66,7 +66,7 @@ def main(argv=None):
             kernel, count = kernel_ms_and_count(step)
             print(f"| {name} | {label} | {wall:.1f} | {kernel:.1f} | {count} "
                   f"| {kernel / wall:.0%} |")
-    fused.FusedFlowStep.driver = None
+    fused_step.FusedFlowStep.driver = None
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from .flow import fused, ops, reference
+from .flow import fused_step, ops, ops_reference
 from .flow.model import Glow
 from .flow.preprocess import bits_per_dim, dequantize, quantize
 
@@ -31,10 +31,8 @@ def extension_status():
     names = _op_names()
     keys = _kernel_keys(names)
     gpu = "a GPU is present" if torch.cuda.is_available() else "no GPU"
-    from . import _C
-
     return (f"fused ops: {len(names)} ops with kernels for {', '.join(keys)} ({gpu}); "
-            f"CPU coupling loops: {_C.coupling_simd()}")
+            f"CPU coupling loops: {ops.coupling_simd()}")
 
 
 def run(image_size=32, seed=0):
@@ -69,16 +67,16 @@ def fused_ops_difference(device, gen):
 
     A flow step with every parameter randomly perturbed (a fresh one is the identity in its
     coupling) runs on channels-last float64 activations, as the fused model calls the ops: one by
-    one (ops.actnorm_conv, ops.coupling_net, ops.coupling_step) and as one op (ops.flow_step),
-    forward, inverse, and the gradients of x and every parameter.
-    """
-    step = fused.FusedFlowStep(12, hidden=16).double()
+    one (ops.actnorm_conv, fused_step.coupling_net, ops.coupling_step) and as one op
+    (ops.flow_step), forward, inverse, and the gradients of x and every parameter, each against
+    its namesake in ops_reference."""
+    step = fused_step.FusedFlowStep(12, hidden=16).double()
     with torch.no_grad():
         for p in step.parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
     step.to(device)
     loc, scale, weight = step.actnorm.loc, step.actnorm.scale, step.invconv.matrix()
-    params = [loc, scale, weight, *fused.coupling_net_params(step.coupling)]
+    params = [loc, scale, weight, *fused_step.coupling_net_params(step.coupling)]
     x = torch.randn(4, 12, 8, 8, generator=gen, dtype=torch.float64).to(device)
     x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
     diffs = []
@@ -89,18 +87,18 @@ def fused_ops_difference(device, gen):
 
     def one_by_one(x, loc, scale, weight, *net):
         out = ops.actnorm_conv(x, loc, scale, weight)
-        return ops.coupling_step(out, ops.coupling_net(out[:, :out.shape[1] // 2], *net))
+        return ops.coupling_step(out, fused_step.coupling_net(out[:, :out.shape[1] // 2], *net))
 
-    y_ref, logdet_ref = reference.flow_step(x, *params)
+    y_ref, logdet_ref = ops_reference.flow_step(x, *params)
     out = ops.actnorm_conv(x, loc, scale, weight)
-    compare([out], [reference.actnorm_conv(x, loc, scale, weight)])
-    h = ops.coupling_net(out[:, :6], *params[3:])
-    compare([h], [reference.coupling_net(out[:, :6], *params[3:])])
-    compare(ops.coupling_step(out, h), reference.coupling_step(out, h))
-    compare(ops.coupling_step_inverse(y_ref, h), reference.coupling_step_inverse(y_ref, h))
+    compare([out], [ops_reference.actnorm_conv(x, loc, scale, weight)])
+    h = fused_step.coupling_net(out[:, :6], *params[3:])
+    compare([h], [ops_reference.coupling_net(out[:, :6], *params[3:])])
+    compare(ops.coupling_step(out, h), ops_reference.coupling_step(out, h))
+    compare(ops.coupling_step_inverse(y_ref, h), ops_reference.coupling_step_inverse(y_ref, h))
     compare([ops.actnorm_conv_inverse(out, loc, scale, weight)],
-            [reference.actnorm_conv_inverse(out, loc, scale, weight)])
-    compare(ops.flow_step_inverse(y_ref, *params), reference.flow_step_inverse(y_ref, *params))
+            [ops_reference.actnorm_conv_inverse(out, loc, scale, weight)])
+    compare(ops.flow_step_inverse(y_ref, *params), ops_reference.flow_step_inverse(y_ref, *params))
     weights = torch.randn(y_ref.shape, generator=gen, dtype=y_ref.dtype).to(device)
 
     def grads(y, logdet):

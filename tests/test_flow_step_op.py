@@ -1,4 +1,4 @@
-"""The whole flow step as one op (csrc/flow_step.cpp, ops.flow_step) against reference.FlowStep.
+"""The whole flow step as one op (csrc/flow_step.cpp, ops.flow_step) against layers.FlowStep.
 
 Fresh random inputs with odd shapes, every parameter randomly perturbed (conftest's `randomize`)
 so that each piece of the step acts on its input; float64 to 1e-9, float32 to the tolerances
@@ -7,7 +7,7 @@ derived in tests/float32_tolerances.py from float32 rounding.
 import pytest
 import torch
 
-from missingglow.flow import fused, ops, reference
+from missingglow.flow import fused_step, layers, ops, ops_reference
 
 from float32_tolerances import assert_float32_close, assert_logdet_close, rms, rounding_floor
 from helpers import randomize
@@ -20,10 +20,10 @@ SHAPES = [(1, 6, 1, 1), (3, 12, 5, 7), (3, 48, 3, 3), (1, 6, 32, 32), (3, 12, 32
 
 def _steps(gen, c, hidden=7, device="cpu"):
     """A randomised, data-initialised reference step and a fused step with its state dict."""
-    ref = reference.FlowStep(c, hidden).double()
+    ref = layers.FlowStep(c, hidden).double()
     ref(torch.randn(4, c, 4, 4, generator=gen, dtype=torch.float64))  # ActNorm's data init
     randomize(ref, gen, scale=0.1)
-    step = fused.FusedFlowStep(c, hidden).double()
+    step = fused_step.FusedFlowStep(c, hidden).double()
     step.load_state_dict(ref.state_dict())
     return ref.to(device), step.to(device)
 
@@ -31,7 +31,7 @@ def _steps(gen, c, hidden=7, device="cpu"):
 def _op_args(step):
     """The op's parameters (loc, scale, W, w1, b1, w2, b2, w3, b3, s3) of a fused step."""
     return [step.actnorm.loc, step.actnorm.scale, step.invconv.matrix(),
-            *fused.coupling_net_params(step.coupling)]
+            *fused_step.coupling_net_params(step.coupling)]
 
 
 def _x(gen, shape, device, channels_last=False):
@@ -52,13 +52,13 @@ def test_flow_step_op_matches_reference(gen, device, shape, channels_last):
         y, logdet = ops.flow_step(x, *_op_args(step))
         torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(logdet, logdet_ref, rtol=1e-10, atol=1e-10)
-        y_fn, logdet_fn = reference.flow_step(x, *_op_args(step))
+        y_fn, logdet_fn = ops_reference.flow_step(x, *_op_args(step))
         torch.testing.assert_close(y_fn, y_ref, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(logdet_fn, logdet_ref, rtol=1e-12, atol=1e-12)
         back, inv_logdet = ops.flow_step_inverse(y, *_op_args(step))
         torch.testing.assert_close(back, x, rtol=1e-9, atol=1e-9)
         torch.testing.assert_close(inv_logdet, -logdet, rtol=1e-10, atol=1e-10)
-        back_fn, inv_logdet_fn = reference.flow_step_inverse(y, *_op_args(step))
+        back_fn, inv_logdet_fn = ops_reference.flow_step_inverse(y, *_op_args(step))
         torch.testing.assert_close(back, back_fn, rtol=1e-9, atol=1e-9)
         torch.testing.assert_close(inv_logdet, inv_logdet_fn, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(ops.flow_step_inverse(y_ref, *_op_args(step))[0],
@@ -92,19 +92,19 @@ def test_flow_step_op_float32_is_as_accurate_as_the_reference(gen, device, shape
     x = _x(gen, shape, device, channels_last).float()
     with torch.no_grad():
         y, logdet = ops.flow_step(x, *args)
-        y32, logdet32 = reference.flow_step(x, *args)
-        y64, logdet64 = reference.flow_step(x.double(), *wide)
-        floors = rounding_floor(reference.flow_step, [x.double(), *wide], (y64, logdet64), gen)
-        out = reference.actnorm_conv(x.double(), *wide[:3])
-        log_s = reference.coupling_net(out[:, :shape[1] // 2], *wide[3:]).chunk(2, 1)[0]
+        y32, logdet32 = ops_reference.flow_step(x, *args)
+        y64, logdet64 = ops_reference.flow_step(x.double(), *wide)
+        floors = rounding_floor(ops_reference.flow_step, [x.double(), *wide], (y64, logdet64), gen)
+        out = ops_reference.actnorm_conv(x.double(), *wide[:3])
+        log_s = ops_reference.coupling_net(out[:, :shape[1] // 2], *wide[3:]).chunk(2, 1)[0]
         assert y.dtype == logdet.dtype == torch.float32
         assert_float32_close(y, y32, y64, what="y", floor=floors[0])
         assert_step_logdet_close(logdet, logdet32, logdet64, log_s, floor=floors[1])
         # the inverse, from the float32 reference's output
         back, inv_logdet = ops.flow_step_inverse(y32, *args)
-        back32, inv_logdet32 = reference.flow_step_inverse(y32, *args)
-        back64, inv_logdet64 = reference.flow_step_inverse(y32.double(), *wide)
-        floors = rounding_floor(reference.flow_step_inverse, [y32.double(), *wide],
+        back32, inv_logdet32 = ops_reference.flow_step_inverse(y32, *args)
+        back64, inv_logdet64 = ops_reference.flow_step_inverse(y32.double(), *wide)
+        floors = rounding_floor(ops_reference.flow_step_inverse, [y32.double(), *wide],
                                 (back64, inv_logdet64), gen)
         assert_float32_close(back, back32, back64, what="x back", floor=floors[0])
         assert_step_logdet_close(inv_logdet, inv_logdet32, inv_logdet64, log_s,
@@ -124,10 +124,10 @@ def test_fused_step_float32_gradients_are_as_accurate_as_the_reference(gen, devi
     and c = 8 for the gradients: the fused backward evaluates other formulas than autograd's
     (from the output y, not from x: grad log_s = (grad_y·y + grad_logdet)·(1 − s)), whose
     roundings have other sensitivities, up to a factor 2 more than the single ops' tests allow."""
-    monkeypatch.setattr(fused.FusedFlowStep, "driver", driver)
+    monkeypatch.setattr(fused_step.FusedFlowStep, "driver", driver)
     ref, step = _steps(gen, shape[1], device=device)
     step.float()
-    ref32 = reference.FlowStep(shape[1], 7).to(device)
+    ref32 = layers.FlowStep(shape[1], 7).to(device)
     ref32.load_state_dict(step.state_dict())
     ref.load_state_dict(step.state_dict())  # float64 again, of the float32 values
     x = _x(gen, shape, device).float()
@@ -162,7 +162,7 @@ def test_fused_step_float32_gradients_are_as_accurate_as_the_reference(gen, devi
 @pytest.mark.parametrize("shape", [(1, 6, 1, 1), (3, 12, 5, 7), (3, 48, 3, 3), (3, 12, 32, 32)])
 def test_fused_step_gradients_match_reference(gen, device, driver, shape, monkeypatch):
     """Through the module, both ways of running it: the LU parameters, ActNorm, the network."""
-    monkeypatch.setattr(fused.FusedFlowStep, "driver", driver)
+    monkeypatch.setattr(fused_step.FusedFlowStep, "driver", driver)
     ref, step = _steps(gen, shape[1], device=device)
     x = _x(gen, shape, device).requires_grad_()
     y, logdet = step(x)
@@ -181,7 +181,7 @@ def test_fused_step_gradients_match_reference(gen, device, driver, shape, monkey
 
 
 def test_the_driver_runs_affine_steps_on_cuda_only_by_default(gen):
-    assert fused.FusedFlowStep.driver is None
+    assert fused_step.FusedFlowStep.driver is None
     _, step = _steps(gen, 6)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")  # no GPU needed to ask
     assert not step.uses_driver(cpu) and step.uses_driver(cuda)
@@ -239,7 +239,7 @@ def test_flow_step_opcheck(gen, device, channels_last):
 
 
 def test_compiled_driver_step_matches_eager_without_graph_breaks(gen, monkeypatch):
-    monkeypatch.setattr(fused.FusedFlowStep, "driver", True)
+    monkeypatch.setattr(fused_step.FusedFlowStep, "driver", True)
     torch._dynamo.reset()
     _, step = _steps(gen, 12, hidden=5)
     x = torch.randn(3, 12, 6, 6, generator=gen, dtype=torch.float64)

@@ -1,4 +1,5 @@
-"""The fused Glow (missingglow/flow/fused.py) against the reference, and memory-saving training.
+"""The fused Glow (flow/fused_step.py) against the reference layers (flow/layers.py), and
+memory-saving training (flow/memory_saving.py).
 
 Every comparison is on a model whose parameters are all randomly perturbed (conftest's
 `randomize`), so each layer acts on its input; both models share one state dict. float64 to
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from missingglow import Glow
-from missingglow.flow import fused, ops, reference
+from missingglow.flow import fused_step, layers, ops
 
 import float32_tolerances as f32
 from helpers import randomize
@@ -54,9 +55,9 @@ def _assert_grads_close(grads, grads_ref, rtol=1e-9):
 def test_default_impl_is_fused():
     model = Glow(blocks=2, flows=1, hidden=4, image_size=8)
     assert model.config["impl"] == "fused" and model.config["memory_saving"] is False
-    assert all(isinstance(f, fused.FusedFlowStep) for b in model.blocks for f in b.flows)
+    assert all(isinstance(f, fused_step.FusedFlowStep) for b in model.blocks for f in b.flows)
     model = Glow(blocks=2, flows=1, hidden=4, image_size=8, impl="reference")
-    assert not any(isinstance(f, fused.FusedFlowStep) for b in model.blocks for f in b.flows)
+    assert not any(isinstance(f, fused_step.FusedFlowStep) for b in model.blocks for f in b.flows)
     with pytest.raises(ValueError, match="impl"):
         Glow(blocks=2, flows=1, hidden=4, image_size=8, impl="fast")
 
@@ -68,7 +69,7 @@ def test_without_extension_the_reference_runs_with_one_warning(monkeypatch):
         model = Glow(blocks=2, flows=1, hidden=4, image_size=8)
     assert len(record) == 1
     assert model.config["impl"] == "reference"
-    assert not any(isinstance(f, fused.FusedFlowStep) for b in model.blocks for f in b.flows)
+    assert not any(isinstance(f, fused_step.FusedFlowStep) for b in model.blocks for f in b.flows)
 
 
 @pytest.mark.parametrize("affine,lu", [(True, True), (True, False), (False, True)])
@@ -141,8 +142,8 @@ def test_fused_glow_float32_is_as_accurate_as_the_reference(gen, affine, lu):
 
 def test_fused_step_matches_reference_step_on_odd_shapes(gen):
     for n, c, size in [(1, 6, 1), (3, 12, 5), (3, 48, 3)]:
-        step_ref = reference.FlowStep(c, hidden=7).double()
-        step = fused.FusedFlowStep(c, hidden=7).double()
+        step_ref = layers.FlowStep(c, hidden=7).double()
+        step = fused_step.FusedFlowStep(c, hidden=7).double()
         step_ref(torch.randn(4, c, size, size, generator=gen, dtype=torch.float64))  # data init
         randomize(step_ref, gen, scale=0.1)
         step.load_state_dict(step_ref.state_dict())
@@ -155,15 +156,15 @@ def test_fused_step_matches_reference_step_on_odd_shapes(gen):
 
 
 def test_fused_step_initialises_actnorm_from_its_first_batch(gen):
-    step_ref = reference.FlowStep(6, hidden=5).double()
-    step = fused.FusedFlowStep(6, hidden=5).double()
+    step_ref = layers.FlowStep(6, hidden=5).double()
+    step = fused_step.FusedFlowStep(6, hidden=5).double()
     step.load_state_dict(step_ref.state_dict())
     x = 2 + 3 * torch.randn(4, 6, 5, 5, generator=gen, dtype=torch.float64)
     torch.testing.assert_close(step(x)[0], step_ref(x)[0], rtol=1e-10, atol=1e-10)
     assert step.actnorm.initialized.item() == 1
     torch.testing.assert_close(step.actnorm.loc, step_ref.actnorm.loc)
     # loading an uninitialised state dict makes it initialise again on the next batch
-    fresh = reference.FlowStep(6, hidden=5).double().state_dict()
+    fresh = layers.FlowStep(6, hidden=5).double().state_dict()
     step.load_state_dict(fresh)
     step(x + 1)
     torch.testing.assert_close(step.actnorm.loc, step_ref.actnorm.loc - 1)

@@ -1,8 +1,9 @@
-"""Each reference layer against its own brute-force Jacobian, its inverse, and its conventions."""
+"""Each layer of flow/layers.py against its own brute-force Jacobian, its inverse, and its
+conventions."""
 import pytest
 import torch
 
-from missingglow.flow import reference as ref
+from missingglow.flow import layers
 
 from helpers import brute_force_logdet, randomize
 
@@ -20,13 +21,13 @@ def _x(gen, n=2, c=4, h=3, w=3):
 
 
 @pytest.mark.parametrize("make", [
-    lambda: ref.ActNorm(4),
-    lambda: ref.InvConv2d(4),
-    lambda: ref.InvConv2dLU(4),
-    lambda: ref.AffineCoupling(4, hidden=5, affine=True),
-    lambda: ref.AffineCoupling(4, hidden=5, affine=False),
-    lambda: ref.FlowStep(4, hidden=5, affine=True, lu=True),
-    lambda: ref.FlowStep(4, hidden=5, affine=False, lu=False),
+    lambda: layers.ActNorm(4),
+    lambda: layers.InvConv2d(4),
+    lambda: layers.InvConv2dLU(4),
+    lambda: layers.AffineCoupling(4, hidden=5, affine=True),
+    lambda: layers.AffineCoupling(4, hidden=5, affine=False),
+    lambda: layers.FlowStep(4, hidden=5, affine=True, lu=True),
+    lambda: layers.FlowStep(4, hidden=5, affine=False, lu=False),
 ], ids=["actnorm", "invconv", "invconv_lu", "affine", "additive", "step_affine_lu",
         "step_additive"])
 def test_layer_logdet_matches_jacobian_and_inverts(make, gen):
@@ -41,7 +42,7 @@ def test_layer_logdet_matches_jacobian_and_inverts(make, gen):
 
 
 def test_actnorm_data_dependent_init(gen):
-    layer = ref.ActNorm(5).double()
+    layer = layers.ActNorm(5).double()
     x = 3 + 2 * torch.randn(7, 5, 4, 4, generator=gen)
     y, _ = layer(x)
     flat = y.transpose(0, 1).reshape(5, -1)
@@ -51,15 +52,15 @@ def test_actnorm_data_dependent_init(gen):
     loc = layer.loc.detach().clone()
     layer(x * 10)  # a second batch must not re-initialise
     torch.testing.assert_close(layer.loc.detach(), loc)
-    fresh = ref.ActNorm(5).double()
+    fresh = layers.ActNorm(5).double()
     fresh.load_state_dict(layer.state_dict())
     fresh(x * 10)  # nor may a loaded one
     torch.testing.assert_close(fresh.loc.detach(), loc)
 
 
 def test_lu_and_plain_conv_agree_for_the_same_weight(gen):
-    lu = randomize(ref.InvConv2dLU(6).double(), gen, scale=0.3)
-    plain = ref.InvConv2d(6).double()
+    lu = randomize(layers.InvConv2dLU(6).double(), gen, scale=0.3)
+    plain = layers.InvConv2d(6).double()
     with torch.no_grad():
         plain.weight.copy_(lu.matrix().view(6, 6, 1, 1))
     x = _x(gen, c=6, h=5, w=2)
@@ -70,12 +71,12 @@ def test_lu_and_plain_conv_agree_for_the_same_weight(gen):
 
 
 def test_lu_init_is_a_rotation():
-    weight = ref.InvConv2dLU(8).double().matrix()
+    weight = layers.InvConv2dLU(8).double().matrix()
     torch.testing.assert_close(weight @ weight.T, torch.eye(8), atol=1e-5, rtol=0)
 
 
 def test_affine_coupling_follows_the_spec_formula(gen):
-    layer = randomize(ref.AffineCoupling(6, hidden=7).double(), gen, scale=0.3)
+    layer = randomize(layers.AffineCoupling(6, hidden=7).double(), gen, scale=0.3)
     x = _x(gen, c=6)
     y, logdet = layer(x)
     x_a, x_b = x.chunk(2, 1)
@@ -86,7 +87,7 @@ def test_affine_coupling_follows_the_spec_formula(gen):
 
 
 def test_additive_coupling_only_shifts(gen):
-    layer = randomize(ref.AffineCoupling(6, hidden=7, affine=False).double(), gen, scale=0.3)
+    layer = randomize(layers.AffineCoupling(6, hidden=7, affine=False).double(), gen, scale=0.3)
     x = _x(gen, c=6)
     y, logdet = layer(x)
     x_a, x_b = x.chunk(2, 1)
@@ -95,7 +96,7 @@ def test_additive_coupling_only_shifts(gen):
 
 
 def test_zero_conv_pads_with_ones(gen):
-    layer = ref.ZeroConv2d(2, 3).double()
+    layer = layers.ZeroConv2d(2, 3).double()
     with torch.no_grad():
         layer.conv.weight.fill_(1.0)
     out = layer(torch.zeros(1, 2, 4, 4))
@@ -107,8 +108,8 @@ def test_zero_conv_pads_with_ones(gen):
 
 def test_squeeze_layout_and_inverse(gen):
     x = torch.arange(2 * 3 * 4 * 6, dtype=torch.float64).view(2, 3, 4, 6)
-    y = ref.squeeze2x2(x)
+    y = layers.squeeze2x2(x)
     assert y.shape == (2, 12, 2, 3)
     # channel c*4 + 2*dy + dx at (h, w) holds pixel (2h+dy, 2w+dx) of channel c
     assert y[1, 2 * 4 + 2 * 1 + 0, 1, 2] == x[1, 2, 3, 4]
-    assert torch.equal(ref.unsqueeze2x2(y), x)
+    assert torch.equal(layers.unsqueeze2x2(y), x)

@@ -1,11 +1,15 @@
-"""Fused ops against their pure-PyTorch references on fresh random odd-shaped input: in float64
-to 1e-10, and in float32 to tolerances derived from float32 rounding
+"""The fast ops (ops.py) against their namesakes in ops_reference.py on fresh random odd-shaped
+input: in float64 to 1e-10, and in float32 to tolerances derived from float32 rounding
 (tests/float32_tolerances.py)."""
+import ast
+import inspect
+import os
+
 import pytest
 import torch
 from torch.nn import functional as F
 
-from missingglow.flow import ops, reference
+from missingglow.flow import fused_step, layers, ops, ops_reference
 
 from float32_tolerances import assert_float32_close, assert_logdet_close
 
@@ -48,10 +52,10 @@ def test_actnorm_conv_matches_reference(gen, device, shape, layout):
     x = _activations(gen, shape, device, layout)
     loc, scale, weight = _actnorm_conv_params(gen, shape[1], device, weight_4d=shape[1] == 12)
     y = ops.actnorm_conv(x, loc, scale, weight)
-    torch.testing.assert_close(y, reference.actnorm_conv(x, loc, scale, weight),
+    torch.testing.assert_close(y, ops_reference.actnorm_conv(x, loc, scale, weight),
                                rtol=1e-12, atol=1e-12)
     back = ops.actnorm_conv_inverse(y, loc, scale, weight)
-    torch.testing.assert_close(back, reference.actnorm_conv_inverse(y, loc, scale, weight),
+    torch.testing.assert_close(back, ops_reference.actnorm_conv_inverse(y, loc, scale, weight),
                                rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(back, x, rtol=1e-10, atol=1e-10)
     # the layout rule the fake kernels promise: channels-last stays channels-last
@@ -72,13 +76,13 @@ def test_actnorm_conv_float32_is_as_accurate_as_the_reference(gen, float32_prope
     loc, scale, weight = (p.abs() for p in wide)
     y = ops.actnorm_conv(x, *params)
     assert y.dtype == torch.float32
-    assert_float32_close(y, reference.actnorm_conv(x, *params),
-                         reference.actnorm_conv(x.double(), *wide),
-                         reference.actnorm_conv(x.double().abs(), loc, scale, weight), what="y")
+    assert_float32_close(y, ops_reference.actnorm_conv(x, *params),
+                         ops_reference.actnorm_conv(x.double(), *wide),
+                         ops_reference.actnorm_conv(x.double().abs(), loc, scale, weight), what="y")
     back = ops.actnorm_conv_inverse(y, *params)
     w_inv = torch.linalg.inv(wide[2].view(*wide[2].shape[:2])).abs()
-    assert_float32_close(back, reference.actnorm_conv_inverse(y, *params),
-                         reference.actnorm_conv_inverse(y.double(), *wide),
+    assert_float32_close(back, ops_reference.actnorm_conv_inverse(y, *params),
+                         ops_reference.actnorm_conv_inverse(y.double(), *wide),
                          F.conv2d(y.double().abs(), w_inv.view(*w_inv.shape, 1, 1)) / scale + loc,
                          what="x back")
 
@@ -96,7 +100,7 @@ def test_actnorm_conv_gradients(gen, device, layout):
     assert torch.autograd.gradcheck(ops.actnorm_conv, small)
     assert torch.autograd.gradcheck(ops.actnorm_conv_inverse, small)
     y = ops.actnorm_conv(x, *params)
-    y_ref = reference.actnorm_conv(x, *params)
+    y_ref = ops_reference.actnorm_conv(x, *params)
     weights = torch.randn(y.shape, generator=gen, dtype=y.dtype).to(device)
     grads = torch.autograd.grad((y * weights).sum(), [x, *params])
     grads_ref = torch.autograd.grad((y_ref * weights).sum(), [x, *params])
@@ -105,7 +109,7 @@ def test_actnorm_conv_gradients(gen, device, layout):
 
 
 def test_actnorm_conv_gradients_reach_the_lu_parameters(gen):
-    layer = reference.InvConv2dLU(6).double()
+    layer = layers.InvConv2dLU(6).double()
     with torch.no_grad():
         for p in layer.parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
@@ -149,9 +153,9 @@ def _coupling_both_ways(x, h, y_in, grad_y, grad_logdet, step=None, inverse=None
     from the output y_in) by the given ops, or by the reference's (autograd for the gradients)."""
     if step is None:
         xr, hr = x.detach().requires_grad_(), h.detach().requires_grad_()
-        y, logdet = reference.coupling_step(xr, hr)
+        y, logdet = ops_reference.coupling_step(xr, hr)
         grads = torch.autograd.grad((y * grad_y).sum() + (logdet * grad_logdet).sum(), [xr, hr])
-        back, inv_logdet = reference.coupling_step_inverse(y_in, h)
+        back, inv_logdet = ops_reference.coupling_step_inverse(y_in, h)
         return y.detach(), logdet.detach(), back, inv_logdet, *grads
     y, logdet = step(x, h)
     back, inv_logdet = inverse(y_in, h)
@@ -170,10 +174,9 @@ def _check_coupling(gen, shape, device, layout, dtype, what):
     h = 4 * _activations(gen, shape, device, layout, dtype)  # log_s + 2 of both signs, some far
     grad_y = torch.randn(shape, generator=gen, dtype=dtype).to(device)
     grad_logdet = torch.randn(shape[0], generator=gen, dtype=dtype).to(device)
-    y_in = reference.coupling_step(x, h)[0]  # the inverse's and the backward's input
+    y_in = ops_reference.coupling_step(x, h)[0]  # the inverse's and the backward's input
     fast = _coupling_both_ways(x, h, y_in, grad_y, grad_logdet, ops.coupling_step,
-                               ops.coupling_step_inverse,
-                               torch.ops.missingglow.coupling_step_backward.default)
+                               ops.coupling_step_inverse, ops.coupling_step_backward)
     wide = [t.double() for t in (x, h, y_in, grad_y, grad_logdet)]
     exact = _coupling_both_ways(*wide)
     if dtype == torch.float64:
@@ -202,11 +205,11 @@ def test_coupling_step_matches_reference(gen, device, shape, layout):
     x = _activations(gen, shape, device, layout)
     h = 3 * _activations(gen, shape, device, layout)
     y, logdet = ops.coupling_step(x, h)
-    y_ref, logdet_ref = reference.coupling_step(x, h)
+    y_ref, logdet_ref = ops_reference.coupling_step(x, h)
     torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(logdet, logdet_ref, rtol=1e-12, atol=1e-10)
     back, inv_logdet = ops.coupling_step_inverse(y, h)
-    back_ref, inv_logdet_ref = reference.coupling_step_inverse(y, h)
+    back_ref, inv_logdet_ref = ops_reference.coupling_step_inverse(y, h)
     torch.testing.assert_close(back, back_ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(back, x, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(inv_logdet, inv_logdet_ref, rtol=1e-12, atol=1e-10)
@@ -224,7 +227,7 @@ def test_coupling_step_gradients(gen, device, layout):
     assert torch.autograd.gradcheck(ops.coupling_step, [x, h])
     assert torch.autograd.gradcheck(ops.coupling_step_inverse, [x, h])
     y, logdet = ops.coupling_step(x, h)
-    y_ref, logdet_ref = reference.coupling_step(x, h)
+    y_ref, logdet_ref = ops_reference.coupling_step(x, h)
     weights = torch.randn(y.shape, generator=gen, dtype=y.dtype).to(device)
     grads = torch.autograd.grad((y * weights).sum() + logdet.pow(2).sum(), [x, h])
     grads_ref = torch.autograd.grad((y_ref * weights).sum() + logdet_ref.pow(2).sum(), [x, h])
@@ -271,7 +274,7 @@ def test_coupling_step_refuses_bad_arguments():
         ops.coupling_step(x, x.double())
 
 
-# --- the coupling network (ops.zero_conv and ops.coupling_net, ATen's convs) --------------------
+# --- the coupling network (fused_step.zero_conv and .coupling_net, ATen's convs) ----------------
 
 def _net_params(gen, c, hidden, device):
     """(w1, b1, w2, b2, w3, b3, s3) of a coupling network for C channels, all of them non-zero."""
@@ -288,10 +291,10 @@ def test_coupling_net_matches_reference(gen, device, shape, layout):
     params = [p.requires_grad_() for p in _net_params(gen, shape[1], 5, device)]
     w3, b3, s3 = params[4:]
     hidden = _activations(gen, (shape[0], 5, *shape[2:]), device, layout)
-    torch.testing.assert_close(ops.zero_conv(hidden, w3, b3, s3),
-                               reference.zero_conv(hidden, w3, b3, s3), rtol=1e-12, atol=1e-12)
-    h = ops.coupling_net(x_a, *params)
-    h_ref = reference.coupling_net(x_a, *params)
+    torch.testing.assert_close(fused_step.zero_conv(hidden, w3, b3, s3),
+                               ops_reference.zero_conv(hidden, w3, b3, s3), rtol=1e-12, atol=1e-12)
+    h = fused_step.coupling_net(x_a, *params)
+    h_ref = ops_reference.coupling_net(x_a, *params)
     torch.testing.assert_close(h, h_ref, rtol=1e-12, atol=1e-12)
     weights = torch.randn(h.shape, generator=gen, dtype=h.dtype).to(device)
     grads = torch.autograd.grad((h * weights).sum(), params)
@@ -315,11 +318,11 @@ def test_coupling_net_float32_is_as_accurate_as_the_reference(gen, float32_prope
         h = net(x_a, *params)
         return [h.detach(), *torch.autograd.grad((h * weights).sum(), params)]
 
-    fast = net_and_grads(ops.coupling_net, x_a, params, weights)
-    ref32 = net_and_grads(reference.coupling_net, x_a, params, weights)
+    fast = net_and_grads(fused_step.coupling_net, x_a, params, weights)
+    ref32 = net_and_grads(ops_reference.coupling_net, x_a, params, weights)
     wide = [x_a.double(), [p.double() for p in params], weights.double()]
-    exact = net_and_grads(reference.coupling_net, *wide)
-    sizes = net_and_grads(reference.coupling_net, wide[0].abs(), [p.abs() for p in wide[1]],
+    exact = net_and_grads(ops_reference.coupling_net, *wide)
+    sizes = net_and_grads(ops_reference.coupling_net, wide[0].abs(), [p.abs() for p in wide[1]],
                           wide[2].abs())  # with every value ≥ 0 the ReLUs pass everything
     names = ["h", "w1", "b1", "w2", "b2", "w3", "b3", "s3"]
     for name, a, r, e, size in zip(names, fast, ref32, exact, sizes):
@@ -332,27 +335,23 @@ def _simd_builds():
     """The builds of the CPU loops this CPU runs, tried by switching to each (then back again)."""
     if not ops.AVAILABLE:
         return []
-    from missingglow import _C
-
-    current, builds = _C.coupling_simd(), []
+    current, builds = ops.coupling_simd(), []
     for name in ("portable", "avx2", "avx512"):
         try:
-            _C.coupling_simd(name)
+            ops.coupling_simd(name)
             builds.append(name)
         except ValueError:
             pass
-    _C.coupling_simd(current)
+    ops.coupling_simd(current)
     return builds
 
 
 @pytest.fixture(params=_simd_builds())
 def simd_build(request):
-    from missingglow import _C
-
-    current = _C.coupling_simd()
-    assert _C.coupling_simd(request.param) == request.param
+    current = ops.coupling_simd()
+    assert ops.coupling_simd(request.param) == request.param
     yield request.param
-    _C.coupling_simd(current)
+    ops.coupling_simd(current)
 
 
 def test_the_portable_build_is_always_there():
@@ -382,9 +381,67 @@ def test_every_simd_build_is_stable_for_extreme_scales(simd_build):
 
 
 def test_coupling_simd_refuses_a_build_it_does_not_have():
-    from missingglow import _C
-
-    current = _C.coupling_simd()
+    current = ops.coupling_simd()
     with pytest.raises(ValueError, match="cannot run"):
-        _C.coupling_simd("sse9")
-    assert _C.coupling_simd() == current
+        ops.coupling_simd("sse9")
+    assert ops.coupling_simd() == current
+
+
+# --- one door to the extension, one reference per op ---------------------------------------------
+
+PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(ops.__file__)))
+
+
+def _touches_the_extension(path):
+    """Whether a source file calls torch.ops.missingglow or imports missingglow._C."""
+    text = open(path, encoding="utf-8").read()
+    if "torch.ops.missingglow" in text:
+        return True
+    for node in ast.walk(ast.parse(text, path)):
+        if isinstance(node, ast.ImportFrom) and any(a.name == "_C" for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("_C"):
+            return True
+        if isinstance(node, ast.Import) and any(a.name.endswith("._C") for a in node.names):
+            return True
+    return False
+
+
+def test_only_ops_py_touches_the_extension():
+    sources = [os.path.join(folder, name) for folder, _, names in os.walk(PACKAGE)
+               for name in names if name.endswith(".py")]
+    touching = sorted(os.path.relpath(path, PACKAGE) for path in sources
+                      if _touches_the_extension(path))
+    assert touching == [os.path.join("flow", "ops.py")]
+
+
+def _public_functions(module):
+    return {name: inspect.signature(fn)
+            for name, fn in inspect.getmembers(module, inspect.isfunction)
+            if not name.startswith("_") and fn.__module__ == module.__name__}
+
+
+def test_every_fast_op_has_a_reference_of_the_same_name_and_signature():
+    fast = _public_functions(ops)
+    fast.pop("coupling_simd")  # which build of the CPU loops runs: not an op
+    fast.update({name: sig for name, sig in _public_functions(fused_step).items()
+                 if name in ("zero_conv", "coupling_net")})  # the fused step's coupling network
+    assert {"actnorm_conv_backward", "coupling_step_backward", "zero_conv"} <= set(fast)
+    assert _public_functions(ops_reference) == fast
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_backward_ops_match_their_references(gen, device, layout):
+    x = _activations(gen, (3, 6, 5, 7), device, layout)
+    h = 3 * _activations(gen, (3, 6, 5, 7), device, layout)
+    grad_y = _activations(gen, (3, 6, 5, 7), device, layout)
+    grad_logdet = torch.randn(3, generator=gen, dtype=x.dtype).to(device)
+    params = _actnorm_conv_params(gen, 6, device)
+    y = ops_reference.coupling_step(x, h)[0]
+    for name, args in [("actnorm_conv_backward", (grad_y, x, *params)),
+                       ("coupling_step_backward", (grad_y, grad_logdet, y, h))]:
+        got, want = getattr(ops, name)(*args), getattr(ops_reference, name)(*args)
+        assert len(got) == len(want)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m: f"{name}: {m}")

@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from . import ops
-from .fused import FusedFlowStep, flows_without_activations
-from .reference import FlowStep, ZeroConv2d, gaussian_log_p, squeeze2x2, unsqueeze2x2
+from .fused_step import FusedFlowStep
+from .layers import FlowStep, ZeroConv2d, gaussian_log_p, squeeze2x2, unsqueeze2x2
+from .memory_saving import flows_without_activations
 
 LATENTS = ("standardised", "raw")
 IMPLS = ("fused", "reference")
@@ -104,9 +105,10 @@ class Glow(nn.Module):
 
     `lu` may be a list with one flag per block: rosinality's code always builds its last block in
     LU form, and `from_rosinality` reproduces that exactly. `impl` picks the flow steps: "fused"
-    (missingglow/flow/fused.py, the default when the compiled ops loaded) or "reference" (pure
-    PyTorch); both have the same parameters and give the same numbers. `memory_saving=True` keeps no
-    activations inside the flow for the backward and rebuilds them through the inverse instead.
+    (flow/fused_step.py, the default when the compiled ops loaded) or "reference" (flow/layers.py,
+    pure PyTorch); both have the same parameters and give the same numbers. `memory_saving=True`
+    (flow/memory_saving.py) keeps no activations inside the flow for the backward and rebuilds
+    them through the inverse instead.
     """
 
     def __init__(self, blocks=4, flows=32, hidden=512, affine=True, lu=True, in_channels=3,

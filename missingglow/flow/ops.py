@@ -1,12 +1,11 @@
-"""Thin wrappers over the fused ops in missingglow._C (torch.ops.missingglow.*).
+"""The fast ops: thin wrappers over the compiled ops in missingglow._C (torch.ops.missingglow.*).
 
-Each op has a fake kernel, so torch.compile can trace it, and an autograd formula, and each
-function here has a pure-PyTorch reference of the same name and signature in
-missingglow/flow/reference.py. Without the compiled extension, `AVAILABLE` is False,
-`WHY_UNAVAILABLE` says why, and the model falls back to the reference with one warning.
+This is the only module that touches the extension. Each op has a fake kernel, so torch.compile
+can trace it, and an autograd formula. Each function here has a pure-PyTorch reference of the
+same name and signature in ops_reference.py. Without the compiled extension, `AVAILABLE` is False,
+`WHY_UNAVAILABLE` says why, and the model falls back to the reference layers with one warning.
 """
 import torch
-from torch.nn import functional as F
 
 try:
     from .. import _C  # noqa: F401  (loading it registers the ops)
@@ -14,6 +13,8 @@ try:
 except ImportError as err:  # not built, or built against another torch
     AVAILABLE, WHY_UNAVAILABLE = False, f"missingglow._C could not be loaded ({err})"
 
+
+# --- ActNorm + invertible 1×1 conv ---------------------------------------------------------------
 
 def actnorm_conv(x, loc, scale, weight):
     """y = W·(scale ⊙ (x + loc)) over channels: one GEMM, W·diag(scale) and its bias folded in.
@@ -30,6 +31,14 @@ def actnorm_conv_inverse(y, loc, scale, weight):
     return torch.ops.missingglow.actnorm_conv_inverse.default(y, loc, scale, weight)
 
 
+def actnorm_conv_backward(grad_y, x, loc, scale, weight):
+    """(grad_x, grad_loc, grad_scale, grad_weight) of Σ grad_y·actnorm_conv(x, loc, scale, weight),
+    all four in one pass; grad_x keeps x's layout."""
+    return torch.ops.missingglow.actnorm_conv_backward.default(grad_y, x, loc, scale, weight)
+
+
+# --- the affine coupling -------------------------------------------------------------------------
+
 def coupling_step(x, h):
     """(y, logdet) of the affine coupling on whole tensors.
 
@@ -45,6 +54,14 @@ def coupling_step_inverse(y, h):
     """
     return torch.ops.missingglow.coupling_step_inverse.default(y, h)
 
+
+def coupling_step_backward(grad_y, grad_logdet, y, h):
+    """(grad_x, grad_h) of Σ grad_y·y + Σ grad_logdet·logdet for (y, logdet) = coupling_step(x, h),
+    from the output y: neither the standard nor the memory-saving backward needs x."""
+    return torch.ops.missingglow.coupling_step_backward.default(grad_y, grad_logdet, y, h)
+
+
+# --- a whole flow step ---------------------------------------------------------------------------
 
 def flow_step(x, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3):
     """(y, logdet) of a whole affine flow step in one op (csrc/flow_step.cpp).
@@ -65,39 +82,31 @@ def flow_step_inverse(y, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3):
         y, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3)
 
 
-def zero_conv(x, weight, bias, scale):
-    """reference.zero_conv (ZeroConv2d) without the padded copy of x.
-
-    conv(pad_1(x))·e with e = exp(3·scale) equals conv_0(x; W·e, b·e) + border, where conv_0 pads
-    with zeros and border (1, C_out, H, W) is what the ones of the padding contribute: the conv
-    of a ones-padded zero image, computed on one channel with the weights summed over inputs.
-    """
-    gain = torch.exp(scale * 3).reshape(-1)
-    weight = weight * gain[:, None, None, None]
-    out = F.conv2d(x, weight, bias * gain, padding=1)
-    frame = F.pad(x.new_zeros(1, 1, x.shape[2], x.shape[3]), [1, 1, 1, 1], value=1)
-    return out + F.conv2d(frame, weight.sum(1, keepdim=True))
+def coupling_simd(name=None):
+    """The build of the CPU coupling loops in use ("avx512", "avx2" or "portable"), after
+    switching to `name` first if given ("best": the widest this CPU runs); ValueError where that
+    build cannot run here."""
+    return _C.coupling_simd() if name is None else _C.coupling_simd(name)
 
 
-def coupling_net(x_a, w1, b1, w2, b2, w3, b3, s3):
-    """AffineCoupling's network conv3x3 → ReLU → conv1x1 → ReLU → ZeroConv2d (reference.coupling_net
-    gives the same values)."""
-    hidden = F.relu(F.conv2d(x_a, w1, b1, padding=1), inplace=True)
-    hidden = F.relu(F.conv2d(hidden, w2, b2), inplace=True)
-    return zero_conv(hidden, w3, b3, s3)
+def _zeros_for_none(grad_y, grad_logdet, y):
+    """Autograd passes None for an output nobody used; the backward ops take zeros."""
+    grad_y = torch.zeros_like(y) if grad_y is None else grad_y
+    grad_logdet = y.new_zeros(y.shape[:1]) if grad_logdet is None else grad_logdet
+    return grad_y, grad_logdet
 
 
 if AVAILABLE:
     def _per_sample(x):
         return x.new_empty(x.shape[:1])
 
-    # --- actnorm + 1×1 conv ---------------------------------------------------------------------
-
     def _layout(x):
         """The layout the C++ ops return (csrc/flow.h, layout_is_channels_last)."""
         channels_last = (x.dim() == 4 and not x.is_contiguous()
                          and x.is_contiguous(memory_format=torch.channels_last))
         return torch.channels_last if channels_last else torch.contiguous_format
+
+    # --- ActNorm + 1×1 conv ---------------------------------------------------------------------
 
     @torch.library.register_fake("missingglow::actnorm_conv_forward")
     def _(x, loc, scale, weight):
@@ -119,7 +128,7 @@ if AVAILABLE:
         ctx.save_for_backward(*inputs)
 
     def _actnorm_conv_backward(ctx, grad_y):
-        return torch.ops.missingglow.actnorm_conv_backward.default(grad_y, *ctx.saved_tensors)
+        return actnorm_conv_backward(grad_y, *ctx.saved_tensors)
 
     torch.library.register_autograd("missingglow::actnorm_conv_forward", _actnorm_conv_backward,
                                     setup_context=_actnorm_conv_setup)
@@ -145,7 +154,7 @@ if AVAILABLE:
                                     _actnorm_conv_inverse_backward,
                                     setup_context=_actnorm_conv_setup)
 
-    # --- whole-tensor coupling --------------------------------------------------------------------
+    # --- the affine coupling --------------------------------------------------------------------
 
     @torch.library.register_fake("missingglow::coupling_step_forward")
     def _(x, h):
@@ -164,11 +173,8 @@ if AVAILABLE:
 
     def _coupling_step_backward(ctx, grad_y, grad_logdet):
         y, h = ctx.saved_tensors
-        if grad_y is None:
-            grad_y = torch.zeros_like(y)
-        if grad_logdet is None:
-            grad_logdet = y.new_zeros(y.shape[:1])
-        return torch.ops.missingglow.coupling_step_backward.default(grad_y, grad_logdet, y, h)
+        grad_y, grad_logdet = _zeros_for_none(grad_y, grad_logdet, y)
+        return coupling_step_backward(grad_y, grad_logdet, y, h)
 
     torch.library.register_autograd("missingglow::coupling_step_forward", _coupling_step_backward,
                                     setup_context=_coupling_step_setup)
@@ -181,8 +187,7 @@ if AVAILABLE:
         # ds/dlog_s = s(1 − s). Sampling never needs this; it is here so that gradients through
         # the inverse are right.
         y, h = ctx.saved_tensors
-        grad_x = torch.zeros_like(y) if grad_x is None else grad_x
-        grad_logdet = y.new_zeros(y.shape[:1]) if grad_logdet is None else grad_logdet
+        grad_x, grad_logdet = _zeros_for_none(grad_x, grad_logdet, y)
         _, y_b = y.chunk(2, 1)
         log_s, _ = h.chunk(2, 1)
         grad_a, grad_b = grad_x.chunk(2, 1)
@@ -195,7 +200,7 @@ if AVAILABLE:
                                     _coupling_step_inverse_backward,
                                     setup_context=_coupling_step_inverse_setup)
 
-    # --- a whole flow step ---------------------------------------------------------------------
+    # --- a whole flow step ----------------------------------------------------------------------
 
     def _hidden_like(x, w1):
         n, _, height, width = x.shape
@@ -225,10 +230,7 @@ if AVAILABLE:
 
     def _flow_step_backward(ctx, grad_y, grad_logdet, *unused):
         x, y, *rest = ctx.saved_tensors
-        if grad_y is None:
-            grad_y = torch.zeros_like(y)
-        if grad_logdet is None:
-            grad_logdet = y.new_zeros(y.shape[:1])
+        grad_y, grad_logdet = _zeros_for_none(grad_y, grad_logdet, y)
         return torch.ops.missingglow.flow_step_backward.default(grad_y, grad_logdet, x, y, *rest)
 
     torch.library.register_autograd("missingglow::flow_step_forward", _flow_step_backward,
@@ -239,7 +241,10 @@ if AVAILABLE:
 
     def _flow_step_inverse_backward(ctx, grad_x, grad_logdet):
         # Sampling never needs this; it is here so that gradients through the inverse are right:
-        # the inverse again from the differentiable pieces, and its vector-Jacobian product.
+        # the inverse again from the differentiable pieces (the fused step's own, so the gradient
+        # is that of what the op computes), and its vector-Jacobian product.
+        from .fused_step import coupling_net  # fused_step imports this module: not at the top
+
         y, loc, scale, weight, *net = [t.detach().requires_grad_() for t in ctx.saved_tensors]
         with torch.enable_grad():
             half = y.shape[1] // 2

@@ -1,13 +1,11 @@
-"""The pure-PyTorch Glow flow step: the ground truth the fused ops are tested and benchmarked on.
+"""The Glow layers in pure PyTorch: the ground truth the fused step is tested and benchmarked on.
 
 Conventions follow rosinality/glow-pytorch (docs/conventions.md §1), the code behind the paper's
 numbers, and the module and parameter names match its checkpoint keys so that its state dicts load
-as they are. Every layer's `forward(x)` returns `(y, logdet)` with a per-sample logdet of shape
-(N,), and `reverse(y)` undoes it.
-
-Each fast op of missingglow/flow/ops.py has a function of the same name and signature here
-(`actnorm_conv`, `coupling_step`, `flow_step`, ...), written with the layers' own math, so that a
-fused op and its reference are compared one to one.
+as they are. Each layer is one small class whose `forward(x)` returns `(y, logdet)` with a
+per-sample logdet of shape (N,), and whose `reverse(y)` undoes it. The coupling's and the
+zero-conv's math is the reference ops' (ops_reference.py), so a layer and the fast op that
+replaces it in fused_step.py compute one formula.
 """
 import math
 
@@ -15,98 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-# --- the references of the fused ops (missingglow/flow/ops.py), name for name ---------------------
+from .ops_reference import coupling_step, coupling_step_inverse, zero_conv
 
-def actnorm_conv(x, loc, scale, weight):
-    """y = W·(scale ⊙ (x + loc)): ActNorm followed by the invertible 1×1 convolution."""
-    return F.conv2d(scale * (x + loc), weight.view(*weight.shape[:2], 1, 1))
-
-
-def actnorm_conv_inverse(y, loc, scale, weight):
-    """x = scale⁻¹ ⊙ (W⁻¹·y) − loc."""
-    w_inv = torch.linalg.inv(weight.view(*weight.shape[:2]))
-    return F.conv2d(y, w_inv.view(*w_inv.shape, 1, 1)) / scale - loc
-
-
-def affine_coupling_forward(x_b, log_s, t):
-    """y_b = (x_b + t)·s with s = sigmoid(log_s + 2); logdet = Σ log s per sample, as logsigmoid."""
-    s = torch.sigmoid(log_s + 2)
-    logdet = F.logsigmoid(log_s + 2).flatten(1).sum(1)
-    return (x_b + t) * s, logdet
-
-
-def affine_coupling_inverse(y_b, log_s, t):
-    """x_b = y_b / s − t; the logdet of the inverse is minus the forward one."""
-    s = torch.sigmoid(log_s + 2)
-    logdet = F.logsigmoid(log_s + 2).flatten(1).sum(1)
-    return y_b / s - t, -logdet
-
-
-def coupling_step(x, h):
-    """(y, logdet) of the affine coupling: x = [x_a, x_b] and h = [log_s, t] along channels give
-    y = [x_a, (x_b + t)·sigmoid(log_s + 2)]."""
-    x_a, x_b = x.chunk(2, 1)
-    y_b, logdet = affine_coupling_forward(x_b, *h.chunk(2, 1))
-    return torch.cat([x_a, y_b], 1), logdet
-
-
-def coupling_step_inverse(y, h):
-    """(x, logdet): x = [y_a, y_b / sigmoid(log_s + 2) − t], logdet = −Σ log sigmoid(log_s + 2)."""
-    y_a, y_b = y.chunk(2, 1)
-    x_b, logdet = affine_coupling_inverse(y_b, *h.chunk(2, 1))
-    return torch.cat([y_a, x_b], 1), logdet
-
-
-def zero_conv(x, weight, bias, scale):
-    """ZeroConv2d: a 3×3 convolution of x padded with ones, scaled by exp(3·scale)."""
-    return F.conv2d(F.pad(x, [1, 1, 1, 1], value=1), weight, bias) * torch.exp(scale * 3)
-
-
-def coupling_net(x_a, w1, b1, w2, b2, w3, b3, s3):
-    """AffineCoupling's network: conv3x3(w1, b1) → ReLU → conv1x1(w2, b2) → ReLU →
-    ZeroConv2d(w3, b3, s3)."""
-    hidden = F.relu(F.conv2d(x_a, w1, b1, padding=1))
-    hidden = F.relu(F.conv2d(hidden, w2, b2))
-    return zero_conv(hidden, w3, b3, s3)
-
-
-def flow_step(x, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3):
-    """(y, logdet) of an affine flow step: `actnorm_conv`, then `coupling_step` with the network
-    `coupling_net` run on the first half. logdet is the coupling's alone (ActNorm's and the 1×1
-    conv's are the caller's)."""
-    out = actnorm_conv(x, loc, scale, weight)
-    return coupling_step(out, coupling_net(out[:, :out.shape[1] // 2], w1, b1, w2, b2, w3, b3, s3))
-
-
-def flow_step_inverse(y, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3):
-    """(x, logdet): the inverse of `flow_step`, logdet = minus the coupling's logdet."""
-    h = coupling_net(y[:, :y.shape[1] // 2], w1, b1, w2, b2, w3, b3, s3)
-    out, logdet = coupling_step_inverse(y, h)
-    return actnorm_conv_inverse(out, loc, scale, weight), logdet
-
-
-# --- other elementwise pieces ---------------------------------------------------------------------
-
-def squeeze2x2(x):
-    """(N, C, H, W) → (N, 4C, H/2, W/2), channel c·4 + 2·dy + dx holding pixel (2h+dy, 2w+dx)."""
-    n, c, h, w = x.shape
-    x = x.view(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
-    return x.reshape(n, c * 4, h // 2, w // 2)
-
-
-def unsqueeze2x2(x):
-    """Inverse of squeeze2x2."""
-    n, c, h, w = x.shape
-    x = x.view(n, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
-    return x.reshape(n, c // 4, h * 2, w * 2)
-
-
-def gaussian_log_p(x, mean, log_sd):
-    """Elementwise log N(x; mean, exp(log_sd)²)."""
-    return -0.5 * math.log(2 * math.pi) - log_sd - 0.5 * (x - mean) ** 2 * torch.exp(-2 * log_sd)
-
-
-# --- layers ---------------------------------------------------------------------------------------
 
 class ActNorm(nn.Module):
     """Per-channel affine y = scale·(x + loc), initialised from the first batch it sees.
@@ -219,6 +127,9 @@ class ZeroConv2d(nn.Module):
 
 class AffineCoupling(nn.Module):
     """x_a passes through; x_b is shifted and scaled by a network of x_a (additive: only shifted).
+
+    Affine: the network's output h = [log_s, t] gives y_b = (x_b + t)·sigmoid(log_s + 2), as
+    rosinality's code has it (ops_reference.coupling_step).
     """
 
     def __init__(self, channels, hidden=512, affine=True):
@@ -265,3 +176,24 @@ class FlowStep(nn.Module):
 
     def reverse(self, y):
         return self.actnorm.reverse(self.invconv.reverse(self.coupling.reverse(y)))
+
+
+# --- the multi-scale architecture's reshapes and priors ------------------------------------------
+
+def squeeze2x2(x):
+    """(N, C, H, W) → (N, 4C, H/2, W/2), channel c·4 + 2·dy + dx holding pixel (2h+dy, 2w+dx)."""
+    n, c, h, w = x.shape
+    x = x.view(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
+    return x.reshape(n, c * 4, h // 2, w // 2)
+
+
+def unsqueeze2x2(x):
+    """Inverse of squeeze2x2."""
+    n, c, h, w = x.shape
+    x = x.view(n, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
+    return x.reshape(n, c // 4, h * 2, w * 2)
+
+
+def gaussian_log_p(x, mean, log_sd):
+    """Elementwise log N(x; mean, exp(log_sd)²)."""
+    return -0.5 * math.log(2 * math.pi) - log_sd - 0.5 * (x - mean) ** 2 * torch.exp(-2 * log_sd)

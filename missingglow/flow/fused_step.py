@@ -1,11 +1,12 @@
-"""The Glow flow step on the fused ops, and memory-saving training over a block's flow steps.
+"""The Glow flow step on the fast ops (ops.py), with the same parameters as layers.FlowStep.
 
-`FusedFlowStep` is a `reference.FlowStep` (same modules, parameter names and state-dict keys, so
+`FusedFlowStep` is a `layers.FlowStep` (same modules, parameter names and state-dict keys, so
 checkpoints move freely between the two) whose forward and reverse run:
 
     ActNorm + 1×1 conv   one GEMM with folded weights and bias   ops.actnorm_conv
     coupling network     ATen's conv2d, channels-last, the zero-conv's pad-with-1 replaced by a
                          precomputed border bias and its exp(3·scale) folded into the weights
+                         (`zero_conv`, `coupling_net` below)
     affine coupling      one pass over the whole tensor          ops.coupling_step
 
 Activations stay channels-last from step to step (the layout ATen's CPU convolutions run fastest
@@ -13,16 +14,35 @@ in); the values are the reference's, only the strides differ. Through the C++ dr
 (`FusedFlowStep.driver`: by default on CUDA, off on the CPU; bench/RESULTS.md) an affine step
 runs all of the above as one op driven from C++ (ops.flow_step, csrc/flow_step.cpp), forward,
 inverse and backward; the LU weight matrix and the ActNorm and 1×1 logdets stay in Python.
-Additive steps and memory-saving training's backward use the ops one by one.
-
-`flows_without_activations` runs a list of flow steps under a torch.autograd.Function that keeps
-only the last output: its backward rebuilds each step's input from its output with the step's
-inverse and recomputes that step to get its gradients (the flow is invertible), so activation
-memory does not grow with the number of steps.
+Additive steps and memory-saving training's backward (memory_saving.py) use the ops one by one.
 """
 import torch
+from torch.nn import functional as F
 
-from . import ops, reference
+from . import ops
+from .layers import FlowStep, InvConv2dLU
+
+
+def zero_conv(x, weight, bias, scale):
+    """ops_reference.zero_conv (ZeroConv2d) without the padded copy of x.
+
+    conv(pad_1(x))·e with e = exp(3·scale) equals conv_0(x; W·e, b·e) + border, where conv_0 pads
+    with zeros and border (1, C_out, H, W) is what the ones of the padding contribute: the conv
+    of a ones-padded zero image, computed on one channel with the weights summed over inputs.
+    """
+    gain = torch.exp(scale * 3).reshape(-1)
+    weight = weight * gain[:, None, None, None]
+    out = F.conv2d(x, weight, bias * gain, padding=1)
+    frame = F.pad(x.new_zeros(1, 1, x.shape[2], x.shape[3]), [1, 1, 1, 1], value=1)
+    return out + F.conv2d(frame, weight.sum(1, keepdim=True))
+
+
+def coupling_net(x_a, w1, b1, w2, b2, w3, b3, s3):
+    """AffineCoupling's network conv3x3 → ReLU → conv1x1 → ReLU → ZeroConv2d, with `zero_conv`
+    above (ops_reference.coupling_net gives the same values)."""
+    hidden = F.relu(F.conv2d(x_a, w1, b1, padding=1), inplace=True)
+    hidden = F.relu(F.conv2d(hidden, w2, b2), inplace=True)
+    return zero_conv(hidden, w3, b3, s3)
 
 
 def coupling_net_params(coupling):
@@ -32,13 +52,8 @@ def coupling_net_params(coupling):
             net[4].conv.bias, net[4].scale)
 
 
-def coupling_net(coupling, x_a):
-    """The coupling network of reference.AffineCoupling, same parameters, same values."""
-    return ops.coupling_net(x_a, *coupling_net_params(coupling))
-
-
-class FusedFlowStep(reference.FlowStep):
-    """reference.FlowStep computed with the fused ops (see the module docstring).
+class FusedFlowStep(FlowStep):
+    """layers.FlowStep computed with the fast ops (see the module docstring).
 
     `driver` (a class attribute; set it on an instance to change one step) picks how an affine
     step runs: True, the whole step as one op driven from C++ (ops.flow_step, csrc/flow_step.cpp);
@@ -77,10 +92,14 @@ class FusedFlowStep(reference.FlowStep):
         """Whether this step runs tensors on `device` through the C++ driver (see `driver`)."""
         return self.driver_for(device, self.driver) and self.coupling.affine
 
+    def _network(self, x_a):
+        """The coupling network on x_a, run as `coupling_net` (same parameters, same values)."""
+        return coupling_net(x_a, *coupling_net_params(self.coupling))
+
     def _weight_and_logdet(self, pixels):
         """The 1×1 conv's (C, C) matrix and the per-image logdet of ActNorm + 1×1 conv."""
         invconv = self.invconv
-        if isinstance(invconv, reference.InvConv2dLU):
+        if isinstance(invconv, InvConv2dLU):
             weight = invconv.matrix()
             conv_logdet = invconv.w_s.sum()
         else:
@@ -98,7 +117,7 @@ class FusedFlowStep(reference.FlowStep):
             return out, logdet.expand(x.shape[0]) + det_coupling
         out = ops.actnorm_conv(x, self.actnorm.loc, self.actnorm.scale, weight)
         half = out.shape[1] // 2
-        h = coupling_net(self.coupling, out[:, :half])
+        h = self._network(out[:, :half])
         if self.coupling.affine:
             out, det_coupling = ops.coupling_step(out, h)
             return out, logdet.expand(x.shape[0]) + det_coupling
@@ -118,13 +137,12 @@ class FusedFlowStep(reference.FlowStep):
         actnorm, coupling = self.actnorm, self.coupling
         with torch.enable_grad():
             y_a = y[:, :half].detach().requires_grad_()
-            h = coupling_net(coupling, y_a)
+            h = self._network(y_a)
             weight, logdet = self._weight_and_logdet(y.shape[2] * y.shape[3])
         with torch.no_grad():
             if coupling.affine:
                 out = ops.coupling_step_inverse(y, h.detach())[0]
-                grad_out, grad_h = torch.ops.missingglow.coupling_step_backward.default(
-                    grad_y, grad_logdet, y, h.detach())
+                grad_out, grad_h = ops.coupling_step_backward(grad_y, grad_logdet, y, h.detach())
             else:
                 out = _channels_last(torch.cat([y_a.detach(), y[:, half:] - h.detach()], 1))
                 grad_out, grad_h = grad_y, grad_y[:, half:]
@@ -134,8 +152,7 @@ class FusedFlowStep(reference.FlowStep):
         grad_out = grad_out.clone()
         grad_out[:, :half] += grads[0]
         result = dict(zip(net_params, grads[1:]))
-        backward = torch.ops.missingglow.actnorm_conv_backward.default
-        grad_x, grad_loc, grad_scale, grad_weight = backward(
+        grad_x, grad_loc, grad_scale, grad_weight = ops.actnorm_conv_backward(
             grad_out, _channels_last(x), actnorm.loc, actnorm.scale, weight.detach())
         lin_params = [p for p in (actnorm.scale, *self.invconv.parameters()) if p.requires_grad]
         lin_grads = torch.autograd.grad((weight, logdet), lin_params,
@@ -156,7 +173,7 @@ class FusedFlowStep(reference.FlowStep):
                                          self.invconv.matrix(),
                                          *coupling_net_params(self.coupling))[0]
         half = y.shape[1] // 2
-        h = coupling_net(self.coupling, y[:, :half])
+        h = self._network(y[:, :half])
         if self.coupling.affine:
             out, _ = ops.coupling_step_inverse(y, h)
         else:
@@ -167,64 +184,3 @@ class FusedFlowStep(reference.FlowStep):
 
 def _channels_last(x):
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
-
-
-# --- memory-saving training ---------------------------------------------------------------------
-
-class _FlowsWithoutActivations(torch.autograd.Function):
-    """(x, flows, *params) → (y, logdet) through every flow step, saving only y."""
-
-    @staticmethod
-    def forward(ctx, x, flows, *params):
-        with torch.no_grad():
-            out, logdet = x, x.new_zeros(x.shape[0])
-            for flow in flows:
-                out, det = flow(out)
-                logdet = logdet + det
-        ctx.flows = flows
-        ctx.save_for_backward(out)
-        return out, logdet
-
-    @staticmethod
-    def backward(ctx, grad_out, grad_logdet):
-        (y,) = ctx.saved_tensors
-        y = y.detach()
-        if grad_out is None:
-            grad_out = torch.zeros_like(y)
-        if grad_logdet is None:
-            grad_logdet = y.new_zeros(y.shape[0])
-        param_grads = []
-        for flow in reversed(ctx.flows):
-            params = list(flow.parameters())
-            if isinstance(flow, FusedFlowStep):
-                x, grad_out, by_param = flow.backward_from_output(y, grad_out, grad_logdet)
-            else:
-                with torch.no_grad():
-                    x = flow.reverse(y)  # this step's input, rebuilt from its output
-                with torch.enable_grad():
-                    x = x.detach().requires_grad_()
-                    out, det = flow(x)
-                    wanted = [p for p in params if p.requires_grad]
-                    grads = torch.autograd.grad((out, det), [x] + wanted, (grad_out, grad_logdet),
-                                                allow_unused=True)
-                grad_out, by_param = grads[0], dict(zip(wanted, grads[1:]))
-            param_grads.append([by_param.get(p) for p in params])
-            y = x.detach()
-        ordered = [g for step in reversed(param_grads) for g in step]
-        return (grad_out, None, *ordered)
-
-
-def flows_without_activations(flows, x):
-    """(y, logdet) of the flow steps applied in order, keeping no activations for the backward.
-
-    Gradients equal the standard ones up to the rounding of rebuilding each input through the
-    inverse. Under torch.no_grad it is simply the plain loop.
-    """
-    params = [p for flow in flows for p in flow.parameters()]
-    if not torch.is_grad_enabled():
-        out, logdet = x, x.new_zeros(x.shape[0])
-        for flow in flows:
-            out, det = flow(out)
-            logdet = logdet + det
-        return out, logdet
-    return _FlowsWithoutActivations.apply(x, list(flows), *params)

@@ -1,0 +1,93 @@
+"""The pure-PyTorch reference of every fast op in ops.py, name for name and signature for signature.
+
+Each function here is the plain math of its op, written with the layers' own formulas
+(layers.py), so that a fused op and its reference are compared one to one: in the tests, in
+`missingglow check` and in bench/flows.py. Gradients come from autograd; the `*_backward`
+functions are those gradients in the backward ops' calling convention. `zero_conv` and
+`coupling_net` have their fast versions in fused_step.py, where the fused step runs the coupling
+network on ATen.
+"""
+import torch
+from torch.nn import functional as F
+
+# --- ActNorm + invertible 1×1 conv ---------------------------------------------------------------
+
+def actnorm_conv(x, loc, scale, weight):
+    """y = W·(scale ⊙ (x + loc)): ActNorm followed by the invertible 1×1 convolution."""
+    return F.conv2d(scale * (x + loc), weight.view(*weight.shape[:2], 1, 1))
+
+
+def actnorm_conv_inverse(y, loc, scale, weight):
+    """x = scale⁻¹ ⊙ (W⁻¹·y) − loc."""
+    w_inv = torch.linalg.inv(weight.view(*weight.shape[:2]))
+    return F.conv2d(y, w_inv.view(*w_inv.shape, 1, 1)) / scale - loc
+
+
+def actnorm_conv_backward(grad_y, x, loc, scale, weight):
+    """(grad_x, grad_loc, grad_scale, grad_weight) of Σ grad_y·actnorm_conv(x, loc, scale, weight).
+    """
+    inputs = [t.detach().requires_grad_() for t in (x, loc, scale, weight)]
+    with torch.enable_grad():
+        return torch.autograd.grad(actnorm_conv(*inputs), inputs, grad_y)
+
+
+# --- the affine coupling -------------------------------------------------------------------------
+
+def coupling_step(x, h):
+    """(y, logdet) of the affine coupling: x = [x_a, x_b] and h = [log_s, t] along channels give
+    y = [x_a, (x_b + t)·s] with s = sigmoid(log_s + 2), and logdet = Σ log s per sample."""
+    x_a, x_b = x.chunk(2, 1)
+    log_s, t = h.chunk(2, 1)
+    s = torch.sigmoid(log_s + 2)
+    logdet = F.logsigmoid(log_s + 2).flatten(1).sum(1)  # log s without rounding s first
+    return torch.cat([x_a, (x_b + t) * s], 1), logdet
+
+
+def coupling_step_inverse(y, h):
+    """(x, logdet): x = [y_a, y_b / sigmoid(log_s + 2) − t], logdet = −Σ log sigmoid(log_s + 2)."""
+    y_a, y_b = y.chunk(2, 1)
+    log_s, t = h.chunk(2, 1)
+    s = torch.sigmoid(log_s + 2)
+    logdet = F.logsigmoid(log_s + 2).flatten(1).sum(1)
+    return torch.cat([y_a, y_b / s - t], 1), -logdet
+
+
+def coupling_step_backward(grad_y, grad_logdet, y, h):
+    """(grad_x, grad_h) of Σ grad_y·y + Σ grad_logdet·logdet for (y, logdet) = coupling_step(x, h),
+    given the output y (the backward op's convention: x is rebuilt, h is taken as independent)."""
+    x = coupling_step_inverse(y, h)[0].detach().requires_grad_()
+    h = h.detach().requires_grad_()
+    with torch.enable_grad():
+        return torch.autograd.grad(coupling_step(x, h), [x, h], (grad_y, grad_logdet))
+
+
+# --- the coupling network ------------------------------------------------------------------------
+
+def zero_conv(x, weight, bias, scale):
+    """ZeroConv2d: a 3×3 convolution of x padded with ones, scaled by exp(3·scale)."""
+    return F.conv2d(F.pad(x, [1, 1, 1, 1], value=1), weight, bias) * torch.exp(scale * 3)
+
+
+def coupling_net(x_a, w1, b1, w2, b2, w3, b3, s3):
+    """AffineCoupling's network: conv3x3(w1, b1) → ReLU → conv1x1(w2, b2) → ReLU →
+    ZeroConv2d(w3, b3, s3)."""
+    hidden = F.relu(F.conv2d(x_a, w1, b1, padding=1))
+    hidden = F.relu(F.conv2d(hidden, w2, b2))
+    return zero_conv(hidden, w3, b3, s3)
+
+
+# --- a whole flow step ---------------------------------------------------------------------------
+
+def flow_step(x, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3):
+    """(y, logdet) of an affine flow step: `actnorm_conv`, then `coupling_step` with the network
+    `coupling_net` run on the first half. logdet is the coupling's alone (ActNorm's and the 1×1
+    conv's are the caller's)."""
+    out = actnorm_conv(x, loc, scale, weight)
+    return coupling_step(out, coupling_net(out[:, :out.shape[1] // 2], w1, b1, w2, b2, w3, b3, s3))
+
+
+def flow_step_inverse(y, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3):
+    """(x, logdet): the inverse of `flow_step`, logdet = minus the coupling's logdet."""
+    h = coupling_net(y[:, :y.shape[1] // 2], w1, b1, w2, b2, w3, b3, s3)
+    out, logdet = coupling_step_inverse(y, h)
+    return actnorm_conv_inverse(out, loc, scale, weight), logdet
