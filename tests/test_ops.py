@@ -4,9 +4,11 @@ input: in float64 to 1e-10, and in float32 to tolerances derived from float32 ro
 import ast
 import inspect
 import os
+import re
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.nn import functional as F
 
 from missingglow.flow import fused_step, layers, ops, ops_reference
@@ -445,3 +447,75 @@ def test_backward_ops_match_their_references(gen, device, layout):
         assert len(got) == len(want)
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m: f"{name}: {m}")
+
+
+# --- the fake kernels refuse what the C++ ops refuse ---------------------------------------------
+
+def _flow_step_args(c=4, hidden=3, n=2, size=3):
+    """Well-formed zeros for the flow step ops: x, loc, scale, W, w1, b1, w2, b2, w3, b3, s3."""
+    shapes = [(n, c, size, size), (1, c, 1, 1), (1, c, 1, 1), (c, c), (hidden, c // 2, 3, 3),
+              (hidden,), (hidden, hidden, 1, 1), (hidden,), (c, hidden, 3, 3), (c,), (1, c, 1, 1)]
+    return [torch.zeros(s, dtype=torch.float64) for s in shapes]
+
+
+def _with(args, **replaced):
+    names = ["x", "loc", "scale", "weight", "w1", "b1", "w2", "b2", "w3", "b3", "s3"]
+    return [replaced.get(name, arg) for name, arg in zip(names, args)]
+
+
+def _z(*shape, dtype=torch.float64):
+    return torch.zeros(shape, dtype=dtype)
+
+
+# (op, a function of nothing giving its malformed arguments, what the refusal says)
+MALFORMED = [
+    ("actnorm_conv_forward", lambda: (_z(2, 4, 3, 3), _z(3), _z(4), _z(4, 4)), "one per channel"),
+    ("actnorm_conv_forward", lambda: (_z(2, 4, 3, 3), _z(4), _z(4), _z(3, 3)), "weight must be"),
+    ("actnorm_conv_inverse", lambda: (_z(2, 4, 3, 3), _z(4), _z(4), _z(4, 4, dtype=torch.float32)),
+     "one dtype"),
+    ("actnorm_conv_inverse", lambda: (_z(4), _z(4), _z(4), _z(4, 4)), "N, C, ..."),
+    ("actnorm_conv_backward", lambda: (_z(2, 4, 3, 4), _z(2, 4, 3, 3), _z(4), _z(4), _z(4, 4)),
+     "grad_y must match"),
+    ("coupling_step_forward", lambda: (_z(2, 3, 3, 3), _z(2, 3, 3, 3)), "even"),
+    ("coupling_step_forward", lambda: (_z(2, 4, 3, 3), _z(2, 6, 3, 3)), "one shape"),
+    ("coupling_step_inverse", lambda: (_z(2, 4, 3, 3), _z(2, 4, 3, 3, dtype=torch.float32)),
+     "one dtype"),
+    ("coupling_step_inverse", lambda: (_z(2, 4, 3, 3, dtype=torch.int64),) * 2, "floating"),
+    ("coupling_step_backward", lambda: (_z(2, 4, 3, 3), _z(3), _z(2, 4, 3, 3), _z(2, 4, 3, 3)),
+     "one entry per sample"),
+    ("flow_step_forward", lambda: _with(_flow_step_args(), x=_z(2, 6, 3, 3)), "w1 must be"),
+    ("flow_step_forward", lambda: _with(_flow_step_args(), w3=_z(4, 2, 3, 3)), "w3 must be"),
+    ("flow_step_forward", lambda: _with(_flow_step_args(), x=_z(4, 3, 3)), "N, C, H, W"),
+    ("flow_step_inverse", lambda: _with(_flow_step_args(), b2=_z(4)), "b1 and b2 need"),
+    ("flow_step_inverse", lambda: _with(_flow_step_args(), loc=_z(3)), "one per channel"),
+    ("flow_step_backward", lambda: (_z(2, 4, 3, 3), _z(2), *_flow_step_args()[:1],
+                                    _z(2, 4, 3, 3), _z(2, 4, 3, 3), _z(2, 3, 3, 3),
+                                    _z(2, 4, 3, 3), *_flow_step_args()[1:]), "h1 and h2"),
+]
+
+
+@pytest.mark.parametrize("op,args,refusal", MALFORMED,
+                         ids=[f"{op}-{refusal}" for op, _, refusal in MALFORMED])
+def test_fake_kernels_refuse_what_the_ops_refuse(op, args, refusal):
+    """Traced under FakeTensorMode (as torch.compile traces), a malformed call fails in the fake
+    kernel's torch._check with the C++ op's words, rather than tracing a graph that fails later."""
+    overload = getattr(torch.ops.missingglow, op).default
+    with pytest.raises(RuntimeError, match=re.escape(refusal)):
+        overload(*args())  # the C++ op itself
+    with FakeTensorMode() as mode:
+        fake = [mode.from_tensor(t) for t in args()]
+        with pytest.raises(RuntimeError, match=re.escape(f"{op}: ") + ".*" + re.escape(refusal)):
+            overload(*fake)
+
+
+def test_fake_kernels_accept_well_formed_calls():
+    """The checks refuse only what is malformed: each op traces on good arguments."""
+    with FakeTensorMode() as mode:
+        x, *params = [mode.from_tensor(t) for t in _flow_step_args()]
+        assert ops.actnorm_conv(x, *params[:3]).shape == x.shape
+        assert ops.coupling_step(x, x)[1].shape == (2,)
+        y, logdet, h1, h2, h = torch.ops.missingglow.flow_step_forward.default(x, *params)
+        assert h1.shape == (2, 3, 3, 3)
+        grads = torch.ops.missingglow.flow_step_backward.default(y, logdet, x, y, h1, h2, h,
+                                                                  *params)
+        assert [g.shape for g in grads] == [t.shape for t in (x, *params)]

@@ -1,9 +1,11 @@
 """The fast ops: thin wrappers over the compiled ops in missingglow._C (torch.ops.missingglow.*).
 
 This is the only module that touches the extension. Each op has a fake kernel, so torch.compile
-can trace it, and an autograd formula. Each function here has a pure-PyTorch reference of the
-same name and signature in ops_reference.py. Without the compiled extension, `AVAILABLE` is False,
-`WHY_UNAVAILABLE` says why, and the model falls back to the reference layers with one warning.
+can trace it, which refuses through torch._check what the C++ op refuses (csrc/flow.h,
+csrc/actnorm_conv.cpp, csrc/flow_step.cpp), and an autograd formula. Each function here has a
+pure-PyTorch reference of the same name and signature in ops_reference.py. Without the compiled
+extension, `AVAILABLE` is False, `WHY_UNAVAILABLE` says why, and the model falls back to the
+reference layers with one warning.
 """
 import torch
 
@@ -89,6 +91,82 @@ def coupling_simd(name=None):
     return _C.coupling_simd() if name is None else _C.coupling_simd(name)
 
 
+# --- what the C++ ops refuse, for the fake kernels -----------------------------------------------
+# Each check is one torch._check per condition, so that a symbolic size under torch.compile
+# becomes a guard or a runtime assertion rather than a Python bool.
+
+def _check_shape(t, shape, op, message):
+    torch._check(t.dim() == len(shape), lambda: f"{op}: {message}")
+    for size, wanted in zip(t.shape, shape):
+        torch._check(size == wanted, lambda: f"{op}: {message}")
+
+
+def _check_like(x, others, names, op):
+    """Every tensor of `others` has x's dtype and device; x is floating-point."""
+    for t in others:
+        torch._check(t.dtype == x.dtype, lambda: f"{op}: {names} must have one dtype")
+        torch._check(t.device == x.device, lambda: f"{op}: {names} must be on one device")
+    torch._check(x.dtype.is_floating_point, lambda: f"{op}: expected floating-point tensors")
+
+
+def _check_actnorm_conv_args(x, loc, scale, weight, op):
+    """csrc/actnorm_conv.cpp, check_actnorm_conv_args."""
+    torch._check(x.dim() >= 2,
+                 lambda: f"{op}: expected (N, C, ...) activations, got {x.dim()} dims")
+    c = x.shape[1]
+    torch._check(loc.numel() == c, lambda: f"{op}: loc and scale need {c} entries (one per "
+                                           f"channel), got {loc.numel()} and {scale.numel()}")
+    torch._check(scale.numel() == c, lambda: f"{op}: loc and scale need {c} entries (one per "
+                                             f"channel), got {loc.numel()} and {scale.numel()}")
+    torch._check(weight.dim() >= 2, lambda: f"{op}: weight must be (C, C) or (C, C, 1, 1) with "
+                                            f"C = {c}, got {tuple(weight.shape)}")
+    for ok in (weight.numel() == c * c, weight.shape[0] == c, weight.shape[1] == c):
+        torch._check(ok, lambda: f"{op}: weight must be (C, C) or (C, C, 1, 1) with C = {c}, "
+                                 f"got {tuple(weight.shape)}")
+    _check_like(x, (loc, scale, weight), "x, loc, scale and weight", op)
+
+
+def _check_coupling_step_args(x, h, op):
+    """csrc/flow.h, check_coupling_step_args."""
+    torch._check(x.dim() >= 2,
+                 lambda: f"{op}: expected (N, C, ...) activations, got {x.dim()} dims")
+    torch._check(x.shape[1] % 2 == 0,
+                 lambda: f"{op}: the channel count must be even, got {x.shape[1]}")
+    _check_shape(h, x.shape, op, "x and the network output h must have one shape, got "
+                                 f"{tuple(x.shape)} and {tuple(h.shape)}")
+    _check_like(x, (h,), "x and h", op)
+
+
+def _check_backward_grads(grad_y, grad_logdet, like, op, like_name):
+    """csrc/flow.h, check_backward_grads."""
+    _check_shape(grad_y, like.shape, op, f"grad_y must match {like_name}'s shape")
+    torch._check(grad_logdet.dim() == 1,
+                 lambda: f"{op}: grad_logdet must have one entry per sample")
+    torch._check(grad_logdet.shape[0] == like.shape[0],
+                 lambda: f"{op}: grad_logdet must have one entry per sample")
+
+
+def _check_flow_step_args(x, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3, op):
+    """csrc/flow_step.cpp, check_flow_step_args, and the actnorm_conv op it calls."""
+    torch._check(x.dim() == 4,
+                 lambda: f"{op}: expected (N, C, H, W) activations, got {x.dim()} dims")
+    c = x.shape[1]
+    torch._check(c % 2 == 0, lambda: f"{op}: the channel count must be even, got {c}")
+    hidden = w1.shape[0] if w1.dim() else 0
+    _check_shape(w1, (hidden, c // 2, 3, 3), op,
+                 f"w1 must be (hidden, C/2, 3, 3) with C = {c}, got {tuple(w1.shape)}")
+    _check_shape(w2, (hidden, hidden, 1, 1), op,
+                 f"w2 must be ({hidden}, {hidden}, 1, 1), got {tuple(w2.shape)}")
+    _check_shape(w3, (c, hidden, 3, 3), op,
+                 f"w3 must be ({c}, {hidden}, 3, 3), got {tuple(w3.shape)}")
+    for b, want in ((b1, hidden), (b2, hidden), (b3, c), (s3, c)):
+        torch._check(b.numel() == want,
+                     lambda: f"{op}: b1 and b2 need {hidden} entries, b3 and s3 need {c}")
+    _check_like(x, (loc, scale, weight, w1, b1, w2, b2, w3, b3, s3),
+                "x and every parameter", op)
+    _check_actnorm_conv_args(x, loc, scale, weight, op)
+
+
 def _zeros_for_none(grad_y, grad_logdet, y):
     """Autograd passes None for an output nobody used; the backward ops take zeros."""
     grad_y = torch.zeros_like(y) if grad_y is None else grad_y
@@ -110,14 +188,18 @@ if AVAILABLE:
 
     @torch.library.register_fake("missingglow::actnorm_conv_forward")
     def _(x, loc, scale, weight):
+        _check_actnorm_conv_args(x, loc, scale, weight, "actnorm_conv_forward")
         return torch.empty_like(x, memory_format=_layout(x))
 
     @torch.library.register_fake("missingglow::actnorm_conv_inverse")
     def _(y, loc, scale, weight):
+        _check_actnorm_conv_args(y, loc, scale, weight, "actnorm_conv_inverse")
         return torch.empty_like(y, memory_format=_layout(y))
 
     @torch.library.register_fake("missingglow::actnorm_conv_backward")
     def _(grad_y, x, loc, scale, weight):
+        _check_actnorm_conv_args(x, loc, scale, weight, "actnorm_conv_backward")
+        _check_shape(grad_y, x.shape, "actnorm_conv_backward", "grad_y must match x's shape")
         dense = torch.contiguous_format
         return (torch.empty_like(x, memory_format=_layout(x)),
                 torch.empty_like(loc, memory_format=dense),
@@ -158,14 +240,18 @@ if AVAILABLE:
 
     @torch.library.register_fake("missingglow::coupling_step_forward")
     def _(x, h):
+        _check_coupling_step_args(x, h, "coupling_step_forward")
         return torch.empty_like(x, memory_format=_layout(x)), _per_sample(x)
 
     @torch.library.register_fake("missingglow::coupling_step_inverse")
     def _(y, h):
+        _check_coupling_step_args(y, h, "coupling_step_inverse")
         return torch.empty_like(y, memory_format=_layout(y)), _per_sample(y)
 
     @torch.library.register_fake("missingglow::coupling_step_backward")
     def _(grad_y, grad_logdet, y, h):
+        _check_coupling_step_args(y, h, "coupling_step_backward")
+        _check_backward_grads(grad_y, grad_logdet, y, "coupling_step_backward", "y")
         return tuple(torch.empty_like(y, memory_format=_layout(y)) for _ in range(2))
 
     def _coupling_step_setup(ctx, inputs, output):
@@ -209,16 +295,29 @@ if AVAILABLE:
 
     @torch.library.register_fake("missingglow::flow_step_forward")
     def _(x, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3):
+        _check_flow_step_args(x, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3,
+                              "flow_step_forward")
         cl = torch.channels_last
         return (torch.empty_like(x, memory_format=cl), _per_sample(x), _hidden_like(x, w1),
                 _hidden_like(x, w1), torch.empty_like(x, memory_format=cl))
 
     @torch.library.register_fake("missingglow::flow_step_inverse")
     def _(y, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3):
+        _check_flow_step_args(y, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3,
+                              "flow_step_inverse")
         return torch.empty_like(y, memory_format=torch.channels_last), _per_sample(y)
 
     @torch.library.register_fake("missingglow::flow_step_backward")
     def _(grad_y, grad_logdet, x, y, h1, h2, h, *params):
+        op = "flow_step_backward"
+        _check_flow_step_args(x, *params, op)
+        _check_backward_grads(grad_y, grad_logdet, x, op, "x")
+        for t in (y, h):
+            _check_shape(t, x.shape, op, "y and h must match x's shape")
+        n, _, height, width = x.shape
+        for t in (h1, h2):
+            _check_shape(t, (n, params[3].shape[0], height, width), op,
+                         "h1 and h2 must be (N, hidden, H, W)")
         grads = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in params]
         return (torch.empty_like(x, memory_format=torch.channels_last), *grads)
 
