@@ -25,14 +25,13 @@ if ROOT not in sys.path:
 from missingglow import Glow  # noqa: E402
 from missingglow.flow.preprocess import bits_per_dim  # noqa: E402
 from missingglow.training.allocator import keep_freed_memory  # noqa: E402
-from missingglow.training.config import PRESETS  # noqa: E402
+from missingglow.training.config import PRESETS, preset_config  # noqa: E402
 
 
-def make(preset, impl):
-    p = PRESETS[preset]
+def make(p, impl):
     torch.manual_seed(0)
-    return Glow(blocks=p["blocks"], flows=p["flows"], hidden=p["hidden"],
-                image_size=p["image_size"], impl=impl)
+    return Glow(blocks=p.blocks, flows=p.flows, hidden=p.hidden, image_size=p.image_size,
+                impl=impl)
 
 
 def step(model, optimizer, x, bits):
@@ -64,28 +63,28 @@ def main():
     kept = args.allocator == "keep" and keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
-    p = PRESETS[args.preset]
-    x = (torch.rand(p["batch"], 3, p["image_size"], p["image_size"]) - 0.5).to(args.device)
+    p = preset_config(args.preset)
+    x = (torch.rand(p.batch, 3, p.image_size, p.image_size) - 0.5).to(args.device)
     runs = {}
     for impl in ("reference", "fused"):
-        model = make(args.preset, impl).to(args.device)
+        model = make(p, impl).to(args.device)
         with torch.no_grad():
             model.log_prob(x)  # ActNorm init
         runs[impl] = (model, torch.optim.Adam(model.parameters(), lr=1e-4), [])
     for i in range(args.warmup + args.steps):
         for _impl, (model, optimizer, times) in runs.items():
-            t = step(model, optimizer, x, p["n_bits"])
+            t = step(model, optimizer, x, p.n_bits)
             if i >= args.warmup:
                 times.append(t)
-    print(f"preset {args.preset}: {p['image_size']}x{p['image_size']}, {p['blocks']} blocks x "
-          f"{p['flows']} flows, hidden {p['hidden']}, batch {p['batch']}, "
+    print(f"preset {args.preset}: {p.image_size}x{p.image_size}, {p.blocks} blocks x "
+          f"{p.flows} flows, hidden {p.hidden}, batch {p.batch}, "
           f"{args.device}, {torch.get_num_threads()} threads, {args.steps} timed steps (median), "
           f"{'freed heap kept' if kept else 'glibc default allocator'}")
     print(f"{'impl':<10} {'s/iter':>8} {'images/s':>9}")
     medians = {}
     for impl, (_, _, times) in runs.items():
         medians[impl] = statistics.median(times)
-        print(f"{impl:<10} {medians[impl]:8.3f} {p['batch'] / medians[impl]:9.1f}")
+        print(f"{impl:<10} {medians[impl]:8.3f} {p.batch / medians[impl]:9.1f}")
     print(f"fused speed-up: {medians['reference'] / medians['fused']:.2f}x")
 
 

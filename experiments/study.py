@@ -31,6 +31,7 @@ import shutil
 import sys
 import time
 import warnings
+from dataclasses import replace
 
 warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # the core never uses it
 import torch  # noqa: E402
@@ -111,22 +112,22 @@ LEVERS = {
 
 def base_config():
     """The small preset on the full-detail faces: the base every lever changes one thing of (the
-    preset itself trains on the low-detail faces, which is this study's `simple` lever)."""
+    preset itself trains on the low-detail faces, which is this study's `simple` lever). A plain
+    dict, as a run stores its config, so that a lever's change is a dict update."""
     config, _ = presets.resolve_config({"preset": "small", "synthetic_detail": "full"},
                                        has_gpu=False)
-    return config
+    return config.to_dict()
 
 
 def run_config(name, root):
-    """The full training config of lever `name`, its run folder under `root`."""
+    """The full training config of lever `name`, its run folder under `root`, as a plain dict."""
     if name not in LEVERS:
         raise SystemExit(f"unknown run {name!r}; `study.py list` shows the levers")
-    config = base_config()
-    config.update(LEVERS[name]["change"])
+    config = presets.TrainConfig(**dict(base_config(), **LEVERS[name]["change"]))
     presets.validate(config)
-    config.update(out=os.path.join(root, name), sample_every=10**9, eval_every=10**9,
-                  checkpoint_every=500, log_every=50)
-    return config
+    config = replace(config, out=os.path.join(root, name), sample_every=10**9, eval_every=10**9,
+                     checkpoint_every=500, log_every=50)
+    return config.to_dict()
 
 
 # --- measuring a checkpoint -----------------------------------------------------------------------
@@ -216,8 +217,8 @@ def claim(run_dir):
 
 
 def run_lever(name, root, until, every, say):
-    config = run_config(name, root)
-    run_dir = config["out"]
+    config = presets.TrainConfig(**run_config(name, root))
+    run_dir = config.out
     if not claim(run_dir):
         say(f"{name}: another study process is training it; skipped")
         return
@@ -236,9 +237,9 @@ def _run_milestones(name, config, run_dir, until, every, say):
         start = time.perf_counter()
         resume = run_dir if os.path.exists(os.path.join(run_dir, checkpoint.LATEST)) else None
         if resume is None:
-            train(dict(config, iterations=milestone), progress=False, say=say)
+            train(config, iterations=milestone, progress=False, say=say)
         else:
-            train({"iterations": milestone}, resume=run_dir, progress=False, say=say)
+            train(resume=run_dir, iterations=milestone, progress=False, say=say)
         seconds += time.perf_counter() - start
         keep_milestone(run_dir, milestone)
         record = measure(run_dir, round(seconds, 1), LEVERS[name].get("detector_square"))
