@@ -12,6 +12,7 @@ import torch
 
 from missingglow import Glow
 from missingglow.flow import fused_step, layers, ops
+from missingglow.flow.memory_saving import flows_without_activations
 
 import float32_tolerances as f32
 from helpers import randomize
@@ -202,3 +203,37 @@ def test_memory_saving_keeps_no_activations_inside_the_flow(gen):
             model.log_prob(x).sum()
         saved[name] = sum(storages.values())
     assert saved["saving"] < saved["standard"] / 4, saved
+
+
+@pytest.mark.parametrize("impl,affine,lu", [("fused", True, True), ("fused", False, False),
+                                             ("reference", True, True),
+                                             ("reference", False, False)])
+def test_memory_saving_gives_only_the_gradients_asked_for(gen, impl, affine, lu):
+    """Frozen parameters (as analysis/invert.py freezes them): ∂log p/∂x as without memory saving.
+    An input that needs no gradient (an image batch): the parameters' gradients exactly as when
+    it needs one, and the flow's backward returns None for it."""
+    standard, saving = _pair(gen, impls=(impl, impl), memory_saving=(False, True), affine=affine,
+                             lu=lu)
+    x = _images(gen)
+    for model in (standard, saving):
+        model.requires_grad_(False)
+    grad_x, grad_x_ref = (_grad_x(m, x) for m in (saving, standard))
+    torch.testing.assert_close(grad_x, grad_x_ref, rtol=1e-9, atol=1e-9 * grad_x_ref.abs().max())
+    saving.requires_grad_(True)
+    params = list(saving.parameters())
+    with_x = torch.autograd.grad(saving.log_prob(x.clone().requires_grad_()).sum(), params)
+    without_x = torch.autograd.grad(saving.log_prob(x).sum(), params)
+    for g, g_ref in zip(without_x, with_x):
+        assert torch.equal(g, g_ref)
+    flows = saving.blocks[0].flows
+    y, logdet = flows_without_activations(flows, torch.randn(2, 12, 8, 8, generator=gen,
+                                                             dtype=torch.float64))
+    with torch.no_grad():
+        returned = y.grad_fn.apply(torch.ones_like(y), torch.ones_like(logdet))
+    assert returned[0] is None and returned[1] is None  # x, and the list of flows
+    assert all(g is not None for g in returned[2:])
+
+
+def _grad_x(model, x):
+    x = x.clone().requires_grad_()
+    return torch.autograd.grad(model.log_prob(x).sum(), x)[0]

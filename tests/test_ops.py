@@ -519,3 +519,47 @@ def test_fake_kernels_accept_well_formed_calls():
         grads = torch.ops.missingglow.flow_step_backward.default(y, logdet, x, y, h1, h2, h,
                                                                   *params)
         assert [g.shape for g in grads] == [t.shape for t in (x, *params)]
+
+
+# --- the backwards give no gradient to an input that needs none ----------------------------------
+
+def _op_inputs(gen, name):
+    """float64 channels-last inputs of an op (every parameter perturbed, so none is trivial)."""
+    x = _activations(gen, (2, 6, 4, 5), "cpu", "channels_last")
+    h = 3 * _activations(gen, (2, 6, 4, 5), "cpu", "channels_last")
+    an = _actnorm_conv_params(gen, 6, "cpu")
+    if name.startswith("actnorm_conv"):
+        return [x, *an]
+    if name.startswith("coupling_step"):
+        return [x, h]
+    return [x, *an, *_net_params(gen, 6, 5, "cpu")]
+
+
+BACKWARD_OPS = ["actnorm_conv", "actnorm_conv_inverse", "coupling_step", "coupling_step_inverse",
+                "flow_step", "flow_step_inverse"]
+
+
+@pytest.mark.parametrize("name", BACKWARD_OPS)
+def test_backward_gives_none_to_inputs_that_need_no_gradient(gen, name):
+    """With one input requiring grad, the op's backward returns None for every other input, and
+    that input's gradient is exactly what it is when all require grad."""
+    op = getattr(ops, name)
+    inputs = _op_inputs(gen, name)
+    wanted = [t.detach().requires_grad_() for t in inputs]
+    outputs = op(*wanted)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    weights = [torch.randn(t.shape, generator=gen, dtype=t.dtype) for t in outputs]
+    all_grads = torch.autograd.grad(outputs, wanted, weights)
+    for i in range(len(inputs)):
+        alone = [t.detach().requires_grad_(j == i) for j, t in enumerate(inputs)]
+        outputs = op(*alone)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        # the op's own backward, called as the engine would (flow_step's op also returns the
+        # network's activations h1, h2, h, which get no gradient)
+        unused = [None] * (3 if name == "flow_step" else 0)
+        with torch.no_grad():
+            returned = outputs[0].grad_fn.apply(*weights, *unused)
+        assert all(g is None for j, g in enumerate(returned[:len(inputs)]) if j != i), (name, i)
+        assert torch.equal(returned[i], all_grads[i]), (name, i)
+        (through_autograd,) = torch.autograd.grad(outputs, alone[i], weights)
+        assert torch.equal(through_autograd, all_grads[i]), (name, i)

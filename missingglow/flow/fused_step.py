@@ -155,11 +155,16 @@ class FusedFlowStep(FlowStep):
         grad_x, grad_loc, grad_scale, grad_weight = ops.actnorm_conv_backward(
             grad_out, _channels_last(x), actnorm.loc, actnorm.scale, weight.detach())
         lin_params = [p for p in (actnorm.scale, *self.invconv.parameters()) if p.requires_grad]
-        lin_grads = torch.autograd.grad((weight, logdet), lin_params,
-                                        (grad_weight, grad_logdet.sum()), allow_unused=True)
-        for p, g in zip(lin_params, lin_grads):
-            if g is not None:
-                result[p] = g
+        # W and the logdet through the LU factors and |scale|, for the parameters that are not
+        # frozen (with all of them frozen, neither needs a gradient)
+        used = [(t, g) for t, g in ((weight, grad_weight), (logdet, grad_logdet.sum()))
+                if t.requires_grad]
+        if lin_params and used:
+            lin_grads = torch.autograd.grad([t for t, _ in used], lin_params,
+                                            [g for _, g in used], allow_unused=True)
+            for p, g in zip(lin_params, lin_grads):
+                if g is not None:
+                    result[p] = g
         if actnorm.loc.requires_grad:
             result[actnorm.loc] = grad_loc
         if actnorm.scale.requires_grad:

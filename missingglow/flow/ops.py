@@ -2,10 +2,10 @@
 
 This is the only module that touches the extension. Each op has a fake kernel, so torch.compile
 can trace it, which refuses through torch._check what the C++ op refuses (csrc/flow.h,
-csrc/actnorm_conv.cpp, csrc/flow_step.cpp), and an autograd formula. Each function here has a
-pure-PyTorch reference of the same name and signature in ops_reference.py. Without the compiled
-extension, `AVAILABLE` is False, `WHY_UNAVAILABLE` says why, and the model falls back to the
-reference layers with one warning.
+csrc/actnorm_conv.cpp, csrc/flow_step.cpp), and an autograd formula that returns no gradient
+for an input that needs none. Each function here has a pure-PyTorch reference of the same name
+and signature in ops_reference.py. Without the compiled extension, `AVAILABLE` is False,
+`WHY_UNAVAILABLE` says why, and the model falls back to the reference layers with one warning.
 """
 import torch
 
@@ -167,6 +167,11 @@ def _check_flow_step_args(x, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3, op)
     _check_actnorm_conv_args(x, loc, scale, weight, op)
 
 
+def _grads_wanted(ctx, grads):
+    """The gradients of the inputs that need one, None for the others."""
+    return tuple(g if wanted else None for g, wanted in zip(grads, ctx.needs_input_grad))
+
+
 def _zeros_for_none(grad_y, grad_logdet, y):
     """Autograd passes None for an output nobody used; the backward ops take zeros."""
     grad_y = torch.zeros_like(y) if grad_y is None else grad_y
@@ -210,27 +215,35 @@ if AVAILABLE:
         ctx.save_for_backward(*inputs)
 
     def _actnorm_conv_backward(ctx, grad_y):
-        return actnorm_conv_backward(grad_y, *ctx.saved_tensors)
+        # the op computes all four gradients in one pass; only the wanted ones go back
+        return _grads_wanted(ctx, actnorm_conv_backward(grad_y, *ctx.saved_tensors))
 
     torch.library.register_autograd("missingglow::actnorm_conv_forward", _actnorm_conv_backward,
                                     setup_context=_actnorm_conv_setup)
 
     def _actnorm_conv_inverse_backward(ctx, grad_x):
-        # x = V'·y − loc with V' = diag(1/scale)·V and V = W⁻¹. Sampling never needs this; it is
-        # here so that gradients through the inverse are right.
+        # x = V'·y − loc with V' = diag(1/scale)·V and V = W⁻¹. Sampling never needs this; the
+        # latent search of analysis/invert.py does, for y alone (its parameters are frozen).
         y, loc, scale, weight = ctx.saved_tensors
+        need_y, need_loc, need_scale, need_weight = ctx.needs_input_grad
         c = y.shape[1]
         s = scale.reshape(c)
-        v = torch.linalg.inv(weight.reshape(c, c))
-        v_scaled = v / s[:, None]
-        grad_y = torch.einsum("oc,no...->nc...", v_scaled, grad_x)
-        grad_v_scaled = torch.einsum("nc...,no...->co", grad_x, y)
-        grad_v = grad_v_scaled / s[:, None]
-        grad_scale = -(grad_v_scaled * v).sum(1) / s ** 2
-        grad_weight = -v.T @ grad_v @ v.T
-        grad_loc = -grad_x.transpose(0, 1).reshape(c, -1).sum(1)
-        return (grad_y, grad_loc.reshape(loc.shape), grad_scale.reshape(scale.shape),
-                grad_weight.reshape(weight.shape))
+        grad_y = grad_loc = grad_scale = grad_weight = None
+        if need_y or need_scale or need_weight:
+            v = torch.linalg.inv(weight.reshape(c, c))
+        if need_y:
+            v_scaled = v / s[:, None]
+            grad_y = torch.einsum("oc,no...->nc...", v_scaled, grad_x)
+        if need_scale or need_weight:
+            grad_v_scaled = torch.einsum("nc...,no...->co", grad_x, y)
+            if need_weight:
+                grad_v = grad_v_scaled / s[:, None]
+                grad_weight = (-v.T @ grad_v @ v.T).reshape(weight.shape)
+            if need_scale:
+                grad_scale = (-(grad_v_scaled * v).sum(1) / s ** 2).reshape(scale.shape)
+        if need_loc:
+            grad_loc = -grad_x.transpose(0, 1).reshape(c, -1).sum(1).reshape(loc.shape)
+        return grad_y, grad_loc, grad_scale, grad_weight
 
     torch.library.register_autograd("missingglow::actnorm_conv_inverse",
                                     _actnorm_conv_inverse_backward,
@@ -258,9 +271,10 @@ if AVAILABLE:
         ctx.save_for_backward(output[0], inputs[1])  # the output y and h: x is not needed
 
     def _coupling_step_backward(ctx, grad_y, grad_logdet):
+        # the op computes both gradients in one pass; only the wanted ones go back
         y, h = ctx.saved_tensors
         grad_y, grad_logdet = _zeros_for_none(grad_y, grad_logdet, y)
-        return coupling_step_backward(grad_y, grad_logdet, y, h)
+        return _grads_wanted(ctx, coupling_step_backward(grad_y, grad_logdet, y, h))
 
     torch.library.register_autograd("missingglow::coupling_step_forward", _coupling_step_backward,
                                     setup_context=_coupling_step_setup)
@@ -270,17 +284,23 @@ if AVAILABLE:
 
     def _coupling_step_inverse_backward(ctx, grad_x, grad_logdet):
         # x = [y_a, y_b/s − t] and logdet = −Σ log s, with s = sigmoid(log_s + 2) and
-        # ds/dlog_s = s(1 − s). Sampling never needs this; it is here so that gradients through
-        # the inverse are right.
+        # ds/dlog_s = s(1 − s). Sampling never needs this; the latent search of
+        # analysis/invert.py does, for y alone (its parameters are frozen).
         y, h = ctx.saved_tensors
+        need_y, need_h = ctx.needs_input_grad
         grad_x, grad_logdet = _zeros_for_none(grad_x, grad_logdet, y)
         _, y_b = y.chunk(2, 1)
         log_s, _ = h.chunk(2, 1)
         grad_a, grad_b = grad_x.chunk(2, 1)
         s = torch.sigmoid(log_s + 2)
-        per_sample = grad_logdet.view(-1, *([1] * (y.dim() - 1)))
-        grad_log_s = -(grad_b * y_b / s + per_sample) * (1 - s)
-        return torch.cat([grad_a, grad_b / s], 1), torch.cat([grad_log_s, -grad_b], 1)
+        grad_y = grad_h = None
+        if need_y:
+            grad_y = torch.cat([grad_a, grad_b / s], 1)
+        if need_h:
+            per_sample = grad_logdet.view(-1, *([1] * (y.dim() - 1)))
+            grad_log_s = -(grad_b * y_b / s + per_sample) * (1 - s)
+            grad_h = torch.cat([grad_log_s, -grad_b], 1)
+        return grad_y, grad_h
 
     torch.library.register_autograd("missingglow::coupling_step_inverse",
                                     _coupling_step_inverse_backward,
@@ -328,9 +348,11 @@ if AVAILABLE:
         ctx.save_for_backward(x, y, h1, h2, h, *params)
 
     def _flow_step_backward(ctx, grad_y, grad_logdet, *unused):
+        # the op computes all eleven gradients in one pass; only the wanted ones go back
         x, y, *rest = ctx.saved_tensors
         grad_y, grad_logdet = _zeros_for_none(grad_y, grad_logdet, y)
-        return torch.ops.missingglow.flow_step_backward.default(grad_y, grad_logdet, x, y, *rest)
+        grads = torch.ops.missingglow.flow_step_backward.default(grad_y, grad_logdet, x, y, *rest)
+        return _grads_wanted(ctx, grads)
 
     torch.library.register_autograd("missingglow::flow_step_forward", _flow_step_backward,
                                     setup_context=_flow_step_setup)
@@ -339,20 +361,26 @@ if AVAILABLE:
         ctx.save_for_backward(*inputs)
 
     def _flow_step_inverse_backward(ctx, grad_x, grad_logdet):
-        # Sampling never needs this; it is here so that gradients through the inverse are right:
-        # the inverse again from the differentiable pieces (the fused step's own, so the gradient
-        # is that of what the op computes), and its vector-Jacobian product.
+        # Sampling never needs this; the latent search of analysis/invert.py does, for y alone.
+        # The inverse again from the differentiable pieces (the fused step's own, so the
+        # gradient is that of what the op computes), and its vector-Jacobian product for the
+        # inputs that want one.
         from .fused_step import coupling_net  # fused_step imports this module: not at the top
 
-        y, loc, scale, weight, *net = [t.detach().requires_grad_() for t in ctx.saved_tensors]
+        inputs = [t.detach().requires_grad_(wanted)
+                  for t, wanted in zip(ctx.saved_tensors, ctx.needs_input_grad)]
+        y, loc, scale, weight, *net = inputs
         with torch.enable_grad():
             half = y.shape[1] // 2
             out, logdet = coupling_step_inverse(y, coupling_net(y[:, :half], *net))
             x = actnorm_conv_inverse(out, loc, scale, weight)
         grad_x = torch.zeros_like(x) if grad_x is None else grad_x
         grad_logdet = torch.zeros_like(logdet) if grad_logdet is None else grad_logdet
-        return torch.autograd.grad((x, logdet), [y, loc, scale, weight, *net],
-                                   (grad_x, grad_logdet))
+        # the logdet depends on y and the network only: with those frozen it is a constant
+        used = [(t, g) for t, g in ((x, grad_x), (logdet, grad_logdet)) if t.requires_grad]
+        wanted = [t for t in inputs if t.requires_grad]
+        grads = iter(torch.autograd.grad([t for t, _ in used], wanted, [g for _, g in used]))
+        return tuple(next(grads) if t.requires_grad else None for t in inputs)
 
     torch.library.register_autograd("missingglow::flow_step_inverse", _flow_step_inverse_backward,
                                     setup_context=_flow_step_inverse_setup)
