@@ -80,7 +80,9 @@ def test_square_place_count_and_finite_range():
 def test_model_space_round_trip_is_the_quantised_image():
     images = torch.rand(4, 3, 8, 8)
     back = from_model(to_model(images, 5), 5)
-    assert torch.allclose(back, torch.floor(images * 255 / 8) / 32, atol=1e-6)
+    # each 8-bit value k comes back as its 5-bit bin's representative: floor(k / 8)·8 + 4
+    assert torch.allclose(back, (torch.floor(torch.round(images * 255) / 8) * 8 + 4) / 255,
+                          atol=1e-6)
     x = to_model(images, 5)
     x[1, 0, 0, 0] = float("inf")
     out = from_model(x, 5)
@@ -201,20 +203,27 @@ def evaluated(run):
                     invert_options=dict(steps=3))
 
 
+def _bins(images, bits=5):
+    """[0, 1] images → the lower edge of their quantisation bin, j / 2^bits (8-bit value first)."""
+    return torch.floor(torch.round(images * 255) / 2 ** (8 - bits)) / 2 ** bits
+
+
 def _quantised(images, bits=5):
-    """[0, 1] images as the model sees them and gives them back: the lower edge of their bin."""
-    return torch.floor(images * 255 / 2 ** (8 - bits)) / 2 ** bits
+    """[0, 1] images as the model gives them back: each bin's representative 8-bit value, its
+    centre rounded up to a whole value (j·w + w/2 for bins w = 2^(8−bits) values wide)."""
+    w = 2 ** (8 - bits)
+    return (_bins(images, bits) * 2 ** bits * w + w // 2) / 255
 
 
 def _flow_by_hand(model, masked, alpha, mask=None, iterations=1):
     """Φ⁻¹(α·Φ(x)) from model space and back, the observed pixels put back each time."""
-    x0 = _quantised(masked) - 0.5 + 0.5 / 32   # the bin's centre, in [−0.5, 0.5)
+    x0 = _bins(masked) - 0.5 + 0.5 / 32   # the bin's centre, in [−0.5, 0.5)
     x = x0
     with torch.no_grad():
         for _ in range(iterations):
             x = model.decode(alpha * model.encode(x))
             x = x if mask is None else torch.where(mask, x, x0)
-    return (x - 0.5 / 32 + 0.5).clamp(0, 1)
+    return ((x + 0.5) * 256 / 255).clamp(0, 1)   # a centre (j + ½)/32 − ½ to (8j + 4)/255
 
 
 def _pooled_rmse(out, ref, where):
@@ -275,7 +284,7 @@ def _bits_per_dim_by_hand(model, masked, clean):
 
     noise = torch.rand(masked.shape, generator=generator(0, "eval-noise")) / 32
     with torch.no_grad():
-        return [(-model.log_prob(_quantised(images) - 0.5 + noise) / (768 * math.log(2)) + 5)
+        return [(-model.log_prob(_bins(images) - 0.5 + noise) / (768 * math.log(2)) + 5)
                 .double() for images in (masked, clean)]
 
 

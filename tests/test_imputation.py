@@ -177,7 +177,7 @@ def test_impute_invert_with_a_mask_file_an_alpha_channel_and_samples(setup):
     restored = torch.tensor(list(Image.open(out_dir / "photo-restored.png").convert("RGB")
                                  .tobytes())).view(-1, 3)
     hole = load_mask(setup["mask"], (24, 24), 16).flatten()
-    expected = (torch.tensor([180, 120, 90]) // 8) / 32 * 255   # each value's 5-bit bin
+    expected = torch.tensor([180, 120, 90]) // 8 * 8 + 4   # each value's 5-bit bin's centre
     assert (restored[~hole] - expected).abs().max() <= 1
 
 
