@@ -1,6 +1,6 @@
 """Completions drawn from the posterior over latents given the observed pixels, by MALA.
 
-Invert's objective, mean over the M observed values of (Φ⁻¹(z) − x)² + γ·‖z‖²/D, is D/(2γ) times
+Invert's objective, mean over the M observed values of (Φ⁻¹(z) − x)² + γ·‖z‖²/D, is 2γ/D times
 
     U(z) = Σ_observed (Φ⁻¹(z) − x)² / 2σ²  +  ½·‖z‖² / t²,    σ² = γ·M / D,  t = 1,
 
