@@ -166,7 +166,7 @@ def test_sigkill_at_any_moment_leaves_a_resumable_run(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     payload = ckpt.load_checkpoint(run)  # whatever moment it died at, `latest` names a whole file
-    assert payload["iteration"] >= 2
+    assert payload["iteration"] >= 1  # ckpt 2 may be written with `latest` still naming ckpt 1
     leftovers = [n for n in os.listdir(os.path.join(run, "checkpoints")) if not n.endswith(".pt")]
     assert all(n.startswith(".tmp-") for n in leftovers)
     open(os.path.join(run, "checkpoints", ".tmp-cut-short"), "wb").close()  # as a kill leaves one

@@ -188,6 +188,15 @@ def test_resume_from_a_checkpoint_file_and_of_a_finished_run(tmp_path):
     assert any("has finished its 6 iterations" in line for line in said), said
 
 
+def test_train_takes_a_config_or_a_run_to_resume(tmp_path):
+    with pytest.raises(TypeError, match="not both"):
+        train(progress=False)
+    with pytest.raises(TypeError, match="not both"):
+        train(config(tmp_path, "both"), resume=str(tmp_path / "both"), progress=False)
+    with pytest.raises(TypeError, match="takes a TrainConfig"):
+        train(dict(TINY), progress=False)  # the plain dict is a run's stored form only
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("image_size", 10, "divisible by 2\\^blocks"),
     ("image_size", 1, "image_size \\(--size\\) must be at least 2, not 1"),

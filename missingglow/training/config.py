@@ -106,7 +106,8 @@ class TrainConfig:
         are left out (`unknown` names them)."""
         values = {f.name: f.metadata["if_missing"] for f in fields(cls)
                   if "if_missing" in f.metadata}
-        values.update((k, v) for k, v in stored.items() if k in cls.names())
+        names = cls.names()
+        values.update((k, v) for k, v in stored.items() if k in names)
         return cls(**values)
 
     @classmethod

@@ -188,6 +188,8 @@ def open_run(config, resume, iterations, speak, hold=None):
     """(config, run folder, checkpoint payload or None) for a new run or a resumed one, with
     `iterations` (when given) as its total. `hold`: an ExitStack that takes the run folder's lock,
     for the process that writes the run."""
+    if (config is None) == (resume is None):
+        raise TypeError("train() takes a TrainConfig for a new run or a run to resume, not both")
     if config is not None and not isinstance(config, TrainConfig):
         raise TypeError(f"train() takes a TrainConfig (training/config.py), not "
                         f"{type(config).__name__}")
