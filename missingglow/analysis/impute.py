@@ -117,25 +117,10 @@ def by_hand(square, size):
     return square_mask(torch.tensor([[top, left]]), k, size)
 
 
-ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")   # Pillow's modes with an alpha channel
-
-
-def alpha_hole(img, size, path):
-    """An image's transparent pixels as its hole, or None. An alpha channel that is opaque
-    everywhere (a logo saved as RGBA) marks nothing missing: it is no hole, so the mask, the
-    square or the detector decide as for any other image."""
-    from ..data.images import alpha_mask
-
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    opaque = img.mode in ALPHA_MODES and img.getchannel("A").getextrema()[0] >= 128
-    return None if opaque else alpha_mask(img, size, path)
-
-
 def _load_file(run, path, mask_file, need_hole):
     """An image file → (Item, whether it was converted or resized); its hole from `mask_file` or its
     alpha channel when one is needed."""
-    from ..data.images import load_image, load_mask
+    from ..data.images import alpha_mask, load_image, load_mask
 
     image = load_image(path, run.image_size)   # UserError for a missing or unreadable file
     item = Item(os.path.splitext(os.path.basename(path))[0], image)
@@ -145,7 +130,7 @@ def _load_file(run, path, mask_file, need_hole):
             item.mask = load_mask(mask_file, img.size, run.image_size)
             item.source = f"mask {os.path.basename(mask_file)}"
         elif need_hole:
-            item.mask = alpha_hole(img, run.image_size, path)
+            item.mask = alpha_mask(img, run.image_size, path)
             item.source = "its alpha channel" if item.mask is not None else ""
     return item, reshaped
 

@@ -19,11 +19,19 @@ for command in (training.prepare, training.check, training.train, analysis.sampl
 
 
 def main(argv=None):
-    """Entry point: a UserError becomes one line on stderr and exit code 2, never a traceback."""
+    """Entry point: a UserError or a bad option becomes one `error:` line on stderr and exit code
+    2 (click's usage block folded into that line), never a traceback."""
     try:
         cli.main(args=argv, prog_name="missingglow", standalone_mode=False)
     except UserError as err:
         click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except click.BadParameter as err:
+        click.echo(f"error: {err.format_message()}", err=True)
+        sys.exit(2)
+    except click.UsageError as err:
+        hint = f" (see `{err.ctx.command_path} --help`)" if err.ctx is not None else ""
+        click.echo(f"error: {err.format_message()}{hint}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

@@ -6,7 +6,7 @@ import click
 
 from ..errors import UserError
 from ..progress import echo
-from .params import ALPHAS, COUNT, SQUARE_PLACE, TEMPERATURES, FiniteRange, OneLineErrors
+from .params import ALPHAS, COUNT, SQUARE_PLACE, TEMPERATURES, FiniteRange
 
 
 def _flat(lists):
@@ -42,7 +42,7 @@ def dataset_options(f):
                              "held-out split to use [the synthetic faces].")(f)
 
 
-@click.command(cls=OneLineErrors)
+@click.command()
 @click.option("--checkpoint", default=None, help=CHECKPOINT_HELP)
 @click.option("-t", "--temperature", "temperatures", type=TEMPERATURES, multiple=True,
               default=["0.7"],
@@ -76,7 +76,7 @@ SQUARE_HINT = ("giving --square K (the trained square size) counts more reliably
                "docs/phenomenon.md")
 
 
-@click.command(cls=OneLineErrors)
+@click.command()
 @click.argument("images", nargs=-1)
 @click.option("--checkpoint", default=None,
               help="Run folder or checkpoint: sample it and print Table 1 [the newest run under "
@@ -159,7 +159,7 @@ def invert_options(f):
     return f
 
 
-@click.command(cls=OneLineErrors)
+@click.command()
 @click.argument("images", nargs=-1, required=True)
 @click.option("--checkpoint", default=None, help=CHECKPOINT_HELP)
 @click.option("--method", type=click.Choice(["invert", "alpha"]), default=None,
@@ -217,7 +217,7 @@ def impute(images, checkpoint, method, alphas, masks, samples, seed, keep_observ
         sys.exit(2)
 
 
-@click.command("latent-norms", cls=OneLineErrors)
+@click.command("latent-norms")
 @click.option("--checkpoint", default=None, help=CHECKPOINT_HELP)
 @click.option("-n", "n", type=COUNT, default=100, show_default=True,
               help="Held-out images per variant.")
@@ -236,7 +236,7 @@ def latent_norms_command(checkpoint, n, seed, data, square, out):
     _wrote(write_latent_norms(result, out))
 
 
-@click.command(cls=OneLineErrors)
+@click.command()
 @click.option("--checkpoint", default=None, help=CHECKPOINT_HELP)
 @click.option("-n", "n", type=COUNT, default=100, show_default=True, help="Held-out images.")
 @click.option("--alpha", "alphas", type=ALPHAS, default="0.1:1.0:0.1", show_default=True,

@@ -1,14 +1,12 @@
 """What users type into the analysis commands, as click parameter types: lists and ranges of
 alphas and temperatures, counts, finite numbers in a range, and a square's place given by hand.
 
-A bad value is click's `BadParameter`; `OneLineErrors` turns it into the one `error:` line every
-other bad input gets, instead of click's usage block.
+A bad value is click's `BadParameter`; `missingglow.cli.main` turns it into the one `error:` line
+every other bad input gets, instead of click's usage block.
 """
 import math
 
 import click
-
-from ..errors import UserError
 
 COUNT = click.IntRange(min=1)
 MOST_VALUES = 10_000
@@ -86,16 +84,3 @@ class SquarePlace(click.ParamType):
 
 
 SQUARE_PLACE = SquarePlace()
-
-
-class OneLineErrors(click.Command):
-    """A command whose bad parameters read as one `error:` line with exit code 2, as every other
-    bad input does, rather than click's usage block."""
-
-    def parse_args(self, ctx, args):
-        try:
-            return super().parse_args(ctx, args)
-        except click.BadParameter as err:
-            raise UserError(err.format_message()) from None
-        except click.UsageError as err:
-            raise UserError(f"{err.format_message()} (see `{ctx.command_path} --help`)") from None

@@ -36,8 +36,9 @@ def load_image(path, size):
     pixels = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(size, size, 3)
     return pixels.permute(2, 0, 1).float().div(255)
 
-def _hole_from(img, size, what):
-    """A Pillow 'L' image of 255 = missing → (1, size, size) bool, through the images' geometry."""
+def _hole_from(img, size, what, none_is_no_hole=False):
+    """A Pillow 'L' image of 255 = missing → (1, size, size) bool, through the images' geometry.
+    With `none_is_no_hole`, a hole that marks nothing (after the crop) is None, not an error."""
     # BOX keeps a model pixel missing when any source pixel under it is missing
     w, h = img.size
     scale = size / min(w, h)
@@ -47,6 +48,8 @@ def _hole_from(img, size, what):
     img = resize_crop(img, size)
     hole = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(1, size, size) > 0
     if not hole.any():
+        if none_is_no_hole:
+            return None
         raise UserError(f"{what} marks no pixel as missing; nothing to restore")
     if hole.all():
         raise UserError(f"{what} marks every pixel as missing; keep some of the image")
@@ -73,10 +76,11 @@ def load_mask(path, image_size, size):
 
 def alpha_mask(img, size, path):
     """The transparent part (alpha < 128) of an opened Pillow image → (1, size, size) bool, or None
-    when the image has no alpha channel."""
+    when it marks nothing: no alpha channel, or one that is opaque wherever the crop keeps (a logo
+    saved as RGBA has no hole; the mask, the square or the detector decide for it instead)."""
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode not in ("RGBA", "LA", "PA", "RGBa", "La"):
         return None
     alpha = img.getchannel("A").point(lambda v: 255 if v < 128 else 0)
-    return _hole_from(alpha, size, f"the alpha channel of {path}")
+    return _hole_from(alpha, size, f"the alpha channel of {path}", none_is_no_hole=True)
