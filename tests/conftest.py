@@ -2,7 +2,7 @@
 
 Every test is seeded from its own id: torch's global generator and Python's `random` before it
 starts, and the `gen` fixture's generator, so a test gives the same answer in every run, alone or
-in the whole suite, in any order. Random seeds are an opt-in job (docs/conventions.md §6):
+in the whole suite, in any order. Random seeds are an opt-in job (README, Development):
 
     MISSINGGLOW_TEST_SEEDS=random ./run.sh test     # a fresh seed per test, printed on failure
     MISSINGGLOW_TEST_SEED=1234 ./run.sh test -k X   # replay the seed a failure printed

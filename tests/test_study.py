@@ -55,7 +55,8 @@ def by_hand(study, kept):
     for b, ((top, left),) in enumerate(positions.tolist()):
         inside[b, :, top:top + c["square"], left:left + c["square"]] = True
     n = study.IMPUTE_IMAGES
-    grey = (torch.floor(masked[:n] * 255 / 8) - torch.floor(clean[:n] * 255 / 8)) / 32
+    # images are scored as their 5-bit bins' 8-bit representatives, 8·bin + 4 (flow/preprocess)
+    grey = (torch.floor(masked[:n] * 255 / 8) - torch.floor(clean[:n] * 255 / 8)) * 8 / 255
     rmse = grey[inside[:n]].double().pow(2).mean().sqrt().item()
     return {"masked": bits(masked), "clean": bits(clean)}, rmse
 

@@ -1,1 +1,2 @@
-"""Training: the loop, its configuration and presets, checkpoints, the run lock, held-out bits/dim."""
+"""Training: the loop, its typed configuration and presets, checkpoints, the run lock, held-out
+bits/dim."""
