@@ -5,10 +5,10 @@
 #                                      (default: all of them)
 #
 # The targets: loss = bits_per_dim (flow/preprocess.py); pooling = _errors, _Pool and _psnr
-# (analysis/evaluate.py); heldout = analysis/heldout.py; counter = analysis/squares.py;
-# checkpoint = checkpoint.py; guard = the non-finite guard of train.py: roll_back,
-# Distributed.all_finite and the mutants of train() that change a line of the guard's block or a
-# line that counts the bad steps (bad_run, the state dict).
+# (analysis/evaluate.py); heldout = training/heldout.py; counter = analysis/squares.py;
+# checkpoint = training/checkpoint.py; guard = the non-finite guard of training/loop.py:
+# roll_back, Distributed.all_finite and the mutants of train() that change a line of the guard's
+# block or a line that counts the bad steps (bad_run, the state dict).
 #
 # It copies the checkout's working tree (tracked and untracked, not ignored files; with
 # MUTATION_REV=<commit>, that commit instead) and the built missingglow._C to build/mutation,
@@ -68,10 +68,11 @@ TARGETS = {  # name: (file, mutant-name globs; they match the function's own nam
                 ["missingglow.analysis.evaluate.x__errors*",
                  "missingglow.analysis.evaluate.xǁ_Poolǁ*",
                  "missingglow.analysis.evaluate.x__psnr*"]),
-    "heldout": ("missingglow/analysis/heldout.py", ["missingglow.analysis.heldout.*"]),
-    "checkpoint": ("missingglow/checkpoint.py", ["missingglow.checkpoint.*"]),
-    "guard": ("missingglow/train.py",
-              ["missingglow.train.x_roll_back*", "missingglow.train.xǁDistributedǁall_finite*"]),
+    "heldout": ("missingglow/training/heldout.py", ["missingglow.training.heldout.*"]),
+    "checkpoint": ("missingglow/training/checkpoint.py", ["missingglow.training.checkpoint.*"]),
+    "guard": ("missingglow/training/loop.py",
+              ["missingglow.training.loop.x_roll_back*",
+               "missingglow.training.loop.xǁDistributedǁall_finite*"]),
     "counter": ("missingglow/analysis/squares.py", ["missingglow.analysis.squares.*"]),
 }
 wanted = wanted or list(TARGETS)
@@ -152,7 +153,7 @@ def run(names):
 
 
 began = time.time()
-print("in the copy,", "undecorated:", undecorate("missingglow/analysis/heldout.py"))
+print("in the copy,", "undecorated:", undecorate("missingglow/training/heldout.py"))
 seconds, guard = {}, []
 for t in [t for t in TARGETS if t in wanted]:
     # the first run generates every mutant and records which tests call which function
@@ -160,9 +161,11 @@ for t in [t for t in TARGETS if t in wanted]:
     if t == "guard":
         from mutmut.mutation.diff_apply import get_diff_for_mutant  # needs mutants/ first
 
-        first, lines, _ = guard_lines("missingglow/train.py")
-        for key in sorted(k for k in meta() if k.startswith("missingglow.train.x_train__mutmut_")):
-            touched = changed_lines(get_diff_for_mutant(key, path="missingglow/train.py"), first)
+        first, lines, _ = guard_lines("missingglow/training/loop.py")
+        for key in sorted(k for k in meta()
+                          if k.startswith("missingglow.training.loop.x_train__mutmut_")):
+            touched = changed_lines(get_diff_for_mutant(key, path="missingglow/training/loop.py"),
+                                    first)
             if touched & lines:
                 guard.append(key)
         print(f"guard: {len(guard)} of train()'s mutants change a line of the guard")
