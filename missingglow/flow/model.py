@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from . import ops
-from .fused_step import FusedFlowStep
+from .fused_step import FusedFlowStep, reverse_steps, run_steps
 from .layers import FlowStep, ZeroConv2d, gaussian_log_p, squeeze2x2, unsqueeze2x2
 from .memory_saving import flows_without_activations
+from .step_params import PRECISIONS
 
 LATENTS = ("standardised", "raw")
 IMPLS = ("fused", "reference")
@@ -37,17 +38,25 @@ class Block(nn.Module):
     """Squeeze 2×2, `flows` steps, then split off half the channels under a learned Gaussian prior.
 
     The last block does not split: its whole output is the latent, and its prior is the same
-    zero-initialised conv applied to zeros (a learned constant mean and scale).
+    zero-initialised conv applied to zeros (a learned constant mean and scale). Fused steps do
+    their parameter-only work once for the whole block (flow/step_params.py), and run their
+    coupling network's hidden convolutions in `precision` ("fp32" or "bf16"); reference steps are
+    each computed on their own, in the model's dtype.
     """
 
     def __init__(self, in_channels, flows, hidden, affine, lu, split, impl="reference",
-                 memory_saving=False):
+                 memory_saving=False, precision="fp32"):
         super().__init__()
         channels = in_channels * 4
         self.split = split
         self.memory_saving = memory_saving
-        step = FusedFlowStep if resolve_impl(impl) == "fused" else FlowStep
-        self.flows = nn.ModuleList(step(channels, hidden, affine, lu) for _ in range(flows))
+        self.fused = resolve_impl(impl) == "fused"
+        if self.fused:
+            self.flows = nn.ModuleList(FusedFlowStep(channels, hidden, affine, lu, precision)
+                                       for _ in range(flows))
+        else:
+            self.flows = nn.ModuleList(FlowStep(channels, hidden, affine, lu)
+                                       for _ in range(flows))
         if split:
             self.prior = ZeroConv2d(in_channels * 2, in_channels * 4)
         else:
@@ -63,6 +72,8 @@ class Block(nn.Module):
         out = squeeze2x2(x)
         if self.memory_saving:
             out, logdet = flows_without_activations(self.flows, out)
+        elif self.fused:
+            out, logdet = run_steps(list(self.flows), out)
         else:
             logdet = x.new_zeros(x.shape[0])
             for flow in self.flows:
@@ -87,6 +98,8 @@ class Block(nn.Module):
         else:
             z = latent
         out = torch.cat([kept, z], 1) if self.split else z
+        if self.fused:
+            return unsqueeze2x2(reverse_steps(list(self.flows), out))
         for flow in reversed(self.flows):
             out = flow.reverse(out)
         return unsqueeze2x2(out)
@@ -108,13 +121,24 @@ class Glow(nn.Module):
     (flow/fused_step.py, the default when the compiled ops loaded) or "reference" (flow/layers.py,
     pure PyTorch); both have the same parameters and give the same numbers. `memory_saving=True`
     (flow/memory_saving.py) keeps no activations inside the flow for the backward and rebuilds
-    them through the inverse instead.
+    them through the inverse instead. `precision="bf16"` runs the fused coupling networks' two
+    hidden convolutions in bfloat16 (flow/fused_step.py); everything else, and the reference
+    steps, stay in the model's dtype. A config without it (an older checkpoint's) means "fp32".
     """
 
     def __init__(self, blocks=4, flows=32, hidden=512, affine=True, lu=True, in_channels=3,
-                 image_size=64, impl=None, memory_saving=False):
+                 image_size=64, impl=None, memory_saving=False, precision="fp32"):
         super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if impl == "reference" and precision != "fp32":
+            raise ValueError(f"precision {precision!r} runs on the fused steps; the reference is "
+                             "the full-precision ground truth")
         impl = resolve_impl(impl)
+        if impl == "reference" and precision != "fp32":  # the fused ops did not load
+            warnings.warn(f"precision {precision!r} needs the fused ops: the reference runs "
+                          "in full precision", RuntimeWarning, stacklevel=2)
+            precision = "fp32"
         lu_per_block = list(lu) if isinstance(lu, (list, tuple)) else [bool(lu)] * blocks
         if len(lu_per_block) != blocks:
             raise ValueError(f"lu has {len(lu_per_block)} flags for {blocks} blocks")
@@ -124,7 +148,7 @@ class Glow(nn.Module):
         self.config = dict(blocks=blocks, flows=flows, hidden=hidden, affine=affine,
                            lu=lu if isinstance(lu, bool) else lu_per_block,
                            in_channels=in_channels, image_size=image_size, impl=impl,
-                           memory_saving=memory_saving)
+                           memory_saving=memory_saving, precision=precision)
         self.in_channels = in_channels
         self.image_size = image_size
         self.blocks = nn.ModuleList()
@@ -132,7 +156,8 @@ class Glow(nn.Module):
         for i in range(blocks):
             last = i == blocks - 1
             self.blocks.append(Block(channels, flows, hidden, affine, lu_per_block[i],
-                                     split=not last, impl=impl, memory_saving=memory_saving))
+                                     split=not last, impl=impl, memory_saving=memory_saving,
+                                     precision=precision))
             channels *= 2
 
     # --- shapes -----------------------------------------------------------------------------------
