@@ -1,8 +1,9 @@
 """`missingglow check`: what this installation can do, proven on a small random model.
 
 Reports whether the fused extension loaded (and with which backends), then builds a small Glow,
-data-initialises it, and checks that inverse(forward(x)) returns x and that the fused ops the
-model runs (actnorm_conv, coupling_step, flow_step, their inverses and their backwards) agree
+data-initialises it, and checks that inverse(forward(x)) returns x, in each precision the fused
+steps run (fp32, and bf16 for the coupling networks' hidden convolutions), and that the fused ops
+the model runs (actnorm_conv, coupling_step, flow_step, their inverses and their backwards) agree
 with their pure-PyTorch references, so a user sees at once whether the build is sound.
 """
 import time
@@ -12,6 +13,11 @@ import torch
 from .flow import fused_step, ops, ops_reference
 from .flow.model import Glow
 from .flow.preprocess import bits_per_dim, dequantize, quantize
+from .flow.step_params import PRECISIONS
+
+# bf16's round trip is exact step by step (the network sees the same bits both ways) but a
+# rebuilt input can flip a bfloat16 rounding: within one bfloat16 step (2^-8) of the data's scale
+ROUND_TRIP_BOUNDS = {"fp32": 2.0 ** -16, "bf16": 2.0 ** -8}
 
 
 def _op_names():
@@ -54,12 +60,35 @@ def run(image_size=32, seed=0):
     yield (f"Glow 3 blocks x 4 flows, hidden 32, {image_size}x{image_size}: inverse(forward(x)) "
            f"relative error {error:.1e}, untrained {bpd:.2f} bits/dim on noise, {elapsed:.2f} s")
     if ops.AVAILABLE:
+        errors = round_trip_errors(model, x, gen)
+        scale = x.abs().max().item()
+        for precision, error in errors.items():
+            bound = ROUND_TRIP_BOUNDS[precision] * scale
+            assert error < bound, f"{precision}: decode(encode(x)) is off by {error:.2e}"
+        yield ("round trip max|decode(encode(x)) - x| with the parameters perturbed (a fresh "
+               "model's couplings are the identity): "
+               + ", ".join(f"{p} {e:.1e}" for p, e in errors.items()))
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available()
                              and "CUDA" in _kernel_keys(_op_names()) else [])
         diff = max(fused_ops_difference(device, gen) for device in devices)
         assert diff < 1e-9, f"the fused ops differ from their references by {diff:.2e}"
         yield (f"fused ops vs reference (float64, {', '.join(devices)}): actnorm_conv, "
                f"coupling_step, flow_step, inverses and gradients, max difference {diff:.1e}")
+
+
+def round_trip_errors(model, x, gen):
+    """{precision: max|decode(encode(x)) − x|} of `model` with every parameter perturbed, as
+    training would have moved them, run in each precision."""
+    state = {name: t + 0.02 * torch.randn(t.shape, generator=gen, dtype=t.dtype)
+             if t.is_floating_point() and name in dict(model.named_parameters()) else t
+             for name, t in model.state_dict().items()}
+    errors = {}
+    for precision in PRECISIONS:
+        moved = Glow(**{**model.config, "precision": precision})
+        moved.load_state_dict(state)
+        with torch.no_grad():
+            errors[precision] = (moved.decode(moved.encode(x)) - x).abs().max().item()
+    return errors
 
 
 def fused_ops_difference(device, gen):
