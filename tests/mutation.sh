@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
 # Mutation testing with mutmut 3 (not run by CI; docs/mutation.md holds the last report).
 #
-#   tests/mutation.sh [TARGET ...]     TARGET: loss pooling heldout counter checkpoint guard
-#                                      (default: all of them)
+#   tests/mutation.sh [TARGET ...]     TARGET: loss pooling heldout checkpoint guard restore
+#                                      masks quantise counter (default: all of them)
 #
 # The targets: loss = bits_per_dim (flow/preprocess.py); pooling = _errors, _Pool and _psnr
-# (analysis/evaluate.py); heldout = training/heldout.py; counter = analysis/squares.py;
-# checkpoint = training/checkpoint.py; guard = the non-finite guard of training/loop.py:
-# roll_back, Distributed.all_finite and the mutants of train() that change a line of the guard's
-# block or a line that counts the bad steps (bad_run, the state dict).
+# (analysis/evaluate.py); heldout = training/heldout.py; checkpoint = training/checkpoint.py;
+# guard = the non-finite guard of training/loop.py: roll_back, Distributed.all_finite and the
+# mutants of train() that change a line of the guard's block or a line that counts the bad steps
+# (bad_run, the state dict); restore = analysis/invert.py; masks = data/masks.py and the image
+# and mask reading of data/images.py; quantise = flow/preprocess.py but bits_per_dim;
+# counter = analysis/squares.py.
 #
 # It copies the checkout's working tree (tracked and untracked, not ignored files; with
 # MUTATION_REV=<commit>, that commit instead) and the built missingglow._C to build/mutation,
 # runs mutmut there with [tool.mutmut] of pyproject.toml, and writes the summary with every
 # surviving mutant's diff to build/mutation/report.md. In that folder `mutmut show NAME` and
 # `mutmut browse` work on the result. mutmut 3 leaves decorated functions alone, so in the copy
-# heldout_bits_per_dim's @torch.no_grad() becomes a `with torch.no_grad():` around its body (the
-# same behaviour) so that it is mutated too.
+# heldout_bits_per_dim's @torch.no_grad() and invert's @torch.enable_grad() become a `with` of
+# the same context around the function's body (the same behaviour) so that they are mutated too.
 #
 # Environment: PYTHON (default .venv/bin/python, which must have mutmut: pip install mutmut),
 # MUTATION_JOBS (parallel mutants, default the number of CPUs), MUTATION_DIR (default
@@ -61,19 +63,26 @@ from pathlib import Path
 
 mutmut, jobs, source, *wanted = sys.argv[1:]
 
-TARGETS = {  # name: (file, mutant-name globs; they match the function's own name too), in the
+TARGETS = {  # name: (files, mutant-name globs; they match the function's own name too), in the
     # order they run: the counter last, its bank tests make it the slowest by far
-    "loss": ("missingglow/flow/preprocess.py", ["missingglow.flow.preprocess.x_bits_per_dim*"]),
-    "pooling": ("missingglow/analysis/evaluate.py",
+    "loss": (["missingglow/flow/preprocess.py"], ["missingglow.flow.preprocess.x_bits_per_dim*"]),
+    "pooling": (["missingglow/analysis/evaluate.py"],
                 ["missingglow.analysis.evaluate.x__errors*",
                  "missingglow.analysis.evaluate.xǁ_Poolǁ*",
                  "missingglow.analysis.evaluate.x__psnr*"]),
-    "heldout": ("missingglow/training/heldout.py", ["missingglow.training.heldout.*"]),
-    "checkpoint": ("missingglow/training/checkpoint.py", ["missingglow.training.checkpoint.*"]),
-    "guard": ("missingglow/training/loop.py",
+    "heldout": (["missingglow/training/heldout.py"], ["missingglow.training.heldout.*"]),
+    "checkpoint": (["missingglow/training/checkpoint.py"], ["missingglow.training.checkpoint.*"]),
+    "guard": (["missingglow/training/loop.py"],
               ["missingglow.training.loop.x_roll_back*",
                "missingglow.training.loop.xǁDistributedǁall_finite*"]),
-    "counter": ("missingglow/analysis/squares.py", ["missingglow.analysis.squares.*"]),
+    "restore": (["missingglow/analysis/invert.py"], ["missingglow.analysis.invert.*"]),
+    "masks": (["missingglow/data/masks.py", "missingglow/data/images.py"],
+              ["missingglow.data.masks.*", "missingglow.data.images.*"]),
+    "quantise": (["missingglow/flow/preprocess.py"],
+                 [f"missingglow.flow.preprocess.x_{f}*" for f in (
+                     "quantize", "bin_representatives", "dequantize", "to_unit_range", "luma",
+                     "match_channels", "to_model", "from_model")]),
+    "counter": (["missingglow/analysis/squares.py"], ["missingglow.analysis.squares.*"]),
 }
 wanted = wanted or list(TARGETS)
 unknown = [w for w in wanted if w not in TARGETS]
@@ -81,13 +90,16 @@ if unknown:
     sys.exit(f"unknown target(s) {unknown}; choose from {' '.join(TARGETS)}")
 
 
+CONTEXTS = ("torch.no_grad()", "torch.enable_grad()")
+
+
 def undecorate(path):
-    """@torch.no_grad() on a function → `with torch.no_grad():` around its body (after the
-    docstring), so that mutmut, which skips decorated functions, mutates it."""
+    """@torch.no_grad() (or @torch.enable_grad()) on a function → a `with` of that context around
+    its body (after the docstring), so that mutmut, which skips decorated functions, mutates it."""
     lines = Path(path).read_text().splitlines(keepends=True)
     tree = ast.parse("".join(lines))
     found = [f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
-             and [ast.unparse(d) for d in f.decorator_list] == ["torch.no_grad()"]]
+             and [ast.unparse(d) for d in f.decorator_list] in [[c] for c in CONTEXTS]]
     for f in sorted(found, key=lambda f: -f.lineno):
         body = f.body[1:] if (isinstance(f.body[0], ast.Expr)
                               and isinstance(f.body[0].value, ast.Constant)) else f.body
@@ -97,7 +109,8 @@ def undecorate(path):
                    and n.lineno - 1 >= first]
         assert not strings, f"{path}: a multi-line string in {f.name} would change when indented"
         indent = " " * body[0].col_offset
-        lines[first:last] = [indent + "with torch.no_grad():\n"] + [
+        context = ast.unparse(f.decorator_list[0])
+        lines[first:last] = [f"{indent}with {context}:\n"] + [
             ("    " + line) if line.strip() else line for line in lines[first:last]]
         d = f.decorator_list[0]
         del lines[d.lineno - 1:d.end_lineno]
@@ -139,6 +152,11 @@ def changed_lines(diff, first_line):
     return out
 
 
+def path_of(key, files):
+    """The file, of a target's files, that holds the function of mutant `key`."""
+    return next(f for f in files if key.startswith(f[:-len(".py")].replace("/", ".") + "."))
+
+
 def meta():
     keys = {}
     for f in Path("mutants").rglob("*.py.meta"):
@@ -153,7 +171,8 @@ def run(names):
 
 
 began = time.time()
-print("in the copy,", "undecorated:", undecorate("missingglow/training/heldout.py"))
+print("in the copy,", "undecorated:", *(undecorate(f) for f in (
+    "missingglow/training/heldout.py", "missingglow/analysis/invert.py")))
 seconds, guard = {}, []
 for t in [t for t in TARGETS if t in wanted]:
     # the first run generates every mutant and records which tests call which function
@@ -186,12 +205,12 @@ for t in wanted:
     counts = {}
     for s in status.values():
         counts[s] = counts.get(s, 0) + 1
-    out.append(f"## {t} ({TARGETS[t][0]}): {len(status)} mutants in {seconds[t]:.0f} s: "
-               + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    out.append(f"## {t} ({', '.join(TARGETS[t][0])}): {len(status)} mutants in "
+               f"{seconds[t]:.0f} s: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     for k, s in status.items():
         if s != "killed":
             out += ["", f"### {k}: {s}", "```diff",
-                    get_diff_for_mutant(k, path=TARGETS[t][0]), "```"]
+                    get_diff_for_mutant(k, path=path_of(k, TARGETS[t][0])), "```"]
     out.append("")
 Path("report.md").write_text("\n".join(out))
 print("\n".join(line for line in out if line.startswith("#")))
