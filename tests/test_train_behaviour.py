@@ -98,7 +98,7 @@ def test_warmup_is_linear_then_constant_and_scaled():
 
 def test_gradients_are_clipped_to_the_configured_norm(tmp_path, monkeypatch):
     norms = []
-    real_step = torch.optim.Adam.step
+    real_step = train_module.GuardedAdam.step  # the loop's Adam (training/adam.py)
 
     def step(self, *args, **kwargs):
         grads = [p.grad.flatten() for g in self.param_groups for p in g["params"]
@@ -106,7 +106,7 @@ def test_gradients_are_clipped_to_the_configured_norm(tmp_path, monkeypatch):
         norms.append(torch.cat(grads).norm().item())
         return real_step(self, *args, **kwargs)
 
-    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    monkeypatch.setattr(train_module.GuardedAdam, "step", step)
     run = train(config(tmp_path, "clip", iterations=3, grad_clip=0.01), progress=False)
     logged_norms = [n for _, n in logged(run, "grad_norm")]
     assert len(norms) == 3 and max(norms) <= 0.01 * (1 + 1e-4), norms

@@ -105,34 +105,41 @@ def setting_options(command):
 
 def refuse_settings_beside_resume(settings):
     """A resumed run keeps its stored settings: one given beside --resume would be ignored, so it
-    is refused instead (all but --iterations, which extends the run)."""
+    is refused instead (all but --iterations, which extends the run, and the settings of how this
+    machine trains, which replace the stored ones)."""
     ignored = [flag_of(f) for f in fields(TrainConfig)
-               if settings[f.name] is not None and f.name != "iterations"]
+               if settings[f.name] is not None and f.name != "iterations"
+               and not f.metadata["machine"]]
     if ignored:
+        machine = ", ".join(flag_of(f).split("/")[0] for f in fields(TrainConfig)
+                            if f.metadata["machine"])
         raise UserError(f"--resume continues a run with its stored settings: of the others, only "
-                        f"--iterations applies, not {', '.join(ignored)}")
+                        f"--iterations applies, not {', '.join(ignored)} (this machine's "
+                        f"{machine} may be given too)")
 
 
 @click.command()
 @setting_options
 @click.option("--resume", default=None,
               help="Continue the run in this folder (or from this checkpoint file) with its "
-                   "stored settings; of the options above only --iterations applies.")
+                   "stored settings; of the options above only --iterations and this machine's "
+                   "--graph, --threads and --eval-batch apply.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(resume, quiet, **settings):
     """Train a Glow on images with grey squares (progress, checkpoints, resume, torchrun)."""
     from ..training.loop import train as run_training
 
-    config = None
+    config, machine = None, None
     if resume is not None:
         refuse_settings_beside_resume(settings)
+        machine = {k: settings[k] for k in TrainConfig.machine_names() if settings[k] is not None}
     else:
         config, note = resolve_config(settings)
         if note:
             click.echo(note, err=True)
     try:
         run_dir = run_training(config, resume=resume, iterations=settings["iterations"],
-                               progress=not quiet)
+                               progress=not quiet, machine=machine)
     except KeyboardInterrupt:
         sys.exit(130)
     click.echo(run_dir)

@@ -32,14 +32,16 @@ PRESETS = {
 
 
 def setting(default, help, *, flag=None, at_least=None, at_most=None, above=None, choices=None,
-            shown=None, if_missing=MISSING):
+            shown=None, if_missing=MISSING, machine=False):
     """A TrainConfig field. `flag`: the command line's spelling when it is not --field-name (for a
     bool, "--on/--off" or a lone "--on"). `shown`: the default as the command line should show it,
     where the value alone would mislead (None meaning "decided at run time"). `if_missing`: the
     value a stored config without this key had, when that is not the default (runs written before
-    the setting existed)."""
+    the setting existed). `machine`: a setting of how this machine runs the training, not of what
+    it trains (same results either way): it may be given beside --resume and replaces the stored
+    value."""
     meta = dict(help=help, flag=flag, at_least=at_least, at_most=at_most, above=above,
-                choices=choices, shown=shown)
+                choices=choices, shown=shown, machine=machine)
     if if_missing is not MISSING:
         meta["if_missing"] = if_missing
     return field(default=default, metadata=meta)
@@ -86,12 +88,20 @@ class TrainConfig:
     memory_saving: bool = setting(
         False, "Rebuild activations in the backward pass instead of storing them.",
         flag="--memory-saving")
+    graph: bool = setting(
+        True, "Run each training step as one CUDA graph (one GPU; steps run eagerly under "
+              "torchrun and on the CPU).", flag="--graph/--no-graph", machine=True)
+    threads: int | None = setting(
+        None, "CPU threads for training.", at_least=1, machine=True,
+        shown="$OMP_NUM_THREADS if set, else the cores other processes leave free")
     sample_every: int = setting(1000, "Sample grid every N iterations.", at_least=1)
     eval_every: int = setting(500, "Held-out bits/dim every N iterations.", at_least=1)
     checkpoint_every: int = setting(500, "Checkpoint every N iterations.", at_least=1)
     log_every: int = setting(50, "Training bits/dim, lr and speed to metrics.jsonl every N "
                                  "iterations.", at_least=1)
     heldout_images: int = setting(256, "Held-out images each evaluation measures.", at_least=1)
+    eval_batch: int = setting(128, "Held-out images per forward pass of an evaluation.",
+                              at_least=1, machine=True)
     temperature: float = setting(0.7, "Temperature of the sample grids.", at_least=0)
     out: str | None = setting(None, "Run folder.", shown="runs/<preset>-<time>")
 
@@ -118,6 +128,11 @@ class TrainConfig:
     @classmethod
     def names(cls):
         return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def machine_names(cls):
+        """The settings of how a machine trains (`setting(machine=True)`), which --resume takes."""
+        return tuple(f.name for f in fields(cls) if f.metadata["machine"])
 
 
 def preset_config(name):

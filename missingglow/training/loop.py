@@ -4,6 +4,10 @@ Every random choice is a pure function of (seed, iteration): the images of a glo
 dequantisation noise and the sample grids. A run resumed from a checkpoint therefore replays
 exactly what an uninterrupted run would have done, and under torchrun every rank takes its slice
 of the same global batch, so N processes compute what one process would with that batch.
+
+The steps do not wait for the device (step.py): the loop queues them, and reads what they did
+every `log_every` iterations and before every evaluation, sample and checkpoint. A skipped step
+uses up its batch; the guard's rollback happens at the read after its run of bad steps.
 """
 import contextlib
 import json
@@ -25,10 +29,14 @@ from ..progress import echo, progress_bar
 from ..render.images import grid, save_png
 from ..seeding import generator
 from . import checkpoint as ckpt
+from .adam import GuardedAdam
 from .allocator import keep_freed_memory
 from .config import TrainConfig
-from .heldout import heldout_bits_per_dim
+from .heldout import HeldoutEval
 from .runlock import RunLock
+from .saver import CheckpointWriter
+from .step import Feed, Stepper, TrainStep
+from .threads import use_threads
 
 METRICS = "metrics.jsonl"
 
@@ -96,12 +104,22 @@ class Distributed:
             dist.barrier()
 
     def all_finite(self, flag):
-        """True only if every rank's flag is True."""
+        """True only if every rank's flag is True. A bool tensor on the device stays there, read
+        by nobody (the training step's verdict); a bool is answered with a bool."""
         if self.world == 1:
             return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        t = torch.as_tensor(flag, dtype=torch.float32, device=self.device).reshape(1).clone()
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
-        return bool(t.item() == 1.0)
+        return t[0] == 1.0 if isinstance(flag, torch.Tensor) else bool(t.item() == 1.0)
+
+    def graph(self, wanted, speak):
+        """Whether the training step runs as a CUDA graph: on one GPU when `wanted`."""
+        if not wanted or self.device.type != "cuda":
+            return False
+        if self.world > 1:
+            speak("under torchrun the training steps run eagerly, not as a CUDA graph")
+            return False
+        return True
 
     def close(self):
         if self.world > 1 and dist.is_initialized():
@@ -109,16 +127,16 @@ class Distributed:
 
 
 class Batches:
-    """Global batch t of the training images, with its seeded dequantisation noise.
+    """Global batch t of the training images, with its seeded dequantisation noise, in host memory.
 
     `batch(t)` is this rank's slice; `whole(t)` the whole global batch (ActNorm's initialisation).
     """
 
     def __init__(self, images, config, env):
-        self.images, self.config, self.device = images, config, env.device
+        self.images, self.config = images, config
         self.order = BatchOrder(len(images), config.batch, config.seed)
-        local = config.batch // env.world
-        self.part = slice(env.rank * local, (env.rank + 1) * local)
+        self.local = config.batch // env.world
+        self.part = slice(env.rank * self.local, (env.rank + 1) * self.local)
 
     def whole(self, iteration):
         return self.batch(iteration, slice(None))
@@ -129,7 +147,7 @@ class Batches:
         noise = torch.rand(shape, generator=generator(c.seed, "noise", iteration))
         masked, _, _ = self.images.batch(self.order(iteration)[part])
         x = quantize(match_channels(masked, c.channels), c.n_bits)
-        return (x + noise[part] / 2 ** c.n_bits).to(self.device)
+        return x + noise[part] / 2 ** c.n_bits
 
 
 class Metrics:
@@ -143,8 +161,9 @@ class Metrics:
         if self.main:
             append_line(self.path, json.dumps(dict(record, time=time.time())))
 
-    def add_loss(self, bpd):
-        self.bpd_sum, self.bpd_count = self.bpd_sum + bpd, self.bpd_count + 1
+    def add_losses(self, total, count):
+        """`count` steps' bits/dim, summed to `total`."""
+        self.bpd_sum, self.bpd_count = self.bpd_sum + total, self.bpd_count + count
 
     @property
     def mean_bpd(self):
@@ -184,10 +203,11 @@ def new_run_dir(config):
     return config.out or os.path.join("runs", f"{config.preset}-{stamp}")
 
 
-def open_run(config, resume, iterations, speak, hold=None):
+def open_run(config, resume, iterations, speak, hold=None, machine=None):
     """(config, run folder, checkpoint payload or None) for a new run or a resumed one, with
-    `iterations` (when given) as its total. `hold`: an ExitStack that takes the run folder's lock,
-    for the process that writes the run."""
+    `iterations` (when given) as its total and `machine` ({setting: value} of this machine's
+    settings, TrainConfig.machine_names) replacing the stored ones. `hold`: an ExitStack that
+    takes the run folder's lock, for the process that writes the run."""
     if (config is None) == (resume is None):
         raise TypeError("train() takes a TrainConfig for a new run or a run to resume, not both")
     if config is not None and not isinstance(config, TrainConfig):
@@ -202,7 +222,7 @@ def open_run(config, resume, iterations, speak, hold=None):
         if os.path.exists(os.path.join(run_dir, ckpt.LATEST)):
             raise UserError(f"run folder {run_dir} already holds a run; pass --resume "
                             f"{run_dir} to continue it, or another --out")
-        config = replace(config, out=run_dir)
+        config = replace(config, out=run_dir, **(machine or {}))
         return (config if iterations is None else replace(config, iterations=iterations),
                 run_dir, None)
     payload = ckpt.load_checkpoint(resume)
@@ -211,7 +231,7 @@ def open_run(config, resume, iterations, speak, hold=None):
     if unknown:
         speak(f"{run_dir} was trained with settings this missingglow does not know "
               f"({', '.join(unknown)}); going on without them")
-    config = replace(TrainConfig.from_dict(stored), out=run_dir)
+    config = replace(TrainConfig.from_dict(stored), out=run_dir, **(machine or {}))
     if iterations is not None:
         config = replace(config, iterations=iterations)
     if payload["iteration"] >= config.iterations:
@@ -246,10 +266,11 @@ def open_images(config, env, progress, speak):
     return config, train_images, heldout
 
 
-def train(config=None, resume=None, progress=True, say=None, iterations=None):
+def train(config=None, resume=None, progress=True, say=None, iterations=None, machine=None):
     """Train a new run from `config` (a TrainConfig), or resume the run folder (or checkpoint
     file) `resume` with its stored config; `iterations`, when given, is the run's total (a resumed
-    run is extended to it). Returns the run folder."""
+    run is extended to it), and `machine` ({setting: value}) sets this machine's settings (threads,
+    graph, eval_batch) over the stored ones. Returns the run folder."""
     keep_freed_memory()
     env = Distributed()
     say = say or echo
@@ -259,8 +280,9 @@ def train(config=None, resume=None, progress=True, say=None, iterations=None):
 
         # the run folder, locked by the writing process; a resumed run brings its config
         config, run_dir, payload = open_run(config, resume, iterations, speak,
-                                            hold if env.main else None)
+                                            hold if env.main else None, machine)
         hold.enter_context(name_the_last_checkpoint(run_dir))
+        use_threads(config.threads, env.device, speak)
 
         # the images, and global batch t with its noise as a pure function of (seed, t)
         torch.manual_seed(config.seed)
@@ -271,11 +293,11 @@ def train(config=None, resume=None, progress=True, say=None, iterations=None):
         # the model and optimiser: new, with ActNorm initialised on the whole first global batch,
         # or as the checkpoint left them
         model = Glow(**model_config(config)).to(env.device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        optimizer = GuardedAdam(model.parameters(), config.lr, env.device)
         state = {"lr_scale": 1.0, "skipped": 0, "rollbacks": 0}
         if payload is None:
             with torch.no_grad():
-                model.log_prob(batches.whole(0))
+                model.log_prob(batches.whole(0).to(env.device))
             start = 0
         else:
             model.load_state_dict(payload["model"])
@@ -286,9 +308,13 @@ def train(config=None, resume=None, progress=True, say=None, iterations=None):
         if env.world > 1:
             net = nn.parallel.DistributedDataParallel(net)
 
+        # checkpoints: the state copied to host memory and written in the background by rank 0
+        writer = CheckpointWriter(run_dir)
+        hold.callback(writer.close)
+
         def save(iteration):
             if env.main:
-                ckpt.save_checkpoint(run_dir, {
+                writer.save({
                     "config": config.to_dict(), "model_config": model_config(config),
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "iteration": iteration, "state": dict(state),
@@ -308,67 +334,100 @@ def train(config=None, resume=None, progress=True, say=None, iterations=None):
         if payload is None:
             save(0)
 
-        # the loop; Ctrl-C saves a checkpoint where it stopped
+        # the step: a static input fed from host memory, the guard and the sums on the device,
+        # one CUDA graph where it can be; the held-out images prepared once, on rank 0
+        def loss_of(x):
+            return bits_per_dim(net(x), bits, dims).mean()
+
         params = [p for p in model.parameters() if p.requires_grad]
         clip = config.grad_clip if config.grad_clip else math.inf
-        iteration, bad_run = start, 0
+        shape = (batches.local, config.channels, config.image_size, config.image_size)
+        step = TrainStep(loss_of, params, optimizer, shape, env.device, clip, env)
+        feed = Feed(batches, step.x)
+        stepper = Stepper(step, env.graph(config.graph, speak), speak)
+        evaluate = HeldoutEval(heldout, bits, config.seed, config.heldout_images,
+                               config.eval_batch, env.device, model.in_channels) \
+            if env.main else None
+
+        # the loop; Ctrl-C saves a checkpoint where it stopped
+        iteration = read_at = start
         bar = hold.enter_context(progress_bar(config.iterations, "training",
                                               env.main and progress, start, show_pos=True,
                                               item_show_func=lambda s: s))
         try:
             while iteration < config.iterations:
-                # one step on this rank's slice of global batch `iteration`
+                # one step on this rank's slice of global batch `iteration`, queued on the device
                 lr = set_lr(optimizer, config, iteration, state["lr_scale"])
-                loss = bits_per_dim(net(batches.batch(iteration)), bits, dims).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
-
-                # the guard: a non-finite loss or gradient on any rank skips the step everywhere;
-                # too many in a row roll back to the last checkpoint with the learning rate halved
-                if not env.all_finite(bool(torch.isfinite(loss) & torch.isfinite(grad_norm))):
-                    state["skipped"] += 1
-                    bad_run += 1
-                    speak(f"iteration {iteration}: non-finite loss or gradient, step skipped "
-                          f"({bad_run} in a row, {state['skipped']} in all)")
-                    if bad_run >= config.max_bad_steps:
-                        iteration, bad_run = roll_back(run_dir, model, optimizer, state, speak,
-                                                       env, metrics), 0
-                        if bar is not None:
-                            bar.pos = iteration
-                    continue
-                optimizer.step()
-                bad_run = 0
-                metrics.add_loss(loss.item())
+                feed(iteration)
+                stepper()
                 iteration += 1
                 done = iteration == config.iterations
+                due = {name: iteration % every == 0 or done for name, every in (
+                    ("log", config.log_every), ("eval", config.eval_every),
+                    ("sample", config.sample_every), ("checkpoint", config.checkpoint_every))}
+                if not any(due.values()):
+                    continue
+
+                # the lagged read of the steps since the last one; the guard: max_bad_steps
+                # non-finite steps in a row (on any rank) roll back to the last checkpoint with
+                # the learning rate halved, dropping the steps queued since
+                writer.check()
+                sums = step.log.read(read_at)
+                steps_read, read_at = iteration - read_at, iteration
+                account(sums, state, metrics, speak)
+                if sums["worst"] >= config.max_bad_steps:
+                    writer.wait()
+                    iteration = read_at = roll_back(run_dir, model, optimizer, state, speak, env,
+                                                    metrics)
+                    step.log.clear()
+                    stepper.reset()
+                    if bar is not None:
+                        bar.pos = iteration
+                    continue
                 if bar is not None:
-                    bar.update(1, f"bpd {metrics.mean_bpd:.3f}")
+                    bar.update(steps_read, f"bpd {metrics.mean_bpd:.3f}")
 
                 # log, evaluate on held-out images, sample, checkpoint
-                if iteration % config.log_every == 0 or done:
-                    metrics.log_step(iteration, config.batch, lr=lr, grad_norm=float(grad_norm),
+                if due["log"]:
+                    metrics.log_step(iteration, config.batch, lr=lr, grad_norm=sums["grad_norm"],
                                      skipped=state["skipped"])
-                if env.main and (iteration % config.eval_every == 0 or done):
+                if env.main and due["eval"]:
                     model.eval()
-                    result = heldout_bits_per_dim(model, heldout, bits, config.seed,
-                                                  config.heldout_images, config.batch,
-                                                  env.device)
+                    result = evaluate(model)
                     model.train()
                     metrics.append({"iter": iteration, "heldout_bpd_masked": result["masked"],
                                     "heldout_bpd_clean": result["clean"], "gap": result["gap"]})
-                if env.main and (iteration % config.sample_every == 0 or done):
+                if env.main and due["sample"]:
                     path = os.path.join(run_dir, "samples", f"iter_{iteration:08d}.png")
                     bad = sample_grid(model, config, path)
                     metrics.append({"iter": iteration, "samples": path, "nonfinite_samples": bad})
-                if iteration % config.checkpoint_every == 0 or done:
+                if due["checkpoint"]:
                     save(iteration)
         except KeyboardInterrupt:
+            account(step.log.read(read_at), state, metrics, speak)
+            writer.close()
             save(iteration)
+            writer.wait()
             speak(f"interrupted: checkpoint at iteration {iteration:,} in {run_dir}; "
                   f"continue with --resume {run_dir}")
             raise
+        writer.wait()
         return run_dir
+
+
+def account(sums, state, metrics, speak):
+    """Add a read's losses to the metrics and its non-finite steps to the count, saying so."""
+    metrics.add_losses(sums["loss_sum"], sums["good"])
+    if not sums["bad"]:
+        return
+    state["skipped"] += sums["bad"]
+    if sums["bad"] == 1:
+        speak(f"iteration {sums['last_bad']}: non-finite loss or gradient, step skipped "
+              f"({sums['run_at_last']} in a row, {state['skipped']} in all)")
+    else:
+        speak(f"iterations {sums['first_bad']}–{sums['last_bad']}: {sums['bad']} non-finite "
+              f"losses or gradients, steps skipped (at most {sums['worst']} in a row, "
+              f"{state['skipped']} in all)")
 
 
 def remove_temp_files(run_dir):
