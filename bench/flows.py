@@ -14,6 +14,9 @@ and against the same reference times: a whole affine step as one op driven from 
 from Python (driver = False). Its row is labelled "C++ driver on" or "C++ driver off", whichever is
 not the default on that device (the driver by default on CUDA, not on the CPU).
 
+--bf16 adds a row for the fused model with precision="bf16" (the coupling networks' two hidden
+convolutions in bfloat16), timed in the same loop.
+
 --keep-freed-memory asks glibc (mallopt) to keep freed memory instead of handing it back to the
 system, so a training step does not page-fault its activations in again every time (see
 bench/RESULTS.md); it applies to every version alike.
@@ -65,10 +68,11 @@ def interleaved(fns, device, repeats, warmup=2):
     return [statistics.median(t) if t else None for t in times]
 
 
-def make_glow(impl, preset, device, memory_saving=False, seed=0):
+def make_glow(impl, preset, device, memory_saving=False, seed=0, precision="fp32"):
     torch.manual_seed(seed)
     model = Glow(blocks=preset["blocks"], flows=preset["flows"], hidden=preset["hidden"],
-                 image_size=preset["size"], impl=impl, memory_saving=memory_saving).to(device)
+                 image_size=preset["size"], impl=impl, memory_saving=memory_saving,
+                 precision=precision).to(device)
     return model
 
 
@@ -200,7 +204,7 @@ def step_rows(preset, device, repeats, gen, compile_ref):
     return rows
 
 
-def model_rows(preset, device, repeats, gen, label, memory):
+def model_rows(preset, device, repeats, gen, label, memory, bf16=False):
     shape = (f"{preset['batch']}x3x{preset['size']}x{preset['size']} "
              f"L{preset['blocks']} K{preset['flows']} h{preset['hidden']}")
     ref, fast, x = glow_pair(preset, device, gen)
@@ -208,6 +212,10 @@ def model_rows(preset, device, repeats, gen, label, memory):
     saving.load_state_dict(ref.state_dict())
     other = other_mode(make_glow("fused", preset, device), device)
     other.load_state_dict(ref.state_dict())
+    half = None
+    if bf16:
+        half = make_glow("fused", preset, device, precision="bf16")
+        half.load_state_dict(ref.state_dict())
     n = preset["batch"]
     rows = []
     with torch.no_grad():
@@ -218,9 +226,9 @@ def model_rows(preset, device, repeats, gen, label, memory):
             rows.append(row(f"model {label}", device, shape, direction, f_ms, r_ms))
             rows.append(row(f"model {label}, {other_mode_label(device)}", device, shape, direction,
                             o_ms, r_ms))
-    f_ms, r_ms, s_ms, o_ms = interleaved([train_step(fast, x), train_step(ref, x),
-                                          train_step(saving, x), train_step(other, x)],
-                                         device, repeats)
+    f_ms, r_ms, s_ms, o_ms, h_ms = interleaved(
+        [train_step(fast, x), train_step(ref, x), train_step(saving, x), train_step(other, x),
+         None if half is None else train_step(half, x)], device, repeats)
     mem = {}
     if memory:
         for key, impl, ms in (("fused", "fused", False), ("reference", "reference", False),
@@ -240,6 +248,9 @@ def model_rows(preset, device, repeats, gen, label, memory):
     other_row = row(f"model {label}, {other_mode_label(device)}", device, shape,
                     "forward+backward", o_ms, r_ms)
     rows += [train, other_row, ms_row]
+    if half is not None:
+        rows.append(row(f"model {label}, bf16 hidden convs", device, shape, "forward+backward",
+                        h_ms, r_ms))
     return rows
 
 
@@ -362,6 +373,9 @@ def main(argv=None):
     p.add_argument("--coupling-simd", metavar="BUILD",
                    help="the build of the CPU coupling loops: avx512, avx2 or portable (default: "
                         "the widest here)")
+    p.add_argument("--bf16", action="store_true",
+                   help="also time the fused model with precision=\"bf16\" (the coupling "
+                        "networks' hidden convolutions in bfloat16)")
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -380,11 +394,12 @@ def main(argv=None):
     paper = dict(size=64, blocks=4, flows=paper_flows, hidden=512, batch=args.paper_batch)
     rows = [] if args.small_only else op_rows(small, args.device, args.repeats, gen)
     rows += step_rows(small, args.device, args.repeats, gen, not args.no_compile)
-    rows += model_rows(small, args.device, args.repeats, gen, "small", not args.no_memory)
+    rows += model_rows(small, args.device, args.repeats, gen, "small", not args.no_memory,
+                       args.bf16)
     if not (args.skip_paper or args.small_only):
         rows += step_rows(paper, args.device, max(3, args.repeats // 3), gen, False)
         rows += model_rows(paper, args.device, max(3, args.repeats // 3), gen, "paper",
-                           not args.no_memory)
+                           not args.no_memory, args.bf16)
     print(f"# torch {torch.__version__}, device {args.device}, "
           f"{torch.get_num_threads()} thread(s), medians of {args.repeats} interleaved repeats, "
           f"CPU coupling loops {coupling_build()}"

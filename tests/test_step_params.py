@@ -137,11 +137,14 @@ def _blocks(gen, affine, lu, flows=3, split=True):
     return ref, fast
 
 
-@pytest.mark.parametrize("affine,lu", KINDS)
+@pytest.mark.parametrize("affine,lu,driver", [(*kind, False) for kind in KINDS]
+                         + [(True, True, True), (True, False, True)])
 @pytest.mark.parametrize("split", [True, False])
-def test_fused_block_matches_reference_block(gen, affine, lu, split):
+def test_fused_block_matches_reference_block(gen, affine, lu, driver, split, monkeypatch):
     """Squeezed to 5×3: every output of the block, its inverse, and the gradient of x and of
-    every parameter through log p, the logdet and the latents."""
+    every parameter through log p, the logdet and the latents; affine steps also through the
+    C++ driver, which takes its 1×1 conv matrix from the batched pass."""
+    monkeypatch.setattr(fused_step.FusedFlowStep, "driver", driver)
     ref, fast = _blocks(gen, affine, lu, split=split)
     x = torch.randn(3, 5, 10, 6, generator=gen, dtype=torch.float64)
     outs = []

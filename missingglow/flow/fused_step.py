@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from . import ops
 from .layers import FlowStep
-from .step_params import hidden_dtype, prepare_steps
+from .step_params import PRECISIONS, prepare_steps
 
 
 def zero_conv(x, weight, bias, scale):
@@ -96,7 +96,8 @@ class FusedFlowStep(FlowStep):
 
     def __init__(self, channels, hidden=512, affine=True, lu=True, precision="fp32"):
         super().__init__(channels, hidden, affine, lu)
-        hidden_dtype(precision, torch.float32)  # refuses an unknown precision
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.precision = precision
         # 3×3 weights stored channels-last, the layout the channels-last activations convolve
         # with: a contiguous weight is copied on each call and its gradient copied back. The

@@ -41,9 +41,8 @@ class BlockParams(NamedTuple):
 
 
 def hidden_dtype(precision, dtype):
-    """The dtype the coupling network's two hidden convolutions run in."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    """The dtype the coupling network's two hidden convolutions run in, for parameters of
+    `dtype`."""
     return torch.bfloat16 if precision == "bf16" else dtype
 
 
