@@ -51,12 +51,15 @@ def objective(model, z, x, observed, gamma):
 @torch.enable_grad()  # callers may run under no_grad (evaluate does); the search needs gradients
 def invert(model, x, missing, *, gamma=DEFAULTS["gamma"], steps=DEFAULTS["steps"],
            lr=DEFAULTS["lr"], alpha=DEFAULTS["alpha"], start=DEFAULTS["start"],
-           optimiser=DEFAULTS["optimiser"], samples=1, spread=0.1, generator=None, on_step=None):
+           optimiser=DEFAULTS["optimiser"], samples=1, spread=0.1, generator=None, on_step=None,
+           return_latent=False):
     """Complete preprocessed images x (B, C, S, S) where `missing` (B, 1, S, S) is True.
 
     Returns (samples, B, C, S, S) completions in model space, observed pixels exactly as in x, and
-    the objective per step (steps + 1, samples·B) for inspection. `on_step(i)` is called after
-    each step (a progress bar). The model is used as it is (eval mode, no parameter gradients).
+    the objective per step (steps + 1, samples·B) for inspection; with `return_latent` also the
+    final latents (samples, B, D), where a posterior sampler can start. `on_step(i)` is called
+    after each step (a progress bar). The model is used as it is (eval mode, no parameter
+    gradients).
     """
     if start not in STARTS:
         raise ValueError(f"start must be one of {STARTS}, not {start!r}")
@@ -96,4 +99,7 @@ def invert(model, x, missing, *, gamma=DEFAULTS["gamma"], steps=DEFAULTS["steps"
         for p in params:
             p.requires_grad_(True)
     out = torch.where(missing.repeat(samples, 1, 1, 1), out, xs)
-    return out.view(samples, b, *x.shape[1:]), torch.stack(history)
+    out, history = out.view(samples, b, *x.shape[1:]), torch.stack(history)
+    if return_latent:
+        return out, history, z.detach().view(samples, b, -1)
+    return out, history
