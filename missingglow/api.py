@@ -3,6 +3,7 @@
     flow = missingglow.load("runs/small-…")   # a run folder, a checkpoint, rosinality's model_*.pt
     samples = flow.sample(16, temperature=0.7, seed=0)
     restored = flow.invert(images, hole)
+    draws = flow.posterior(images, hole, 16, temperature=1.0, seed=0)
 
 Every method takes and returns float image tensors (N, C, S, S) with values in [0, 1], C = 3 (RGB)
 or 1 (grey), and hides the model space (quantisation to the run's n_bits, bin centres) that the
@@ -170,6 +171,40 @@ class Flow:
         out = torch.stack([self.from_model(completion) for completion in out])
         return out[0] if samples is None else out
 
+    def posterior(self, images: torch.Tensor, mask: torch.Tensor, n: int,
+                  temperature: float | None = None, seed: int = 0, warmup: int | None = None,
+                  steps: int | None = None, **options: Any) -> torch.Tensor:
+        """n completions per image drawn from the posterior over latents given the observed
+        pixels (docs/imputation.md), observed pixels kept exactly: (n, N, C, S, S).
+
+        MALA chains start at `invert`'s completion and run `warmup` steps that adapt their step
+        sizes, then `steps` kept ones (`missingglow impute --samples`' defaults). `temperature`
+        is the prior's, N(0, t²·I) on the latent. `options`: invert's, for the completion the
+        chains start from (its steps as `map_steps`); its gamma also sets the observation noise
+        σ² = γ·M/D. The same seed gives the same draws."""
+        from .analysis.impute import SAMPLING, map_and_draws
+
+        unknown = sorted(set(options) - POSTERIOR_OPTIONS)
+        if unknown:
+            raise UserError(f"posterior has no option {', '.join(unknown)}; it takes "
+                            f"{', '.join(sorted(POSTERIOR_OPTIONS))}")
+        if n < 1:
+            raise UserError(f"n must be at least 1, not {n}")
+        sampling = dict(SAMPLING)
+        for key, value in (("temperature", temperature), ("warmup", warmup), ("steps", steps)):
+            sampling[key] = sampling[key] if value is None else value
+        if "map_steps" in options:
+            options["steps"] = options.pop("map_steps")
+        images = self._images(images)
+        mask = self._mask(mask, images).to(self.device)
+        try:
+            _, draws, _, _ = map_and_draws(self.model, self.to_model(images), mask, int(n),
+                                           generator(seed, "posterior"), sampling=sampling,
+                                           **options)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        return torch.stack([self.from_model(draw) for draw in draws])
+
     # --- checks -------------------------------------------------------------------------------
 
     def _placed(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -207,6 +242,7 @@ class Flow:
 
 
 INVERT_OPTIONS = {"gamma", "steps", "lr", "alpha", "start", "optimiser", "spread", "on_step"}
+POSTERIOR_OPTIONS = {"gamma", "map_steps", "lr", "alpha", "start", "optimiser"}
 
 
 def _describe(value: Any) -> str:

@@ -230,6 +230,44 @@ def test_invert_keeps_observed_pixels_and_is_seeded(flow, gen):
     assert not torch.allclose(many[1], many[2])
 
 
+def test_posterior_draws_keep_observed_pixels_differ_in_the_hole_and_are_seeded(flow, gen):
+    images = quantised(gen, n=2)
+    hole = torch.zeros(2, 1, 16, 16, dtype=torch.bool)
+    hole[0, 0, 4:8, 4:8] = hole[1, 0, 8:12, 2:6] = True
+    draws = flow.posterior(images, hole, 3, seed=1, warmup=3, steps=4, map_steps=3)
+    assert draws.shape == (3, 2, 3, 16, 16)
+    inside = hole.expand_as(images)
+    for draw in draws:
+        assert torch.equal(draw[~inside], images[~inside])
+    assert not torch.allclose(draws[0][inside], draws[1][inside])   # draws, not one completion
+    assert torch.equal(draws, flow.posterior(images, hole, 3, seed=1, warmup=3, steps=4,
+                                             map_steps=3))
+    assert not torch.equal(draws, flow.posterior(images, hole, 3, seed=2, warmup=3, steps=4,
+                                                 map_steps=3))
+    # the chains start at invert's completion: with no steps the draws are that completion
+    start = flow.posterior(images, hole, 2, warmup=0, steps=0, map_steps=3, gamma=0.02)
+    restored = flow.invert(images, hole, steps=3, gamma=0.02)
+    for draw in start:
+        torch.testing.assert_close(draw, restored, rtol=0, atol=1e-6)
+
+
+def test_bad_posterior_input_is_a_user_error(flow):
+    good = torch.full((2, 3, 16, 16), 0.5)
+    hole = torch.zeros(16, 16, dtype=torch.bool)
+    hole[2:5, 2:5] = True
+    for call, words in (
+            (lambda: flow.posterior(good, hole, 0), "n must be at least 1"),
+            (lambda: flow.posterior(good, hole, 2, steps=1, warmup=1, map_steps=1, step=3),
+             "posterior has no option step"),
+            (lambda: flow.posterior(good, hole, 2, steps=1, warmup=1, map_steps=1, gamma=0),
+             "gamma must be positive"),
+            (lambda: flow.posterior(good, hole, 2, temperature=-1, map_steps=1),
+             "temperature must be positive")):
+        with pytest.raises(UserError) as caught:
+            call()
+        assert words in str(caught.value) and "\n" not in str(caught.value)
+
+
 def test_a_one_channel_model_takes_rgb_and_gives_grey(gen):
     glow = randomize(mg.Glow(blocks=2, flows=2, hidden=8, in_channels=1, image_size=16), gen)
     flow = mg.Flow(glow, n_bits=5)

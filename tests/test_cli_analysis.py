@@ -135,10 +135,13 @@ def test_latent_norms_and_evaluate(setup):
     assert printed["no square"] != printed["8×8"]
 
     code, out, err = run_cli(setup, "evaluate", "--checkpoint", "{run}", "-n", "8", "--alpha",
-                             "0.5,1", "--iterations", "2", "--steps", "10", "--out", "{base}/ev")
+                             "0.5,1", "--iterations", "2", "--steps", "10", "--posterior-warmup",
+                             "3", "--posterior-steps", "3", "--out", "{base}/ev")
     assert code == 0, err
     with open(setup["base"] / "ev" / "evaluation.csv") as f:
-        rows = list(csv.DictReader(f))
+        table = list(csv.DictReader(f))
+    assert {r["family"] for r in table[:-3]} == {"square", "centre", "rectangles", "pixels"}
+    rows = [r for r in table[:-3] if r["family"] == "square"] + table[-3:]
     lines = out.splitlines()
     assert lines[0].startswith("held-out images: 8, 1 square(s) of 4 px each")
     # every row printed as written to the CSV (RMSE to 4 decimals)
@@ -156,6 +159,20 @@ def test_latent_norms_and_evaluate(setup):
     masked, clean, gap = (float(r["rmse_in"]) for r in rows[-3:])
     assert lines[-2] == (f"held-out bits/dim: masked {masked:.4f}, clean {clean:.4f}, "
                          f"gap (masked − clean) {gap:+.4f}")
+    # each family's table prints the per-image scores the CSV holds, the α methods at their best
+    for family in ("square", "centre", "rectangles", "pixels"):
+        start = next(i for i, line in enumerate(lines) if line.startswith(f"holes: {family}, "))
+        for line in lines[start + 2:]:
+            if line.startswith(("holes: ", "posterior (MALA): ", "held-out bits/dim")):
+                break
+            label, cells = line[:36].rstrip(), line[36:].split()
+            method, _, alpha = label.partition(", α=")
+            row = next(r for r in table[:-3] if r["family"] == family and r["method"] == method
+                       and (not alpha or float(r["alpha"]) == float(alpha)))
+            assert cells[0] == f"{float(row['rmse_hole']):.4f}", line
+            assert cells[4] == f"{float(row['crps']):.4f}", line
+            sampler = method == "posterior (MALA)"
+            assert cells[5] == (f"{float(row['coverage_50']):.3f}" if sampler else "—"), line
 
 
 BAD = {

@@ -1,6 +1,7 @@
 """Restoring images: latent-norm inversion, users' masks (files and alpha channels), evaluation of
 every method side by side, and the newest run as the default checkpoint."""
 import json
+import math
 import os
 import re
 import sys
@@ -165,20 +166,68 @@ def run_cli(setup, *args, cwd=None):
 def test_impute_invert_with_a_mask_file_an_alpha_channel_and_samples(setup):
     out_dir = setup["base"] / "restored"
     code, out, err = run_cli(setup, "impute", setup["photo"], "heldout:0", "--mask",
-                             setup["mask"], "--steps", "5", "--samples", "3", "--out",
+                             setup["mask"], "--steps", "5", "--samples", "3",
+                             "--posterior-warmup", "3", "--posterior-steps", "3", "--out",
                              str(out_dir))
     assert code == 0, err
     assert "using the newest run" in err and os.path.join("runs", "tiny") in err
     assert "from mask mask.png" in out and "heldout-0: 16 missing pixels from the dataset" in out
-    names = set(os.listdir(out_dir))
-    assert {"photo-restored.png", "photo-sample-2.png", "heldout-0-restored.png",
-            "invert.png"} <= names
+    assert out.count("3 posterior draws (acceptance ") == 2
+    assert "wrote 8 restored image(s)" in out
+    assert sorted(os.listdir(out_dir)) == sorted(
+        [f"{name}-{what}.png" for name in ("photo", "heldout-0")
+         for what in ("restored", "sample-1", "sample-2", "sample-3")] + ["invert.png"])
     # observed pixels of the flat photo come back as they went in (its colour, 5-bit quantised)
     restored = torch.tensor(list(Image.open(out_dir / "photo-restored.png").convert("RGB")
                                  .tobytes())).view(-1, 3)
     hole = load_mask(setup["mask"], (24, 24), 16).flatten()
     expected = torch.tensor([180, 120, 90]) // 8 * 8 + 4   # each value's 5-bit bin's centre
     assert (restored[~hole] - expected).abs().max() <= 1
+
+
+def test_impute_samples_are_posterior_draws_beside_the_map_with_their_spread(setup, monkeypatch,
+                                                                            tmp_path):
+    """restored.png is invert's completion, sample-K.png the K-th draw of a chain started there,
+    and the spread in invert.png is taken over the draws alone."""
+    from missingglow.analysis import impute
+    from missingglow.analysis.runs import open_run
+    from missingglow.flow.preprocess import from_model, to_model
+    from missingglow.seeding import generator
+
+    monkeypatch.setenv("MISSINGGLOW_CACHE", setup["env"]["MISSINGGLOW_CACHE"])
+    run = open_run(setup["run"])
+    plan = impute.plan_impute(samples=4)
+    items, _ = impute.prepare_inputs(run, ["heldout:0", "heldout:3"], plan)
+    spreads = []
+    spread_map = impute.spread_map
+    monkeypatch.setattr(impute, "spread_map", lambda c: spreads.append(c) or spread_map(c))
+    sampling = dict(warmup=3, steps=4)
+    done = impute.restore_inputs(run, items, plan, str(tmp_path), seed=5,
+                                 invert_options=dict(steps=6), sampling=sampling)
+    assert done.count == 2 * 5 and done.nonfinite == 0
+    x = to_model(torch.stack([it.image for it in items]), run.n_bits, 3)
+    hole = torch.stack([it.mask for it in items])
+    best, draws, _, _ = impute.map_and_draws(run.model, x, hole, 4, generator(5, "posterior"),
+                                             sampling=sampling, steps=6, alpha=0.6)
+    best, draws = from_model(best, run.n_bits), from_model(draws.flatten(0, 1), run.n_bits)
+    draws = draws.view(4, 2, 3, 16, 16)
+    for b, item in enumerate(items):
+        assert _png(tmp_path / f"{item.name}-restored.png") == _levels(best[b])
+        for k in range(4):
+            assert _png(tmp_path / f"{item.name}-sample-{k + 1}.png") == _levels(draws[k, b])
+        torch.testing.assert_close(spreads[b], draws[:, b])     # the draws only, not the MAP
+        inside = hole[b].expand(3, -1, -1)
+        assert torch.equal(draws[:, b][:, ~inside], best[b][~inside].expand(4, -1))
+        assert (draws[:, b].std(0)[inside] > 0).any()
+    assert not os.path.exists(tmp_path / "heldout-0-sample-5.png")
+
+
+def _levels(image):
+    return (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).flatten().tolist()
+
+
+def _png(path):
+    return list(Image.open(path).convert("RGB").tobytes())
 
 
 def test_impute_reads_the_alpha_channel_when_no_mask_is_given(setup):
@@ -188,30 +237,54 @@ def test_impute_reads_the_alpha_channel_when_no_mask_is_given(setup):
     assert "16 missing pixels from its alpha channel" in out
 
 
-def test_evaluate_json_holds_every_method(setup):
+def test_evaluate_json_holds_every_key_for_every_family_and_method(setup):
+    from missingglow.analysis.evaluate import NEW_SCORES
+
     path = setup["base"] / "ev.json"
     code, out, err = run_cli(setup, "evaluate", "-n", "4", "--alpha", "0.5", "--iterations", "2",
-                             "--steps", "3", "--json", str(path), "--out",
+                             "--steps", "3", "--samples", "4", "--posterior-warmup", "2",
+                             "--posterior-steps", "2", "--json", str(path), "--out",
                              str(setup["base"] / "ev"))
     assert code == 0, err
-    rows = json.loads(path.read_text())["rows"]
-    methods = {r["method"] for r in rows}
+    result = json.loads(path.read_text())
     ok, missing = baselines.available()
-    assert {"grey fill", "mean-colour fill", "harmonic fill", "flow", "flow + keep observed",
-            "flow + keep observed ×2", "invert", *ok} == methods
-    for r in rows:
-        assert set(r) == {"method", "alpha", "rmse_in", "psnr_in", "rmse_out", "psnr_out",
-                          "nonfinite", "images", "seconds_per_image"}
-    invert_row = next(r for r in rows if r["method"] == "invert")
-    assert invert_row["rmse_out"] == 0 and invert_row["images"] == 4
-    assert (setup["base"] / "ev" / "comparison.png").is_file()
+    expected = {"grey fill", "mean-colour fill", "harmonic fill", "flow", "flow + keep observed",
+                "flow + keep observed ×2", "invert", "posterior (MALA)", *ok}
+    keys = {"method", "alpha", "rmse_in", "psnr_in", "rmse_out", "psnr_out", "nonfinite",
+            "images", "seconds_per_image", "family", *NEW_SCORES, "samples"}
+    assert result["masks"] == ["square", "centre", "rectangles", "pixels"]
+    assert list(result["families"]) == result["masks"]
+    assert result["rows"] == result["families"]["square"]["rows"]
+    for family, part in result["families"].items():
+        rows = part["rows"]
+        assert {r["method"] for r in rows} == expected, family
+        for r in rows:
+            assert set(r) == keys and r["family"] == family and r["images"] == 4, r
+            sampler = r["method"] == "posterior (MALA)"
+            assert r["samples"] == (4 if sampler else 1)
+            for key in ("coverage_50", "coverage_90"):
+                assert (0 <= r[key] <= 1) if sampler else r[key] is None, (family, r)
+            for key in ("rmse_hole", "psnr_hole", "ssim_hole", "psnr_whole", "crps",
+                        "best_rmse"):
+                assert isinstance(r[key], float) and math.isfinite(r[key]), (family, key, r)
+        methods = {r["method"]: r for r in rows}
+        for method in ("invert", "posterior (MALA)"):
+            assert methods[method]["rmse_out"] == 0, (family, method)   # observed pixels kept
+        assert (setup["base"] / "ev" / ("comparison.png" if family == "square"
+                                          else f"comparison-{family}.png")).is_file()
+    p = result["posterior"]
+    assert (p["samples"], p["warmup"], p["steps"], p["gamma"]) == (4, 2, 2, 0.01)
+    assert set(p["acceptance"]) == set(result["masks"])
+    assert all(0 <= a <= 1 for a in p["acceptance"].values())
+    assert "holes: pixels, 50.0 % of each image missing" in out
 
 
 def test_a_missing_baseline_is_reported_not_silent(setup, tmp_path, monkeypatch):
     for name in ("skimage", "cv2"):             # unimportable for this test, as if not installed
         monkeypatch.setitem(sys.modules, name, None)
     code, out, err = run_cli(setup, "evaluate", "-n", "2", "--alpha", "0.5", "--iterations", "1",
-                             "--steps", "2", "--out", str(tmp_path / "ev"))
+                             "--steps", "2", "--masks", "square", "--samples", "0", "--out",
+                             str(tmp_path / "ev"))
     assert code == 0, err
     assert "skipped biharmonic (scikit-image): not installed (pip install scikit-image" in err
     assert "skipped Telea (OpenCV)" in err and "skipped Navier–Stokes (OpenCV)" in err
@@ -227,6 +300,17 @@ BAD = {
     "zero steps": (["evaluate", "--steps", "0"], "--steps"),
     "samples with alpha": (["impute", "{photo}", "--method", "alpha", "--samples", "2"],
                            "--samples"),
+    "samples without noise": (["impute", "{photo}", "--samples", "2", "--gamma", "0"],
+                              "--samples needs --gamma above 0"),
+    "zero temperature": (["impute", "{photo}", "--samples", "2", "--temperature", "0"],
+                         "--temperature"),
+    "negative samples": (["evaluate", "--samples", "-1"], "--samples"),
+    "unknown mask family": (["evaluate", "--masks", "square,circles"],
+                            "--masks': takes mask families from square,centre,rectangles,pixels "
+                            "(unknown 'circles')"),
+    "a family twice": (["evaluate", "--masks", "centre,centre"], "each name once"),
+    "no family": (["evaluate", "--masks", ""], "--masks"),
+    "evaluate samples without noise": (["evaluate", "--gamma", "0"], "--gamma above 0"),
 }
 
 
@@ -411,7 +495,9 @@ def test_restore_inputs_returns_what_it_wrote(setup, monkeypatch, tmp_path):
     assert len(done.paths) == 4 + 2 + 1   # an image per alpha, a strip per input, the overview
     plan = plan_impute(samples=2)
     items, _ = prepare_inputs(run, ["heldout:1"], plan)
-    done = restore_inputs(run, items, plan, str(tmp_path / "b"), invert_options=dict(steps=2))
-    assert done.count == 2
+    done = restore_inputs(run, items, plan, str(tmp_path / "b"), invert_options=dict(steps=2),
+                          sampling=dict(warmup=1, steps=1))
+    assert done.count == 3
     assert sorted(os.path.basename(p) for p in done.paths) == [
-        "heldout-1-restored.png", "heldout-1-sample-1.png", "invert.png"]
+        "heldout-1-restored.png", "heldout-1-sample-1.png", "heldout-1-sample-2.png",
+        "invert.png"]

@@ -2,8 +2,11 @@
 
 Two methods. `invert` (analysis/invert.py) searches the latent for an image that fits every
 observed pixel while keeping ‖z‖ small, then keeps the observed pixels exactly; it needs to know
-where the hole is. `alpha` is the paper's Fig. 2, x' = Φ⁻¹(α·Φ(x)), optionally keeping every
-observed pixel and restoring only the hole, repeated `iterations` times:
+where the hole is. With samples it also draws completions from the posterior over latents given
+the observed pixels (analysis/posterior.py, MALA started at invert's solution, which is that
+posterior's mode at temperature 1), so their spread is the model's uncertainty. `alpha` is the
+paper's Fig. 2, x' = Φ⁻¹(α·Φ(x)), optionally keeping every observed pixel and restoring only the
+hole, repeated `iterations` times:
 
     x ← where(hole, Φ⁻¹(α·Φ(x)), x_observed)
 
@@ -61,15 +64,17 @@ class Plan:
     alphas: tuple                # alpha: the scales to restore at; invert: one, its start's scale
     keep_observed: bool = False  # restore only the hole (needs it); invert always does
     iterations: int = 1          # alpha: scale, put the observed pixels back, N times
-    samples: int = 1             # invert: completions per input
+    samples: int = 0             # invert: posterior draws per input, beside the MAP
     square: tuple = None         # (top, left, size) by hand, for every input
     masks: tuple = ()            # mask files: one per image file, or one for all
 
 
 ALPHA = 0.6   # the α of the paper's Fig. 2, when --method alpha is given without --alpha
+# the posterior sampler's prior temperature and chain length (docs/imputation.md); γ is invert's
+SAMPLING = dict(temperature=1.0, warmup=100, steps=100)
 
 
-def plan_impute(method=None, alphas=None, *, masks=(), square=None, samples=1,
+def plan_impute(method=None, alphas=None, *, masks=(), square=None, samples=0,
                 keep_observed=False, iterations=1):
     """The options of `impute` → a Plan; a UserError for options that contradict each other.
 
@@ -93,7 +98,7 @@ def plan_impute(method=None, alphas=None, *, masks=(), square=None, samples=1,
             raise UserError("--keep-observed and --iterations are for the α method (inversion "
                             "always keeps the observed pixels); add --alpha A or --method alpha")
         return Plan("invert", alphas, True, 1, samples, square, masks)
-    if samples > 1:
+    if samples:
         how = ("" if explicit else "; --alpha alone means --method alpha: add --method invert "
                "(α is then the start's scale)")
         raise UserError(f"--samples draws several completions with --method invert{how}")
@@ -103,7 +108,7 @@ def plan_impute(method=None, alphas=None, *, masks=(), square=None, samples=1,
                         "--keep-observed")
     if not keep and masks:
         raise UserError("--mask gives the hole for --keep-observed; add --keep-observed")
-    return Plan("alpha", alphas, keep, iterations, 1, square, masks)
+    return Plan("alpha", alphas, keep, iterations, 0, square, masks)
 
 
 def by_hand(square, size):
@@ -222,13 +227,16 @@ class Restored:
     paths: list        # every file written
 
 
-def restore_inputs(run, items, plan, out_dir, seed=0, invert_options=None, on_step=None):
+def restore_inputs(run, items, plan, out_dir, seed=0, invert_options=None, on_step=None,
+                   sampling=None):
     """Restore prepared Items as the plan says and write them into out_dir (made when missing;
     every file is written atomically, so a failed write leaves the ones before it).
-    `invert_options`: the inversion's settings (analysis.invert); `on_step(i)`: its progress."""
+    `invert_options`: the inversion's settings (analysis.invert); `sampling`: the posterior
+    sampler's temperature, warmup and steps (SAMPLING); `on_step(i)`: their progress."""
     if plan.method == "invert":
         options = {**(invert_options or {}), "alpha": plan.alphas[0]}
-        return invert_files(run, items, out_dir, plan.samples, seed, on_step=on_step, **options)
+        return invert_files(run, items, out_dir, plan.samples, seed, on_step=on_step,
+                            sampling=sampling, **options)
     return impute_files(run, items, list(plan.alphas), out_dir, plan.keep_observed,
                         plan.iterations)
 
@@ -295,44 +303,72 @@ def spread_map(completions):
     return (spread / spread.max().clamp_min(1e-12)).expand(3, -1, -1)
 
 
-def invert_files(run, items, out_dir, samples=1, seed=0, min_tile=48, on_step=None, **options):
-    """Restore every item by latent-norm inversion, all in one batch; write `<name>-restored.png`
-    per item, with several samples `<name>-sample-K.png` too, and `invert.png`: a column per item
-    with the input, the restored image, the other completions and their spread map, and the
-    original when known. Returns a Restored: a summary line per item, the counts and the paths
-    written."""
+def map_and_draws(model, x, missing, samples, generator, on_step=None, sampling=None,
+                  **options):
+    """invert's completion (B, C, S, S) and `samples` posterior draws (samples, B, C, S, S) started
+    from its latent, in model space, with invert's objective per step and the sampler's
+    Diagnostics (None without samples). `options`: invert's; its γ sets the posterior's
+    observation noise. `on_step(i)` counts invert's steps, then the sampler's."""
+    from .invert import DEFAULTS, invert
+    from .posterior import posterior_samples
+
+    best, history, latent = invert(model, x, missing, on_step=on_step, return_latent=True,
+                                   **options)
+    if not samples:
+        return best[0], best[:0], history, None
+    s = {**SAMPLING, **(sampling or {})}
+    offset = options.get("steps", DEFAULTS["steps"])
+    draws, diagnostics = posterior_samples(
+        model, x, missing, samples, gamma=options.get("gamma", DEFAULTS["gamma"]),
+        temperature=s["temperature"], warmup=s["warmup"], steps=s["steps"],
+        generator=generator, start=latent[0],
+        on_step=None if on_step is None else (lambda i: on_step(offset + i)))
+    return best[0], draws, history, diagnostics
+
+
+def invert_files(run, items, out_dir, samples=0, seed=0, min_tile=48, on_step=None,
+                 sampling=None, **options):
+    """Restore every item by latent-norm inversion, all in one batch, and draw `samples`
+    completions per item from the posterior; write `<name>-restored.png` (invert's) per item,
+    `<name>-sample-K.png` (K = 1 … samples) for the draws, and `invert.png`: a column per item
+    with the input, the restored image, the draws and their spread map, and the original when
+    known. Returns a Restored: a summary line per item, the counts and the paths written."""
     from ..render.images import grid, save_png
     from ..render.sheets import column_sheet
     from ..seeding import generator
-    from .invert import invert
 
     x = to_model(torch.stack([it.image for it in items]), run.n_bits, run.model.in_channels)
     hole = torch.stack([it.mask for it in items])
-    out, history = invert(run.model, x, hole, samples=samples, generator=generator(seed, "invert"),
-                          on_step=on_step, **options)
-    result = from_model(out, run.n_bits)                                # (K, B, 3, S, S)
-    ok = torch.isfinite(result.flatten(2)).all(2)                       # (K, B)
+    best, draws, history, diagnostics = map_and_draws(
+        run.model, x, hole, samples, generator(seed, "posterior"), on_step, sampling, **options)
+    result = from_model(torch.cat([best[None], draws]).flatten(0, 1), run.n_bits)
+    result = result.view(samples + 1, *best.shape[:1], 3, *best.shape[2:])   # (1 + K, B, 3, S, S)
+    ok = torch.isfinite(result.flatten(2)).all(2)                           # (1 + K, B)
     lines, columns, paths = [], [], []
     for b, item in enumerate(items):
-        for k in range(samples):
+        for k in range(samples + 1):
             name = f"{item.name}-restored.png" if k == 0 else f"{item.name}-sample-{k}.png"
             paths.append(save_png(grid([result[k, b][None]], padding=0)[0],
                                   os.path.join(out_dir, name)))
         shown = from_model(x[b:b + 1], run.n_bits)[0]
         column = [shown, *result[:, b]]
-        if samples > 1:
-            column.append(spread_map(result[:, b][ok[:, b]]) if ok[:, b].sum() > 1
-                          else torch.zeros_like(shown))
+        if samples:
+            finite = result[1:, b][ok[1:, b]]
+            column.append(spread_map(finite) if len(finite) > 1 else torch.zeros_like(shown))
         if item.clean is not None:
             column.append(item.clean)
         columns.append(torch.stack(column))
         start, end = history[0, b].item(), history[-1, b].item()
         bad = int((~ok[:, b]).sum())
-        note = f"; {bad} of {samples} completions non-finite" if bad else ""
+        note = f"; {bad} of {samples + 1} completions non-finite" if bad else ""
+        drawn = ""
+        if samples:
+            drawn = (f"; {samples} posterior draws (acceptance "
+                     f"{diagnostics.acceptance[:, b].nanmean().item():.2f})")
         lines.append(f"{item.name}: {int(item.mask.sum())} missing pixels from {item.source}, "
-                     f"objective {start:.4f} → {end:.4f}{note}")
-    labels = ["input", "restored", *[f"sample {k}" for k in range(1, samples)]]
-    labels += ["spread"] if samples > 1 else []
+                     f"objective {start:.4f} → {end:.4f}{drawn}{note}")
+    labels = ["input", "restored", *[f"sample {k}" for k in range(1, samples + 1)]]
+    labels += ["spread"] if samples else []
     paths.append(save_png(column_sheet(columns, labels, min_tile),
                           os.path.join(out_dir, "invert.png")))
-    return Restored(lines, len(items) * samples, int((~ok).sum()), paths)
+    return Restored(lines, len(items) * (samples + 1), int((~ok).sum()), paths)

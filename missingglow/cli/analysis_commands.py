@@ -4,6 +4,8 @@ import sys
 
 import click
 
+from ..analysis.evaluate import SAMPLES, SAMPLING_DEFAULTS  # the samplers' defaults, for --help
+from ..analysis.impute import SAMPLING
 from ..errors import UserError
 from ..progress import echo
 from .params import ALPHAS, COUNT, SQUARE_PLACE, TEMPERATURES, FiniteRange
@@ -159,6 +161,32 @@ def invert_options(f):
     return f
 
 
+NOISE_NEEDS_GAMMA = ("--samples needs --gamma above 0: it sets the posterior's observation "
+                     "noise (σ² = γ·M/D)")
+
+
+def sampler_options(defaults, prefix="posterior", note=""):
+    """The posterior sampler's temperature and chain length (`impute` and `evaluate`)."""
+    options = [
+        click.option("--temperature", type=FiniteRange(min=0, min_open=True),
+                     default=defaults["temperature"], show_default=True,
+                     help="The posterior's prior temperature t: N(0, t²·I) on the latent."),
+        click.option(f"--{prefix}-warmup", "sampler_warmup", type=click.IntRange(min=0),
+                     default=defaults["warmup"], show_default=True,
+                     help=f"MALA steps that adapt each chain's step size, not kept.{note}"),
+        click.option(f"--{prefix}-steps", "sampler_steps", type=click.IntRange(min=0),
+                     default=defaults["steps"], show_default=True,
+                     help="MALA steps at the adapted step size; a draw is each chain's last "
+                          "state."),
+    ]
+
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return decorate
+
+
 @click.command()
 @click.argument("images", nargs=-1, required=True)
 @click.option("--checkpoint", default=None, help=CHECKPOINT_HELP)
@@ -173,10 +201,11 @@ def invert_options(f):
               help="Mask image (non-zero = missing), one per image file in order, or one for "
                    "all; repeatable. Else: an image's alpha channel (one opaque everywhere marks "
                    "nothing), the dataset's squares for heldout:N, or the detector.")
-@click.option("--samples", type=COUNT, default=1, show_default=True,
-              help="invert: completions per image (perturbed starts), drawn side by side with "
-                   "their per-pixel spread.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the samples' starts.")
+@click.option("--samples", type=click.IntRange(min=0), default=0, show_default=True,
+              help="invert: completions per image drawn from the posterior given the observed "
+                   "pixels (MALA, started at the restored image), written beside it with their "
+                   "per-pixel spread.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the posterior draws.")
 @click.option("--keep-observed", is_flag=True,
               help="alpha: restore only the hole; keep every other pixel of the input.")
 @click.option("--iterations", type=COUNT, default=1, show_default=True,
@@ -186,9 +215,11 @@ def invert_options(f):
               help="The square's place by hand, for every input (else: the mask, the alpha "
                    "channel, the dataset's for heldout:N, else the detector's).")
 @invert_options
+@sampler_options(SAMPLING)
 @click.option("--out", default="imputed", show_default=True, help="Output folder.")
 def impute(images, checkpoint, method, alphas, masks, samples, seed, keep_observed, iterations,
-           square, gamma, steps, lr, optimiser, start, out):
+           square, gamma, steps, lr, optimiser, start, temperature, sampler_warmup, sampler_steps,
+           out):
     """Restore IMAGES (files, or heldout:N for held-out dataset items).
 
     `impute img.png` restores by latent-norm inversion; `impute --alpha 0.6 img.png` by the
@@ -200,15 +231,20 @@ def impute(images, checkpoint, method, alphas, masks, samples, seed, keep_observ
 
     plan = plan_impute(method, alphas, masks=masks, square=square, samples=samples,
                        keep_observed=keep_observed, iterations=iterations)
+    if plan.samples and gamma <= 0:
+        raise UserError(NOISE_NEEDS_GAMMA)
     run = open_run(_checkpoint(checkpoint))
     items, failures = prepare_inputs(run, images, plan, say=echo)
     for spec, why in failures:
         click.echo(f"error: {spec}: {why}", err=True)
     if items:
         options = dict(gamma=gamma, steps=steps, lr=lr, optimiser=optimiser, start=start)
-        with progress_bar(steps, "inverting", show=plan.method == "invert") as bar:
+        sampling = dict(temperature=temperature, warmup=sampler_warmup, steps=sampler_steps)
+        total = steps + (sampler_warmup + sampler_steps if plan.samples else 0)
+        with progress_bar(total, "inverting", show=plan.method == "invert") as bar:
             done = restore_inputs(run, items, plan, out, seed, options,
-                                  on_step=(lambda i: bar.update(1)) if bar is not None else None)
+                                  on_step=(lambda i: bar.update(1)) if bar is not None else None,
+                                  sampling=sampling)
         for line in done.lines:
             click.echo(line)
         bad = f" ({done.nonfinite} non-finite)" if done.nonfinite else ""
@@ -236,6 +272,18 @@ def latent_norms_command(checkpoint, n, seed, data, square, out):
     _wrote(write_latent_norms(result, out))
 
 
+def _families(ctx, param, value):
+    """--masks: comma-separated hole family names, each once."""
+    from ..data.mask_families import FAMILIES
+
+    names = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+    wrong = [n for n in names if n not in FAMILIES]
+    if wrong or not names or len(set(names)) != len(names):
+        what = f"unknown {', '.join(repr(w) for w in wrong)}" if wrong else "each name once"
+        raise click.BadParameter(f"takes mask families from {','.join(FAMILIES)} ({what})")
+    return tuple(names)
+
+
 @click.command()
 @click.option("--checkpoint", default=None, help=CHECKPOINT_HELP)
 @click.option("-n", "n", type=COUNT, default=100, show_default=True, help="Held-out images.")
@@ -244,26 +292,43 @@ def latent_norms_command(checkpoint, n, seed, data, square, out):
 @click.option("--iterations", type=COUNT, default=3, show_default=True,
               help="Also score keep-observed repeated N times (1: skip).")
 @click.option("--seed", type=int, default=0, show_default=True,
-              help="Seeds the dequantisation noise.")
+              help="Seeds the dequantisation noise, the holes of every family but square, and "
+                   "the posterior draws.")
+@click.option("--masks", default="square,centre,rectangles,pixels", show_default=True,
+              callback=_families,
+              help="Hole families to score every method on, the same images for each: square "
+                   "(the training square), centre (a centred S/2 square), rectangles (10–40 % "
+                   "of the image), pixels (half the pixels at random).")
+@click.option("--samples", type=click.IntRange(min=0), default=SAMPLES, show_default=True,
+              help="Posterior draws per image, scored as a sampler (0: skip the posterior). 19 "
+                   "is the fewest whose central 50 % and 90 % intervals sit on whole ranks.")
 @click.option("--classical/--no-classical", default=True, show_default=True,
               help="Also score scikit-image's and OpenCV's inpainting, where installed.")
 @invert_options
+@sampler_options(SAMPLING_DEFAULTS, note=" Sized with --posterior-steps for -n 100 on four "
+                                         "families on a CPU in minutes.")
 @dataset_options
 @click.option("--json", "json_path", default=None, help="Also write every row to this JSON file.")
 @click.option("--out", default="evaluation", show_default=True, help="Output folder.")
-def evaluate(checkpoint, n, alphas, iterations, seed, classical, gamma, steps, lr, optimiser,
-             start, data, square, json_path, out):
-    """Every imputation method on the same held-out images (RMSE, PSNR, seconds), and bits/dim."""
+def evaluate(checkpoint, n, alphas, iterations, seed, masks, samples, classical, gamma, steps, lr,
+             optimiser, start, temperature, sampler_warmup, sampler_steps, data, square,
+             json_path, out):
+    """Every imputation method on the same held-out images and hole families (RMSE, PSNR, SSIM,
+    seconds; the posterior's coverage and CRPS), and bits/dim."""
     from ..analysis.evaluate import evaluate as run_evaluation
     from ..analysis.evaluate import format_report, write_report
     from ..analysis.runs import open_run
     from ..progress import progress_bar
 
+    if samples and gamma <= 0:
+        raise UserError(NOISE_NEEDS_GAMMA)
     run = open_run(_checkpoint(checkpoint)).with_dataset(data, square)  # before the bar starts
     options = dict(gamma=gamma, steps=steps, lr=lr, optimiser=optimiser, start=start)
-    with progress_bar(n, "evaluating") as bar:
+    sampling = dict(temperature=temperature, warmup=sampler_warmup, steps=sampler_steps)
+    with progress_bar(n * len(masks), "evaluating") as bar:
         result = run_evaluation(run, n, alphas, iterations, seed, invert_options=options,
-                                classical=classical,
+                                classical=classical, masks=masks, samples=samples,
+                                posterior_options=sampling,
                                 on_batch=(lambda k: bar.update(k)) if bar is not None else None)
     for name, why in result["skipped"].items():
         echo(f"skipped {name}: not installed ({why})")
