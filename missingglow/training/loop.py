@@ -74,12 +74,12 @@ class BatchOrder:
         if epoch not in self._perms:
             self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
             order = generator(self.seed, "epoch", epoch)
-            self._perms[epoch] = torch.randperm(self.n, generator=order)
+            self._perms[epoch] = torch.randperm(self.n, generator=order).tolist()
         return self._perms[epoch]
 
     def __call__(self, iteration):
         start = iteration * self.batch
-        return [int(self._perm(p // self.n)[p % self.n]) for p in range(start, start + self.batch)]
+        return [self._perm(p // self.n)[p % self.n] for p in range(start, start + self.batch)]
 
 
 class Distributed:

@@ -95,9 +95,10 @@ class TrainStep:
 
 
 def capture_cuda_graph(step):
-    """Capture one call of `step` as a CUDA graph; returns its replay. Capturing runs nothing."""
+    """Capture one call of `step` as a CUDA graph; returns its replay. Capturing runs nothing.
+    Thread-local capture: the checkpoint writer's thread may wait for its copy meanwhile."""
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         step()
     return graph.replay
 
@@ -109,11 +110,12 @@ class Stepper:
     has given the optimiser new state tensors) starts over with eager steps and a new capture. A
     capture that fails says so in one line and leaves the steps eager.
 
-    `capture` makes the replay from the step; tests pass a stand-in to run this on the CPU."""
+    `capture` makes the replay from the step (default: `capture_cuda_graph`, looked up when it
+    is needed); tests pass a stand-in to run all of this on the CPU."""
 
-    def __init__(self, step, graph, say, warmup=3, capture=capture_cuda_graph):
-        self.step, self.graph, self.say, self.warmup, self.capture = step, graph, say, warmup, \
-            capture
+    def __init__(self, step, graph, say, warmup=3, capture=None):
+        self.step, self.graph, self.say, self.warmup = step, graph, say, warmup
+        self.capture = capture
         self.replay, self.eager, self.captures = None, 0, 0
         self.side = torch.cuda.Stream() if graph and step.x.is_cuda else None
 
@@ -121,7 +123,7 @@ class Stepper:
         self.step.optimizer.stage_lr()
         if self.graph and self.replay is None and self.eager >= self.warmup:
             try:
-                self.replay = self.capture(self.step)
+                self.replay = (self.capture or capture_cuda_graph)(self.step)
                 self.captures += 1
             except Exception as err:  # any failure: the eager step is always there
                 self.graph = False
