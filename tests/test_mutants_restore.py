@@ -162,15 +162,18 @@ def test_search_from_the_input_by_hand(optimiser, steps):
     model = Reshape((1, 2, 2))
     calls = []
     with torch.no_grad():  # as evaluate calls it: the search turns gradients on for itself
-        out, history = invert(model, X, MISSING, gamma=0.2, steps=steps, lr=0.1, alpha=0.5,
-                              start="input", optimiser=optimiser, on_step=calls.append)
+        out, history, latent = invert(model, X, MISSING, gamma=0.2, steps=steps, lr=0.1,
+                                      alpha=0.5, start="input", optimiser=optimiser,
+                                      on_step=calls.append, return_latent=True)
     assert out.shape == (1, 2, 1, 2, 2) and history.shape == (steps + 1, 2)
+    assert latent.shape == (1, 2, 4) and not latent.requires_grad
     assert calls == list(range(steps))
     for i in range(2):
         x = X[i].flatten().tolist()
         z, expected = search_by_hand(x, OBSERVED[i], [0.5 * v for v in x], gamma=0.2, lr=0.1,
                                      steps=steps, optimiser=optimiser)
         assert close(history[:, i], expected), (history[:, i], expected)
+        assert close(latent[0, i], z), (latent[0, i], z)  # the final latent itself
         # inside the hole Φ⁻¹(z), the rest x itself
         done = [zk if o == 0 else xk for zk, xk, o in zip(z, x, OBSERVED[i])]
         assert close(out[0, i].flatten(), done), (out[0, i], done)
