@@ -501,3 +501,37 @@ def test_restore_inputs_returns_what_it_wrote(setup, monkeypatch, tmp_path):
     assert sorted(os.path.basename(p) for p in done.paths) == [
         "heldout-1-restored.png", "heldout-1-sample-1.png", "heldout-1-sample-2.png",
         "invert.png"]
+
+
+def test_a_lone_missing_pixel_survives_a_large_shrink():
+    """One missing source pixel under a model pixel of 47×47 source pixels (a 3000-px mask shrunk
+    to 64): averaging filters round it away, the max over the pixel's box keeps it."""
+    from PIL import Image
+
+    from missingglow.data.images import _hole_from
+
+    mask = Image.new("L", (3008, 3008), 0)
+    mask.putpixel((1500, 700), 255)
+    hole = _hole_from(mask, 64, "a mask")
+    assert hole.sum() == 1 and hole[0, 700 * 64 // 3008, 1500 * 64 // 3008]
+
+
+def test_transparent_colours_and_premultiplied_alpha_are_holes():
+    """An RGB or grey PNG's transparent colour marks its pixels missing, as a palette's does; a
+    premultiplied mode's alpha band ("a") is read like "A"."""
+    from PIL import Image
+
+    from missingglow.data.images import alpha_mask
+
+    rgb = Image.new("RGB", (16, 16), (10, 20, 30))
+    rgb.paste((1, 2, 3), (4, 4, 8, 8))
+    rgb.info["transparency"] = (1, 2, 3)
+    hole = alpha_mask(rgb, 16, "rgb.png")
+    assert hole is not None and hole.sum() == 16 and hole[0, 4:8, 4:8].all()
+    grey = Image.new("L", (16, 16), 200)
+    grey.paste(7, (0, 0, 2, 16))
+    grey.info["transparency"] = 7
+    assert alpha_mask(grey, 16, "grey.png").sum() == 32
+    rgba = Image.new("RGBA", (16, 16), (9, 9, 9, 255))
+    rgba.paste((9, 9, 9, 0), (0, 0, 16, 3))
+    assert alpha_mask(rgba.convert("RGBa"), 16, "pre.png").sum() == 48

@@ -36,15 +36,23 @@ def load_image(path, size):
     pixels = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(size, size, 3)
     return pixels.permute(2, 0, 1).float().div(255)
 
+
 def _hole_from(img, size, what, none_is_no_hole=False):
     """A Pillow 'L' image of 255 = missing → (1, size, size) bool, through the images' geometry.
-    With `none_is_no_hole`, a hole that marks nothing (after the crop) is None, not an error."""
-    # BOX keeps a model pixel missing when any source pixel under it is missing
+    With `none_is_no_hole`, a hole that marks nothing (after the crop) is None, not an error.
+
+    Shrinking keeps a model pixel missing when any source pixel under it is missing (a max over
+    each pixel's box: Pillow's averaging BOX filter rounds a lone missing pixel away once a model
+    pixel covers a few hundred source pixels); enlarging takes the nearest source pixel."""
     w, h = img.size
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), Image.NEAREST if scale > 1 else Image.BOX)
+    if scale < 1:
+        source = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(1, 1, h, w)
+        shrunk = torch.nn.functional.adaptive_max_pool2d(source.float(), (nh, nw))
+        img = Image.frombytes("L", (nw, nh), bytes(shrunk.to(torch.uint8).flatten().tolist()))
+    elif (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.NEAREST)
     img = resize_crop(img, size)
     hole = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(1, size, size) > 0
     if not hole.any():
@@ -78,9 +86,10 @@ def alpha_mask(img, size, path):
     """The transparent part (alpha < 128) of an opened Pillow image → (1, size, size) bool, or None
     when it marks nothing: no alpha channel, or one that is opaque wherever the crop keeps (a logo
     saved as RGBA has no hole; the mask, the square or the detector decide for it instead)."""
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
+    if "transparency" in img.info and img.mode in ("P", "L", "RGB"):
+        img = img.convert("RGBA")   # a transparent colour (or palette entry) is an alpha channel
     if img.mode not in ("RGBA", "LA", "PA", "RGBa", "La"):
         return None
-    alpha = img.getchannel("A").point(lambda v: 255 if v < 128 else 0)
+    alpha = img.getchannel(img.getbands()[-1])   # "A", or "a" for premultiplied modes
+    alpha = alpha.point(lambda v: 255 if v < 128 else 0)
     return _hole_from(alpha, size, f"the alpha channel of {path}", none_is_no_hole=True)
