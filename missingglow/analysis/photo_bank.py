@@ -19,6 +19,8 @@ within 0.06 of grey). Rules that keep the truth well defined:
     person either.
 Square-free crops come from the same photos. `degraded()` gives the same images with what a
 model's samples have (noise, a tint on the squares, blur, or all three), to be scored apart.
+`faint()` gives crops of any size with faint squares (square_bank.blend): grey laid over at an
+opacity, edges feathered.
 """
 import ast
 import importlib.util
@@ -33,7 +35,7 @@ from PIL import Image, ImageFilter
 from ..data.images import from_pil
 from ..data.masks import GREY
 from ..render.images import to_pil
-from .square_bank import iou, match
+from .square_bank import FAINT_EDGE, FAINT_GAP, blend, iou, match, sides_visible
 
 SIZE = 64
 SQUARES = (8, 12, 16, 20)
@@ -108,23 +110,6 @@ def crop(rng, photo, size=SIZE):
     return from_pil(patch.resize((size, size), Image.LANCZOS if side > size else Image.BICUBIC))
 
 
-def _sides_visible(image, t, l, k):
-    """Whether each side of box (t, l, k) off the border has at least half of the pixels just
-    outside it clearly off grey."""
-    size = image.shape[-1]
-    off = (image - GREY).abs().amax(0) > EDGE                      # (S, S)
-    strips = []
-    if t > 0:
-        strips.append(off[t - 1, l:l + k])
-    if t + k < size:
-        strips.append(off[t + k, l:l + k])
-    if l > 0:
-        strips.append(off[t:t + k, l - 1])
-    if l + k < size:
-        strips.append(off[t:t + k, l + k])
-    return all(s.float().mean().item() >= 0.5 for s in strips)
-
-
 def _ring(image, t, l, k):
     """The pixels (C, n) just outside box (t, l, k), within the image."""
     size = image.shape[-1]
@@ -134,15 +119,16 @@ def _ring(image, t, l, k):
     return image[:, inside]
 
 
-def _apart(box, boxes):
+def _apart(box, boxes, gap):
     t, l, k = box
-    return all(t + k + GAP <= bt or bt + bk + GAP <= t or l + k + GAP <= bl or bl + bk + GAP <= l
+    return all(t + k + gap <= bt or bt + bk + gap <= t or l + k + gap <= bl or bl + bk + gap <= l
                for bt, bl, bk in boxes)
 
 
-def place(rng, image, k, count, tries=60):
+def place(rng, image, k, count, tries=60, gap=GAP, edge=EDGE):
     """`count` boxes of side k on `image`, each placed one of PLACES ways, or None if they do not
-    fit the rules. Returns [(top, left, k)] and the ways."""
+    fit the rules (`gap` pixels apart, sides visible at `edge`). Returns [(top, left, k)] and the
+    ways."""
     size = image.shape[-1]
     span = size - k
     boxes, ways = [], []
@@ -158,7 +144,7 @@ def place(rng, image, k, count, tries=60):
             else:
                 t, l = rng.randrange(span + 1), rng.randrange(span + 1)
             box = (t, l, k)
-            if _apart(box, boxes) and _sides_visible(image, *box):
+            if _apart(box, boxes, gap) and sides_visible(image, box, edge):
                 options.append(box)
             if way in ("anywhere", "border") and options:
                 break
@@ -246,6 +232,42 @@ def degraded(seed=0, per_cell=2, free=None, images=None):
         how = DEGRADATIONS[i % len(DEGRADATIONS)]
         out = degrade(image, boxes, how, rng, info["look"] != "colour")
         yield (out * 255).round() / 255, boxes, {**info, "degradation": how}
+
+
+def faint_crops(seed=0, size=SIZE, square=12, images=48, free=0):
+    """The pictures and boxes of faint(): crops of `size` px with 1–3 boxes of side `square`, the
+    looks in turn, then `free` crops with none, as (crop, truth boxes, info). Each box is placed
+    as in bank(), with its sides visible at the faintest opacity measured (FAINT_EDGE) and
+    FAINT_GAP between boxes."""
+    if not available():
+        raise RuntimeError("scikit-image's data folder is not installed")
+    rng = random.Random(seed)
+    pictures = photos()
+    out = []
+    for index in range(images + free):
+        look = LOOKS[index % len(LOOKS)]
+        count = 1 + index // len(LOOKS) % 3 if index < images else 0
+        while True:
+            name = _pick(rng, look)
+            photo = pictures[name].convert("L") if look == "converted" else pictures[name]
+            base = crop(rng, photo, size)
+            placed = place(rng, base, square, count, gap=FAINT_GAP, edge=FAINT_EDGE)
+            if placed is not None:
+                break
+        boxes, ways = placed
+        out.append((base, boxes, {"photo": name, "look": look, "K": square, "count": count,
+                                  "ways": ways}))
+    return out
+
+
+def faint(seed=0, opacity=1.0, feather=0, size=SIZE, square=12, images=48, free=0):
+    """Photographs with faint squares: faint_crops(seed, size, square, images, free) with grey
+    blended over each box (square_bank.blend: at `opacity`, edges feathered by `feather` px).
+    Yields (image, truth boxes, info). The crops and the boxes do not depend on opacity or
+    feather, so every setting scores the same squares."""
+    for base, boxes, info in faint_crops(seed, size, square, images, free):
+        yield blend(base, boxes, opacity, feather), boxes, \
+            {**info, "opacity": opacity, "feather": feather}
 
 
 def score(detect_fn, images):

@@ -7,6 +7,12 @@ Pillow only.
 Pictures: synthetic faces, colour gradients, sinusoid textures, pixel noise, smooth random fields,
 and 'scenes' of random shapes. Degradations (applied to the whole picture, squares included, as a
 model's samples have them): blur, Gaussian noise, a tint on the square, 5-bit quantisation.
+
+Faint squares, as a model's samples mostly hold them: grey laid over a face at an opacity, edges
+feathered (blend), the same faces and boxes at every setting so that settings compare square by
+square:
+
+    for image, truth, info in faint(seed=0, opacity=0.7, feather=2, size=64, square=20):
 """
 import math
 import random
@@ -195,3 +201,138 @@ def iou(a, b):
     w = max(min(la + ka, lb + kb) - max(la, lb), 0)
     inter = h * w
     return inter / (ka * ka + kb * kb - inter)
+
+
+# --- faint squares: grey blended over the picture, edges feathered ------------------------------
+
+OPACITIES = (0.3, 0.5, 0.7, 0.85, 1.0)
+FEATHERS = (0, 1, 2)
+VISIBLE_STEP = 0.04   # a step this large (on some channel) is clearly visible
+
+
+def feather_profile(start, square, feather, size):
+    """Alpha (size,) along one axis of a square over [start, start + square): 1 inside and 0
+    outside, and with a feather f > 0 a linear ramp across the 2f pixels centred on each edge,
+    (j + 0.5) / 2f for j = 0 … 2f − 1. The half-way line stays on the box's edge, so the box is
+    where a person sees the square, and for square >= 2f the profile still sums to `square`."""
+    centre = torch.arange(size, dtype=torch.float64) + 0.5
+    if feather == 0:
+        return ((centre > start) & (centre < start + square)).double()
+    up = ((centre - start) / (2 * feather) + 0.5).clamp(0, 1)
+    down = ((start + square - centre) / (2 * feather) + 0.5).clamp(0, 1)
+    return torch.minimum(up, down)
+
+
+def blend(image, boxes, opacity, feather):
+    """The picture with grey laid over each (top, left, K) box at `opacity`, edges feathered:
+    (1 − α)·image + α·grey, α = opacity × the box's row profile × its column profile. At opacity 1
+    and feather 0 that is the exact grey square."""
+    size = image.shape[-1]
+    alpha = torch.zeros(size, size, dtype=torch.float64)
+    for t, l, k in boxes:
+        box = feather_profile(t, k, feather, size)[:, None] * feather_profile(l, k, feather, size)
+        alpha = torch.maximum(alpha, opacity * box)
+    alpha = alpha.to(image.dtype)
+    return (1 - alpha) * image + alpha * GREY
+
+
+def sides_visible(image, box, edge):
+    """Whether each side of box (top, left, K) off the image border has at least half of the
+    pixels just outside it off grey by more than `edge` on some channel: a side lost in grey is no
+    edge to a person either."""
+    t, l, k = box
+    size = image.shape[-1]
+    off = (image - GREY).abs().amax(0) > edge                      # (S, S)
+    strips = []
+    if t > 0:
+        strips.append(off[t - 1, l:l + k])
+    if t + k < size:
+        strips.append(off[t + k, l:l + k])
+    if l > 0:
+        strips.append(off[t:t + k, l - 1])
+    if l + k < size:
+        strips.append(off[t:t + k, l + k])
+    return all(s.float().mean().item() >= 0.5 for s in strips)
+
+
+# a faint square's step across a side is its opacity times the outside's distance from grey, so
+# its sides must be this far off grey to show at the faintest opacity measured
+FAINT_EDGE = VISIBLE_STEP / min(OPACITIES)
+
+
+def faint_visible(image, box):
+    return sides_visible(image, box, FAINT_EDGE)
+
+
+FAINT_GAP = 2 + 2 * max(FEATHERS)   # squares' feathered borders neither touch nor overlap
+
+
+def faint_faces(seed=0, size=64, square=12, images=48, free=0):
+    """The pictures and boxes of faint(): synthetic faces with 1–3 boxes of side `square` (in
+    turn), then `free` faces with none, as (face, truth boxes, info). Every box is visible at the
+    faintest of OPACITIES (faint_visible) and FAINT_GAP from the others; a face with no room for
+    all of its boxes gets fewer."""
+    rng = random.Random(seed)
+    out = []
+    for index in range(images + free):
+        count = 1 + index % 3 if index < images else 0
+        base = picture("face", rng, size, index)
+        boxes = []
+        for _ in range(200):
+            if len(boxes) == count:
+                break
+            box = place(rng, size, square, 1)[0]
+            if faint_visible(base, box) and all(_apart(box, b, FAINT_GAP) for b in boxes):
+                boxes.append(box)
+        out.append((base, boxes, {"picture": "face", "count": len(boxes)}))
+    return out
+
+
+def faint(seed=0, opacity=1.0, feather=0, size=64, square=12, images=48, free=0):
+    """Synthetic faces with faint squares: faint_faces(seed, size, square, images, free) with grey
+    blended over each box (blend). Yields (image, truth boxes, info). The faces and the boxes do
+    not depend on opacity or feather, so every setting scores the same squares."""
+    for base, boxes, info in faint_faces(seed, size, square, images, free):
+        yield blend(base, boxes, opacity, feather), boxes, \
+            {**info, "opacity": opacity, "feather": feather}
+
+
+def _apart(a, b, gap):
+    (ta, la, ka), (tb, lb, kb) = a, b
+    return ta + ka + gap <= tb or tb + kb + gap <= ta or la + ka + gap <= lb or lb + kb + gap <= la
+
+
+def faint_score(find, images, batch=32):
+    """How many faint squares `find(batch) -> [squares per image]` finds in (image, truth, info)
+    triples: found and missed squares and the recall, the detections that match no square on
+    images with squares (extra), and square-free images with any detection (free_fired)."""
+    found = missed = extra = fired = free = 0
+    images = list(images)
+    for start in range(0, len(images), batch):
+        part = images[start:start + batch]
+        for squares, (_, boxes, _) in zip(find(torch.stack([p[0] for p in part])), part):
+            tp, fp, fn = match(squares, boxes)
+            found, missed = found + tp, missed + fn
+            if boxes:
+                extra += fp
+            else:
+                free += 1
+                fired += bool(squares)
+    return {"squares": found + missed, "found": found, "missed": missed,
+            "recall": found / max(found + missed, 1), "extra": extra,
+            "free_fired": (fired, free)}
+
+
+def faint_scores(find, bases, opacities=OPACITIES, feathers=FEATHERS):
+    """faint_score for every opacity × feather, on the same (picture, boxes, info) triples (from
+    faint_faces or photo_bank.faint_crops): {(opacity, feather): score}. Square-free pictures are
+    the same at every setting, so they are scored once, in the key (None, None)."""
+    bases = list(bases)
+    scores = {(None, None): faint_score(find, [b for b in bases if not b[1]])}
+    with_squares = [b for b in bases if b[1]]
+    for opacity in opacities:
+        for feather in feathers:
+            scores[opacity, feather] = faint_score(
+                find, [(blend(image, boxes, opacity, feather), boxes, info)
+                       for image, boxes, info in with_squares])
+    return scores
