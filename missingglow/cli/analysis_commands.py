@@ -99,7 +99,14 @@ SQUARE_HINT = ("giving --square K (the trained square size) counts more reliably
 def squares(images, checkpoint, temperatures, n, seed, square, image_size, out):
     """Count grey squares: in samples per temperature (the paper's Table 1), or in IMAGES."""
     from ..analysis.runs import open_run
-    from ..analysis.table1 import format_table1, square_table, table1_folder, write_table1
+    from ..analysis.table1 import (
+        detector_recall,
+        format_recall,
+        format_table1,
+        square_table,
+        table1_folder,
+        write_table1,
+    )
 
     if images:
         from ..analysis.square_counts import count_in_files, format_count
@@ -132,7 +139,10 @@ def squares(images, checkpoint, temperatures, n, seed, square, image_size, out):
     if bad:
         click.echo(f"{bad} of {n * len(rows)} samples were non-finite (the flow's inverse "
                    "overflowed); shares and E are over the finite ones")
-    _wrote(write_table1(rows, out or table1_folder(checkpoint)),
+    echo("measuring the counter's recall on faint squares (synthetic faces at the run's size)")
+    recall = detector_recall(run)
+    click.echo(format_recall(recall))
+    _wrote(write_table1(rows, out or table1_folder(checkpoint), recall),
            f" (contact sheet: the first {min(n, 16)} samples per t, detected squares outlined in "
            "red)")
 
