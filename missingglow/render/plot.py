@@ -186,7 +186,8 @@ def line_chart(series, *, title, xlabel, ylabel, width=720, height=440, ylim=Non
     if ylim is None:
         lo, hi = min(min(ys), 0.0), max(ys)
         ylim = (lo, hi + ((hi - lo) * 0.05 or 0.5))
-    axes = _Axes(draw, (70, 44, width - 20, height - 50), (min(xs), max(xs)), ylim)
+    bottom = height - (66 if note else 50)   # a note gets its own line under the x label
+    axes = _Axes(draw, (70, 44, width - 20, bottom), (min(xs), max(xs)), ylim)
     axes.frame(title, xlabel, ylabel)
     entries, points = [], []
     for i, s in enumerate(series):
@@ -232,7 +233,8 @@ def histogram_chart(groups, *, title, xlabel, bins=30, width=720, height=440, no
     top = max((max(c) for c in counts if c), default=1.0) or 1.0
     image = Image.new("RGBA", (width, height), (255, 255, 255, 255))
     draw = ImageDraw.Draw(image)
-    axes = _Axes(draw, (70, 44, width - 20, height - 50), (lo, hi), (0.0, top * 1.08))
+    bottom = height - (66 if note else 50)   # a note gets its own line under the x label
+    axes = _Axes(draw, (70, 44, width - 20, bottom), (lo, hi), (0.0, top * 1.08))
     axes.frame(title, xlabel, "share of images")
     entries, points = [], []
     for i, ((label, values), c) in enumerate(zip(finite, counts)):
