@@ -25,7 +25,7 @@ from missingglow.training.config import TrainConfig, resolve_config
 from missingglow.training.saver import CheckpointWriter
 from missingglow.training.step import StepLog, Stepper, TrainStep, synced_step
 from missingglow.training.syncs import sync_ops
-from missingglow.training.threads import idle_cores, use_threads
+from missingglow.training.threads import Threads, busy_elsewhere
 
 TINY = dict(image_size=8, blocks=2, flows=2, hidden=8, batch=8, synthetic_count=48, square=3,
             iterations=6, lr=1e-3, warmup=2, eval_every=1000, sample_every=1000,
@@ -356,16 +356,47 @@ def test_a_resumed_run_takes_new_machine_settings(tmp_path):
 def test_threads_follow_the_setting_then_the_environment(monkeypatch):
     before = torch.get_num_threads()
     try:
-        assert use_threads(1, torch.device("cpu"), print) == 1 and torch.get_num_threads() == 1
+        assert Threads(1, "cpu", print).count == 1 and torch.get_num_threads() == 1
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
-        torch.set_num_threads(1)
-        assert use_threads(None, torch.device("cpu"), print) == 1
+        threads = Threads(None, "cpu", print)
+        assert threads.fixed and threads.update() == 1
     finally:
         torch.set_num_threads(before)
 
 
-def test_idle_cores_reads_proc_stat(monkeypatch):
-    stats = iter([{0: (100, 200), 1: (100, 200)}, {0: (100, 300), 1: (200, 300)}])
-    monkeypatch.setattr("missingglow.training.threads._cpu_times", lambda: next(stats))
-    monkeypatch.setattr("missingglow.training.threads.time.sleep", lambda s: None)
-    assert idle_cores([0, 1]) == 1.0  # core 0 busy all the time, core 1 idle
+def test_threads_follow_the_cores_other_processes_leave_free(monkeypatch):
+    """Two cores; each look: (wall s, busy ticks of the cores, this process's CPU s). Others
+    using 0.9 of a core leave one thread; 0.2 of a core still counts as free."""
+    import missingglow.training.threads as threads_module
+
+    ticks = threads_module._TICKS
+    looks = iter([(0.0, 0, 0.0), (1.0, 1.9 * ticks, 1.0),   # others 0.9 core: one thread
+                  (2.0, 2.9 * ticks, 1.8)])                  # then 0.2 of a core: two
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads_module, "allowed_cores", lambda: [0, 1])
+    monkeypatch.setattr(threads_module, "_snapshot", lambda cores: next(looks))
+    said, before = [], torch.get_num_threads()
+    try:
+        threads = Threads(None, "cpu", said.append, look=0)
+        assert threads.count == 1 and torch.get_num_threads() == 1
+        assert said == ["other processes keep 1 of this process's 2 cores busy: training with 1 "
+                        "thread and following the load (--threads N to fix it)"]
+        assert threads.update() == 2 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert busy_elsewhere((0.0, None, 0.0), (1.0, 5, 0.0)) == 0.0  # no /proc/stat: all free
+
+
+def test_precision_reaches_the_model_and_fp32_checkpoints_stay_as_they_were(tmp_path):
+    from dataclasses import replace
+
+    from missingglow.errors import UserError
+    from missingglow.training.config import validate
+    from missingglow.training.loop import model_config
+
+    fp32 = config(tmp_path, "p")
+    assert "precision" not in model_config(fp32)
+    bf16 = config(tmp_path, "p", precision="bf16")
+    assert model_config(bf16)["precision"] == "bf16"
+    with pytest.raises(UserError, match="precision bf16 runs on the fused flow steps"):
+        validate(replace(bf16, impl="reference"))

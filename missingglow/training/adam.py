@@ -86,16 +86,15 @@ def masked_adam_(params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, 
     ok = 1 - found_inf.to(params[0].dtype)
     # a bad step's gradients may be non-finite: zero them in one pass, so that the masked
     # arithmetic below leaves every tensor exactly as it was
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    flat = torch.where(found_inf == 0, flat, torch.zeros((), dtype=flat.dtype, device=flat.device))
+    flat = torch.nan_to_num(torch.cat([g.reshape(-1) for g in grads]), 0.0, 0.0, 0.0).mul_(ok)
     grads = [part.view(g.shape) for part, g in zip(flat.split([g.numel() for g in grads]), grads)]
 
     # the step count (put back on a bad step) and the bias corrections in float64, as the fused
     # kernel computes them; at least 1 step in them, so a bad first step divides by no zero
     torch._foreach_add_(steps, [ok] * n)
     t = torch.stack(steps).double().clamp_min(1)
-    rate = (-lr.double() * ok) / (1 - beta1 ** t)               # −lr/(1 − β1^t), 0 when bad
-    correction2 = torch.sqrt(1 - beta2 ** t)                    # √(1 − β2^t)
+    rate = ((-lr.double() * ok) / (1 - beta1 ** t)).to(ok.dtype)   # −lr/(1 − β1^t), 0 when bad
+    correction2 = torch.sqrt(1 - beta2 ** t).to(ok.dtype)          # √(1 − β2^t)
 
     # the moments: m ← β1·m + (1 − β1)·g and v ← β2·v + (1 − β2)·g², or unchanged when bad
     torch._foreach_mul_(exp_avgs, [1 - (1 - beta1) * ok] * n)

@@ -88,6 +88,8 @@ class TrainConfig:
     memory_saving: bool = setting(
         False, "Rebuild activations in the backward pass instead of storing them.",
         flag="--memory-saving")
+    precision: str = setting("fp32", "Arithmetic of the fused coupling networks' hidden "
+                                     "convolutions.", choices=("fp32", "bf16"))
     graph: bool = setting(
         True, "Run each training step as one CUDA graph (one GPU; steps run eagerly under "
               "torchrun and on the CPU).", flag="--graph/--no-graph", machine=True)
@@ -196,6 +198,9 @@ def validate(config):
     size, blocks = config.image_size, config.blocks
     if size % 2 ** blocks:
         raise UserError(f"image size {size} must be divisible by 2^blocks = {2 ** blocks}")
+    if config.precision != "fp32" and config.impl == "reference":
+        raise UserError(f"--precision {config.precision} runs on the fused flow steps; the "
+                        "reference is full precision: drop --impl reference")
     if config.square > size:
         raise UserError(f"a {config.square}-px square does not fit a {size}×{size} image; "
                         f"choose --square ≤ {size}")

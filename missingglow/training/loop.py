@@ -36,7 +36,7 @@ from .heldout import HeldoutEval
 from .runlock import RunLock
 from .saver import CheckpointWriter
 from .step import Feed, Stepper, TrainStep
-from .threads import use_threads
+from .threads import Threads
 
 METRICS = "metrics.jsonl"
 
@@ -49,6 +49,8 @@ def model_config(config):
     if config.impl is not None:
         out["impl"] = config.impl
     out["memory_saving"] = config.memory_saving
+    if config.precision != "fp32":  # a full-precision run's checkpoint stays as it was
+        out["precision"] = config.precision
     return out
 
 
@@ -282,7 +284,7 @@ def train(config=None, resume=None, progress=True, say=None, iterations=None, ma
         config, run_dir, payload = open_run(config, resume, iterations, speak,
                                             hold if env.main else None, machine)
         hold.enter_context(name_the_last_checkpoint(run_dir))
-        use_threads(config.threads, env.device, speak)
+        threads = Threads(config.threads, env.device, speak)
 
         # the images, and global batch t with its noise as a pure function of (seed, t)
         torch.manual_seed(config.seed)
@@ -372,6 +374,7 @@ def train(config=None, resume=None, progress=True, say=None, iterations=None, ma
                 # non-finite steps in a row (on any rank) roll back to the last checkpoint with
                 # the learning rate halved, dropping the steps queued since
                 writer.check()
+                threads.update()
                 sums = step.log.read(read_at)
                 steps_read, read_at = iteration - read_at, iteration
                 account(sums, state, metrics, speak)

@@ -1,11 +1,14 @@
 """How many CPU threads training uses: the cores that other processes leave free.
 
-A CPU step is a chain of parallel regions, and each ends when its slowest thread does: a thread
-on a core that another process keeps busy gets a slice of it and holds every region up, so on a
-shared machine more threads than free cores is slower than fewer (bench/RESULTS.md, "Threads on a
-shared CPU"). Training therefore takes `--threads` when given, else $OMP_NUM_THREADS when set
-(torch has read it already), else the cores of this process's affinity that are idle over a
-short look at /proc/stat, at least one.
+A CPU step is a chain of parallel regions, and each ends when its slowest thread does. A thread on
+a core that another process keeps busy gets only slices of it, and the others spin waiting for it
+(OpenMP's default wait policy), so on a shared machine more threads than free cores is many times
+slower than fewer (bench/RESULTS.md, "Threads on a shared CPU"). Training therefore takes
+`--threads` when given, else $OMP_NUM_THREADS when set (torch has read it already), else the
+cores of this process's affinity that other processes leave free: a short look at /proc/stat
+before the first step, and again at every read of the loop, since other jobs come and go. A core
+counts as free when others use under a quarter of it: a thread too many costs far more than one
+too few.
 """
 import os
 import time
@@ -13,19 +16,37 @@ import time
 import torch
 
 
-def use_threads(threads, device, speak):
-    """Set torch's intra-op threads for training (see the module docstring); returns the count."""
-    if threads is None and os.environ.get("OMP_NUM_THREADS"):
-        return torch.get_num_threads()
-    cores = allowed_cores()
-    if threads is None:
-        threads = max(1, min(len(cores), round(idle_cores(cores))))
-        if threads < len(cores) and device.type == "cpu":
-            speak(f"other processes keep {len(cores) - threads} of this process's {len(cores)} "
-                  f"cores busy: training with {threads} thread{'s' * (threads > 1)} "
-                  f"(--threads N to choose)")
-    torch.set_num_threads(threads)
-    return threads
+class Threads:
+    """torch's intra-op thread count for a training run (see the module docstring)."""
+
+    def __init__(self, setting, device, speak, look=0.2):
+        self.cores = allowed_cores()
+        self.fixed = setting is not None or bool(os.environ.get("OMP_NUM_THREADS"))
+        if setting is not None:
+            torch.set_num_threads(setting)
+        self.count = torch.get_num_threads()
+        if self.fixed:
+            return
+        self.mark = _snapshot(self.cores)
+        time.sleep(look)
+        self.update()
+        if self.count < len(self.cores) and torch.device(device).type == "cpu":
+            speak(f"other processes keep {len(self.cores) - self.count} of this process's "
+                  f"{len(self.cores)} cores busy: training with {self.count} "
+                  f"thread{'s' * (self.count > 1)} and following the load (--threads N to fix it)")
+
+    def update(self):
+        """Set the threads from what other processes used since the last look; returns them."""
+        if self.fixed:
+            return self.count
+        now = _snapshot(self.cores)
+        others = busy_elsewhere(self.mark, now)
+        self.mark = now
+        count = max(1, min(len(self.cores), int(len(self.cores) - others + 0.25)))
+        if count != self.count:
+            torch.set_num_threads(count)
+            self.count = count
+        return count
 
 
 def allowed_cores():
@@ -36,35 +57,32 @@ def allowed_cores():
         return list(range(os.cpu_count() or 1))
 
 
-def idle_cores(cores, seconds=0.2):
-    """How many of `cores` were idle over `seconds` (a fraction of each, summed); all of them
-    where /proc/stat cannot be read."""
-    first = _cpu_times()
-    time.sleep(seconds)
-    second = _cpu_times()
-    if not first or not second:
-        return float(len(cores))
-    idle = 0.0
-    for cpu in cores:
-        if cpu not in first or cpu not in second:
-            idle += 1.0
-            continue
-        (idle0, total0), (idle1, total1) = first[cpu], second[cpu]
-        idle += (idle1 - idle0) / (total1 - total0) if total1 > total0 else 1.0
-    return idle
+def busy_elsewhere(before, after):
+    """Cores' worth of CPU that other processes used between two snapshots (0 when unknown)."""
+    (wall0, busy0, mine0), (wall1, busy1, mine1) = before, after
+    if busy0 is None or busy1 is None or wall1 <= wall0:
+        return 0.0
+    return max(0.0, ((busy1 - busy0) / _TICKS - (mine1 - mine0)) / (wall1 - wall0))
 
 
-def _cpu_times():
-    """{cpu: (idle ticks, total ticks)} from /proc/stat, or {} where there is none."""
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _snapshot(cores):
+    """(wall seconds, busy ticks of `cores` from /proc/stat or None, this process's CPU seconds)."""
+    return time.monotonic(), _busy_ticks(cores), time.process_time()
+
+
+def _busy_ticks(cores):
     try:
         with open("/proc/stat") as f:
             lines = f.readlines()
     except OSError:
-        return {}
-    times = {}
+        return None
+    wanted, busy = {f"cpu{c}" for c in cores}, 0
     for line in lines:
         name, *values = line.split()
-        if name.startswith("cpu") and name[3:].isdigit():
+        if name in wanted:
             ticks = [int(v) for v in values[:8]]
-            times[int(name[3:])] = (ticks[3] + ticks[4], sum(ticks))  # idle + iowait
-    return times
+            busy += sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
+    return busy
