@@ -6,13 +6,19 @@ ratio holds even on a busy machine; medians over the timed steps.
     python bench/train_speed.py --preset small --steps 20
     python bench/train_speed.py --preset paper --steps 3 --threads 2
     python bench/train_speed.py --allocator default    # glibc's default, not training's setting
+    python bench/train_speed.py --impl fused --busy 1  # beside a process that keeps a core busy
+    python bench/train_speed.py --shared-cpu 3         # threads and OpenMP's wait policy, idle
+                                                       # and beside a busy process, 3 rounds
 
 Like `missingglow train`, it keeps freed heap memory (missingglow/training/allocator.py) unless
-told not to.
+told not to. `--threads auto` sets the threads as training does (training/threads.py).
+`--shared-cpu` runs this script in a fresh process per setting (OpenMP reads OMP_WAIT_POLICY when
+it starts), the settings interleaved round by round, so that the ratios hold on a loaded machine.
 """
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -26,6 +32,9 @@ from missingglow import Glow  # noqa: E402
 from missingglow.flow.preprocess import bits_per_dim  # noqa: E402
 from missingglow.training.allocator import keep_freed_memory  # noqa: E402
 from missingglow.training.config import PRESETS, preset_config  # noqa: E402
+from missingglow.training.threads import Threads  # noqa: E402
+
+BUSY = "while True: pass"
 
 
 def make(p, impl):
@@ -50,42 +59,106 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def busy_processes(n):
+    """n processes that keep a core busy each, as another user's job would."""
+    return [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(n)]
+
+
+def shared_cpu(args):
+    """Seconds per fused small-preset iteration for each thread setting and wait policy, with
+    the machine as it is and beside one more busy process; `args.shared_cpu` rounds. Each run's
+    time is printed as it comes, then the table."""
+    settings = [(threads, policy, busy) for busy in (0, 1) for threads, policy in (
+        ("all", None), ("all", "PASSIVE"), ("1", None), ("auto", None))]
+    times = {s: [] for s in settings}
+    for round_ in range(args.shared_cpu):
+        for threads, policy, busy in settings:
+            env = {k: v for k, v in os.environ.items()
+                   if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+            if policy:
+                env["OMP_WAIT_POLICY"] = policy
+            cmd = [sys.executable, __file__, "--preset", args.preset, "--impl", "fused",
+                   "--steps", str(args.steps), "--warmup", str(args.warmup), "--busy", str(busy)]
+            if threads != "all":
+                cmd += ["--threads", threads]
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+            line = next(x for x in out.splitlines() if x.startswith("fused "))
+            used = next(x for x in out.splitlines() if x.startswith("preset "))
+            run = (float(line.split()[1]), int(used.split(" threads")[0].split()[-1]))
+            times[(threads, policy, busy)].append(run)
+            with open("/proc/loadavg") as f:
+                load = f.read().split()[0]
+            print(f"round {round_ + 1}: busy {busy}, threads {threads} ({run[1]} used), "
+                  f"{policy or 'default'}: {run[0]:.3f} s/iter (load {load})", flush=True)
+    print(f"preset {args.preset}, fused, {args.steps} timed steps a run, {args.shared_cpu} rounds, "
+          f"{len(os.sched_getaffinity(0))} cores")
+    print("| busy processes added | threads | OMP_WAIT_POLICY | threads used | s/iter (median "
+          "of rounds) | each round |")
+    print("|---|---|---|---|---|---|")
+    for (threads, policy, busy), runs in times.items():
+        used = sorted({n for _, n in runs})
+        print(f"| {busy} | {threads} | {policy or 'default'} | {'/'.join(map(str, used))} | "
+              f"{statistics.median(t for t, _ in runs):.3f} | "
+              f"{' '.join(f'{t:.3f}' for t, _ in runs)} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small", choices=sorted(PRESETS))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", default=None,
+                        help="a count, or auto (the cores other processes leave free)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--allocator", choices=["keep", "default"], default="keep",
                         help="keep freed heap memory, as training does, or glibc's default")
+    parser.add_argument("--impl", choices=["both", "fused", "reference"], default="both")
+    parser.add_argument("--busy", type=int, default=0,
+                        help="processes that keep a core busy each while this one is timed")
+    parser.add_argument("--shared-cpu", type=int, default=0, metavar="ROUNDS",
+                        help="compare thread settings and wait policies, idle and beside a busy "
+                             "process (fused only)")
     args = parser.parse_args()
+    if args.shared_cpu:
+        shared_cpu(args)
+        return
     kept = args.allocator == "keep" and keep_freed_memory()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads == "auto":
+        Threads(None, args.device, lambda line: None)
+    elif args.threads:
+        torch.set_num_threads(int(args.threads))
     p = preset_config(args.preset)
     x = (torch.rand(p.batch, 3, p.image_size, p.image_size) - 0.5).to(args.device)
     runs = {}
-    for impl in ("reference", "fused"):
+    impls = ("reference", "fused") if args.impl == "both" else (args.impl,)
+    for impl in impls:
         model = make(p, impl).to(args.device)
         with torch.no_grad():
             model.log_prob(x)  # ActNorm init
         runs[impl] = (model, torch.optim.Adam(model.parameters(), lr=1e-4), [])
-    for i in range(args.warmup + args.steps):
-        for _impl, (model, optimizer, times) in runs.items():
-            t = step(model, optimizer, x, p.n_bits)
-            if i >= args.warmup:
-                times.append(t)
+    others = busy_processes(args.busy)
+    try:
+        for i in range(args.warmup + args.steps):
+            for _impl, (model, optimizer, times) in runs.items():
+                t = step(model, optimizer, x, p.n_bits)
+                if i >= args.warmup:
+                    times.append(t)
+    finally:
+        for proc in others:
+            proc.kill()
+            proc.wait()
     print(f"preset {args.preset}: {p.image_size}x{p.image_size}, {p.blocks} blocks x "
           f"{p.flows} flows, hidden {p.hidden}, batch {p.batch}, "
           f"{args.device}, {torch.get_num_threads()} threads, {args.steps} timed steps (median), "
-          f"{'freed heap kept' if kept else 'glibc default allocator'}")
+          f"{'freed heap kept' if kept else 'glibc default allocator'}"
+          f"{f', beside {args.busy} busy processes' if args.busy else ''}")
     print(f"{'impl':<10} {'s/iter':>8} {'images/s':>9}")
     medians = {}
     for impl, (_, _, times) in runs.items():
         medians[impl] = statistics.median(times)
         print(f"{impl:<10} {medians[impl]:8.3f} {p.batch / medians[impl]:9.1f}")
-    print(f"fused speed-up: {medians['reference'] / medians['fused']:.2f}x")
+    if len(medians) == 2:
+        print(f"fused speed-up: {medians['reference'] / medians['fused']:.2f}x")
 
 
 if __name__ == "__main__":
