@@ -153,7 +153,9 @@ def _guard(rank, world, port, flags, out):
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     env = train_module.Distributed()
     try:
-        out[rank] = [env.all_finite(flag) for flag in flags[rank]]
+        # a bool is answered with a bool; the training step's tensor stays a tensor
+        out[rank] = [env.all_finite(flag) for flag in flags[rank]] + [
+            bool(env.all_finite(torch.tensor(flag))) for flag in flags[rank]]
     finally:
         env.close()
 
@@ -174,7 +176,7 @@ def test_the_non_finite_guard_agrees_across_ranks():
     for p in procs:
         p.join(timeout=120)
     assert [p.exitcode for p in procs] == [0, 0]
-    assert out[0] == out[1] == [True, False, False, True]
+    assert out[0] == out[1] == [True, False, False, True] * 2
 
 
 def test_resume_from_a_checkpoint_file_and_of_a_finished_run(tmp_path):

@@ -33,6 +33,8 @@ class GuardedAdam(torch.optim.Adam):
                                       dtype=torch.float32 if fused else torch.float64)
         self.found_inf = torch.zeros((), device=device)  # 1.0: skip this step (GradScaler's flag)
         self._staged = float(lr)
+        # eager steps (torchrun, --no-graph, the warm-up) are meant: no "capturable" warning
+        self._warned_capturable_if_run_uncaptured = True
 
     def skip_unless(self, ok):
         """Skip the next `step()` unless `ok` (a bool tensor on the device) is true."""

@@ -3,7 +3,7 @@
 A CPU step is a chain of parallel regions, and each ends when its slowest thread does. A thread on
 a core that another process keeps busy gets only slices of it, and the others spin waiting for it
 (OpenMP's default wait policy), so on a shared machine more threads than free cores is many times
-slower than fewer (bench/RESULTS.md, "Threads on a shared CPU"). Training therefore takes
+slower than fewer (`bench/train_speed.py --shared-cpu` measures it). Training therefore takes
 `--threads` when given, else $OMP_NUM_THREADS when set (torch has read it already), else the
 cores of this process's affinity that other processes leave free: a short look at /proc/stat
 before the first step, and again at every read of the loop, since other jobs come and go. A core
