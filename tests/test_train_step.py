@@ -190,7 +190,8 @@ class Capture:
 
 
 def graphed(monkeypatch, capture):
-    monkeypatch.setattr(train_module.Distributed, "graph", lambda self, wanted, speak: wanted)
+    monkeypatch.setattr(train_module.Distributed, "graph",
+                        lambda self, wanted, speak, why_not=None: wanted)
     monkeypatch.setattr(step_module, "capture_cuda_graph", capture)
 
 
@@ -255,6 +256,20 @@ def test_stepper_warms_up_captures_replays_and_starts_over_after_reset():
     assert [c for c in calls if c != "lr"] == ["eager", "eager", "replay", "replay",
                                                "eager", "eager", "replay"]
     assert calls.count("lr") == 7  # the learning rate is staged before every step, replays too
+
+
+def test_the_graph_is_tried_on_one_gpu_only_when_the_step_reads_nothing():
+    env = object.__new__(train_module.Distributed)
+    env.world, said = 1, []
+    env.device = torch.device("cpu")
+    assert not env.graph(True, said.append)  # no CUDA graph on the CPU, and nothing to say
+    env.device = torch.device("cuda")
+    assert env.graph(True, said.append) and not env.graph(False, said.append) and not said
+    assert not env.graph(True, said.append, "with memory saving (why)")
+    env.world = 2
+    assert not env.graph(True, said.append)
+    assert said == ["with memory saving (why) the training steps run eagerly, not as a CUDA graph",
+                    "under torchrun the training steps run eagerly, not as a CUDA graph"]
 
 
 # --- the guard's lag --------------------------------------------------------------------------

@@ -114,12 +114,14 @@ class Distributed:
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         return t[0] == 1.0 if isinstance(flag, torch.Tensor) else bool(t.item() == 1.0)
 
-    def graph(self, wanted, speak):
-        """Whether the training step runs as a CUDA graph: on one GPU when `wanted`."""
+    def graph(self, wanted, speak, why_not=None):
+        """Whether the training step runs as a CUDA graph: on one GPU when `wanted` and nothing
+        (`why_not`) reads the device inside the step."""
         if not wanted or self.device.type != "cuda":
             return False
-        if self.world > 1:
-            speak("under torchrun the training steps run eagerly, not as a CUDA graph")
+        if self.world > 1 or why_not:
+            speak(f"{why_not or 'under torchrun'} the training steps run eagerly, not as a CUDA "
+                  f"graph")
             return False
         return True
 
@@ -346,7 +348,11 @@ def train(config=None, resume=None, progress=True, say=None, iterations=None, ma
         shape = (batches.local, config.channels, config.image_size, config.image_size)
         step = TrainStep(loss_of, params, optimizer, shape, env.device, clip, env)
         feed = Feed(batches, step.x)
-        stepper = Stepper(step, env.graph(config.graph, speak), speak)
+        why_not = ("with the reference flow (its ActNorm reads a flag every call)"
+                   if model.config["impl"] == "reference" else
+                   "with memory saving (its inverses check for errors on the host)"
+                   if config.memory_saving else None)
+        stepper = Stepper(step, env.graph(config.graph, speak, why_not), speak)
         evaluate = HeldoutEval(heldout, bits, config.seed, config.heldout_images,
                                config.eval_batch, env.device, model.in_channels) \
             if env.main else None
