@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
-WANT=" ${*:-tests train bench busy speed} "
+WANT=" ${*:-tests train bench busy step speed} "
 stage() {  # stage NAME SECONDS CMD...: run CMD with a limit, log to $OUT/NAME.log, say how it ended
     local name=$1 limit=$2 start=$SECONDS rc
     shift 2
@@ -41,7 +41,8 @@ stage train-torchrun 90 torchrun --standalone --nproc_per_node=1 -m missingglow 
     --iterations 100 --eval-every 100 --sample-every 100 --checkpoint-every 100 --out /tmp/mg-gpu-torchrun --quiet
 stage bench 400 "$PY" bench/flows.py --device cuda --json "$OUT/flows-cuda.json" ${BENCH_ARGS:-}
 stage busy 200 "$PY" bench/gpu_busy.py
+stage step 420 "$PY" bench/gpu_step.py --out "$OUT/gpu_step.json"
 stage speed-small 120 "$PY" bench/train_speed.py --preset small --steps 30 --device cuda
 stage speed-paper 240 "$PY" bench/train_speed.py --preset paper --steps 10 --warmup 2 --device cuda
 [ -f "$OUT/bench.log" ] && cat "$OUT/bench.log"
-for log in busy speed-small speed-paper; do [ -f "$OUT/$log.log" ] && tail -n 5 "$OUT/$log.log"; done; true
+for log in busy step speed-small speed-paper; do [ -f "$OUT/$log.log" ] && tail -n 5 "$OUT/$log.log"; done; true

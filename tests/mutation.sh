@@ -6,9 +6,9 @@
 #
 # The targets: loss = bits_per_dim (flow/preprocess.py); pooling = _errors, _Pool and _psnr
 # (analysis/evaluate.py); heldout = training/heldout.py; checkpoint = training/checkpoint.py;
-# guard = the non-finite guard of training/loop.py: roll_back, Distributed.all_finite and the
-# mutants of train() that change a line of the guard's block or a line that counts the bad steps
-# (bad_run, the state dict); restore = analysis/invert.py; masks = data/masks.py and the image
+# guard = the non-finite guard: the device-side verdict and sums of training/step.py (StepLog,
+# TrainStep), the masked update of training/adam.py, and training/loop.py's account, roll_back
+# and Distributed.all_finite; restore = analysis/invert.py; masks = data/masks.py and the image
 # and mask reading of data/images.py; quantise = flow/preprocess.py but bits_per_dim;
 # counter = analysis/squares.py.
 #
@@ -55,7 +55,6 @@ exec "$PY" - "$MUTMUT" "${MUTATION_JOBS:-$(getconf _NPROCESSORS_ONLN)}" "$SOURCE
 import ast
 import fnmatch
 import json
-import re
 import subprocess
 import sys
 import time
@@ -72,9 +71,12 @@ TARGETS = {  # name: (files, mutant-name globs; they match the function's own na
                  "missingglow.analysis.evaluate.x__psnr*"]),
     "heldout": (["missingglow/training/heldout.py"], ["missingglow.training.heldout.*"]),
     "checkpoint": (["missingglow/training/checkpoint.py"], ["missingglow.training.checkpoint.*"]),
-    "guard": (["missingglow/training/loop.py"],
-              ["missingglow.training.loop.x_roll_back*",
-               "missingglow.training.loop.xǁDistributedǁall_finite*"]),
+    "guard": (["missingglow/training/loop.py", "missingglow/training/step.py",
+               "missingglow/training/adam.py"],
+              ["missingglow.training.loop.x_roll_back*", "missingglow.training.loop.x_account*",
+               "missingglow.training.loop.xǁDistributedǁall_finite*",
+               "missingglow.training.step.xǁStepLogǁ*", "missingglow.training.step.xǁTrainStepǁ*",
+               "missingglow.training.adam.*"]),
     "restore": (["missingglow/analysis/invert.py"], ["missingglow.analysis.invert.*"]),
     "masks": (["missingglow/data/masks.py", "missingglow/data/images.py"],
               ["missingglow.data.masks.*", "missingglow.data.images.*"]),
@@ -119,39 +121,6 @@ def undecorate(path):
     return [f.name for f in found]
 
 
-def guard_lines(path):
-    """Line numbers of train()'s guard: from the `# the guard` comment to the `bad_run = 0` after
-    the optimiser's step, and every line of train() that names bad_run or builds the state."""
-    source = Path(path).read_text().splitlines()
-    train = next(f for f in ast.parse("\n".join(source)).body
-                 if isinstance(f, ast.FunctionDef) and f.name == "train")
-    start = next(i for i in range(train.lineno, train.end_lineno + 1)
-                 if "# the guard" in source[i - 1])
-    end = next(i for i in range(start, train.end_lineno + 1)
-               if source[i - 1].strip() == "bad_run = 0")
-    lines = set(range(start, end + 1))
-    lines |= {i for i in range(train.lineno, train.end_lineno + 1)
-              if "bad_run" in source[i - 1] or source[i - 1].strip().startswith("state = {")}
-    return train.lineno, lines, source
-
-
-def changed_lines(diff, first_line):
-    """Source line numbers of the lines a mutant's diff (of one function) removes or changes."""
-    out, old = set(), None
-    for line in diff.splitlines():
-        m = re.match(r"@@ -(\d+)", line)
-        if m:
-            old = int(m.group(1))
-        elif old is None or line.startswith(("---", "+++")):
-            continue
-        elif line.startswith("-"):
-            out.add(first_line + old - 1)
-            old += 1
-        elif line.startswith(" "):
-            old += 1
-    return out
-
-
 def path_of(key, files):
     """The file, of a target's files, that holds the function of mutant `key`."""
     return next(f for f in files if key.startswith(f[:-len(".py")].replace("/", ".") + "."))
@@ -173,22 +142,10 @@ def run(names):
 began = time.time()
 print("in the copy,", "undecorated:", *(undecorate(f) for f in (
     "missingglow/training/heldout.py", "missingglow/analysis/invert.py")))
-seconds, guard = {}, []
+seconds = {}
 for t in [t for t in TARGETS if t in wanted]:
     # the first run generates every mutant and records which tests call which function
     seconds[t] = run(TARGETS[t][1])
-    if t == "guard":
-        from mutmut.mutation.diff_apply import get_diff_for_mutant  # needs mutants/ first
-
-        first, lines, _ = guard_lines("missingglow/training/loop.py")
-        for key in sorted(k for k in meta()
-                          if k.startswith("missingglow.training.loop.x_train__mutmut_")):
-            touched = changed_lines(get_diff_for_mutant(key, path="missingglow/training/loop.py"),
-                                    first)
-            if touched & lines:
-                guard.append(key)
-        print(f"guard: {len(guard)} of train()'s mutants change a line of the guard")
-        seconds[t] += run(guard)
 
 from mutmut.mutation.diff_apply import get_diff_for_mutant  # noqa: E402
 from mutmut.stats import status_by_exit_code  # noqa: E402
@@ -196,8 +153,6 @@ from mutmut.stats import status_by_exit_code  # noqa: E402
 exit_codes = meta()
 selected = {t: sorted(k for k in exit_codes if any(fnmatch.fnmatch(k, g) for g in TARGETS[t][1]))
             for t in wanted}
-if "guard" in wanted:
-    selected["guard"] += guard
 out = [f"# mutmut report on {source}: {time.strftime('%Y-%m-%d %H:%M')}, "
        f"{time.time() - began:.0f} s with {jobs} jobs", ""]
 for t in wanted:
