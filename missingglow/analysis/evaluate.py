@@ -146,10 +146,16 @@ def evaluate(run, n, alphas, iterations=1, seed=0, batch=50, say=None, invert_op
     masks = tuple(masks)
     unknown = [m for m in masks if m not in FAMILIES]
     if unknown or not masks or len(set(masks)) != len(masks):
-        raise UserError(f"--masks takes distinct names from {','.join(FAMILIES)}, not "
+        raise UserError(f"mask families are distinct names from {','.join(FAMILIES)}, not "
                         f"{','.join(masks) or 'nothing'}")
     if samples < 0:
         raise UserError(f"samples must be 0 (no sampler) or more, not {samples}")
+    sampling = {**SAMPLING_DEFAULTS, **(posterior_options or {})}
+    gamma = {**INVERT_DEFAULTS, **(invert_options or {})}["gamma"]
+    if samples and not (gamma > 0 and sampling["temperature"] > 0 and sampling["warmup"] >= 0
+                        and sampling["steps"] >= 0):
+        raise UserError(f"the posterior needs gamma and temperature above 0 and no negative "
+                        f"step counts, not gamma={gamma}, {sampling}")
     run.need_dataset()
     c = run.config
     cache = dataset_of(c, run.image_size)
@@ -158,8 +164,6 @@ def evaluate(run, n, alphas, iterations=1, seed=0, batch=50, say=None, invert_op
     whole = n >= len(heldout)
     n = min(n, len(heldout))
     extra, skipped = baselines.available() if classical else ([], {})
-    sampling = {**SAMPLING_DEFAULTS, **(posterior_options or {})}
-    gamma = {**INVERT_DEFAULTS, **(invert_options or {})}["gamma"]
     scorer = _Scorer(run, alphas, iterations, extra, invert_options or {}, samples,
                      dict(sampling, gamma=gamma))
     families = {family: _Family() for family in masks}

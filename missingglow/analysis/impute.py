@@ -71,7 +71,7 @@ class Plan:
 
 ALPHA = 0.6   # the α of the paper's Fig. 2, when --method alpha is given without --alpha
 # the posterior sampler's prior temperature and chain length (docs/imputation.md); γ is invert's
-SAMPLING = dict(temperature=1.0, warmup=100, steps=100)
+SAMPLING = dict(temperature=0.7, warmup=100, steps=400)
 
 
 def plan_impute(method=None, alphas=None, *, masks=(), square=None, samples=0,

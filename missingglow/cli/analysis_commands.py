@@ -154,7 +154,8 @@ def invert_options(f):
     d = inv.DEFAULTS
     options = [
         click.option("--gamma", type=FiniteRange(min=0), default=d["gamma"], show_default=True,
-                     help="Weight of ‖z‖²/D against the fit to the observed pixels."),
+                     help="Weight of ‖z‖²/D against the fit to the observed pixels; with "
+                          "--samples it also sets the posterior's noise, σ² = γ·M/D."),
         click.option("--steps", type=COUNT, default=d["steps"], show_default=True,
                      help="Optimiser steps."),
         click.option("--lr", type=FiniteRange(min=0, min_open=True), default=d["lr"],
@@ -315,8 +316,9 @@ def _families(ctx, param, value):
 @click.option("--classical/--no-classical", default=True, show_default=True,
               help="Also score scikit-image's and OpenCV's inpainting, where installed.")
 @invert_options
-@sampler_options(SAMPLING_DEFAULTS, note=" Sized with --posterior-steps for -n 100 on four "
-                                         "families on a CPU in minutes.")
+@sampler_options(SAMPLING_DEFAULTS, note=" With --posterior-steps sized for -n 100 on four "
+                                         "families on a CPU in minutes; longer chains cover "
+                                         "closer to nominal (docs/imputation.md).")
 @dataset_options
 @click.option("--json", "json_path", default=None, help="Also write every row to this JSON file.")
 @click.option("--out", default="evaluation", show_default=True, help="Output folder.")
