@@ -374,7 +374,7 @@ def test_the_csv_holds_the_rows(evaluated, tmp_path):
         table = list(csv.DictReader(f))
     rows = evaluated["rows"]
     assert len(table) == len(rows) + 3
-    for line, r in zip(table, rows):
+    for line, r in zip(table[:-3], rows, strict=True):
         assert line["method"] == r["method"]
         assert line["alpha"] == ("" if r["alpha"] is None else str(r["alpha"]))
         for key in ("rmse_in", "rmse_out", "seconds_per_image"):
@@ -385,7 +385,7 @@ def test_the_csv_holds_the_rows(evaluated, tmp_path):
     b = evaluated["bpd"]
     assert [line["method"] for line in table[-3:]] == [
         "bits/dim masked", "bits/dim clean", "bits/dim gap (masked - clean)"]
-    for line, key in zip(table[-3:], ("masked", "clean", "gap")):
+    for line, key in zip(table[-3:], ("masked", "clean", "gap"), strict=True):
         assert float(line["rmse_in"]) == pytest.approx(b[key], abs=5e-7)
         assert int(line["images"]) == 8
 

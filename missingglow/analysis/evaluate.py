@@ -92,9 +92,8 @@ class _Pool:
             ok &= finite_mask(draws.transpose(0, 1))
         self.samples = draws.shape[0]
         point = point_scores(out[ok], truth[ok], mask[ok])
-        for key, value in zip(POINT_SCORES, (point[k] for k in ("rmse", "psnr", "ssim",
-                                                                "psnr_whole"))):
-            self.scores[key].append(value)
+        for key, name in zip(POINT_SCORES, ("rmse", "psnr", "ssim", "psnr_whole"), strict=True):
+            self.scores[key].append(point[name])
         for key, value in sample_scores(draws[:, ok], truth[ok], mask[ok]).items():
             self.scores[key].append(value)
 

@@ -272,7 +272,7 @@ def impute_files(run, items, alphas, out_dir, keep_observed=False, iterations=1,
         result = restore(run.model, item.image[None], alphas, run.n_bits, mask, iterations)[:, 0]
         bad = int((~finite_mask(result)).sum())
         bad_total += bad
-        for alpha, image in zip(alphas, result):
+        for alpha, image in zip(alphas, result, strict=True):
             path = os.path.join(out_dir, f"{item.name}-alpha{alpha:.2f}.png")
             canvas, _ = grid([image[None]], padding=0)
             paths.append(save_png(canvas, path))

@@ -176,16 +176,17 @@ NOISE_NEEDS_GAMMA = ("--samples needs --gamma above 0: it sets the posterior's o
                      "noise (σ² = γ·M/D)")
 
 
-def sampler_options(defaults, prefix="posterior", note=""):
-    """The posterior sampler's temperature and chain length (`impute` and `evaluate`)."""
+def sampler_options(defaults, note=""):
+    """The posterior sampler's temperature and chain length (`impute` and `evaluate`, each with
+    its own defaults); `note` ends the warm-up's help."""
     options = [
         click.option("--temperature", type=FiniteRange(min=0, min_open=True),
                      default=defaults["temperature"], show_default=True,
                      help="The posterior's prior temperature t: N(0, t²·I) on the latent."),
-        click.option(f"--{prefix}-warmup", "sampler_warmup", type=click.IntRange(min=0),
+        click.option("--posterior-warmup", "sampler_warmup", type=click.IntRange(min=0),
                      default=defaults["warmup"], show_default=True,
                      help=f"MALA steps that adapt each chain's step size, not kept.{note}"),
-        click.option(f"--{prefix}-steps", "sampler_steps", type=click.IntRange(min=0),
+        click.option("--posterior-steps", "sampler_steps", type=click.IntRange(min=0),
                      default=defaults["steps"], show_default=True,
                      help="MALA steps at the adapted step size; a draw is each chain's last "
                           "state."),
@@ -317,8 +318,9 @@ def _families(ctx, param, value):
               help="Also score scikit-image's and OpenCV's inpainting, where installed.")
 @invert_options
 @sampler_options(SAMPLING_DEFAULTS, note=" With --posterior-steps sized for -n 100 on four "
-                                         "families on a CPU in minutes; longer chains cover "
-                                         "closer to nominal (docs/imputation.md).")
+                                         "families in about a quarter of an hour of one CPU "
+                                         "thread; longer chains cover closer to nominal "
+                                         "(docs/imputation.md).")
 @dataset_options
 @click.option("--json", "json_path", default=None, help="Also write every row to this JSON file.")
 @click.option("--out", default="evaluation", show_default=True, help="Output folder.")
