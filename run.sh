@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Two verbs that work on a fresh machine (Python 3.11) and are safe to run twice:
 #   ./run.sh main   set up .venv and run the main job on the built-in default
-#   ./run.sh test   set up .venv and run the test suite
+#   ./run.sh test   set up .venv and run the lint and the test suite
 # and one for CI and people who touch csrc/cuda:
 #   ./run.sh cuda-build   build and link the CUDA kernels against torch's CUDA build (no GPU needed)
 set -euo pipefail
@@ -13,7 +13,7 @@ CPU_TORCH=torch==2.13.0     # the CPU wheel; this machine keeps it on local disk
 CUDA_TORCH=torch==2.14.1    # a CUDA 13.0 build, matching nvcc 13.0, only to compile and link CUDA
 
 BASELINES="scikit-image opencv-python-headless"   # the optional `baselines` extra (evaluation only)
-LINT=ruff
+LINT="ruff clang-format==23.1.5"   # the lint run.sh test runs (and so CI)
 
 setup_venv() {  # setup_venv DIR TORCH_REQUIREMENT [EXTRA PACKAGES]
     local dir=$1 torch_req=$2 extra=${3:-}
@@ -37,6 +37,13 @@ build_cpu() {  # editable install; rebuilds _C only when a source is newer than 
     fi
 }
 
+lint() {  # ruff's rules and formatting over the Python code, clang-format over csrc/
+    "$VENV/bin/ruff" check .
+    "$VENV/bin/ruff" format --check .
+    find csrc \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' \) -print0 \
+        | xargs -0 "$VENV/bin/clang-format" --dry-run --Werror
+}
+
 case "${1:-}" in
     main)
         # train the small preset on the synthetic faces (resumed, or left as it is, when the run
@@ -57,10 +64,14 @@ case "${1:-}" in
             --json "$RUN/evaluation/evaluation.json"
         echo "pictures and tables are in $RUN/"
         ;;
+    lint)
+        setup_venv "$VENV" "$CPU_TORCH" "$BASELINES $LINT"
+        lint
+        ;;
     test)
         setup_venv "$VENV" "$CPU_TORCH" "$BASELINES $LINT"; build_cpu
         shift
-        "$VENV/bin/ruff" check .
+        lint
         "$VENV/bin/python" -m pytest tests -q "$@"
         ;;
     cuda-build)
@@ -74,7 +85,7 @@ case "${1:-}" in
         PYTHONPATH=$(ls -d build/cuda/lib.*) "$CUDA_VENV/bin/python" .ci/cuda_build_check.py
         ;;
     *)
-        echo "usage: ./run.sh main|test|cuda-build [args passed on]" >&2
+        echo "usage: ./run.sh main|test|lint|cuda-build [args passed on]" >&2
         exit 2
         ;;
 esac

@@ -111,7 +111,7 @@ def fused_ops_difference(device, gen):
     diffs = []
 
     def compare(got, want):
-        for a, b in zip(got, want):
+        for a, b in zip(got, want, strict=True):
             diffs.append(((a - b).abs().max() / b.abs().max().clamp(min=1)).item())
 
     def one_by_one(x, loc, scale, weight, *net):

@@ -58,8 +58,8 @@ def rounding_floor(compute, inputs, exact, generator, draws=4):
     for _ in range(draws):
         signs = [(2 * torch.randint(0, 2, t.shape, generator=generator) - 1).to(t)
                  for t in inputs]
-        moved = compute(*[t * (1 + U * sign) for t, sign in zip(inputs, signs)])
-        total = [s + rms(a - b) ** 2 for s, a, b in zip(total, moved, exact)]
+        moved = compute(*[t * (1 + U * sign) for t, sign in zip(inputs, signs, strict=True)])
+        total = [s + rms(a - b) ** 2 for s, a, b in zip(total, moved, exact, strict=True)]
     return [(s / draws) ** 0.5 for s in total]
 
 

@@ -356,7 +356,7 @@ def test_batch_matches_items_and_pickles(faces):
     assert again.cache._images is None  # mapped again where it is first read
     assert again.indices == ds.indices and len(again) == len(ds)
     for j in range(len(ds)):
-        for mine, theirs in zip(again[j], ds[j]):
+        for mine, theirs in zip(again[j], ds[j], strict=True):
             assert torch.equal(mine, theirs), j
     loader = torch.utils.data.DataLoader(ds, batch_size=4, shuffle=False)
     m, c, p = next(iter(loader))

@@ -138,7 +138,7 @@ def test_fused_step_float32_gradients_are_as_accurate_as_the_reference(gen, devi
         """y, logdet and the gradients of Σ weights·y + Σ logdet² (x and every parameter)."""
         x = x.detach().requires_grad_()
         params = [p.detach().requires_grad_() for p in params or module.parameters()]
-        y, logdet = torch.func.functional_call(module, dict(zip(names, params)), (x,))
+        y, logdet = torch.func.functional_call(module, dict(zip(names, params, strict=True)), (x,))
         loss = (y * weights.to(x.dtype)).sum() + logdet.pow(2).sum()
         return [y.detach(), logdet.detach(), *torch.autograd.grad(loss, [x, *params])]
 
@@ -149,7 +149,7 @@ def test_fused_step_float32_gradients_are_as_accurate_as_the_reference(gen, devi
         out = ref.invconv(ref.actnorm(x.double())[0])[0]
         log_s = ref.coupling.net(out.chunk(2, 1)[0]).chunk(2, 1)[0]
     assert_step_logdet_close(fast[1], ref32[1], exact[1], log_s, floor=floors[1])
-    for name, a, r, e, floor in zip(["y", "logdet", "x", *names], fast, ref32, exact, floors):
+    for name, a, r, e, floor in zip(["y", "logdet", "x", *names], fast, ref32, exact, floors, strict=True):
         assert a.dtype == torch.float32, name
         if name != "logdet":
             c = 4.0 if name == "y" else 8.0
@@ -175,7 +175,7 @@ def test_fused_step_gradients_match_reference(gen, device, driver, shape, monkey
     grads = torch.autograd.grad((y * weights).sum() + logdet.pow(2).sum(), [x, *step.parameters()])
     grads_ref = torch.autograd.grad((y_ref * weights).sum() + logdet_ref.pow(2).sum(),
                                     [x, *ref.parameters()])
-    for name, g, g_ref in zip(["x"] + names, grads, grads_ref):
+    for name, g, g_ref in zip(["x"] + names, grads, grads_ref, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-9 * (1 + g_ref.abs().max().item()),
                                    msg=lambda m: f"{name}: {m}")
 
@@ -253,7 +253,7 @@ def test_compiled_driver_step_matches_eager_without_graph_breaks(gen, monkeypatc
     compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
     out = compiled(x)
     torch.testing.assert_close(out, eager, rtol=1e-12, atol=1e-12)
-    for g, g_ref in zip(torch.autograd.grad(out, list(step.parameters())), grads):
+    for g, g_ref in zip(torch.autograd.grad(out, list(step.parameters())), grads, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-12)
 
 

@@ -25,7 +25,7 @@ def _pair(gen, impls=("reference", "fused"), memory_saving=(False, False), **kw)
     cfg = dict(blocks=3, flows=2, hidden=8, image_size=16)
     cfg.update(kw)
     models = [Glow(**cfg, impl=impl, memory_saving=ms).double()
-              for impl, ms in zip(impls, memory_saving)]
+              for impl, ms in zip(impls, memory_saving, strict=True)]
     with torch.no_grad():
         models[0](_images(gen, n=8, size=cfg["image_size"]))
     randomize(models[0], gen, scale=0.05)
@@ -48,7 +48,7 @@ def _grads(model, x):
 
 def _assert_grads_close(grads, grads_ref, rtol=1e-9):
     assert len(grads) == len(grads_ref)
-    for g, g_ref in zip(grads, grads_ref):
+    for g, g_ref in zip(grads, grads_ref, strict=True):
         assert g is not None and g_ref is not None
         torch.testing.assert_close(g, g_ref, rtol=rtol, atol=rtol * g_ref.abs().max().item())
 
@@ -81,7 +81,7 @@ def test_fused_glow_matches_reference(gen, affine, lu):
         enc, enc_ref = fast(x), ref(x)
         torch.testing.assert_close(enc.log_p + enc.logdet, enc_ref.log_p + enc_ref.logdet,
                                    rtol=1e-10, atol=1e-10)
-        for z, z_ref in zip(enc.z + enc.eps, enc_ref.z + enc_ref.eps):
+        for z, z_ref in zip(enc.z + enc.eps, enc_ref.z + enc_ref.eps, strict=True):
             torch.testing.assert_close(z, z_ref, rtol=1e-10, atol=1e-10)
         eps = 0.8 * ref.encode(_images(gen, n=2))  # a latent the randomised flow inverts finitely
         torch.testing.assert_close(fast.decode(eps), ref.decode(eps), rtol=1e-10, atol=1e-10)
@@ -126,7 +126,7 @@ def test_fused_glow_float32_is_as_accurate_as_the_reference(gen, affine, lu):
     def moved(x, eps_in, *params):  # the float64 reference on the inputs given
         model = copy.deepcopy(ref)
         with torch.no_grad():
-            for p, value in zip(model.parameters(), params):
+            for p, value in zip(model.parameters(), params, strict=True):
                 p.copy_(value)
         return outputs(model, x, eps_in)
 
@@ -136,7 +136,7 @@ def test_fused_glow_float32_is_as_accurate_as_the_reference(gen, affine, lu):
     floors = f32.rounding_floor(moved, inputs, exact, gen, draws=2)
     floors[0] = max(floors[0], f32.U * (3 * 8 * 8) ** 0.5 * exact[0].abs().max().item())
     for name, c, a, r, e, floor in zip(["log p", "latents", "decoded", "grad x"], [4, 4, 4, 8],
-                                       fast, ref32, exact, floors):
+                                       fast, ref32, exact, floors, strict=True):
         assert a.dtype == torch.float32, name
         f32.assert_float32_close(a, r, e, c=c, what=name, floor=floor)
 
@@ -223,7 +223,7 @@ def test_memory_saving_gives_only_the_gradients_asked_for(gen, impl, affine, lu)
     params = list(saving.parameters())
     with_x = torch.autograd.grad(saving.log_prob(x.clone().requires_grad_()).sum(), params)
     without_x = torch.autograd.grad(saving.log_prob(x).sum(), params)
-    for g, g_ref in zip(without_x, with_x):
+    for g, g_ref in zip(without_x, with_x, strict=True):
         assert torch.equal(g, g_ref)
     flows = saving.blocks[0].flows
     y, logdet = flows_without_activations(flows, torch.randn(2, 12, 8, 8, generator=gen,

@@ -22,5 +22,5 @@ def test_compiled_fused_glow_matches_eager_without_graph_breaks(gen):
     out = compiled(x)
     torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-4)
     compiled_grads = torch.autograd.grad(out.sum(), list(model.parameters()))
-    for g, g_ref in zip(compiled_grads, grads):
+    for g, g_ref in zip(compiled_grads, grads, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4)

@@ -129,14 +129,14 @@ def search_by_hand(x, observed, z0, *, gamma, lr, steps, optimiser):
     n = max(sum(observed), 1)
 
     def loss(z):
-        fit = sum(o * (zk - xk) ** 2 for zk, xk, o in zip(z, x, observed)) / n
+        fit = sum(o * (zk - xk) ** 2 for zk, xk, o in zip(z, x, observed, strict=True)) / n
         return fit + gamma * sum(zk * zk for zk in z) / d
 
     z, history = list(z0), []
     buf, m, v = [0.0] * d, [0.0] * d, [0.0] * d
     for t in range(1, steps + 1):
         history.append(loss(z))
-        g = [2 * o * (zk - xk) / n + 2 * gamma * zk / d for zk, xk, o in zip(z, x, observed)]
+        g = [2 * o * (zk - xk) / n + 2 * gamma * zk / d for zk, xk, o in zip(z, x, observed, strict=True)]
         for k in range(d):
             if optimiser == "sgd":
                 buf[k] = g[k] if t == 1 else 0.9 * buf[k] + g[k]
@@ -175,7 +175,7 @@ def test_search_from_the_input_by_hand(optimiser, steps):
         assert close(history[:, i], expected), (history[:, i], expected)
         assert close(latent[0, i], z), (latent[0, i], z)  # the final latent itself
         # inside the hole Φ⁻¹(z), the rest x itself
-        done = [zk if o == 0 else xk for zk, xk, o in zip(z, x, OBSERVED[i])]
+        done = [zk if o == 0 else xk for zk, xk, o in zip(z, x, OBSERVED[i], strict=True)]
         assert close(out[0, i].flatten(), done), (out[0, i], done)
     # the model's parameters: none got a gradient, the frozen one stays frozen
     assert model.scale.requires_grad and model.scale.grad is None
@@ -213,7 +213,7 @@ def test_samples_start_from_the_same_point_plus_seeded_noise():
     noise[:2] = 0
     starts = fill_start()
     for row in range(6):
-        z0 = [v + 0.3 * e for v, e in zip(starts[row % 2], noise[row].tolist())]
+        z0 = [v + 0.3 * e for v, e in zip(starts[row % 2], noise[row].tolist(), strict=True)]
         _, expected = search_by_hand(X[row % 2].flatten().tolist(), OBSERVED[row % 2], z0,
                                      gamma=0.01, lr=0.05, steps=1, optimiser="adam")
         assert history[0, row].item() == pytest.approx(expected[0], abs=1e-12), row
@@ -226,7 +226,7 @@ def test_samples_start_from_the_same_point_plus_seeded_noise():
                         generator=torch.Generator().manual_seed(5))
     noise = torch.randn((4, 4), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     for row in (2, 3):
-        z0 = [v + 0.1 * e for v, e in zip(starts[row % 2], noise[row].tolist())]
+        z0 = [v + 0.1 * e for v, e in zip(starts[row % 2], noise[row].tolist(), strict=True)]
         _, expected = search_by_hand(X[row % 2].flatten().tolist(), OBSERVED[row % 2], z0,
                                      gamma=0.01, lr=0.05, steps=0, optimiser="adam")
         assert history[0, row].item() == pytest.approx(expected[0], abs=1e-12), row

@@ -106,7 +106,7 @@ def test_actnorm_conv_gradients(gen, device, layout):
     weights = torch.randn(y.shape, generator=gen, dtype=y.dtype).to(device)
     grads = torch.autograd.grad((y * weights).sum(), [x, *params])
     grads_ref = torch.autograd.grad((y_ref * weights).sum(), [x, *params])
-    for g, g_ref in zip(grads, grads_ref):
+    for g, g_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-10)
 
 
@@ -121,7 +121,7 @@ def test_actnorm_conv_gradients_reach_the_lu_parameters(gen):
     grads = torch.autograd.grad(y.pow(2).sum(), [layer.w_l, layer.w_s, layer.w_u])
     y_ref = layer(scale * (x + loc))[0]
     grads_ref = torch.autograd.grad(y_ref.pow(2).sum(), [layer.w_l, layer.w_s, layer.w_u])
-    for g, g_ref in zip(grads, grads_ref):
+    for g, g_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-10)
 
 
@@ -182,7 +182,7 @@ def _check_coupling(gen, shape, device, layout, dtype, what):
     wide = [t.double() for t in (x, h, y_in, grad_y, grad_logdet)]
     exact = _coupling_both_ways(*wide)
     if dtype == torch.float64:
-        for name, a, b in zip(COUPLING_OUTPUTS, fast, exact):
+        for name, a, b in zip(COUPLING_OUTPUTS, fast, exact, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m: f"{name}: {m}")
         return
     ref32 = _coupling_both_ways(x, h, y_in, grad_y, grad_logdet)
@@ -191,7 +191,7 @@ def _check_coupling(gen, shape, device, layout, dtype, what):
     # x + t; grad log_s = (grad_y·y + grad_logdet)·(1 − s) rounds the sum in brackets
     sizes = {"x back": exact[2].abs() + wide[1].abs(),
              "grad h": exact[5].abs() + (wide[3] * wide[2]).abs() + wide[4].abs().view(-1, 1, 1, 1)}
-    for name, a, r, e in zip(COUPLING_OUTPUTS, fast, ref32, exact):
+    for name, a, r, e in zip(COUPLING_OUTPUTS, fast, ref32, exact, strict=True):
         assert a.dtype == torch.float32, name
         if "logdet" in name:
             assert_logdet_close(a, e, log_s, f"{what}: {name}")
@@ -233,7 +233,7 @@ def test_coupling_step_gradients(gen, device, layout):
     weights = torch.randn(y.shape, generator=gen, dtype=y.dtype).to(device)
     grads = torch.autograd.grad((y * weights).sum() + logdet.pow(2).sum(), [x, h])
     grads_ref = torch.autograd.grad((y_ref * weights).sum() + logdet_ref.pow(2).sum(), [x, h])
-    for g, g_ref in zip(grads, grads_ref):
+    for g, g_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-10)
 
 
@@ -301,7 +301,7 @@ def test_coupling_net_matches_reference(gen, device, shape, layout):
     weights = torch.randn(h.shape, generator=gen, dtype=h.dtype).to(device)
     grads = torch.autograd.grad((h * weights).sum(), params)
     grads_ref = torch.autograd.grad((h_ref * weights).sum(), params)
-    for g, g_ref in zip(grads, grads_ref):
+    for g, g_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-10)
 
 
@@ -327,7 +327,7 @@ def test_coupling_net_float32_is_as_accurate_as_the_reference(gen, float32_prope
     sizes = net_and_grads(ops_reference.coupling_net, wide[0].abs(), [p.abs() for p in wide[1]],
                           wide[2].abs())  # with every value ≥ 0 the ReLUs pass everything
     names = ["h", "w1", "b1", "w2", "b2", "w3", "b3", "s3"]
-    for name, a, r, e, size in zip(names, fast, ref32, exact, sizes):
+    for name, a, r, e, size in zip(names, fast, ref32, exact, sizes, strict=True):
         assert a.dtype == torch.float32
         assert_float32_close(a, r, e, size, what=f"coupling_net {name}")
 
@@ -445,7 +445,7 @@ def test_backward_ops_match_their_references(gen, device, layout):
                        ("coupling_step_backward", (grad_y, grad_logdet, y, h))]:
         got, want = getattr(ops, name)(*args), getattr(ops_reference, name)(*args)
         assert len(got) == len(want)
-        for a, b in zip(got, want):
+        for a, b in zip(got, want, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m: f"{name}: {m}")
 
 
@@ -460,7 +460,7 @@ def _flow_step_args(c=4, hidden=3, n=2, size=3):
 
 def _with(args, **replaced):
     names = ["x", "loc", "scale", "weight", "w1", "b1", "w2", "b2", "w3", "b3", "s3"]
-    return [replaced.get(name, arg) for name, arg in zip(names, args)]
+    return [replaced.get(name, arg) for name, arg in zip(names, args, strict=True)]
 
 
 def _z(*shape, dtype=torch.float64):

@@ -59,7 +59,7 @@ def closed_form(model, x, missing, temperature=1.0):
     """(mean (B, D), covariance (B, D, D)) of each image's posterior over z."""
     means, covs = [], []
     with torch.no_grad():
-        for xi, mi in zip(x, missing):
+        for xi, mi in zip(x, missing, strict=True):
             rows = (~mi).expand(C, S, S).flatten()
             h, y = model.A[rows], xi.flatten()[rows] - model.b[rows]
             sigma2 = noise_variance(GAMMA, rows.sum(), D)

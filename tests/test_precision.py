@@ -90,7 +90,7 @@ def test_fp32_is_what_a_model_without_the_option_computes(gen):
     x = _images(gen)
     assert torch.equal(model.log_prob(x), plain.log_prob(x))
     grads = [torch.autograd.grad(m.log_prob(x).sum(), list(m.parameters())) for m in (model, plain)]
-    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
 
 
 def test_a_bf16_step_inverts_as_exactly_as_the_float32_ops_it_undoes(gen):

@@ -77,7 +77,9 @@ def spec_forward(sd, x, blocks, flows, affine):
             out = sd[p + "actnorm.scale"] * (out + sd[p + "actnorm.loc"])
             logdet = logdet + hw * torch.log(sd[p + "actnorm.scale"].abs()).sum()
             if p + "invconv.w_s" in sd:
-                g = lambda k: sd[p + "invconv." + k]
+                def g(k, p=p):
+                    return sd[p + "invconv." + k]
+
                 w = g("w_p") @ (g("w_l") * g("l_mask") + g("l_eye")) @ (
                     g("w_u") * g("u_mask") + torch.diag(g("s_sign") * torch.exp(g("w_s"))))
                 logdet = logdet + hw * g("w_s").sum()

@@ -89,7 +89,7 @@ def check_faint_bank(faint, pictures, size, square, images=12, free=3):
     for opacity, feather in ((1.0, 0), (0.5, 2), (0.3, 1)):
         made = list(faint(3, opacity, feather, size, square, images, free))
         assert [m[1] for m in made] == [b[1] for b in bases]
-        for (image, boxes, info), (base, _, _) in zip(made, bases):
+        for (image, boxes, info), (base, _, _) in zip(made, bases, strict=True):
             assert (info["opacity"], info["feather"]) == (opacity, feather)
             assert torch.equal(image, sb.blend(base, boxes, opacity, feather))
             keep = torch.ones(size, size, dtype=torch.bool)
@@ -151,7 +151,7 @@ def test_at_full_opacity_faint_squares_are_the_exact_ones(size, square):
     """At 100 % with hard edges the faint bank is the exact-square bank's case (grey pasted on
     the faces), and the counter finds them as test_squares.py requires of exact squares."""
     bases = sb.faint_faces(11, size, square, 24, 8)
-    for (image, boxes, _), (base, _, _) in zip(sb.faint(11, 1.0, 0, size, square, 24, 8), bases):
+    for (image, boxes, _), (base, _, _) in zip(sb.faint(11, 1.0, 0, size, square, 24, 8), bases, strict=True):
         assert torch.equal(image, sb.degrade(base, boxes, "none", random.Random(0)))
     scores = sb.faint_scores(lambda b: detect(b, candidate_sizes(square, size)), bases,
                              (1.0,), (0,))

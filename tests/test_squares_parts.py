@@ -85,7 +85,7 @@ def test_tables_mean_of_pixels_and_of_block_means():
     want = brute_mean(x[1].double() ** 2, 2, 5, 3, 4)
     torch.testing.assert_close(sq, want, rtol=0, atol=1e-12)
     blocks = torch.nn.functional.avg_pool2d(x.double(), 2, 1)
-    for b2, want in zip(tables.sums[2], (blocks, blocks ** 2)):
+    for b2, want in zip(tables.sums[2], (blocks, blocks ** 2), strict=True):
         got = tables.mean(torch.tensor([0]), torch.tensor([[3]]), torch.tensor([[2]]), 2, 5, b2)
         torch.testing.assert_close(got[0, 0], brute_mean(want[0], 3, 2, 2, 5), rtol=0,
                                    atol=1e-12)
@@ -585,7 +585,7 @@ def test_a_windows_score_is_its_edge_over_its_spread_in_blocks():
     image[:, t + 9, l + 1:l + 11] += 0.05
     image[:, t + 10, l + 1:l + 11] -= 0.05
     i, tops, lefts, score, exact = _windows(_Tables(image[None], {1, 2}), 12, DEFAULT)
-    at = list(zip(tops.tolist(), lefts.tolist())).index((t, l))
+    at = list(zip(tops.tolist(), lefts.tolist(), strict=True)).index((t, l))
     blocks = torch.nn.functional.avg_pool2d(image.double()[None], 2, 1)[0]
     inside = blocks[:, t + 1:t + 10, l + 1:l + 10].flatten(1)            # 9 × 9 block starts
     spread = inside.var(1, unbiased=False).mean().sqrt().item()
@@ -604,14 +604,14 @@ def test_windows_check_the_level_of_each_corner_block():
     image[:, 7, 5:8] -= 0.04                            # the rest of its 3×3
     image[:, 5:7, 7] -= 0.04
     _, t, l, _, _ = _windows(_Tables(image[None], {1, 2}), 12, DEFAULT)
-    assert (4, 4) not in list(zip(t.tolist(), l.tolist()))
+    assert (4, 4) not in list(zip(t.tolist(), l.tolist(), strict=True))
     image = canvas(20)
     image[:, 4:18, 4:18] = GREY                         # k = 14, inner 12 from (5, 5)
     image[:, 7, 5:8] += 0.05                            # the 3×3 block's outer L, 5 pixels
     image[:, 5:7, 7] += 0.05
     image[:, 9, 5:10] -= 0.05                           # the same taken back in its quarter
     _, t, l, _, _ = _windows(_Tables(image[None], {1, 3}), 14, DEFAULT)
-    assert (4, 4) not in list(zip(t.tolist(), l.tolist()))
+    assert (4, 4) not in list(zip(t.tolist(), l.tolist(), strict=True))
 
 
 def test_windows_check_the_level_of_each_quarter():
@@ -626,7 +626,7 @@ def test_windows_check_the_level_of_each_quarter():
     image = image.clamp(0, 1)
     assert [s.box() for s in detect(flat, [12])] == [(4, 4, 12)]
     i, t, l, _, _ = _windows(_Tables(image[None], {1, 2}), 12, DEFAULT)
-    assert (4, 4) not in list(zip(t.tolist(), l.tolist()))
+    assert (4, 4) not in list(zip(t.tolist(), l.tolist(), strict=True))
 
 
 def test_windows_from_8_px_ignore_a_blurred_band_inside_their_edge():

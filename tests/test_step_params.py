@@ -54,7 +54,7 @@ def test_batched_tensors_equal_each_steps_own(gen, affine, lu, height, width):
     inverse = prepare_steps(steps, height, width, inverse=True)
     assert inverse.logdet is None and len(forward.steps) == len(steps)
     logdet = 0
-    for step, fwd, inv in zip(steps, forward.steps, inverse.steps):
+    for step, fwd, inv in zip(steps, forward.steps, inverse.steps, strict=True):
         matrix, gemm_weight, gemm_bias, inverse_weight, step_logdet = _per_step(step, height,
                                                                                  width)
         logdet = logdet + step_logdet
@@ -93,7 +93,7 @@ def test_batched_tensors_give_each_parameter_its_own_gradient(gen, affine, lu):
     def batched():
         forward = prepare_steps(steps, height, width)
         loss = 3 * forward.logdet
-        for i, (step, p) in enumerate(zip(steps, forward.steps)):
+        for i, (step, p) in enumerate(zip(steps, forward.steps, strict=True)):
             for name in ("matrix", "gemm_weight", "gemm_bias", "w1", "b1", "w2", "b2"):
                 loss = loss + weigh((i, name), getattr(p, name))
             loss = loss + weigh((i, "net"), _zero_conv_pieces(step, p, hidden)[0])
@@ -116,7 +116,7 @@ def test_batched_tensors_give_each_parameter_its_own_gradient(gen, affine, lu):
     got = torch.autograd.grad(batched(), params)
     want = torch.autograd.grad(one_by_one(), params)
     names = [f"{i}.{n}" for i, step in enumerate(steps) for n, _ in step.named_parameters()]
-    for name, g, g_ref in zip(names, got, want):
+    for name, g, g_ref in zip(names, got, want, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-10, msg=lambda m: f"{name}: {m}")
 
 
@@ -158,10 +158,10 @@ def test_fused_block_matches_reference_block(gen, affine, lu, driver, split, mon
         grads = torch.autograd.grad(loss, [x_in, *block.parameters()])
         outs.append(([t for t in (kept, logdet, log_p, z, eps) if t is not None], grads))
     (values, grads), (values_ref, grads_ref) = outs
-    for v, v_ref in zip(values, values_ref):
+    for v, v_ref in zip(values, values_ref, strict=True):
         torch.testing.assert_close(v, v_ref, rtol=1e-10, atol=1e-10)
     names = ["x"] + [n for n, _ in ref.named_parameters()]
-    for name, g, g_ref in zip(names, grads, grads_ref):
+    for name, g, g_ref in zip(names, grads, grads_ref, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-9 * (1 + g_ref.abs().max().item()),
                                    msg=lambda m: f"{name}: {m}")
     with torch.no_grad():

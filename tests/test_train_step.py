@@ -68,7 +68,7 @@ def test_guarded_adam_moves_as_torch_adam_and_a_bad_step_changes_nothing(gen):
             grads[1][2] = float("nan")
             grads[2][0, 0] = float("inf")
         for params in (ours, plain, fused):
-            for p, g in zip(params, grads):
+            for p, g in zip(params, grads, strict=True):
                 p.grad = g.clone()
         before = [t.clone() for t in ours] + [t.clone() for v in guarded.state.values()
                                               for t in v.values()]
@@ -83,7 +83,7 @@ def test_guarded_adam_moves_as_torch_adam_and_a_bad_step_changes_nothing(gen):
             if i == 0:
                 before += [torch.zeros_like(t) for t in after[len(before):]]
             assert len(after) == len(before) and all(map(torch.equal, before, after))
-    for a, b, c in zip(ours, plain, fused):
+    for a, b, c in zip(ours, plain, fused, strict=True):
         torch.testing.assert_close(a, b, atol=1e-15, rtol=0)
         torch.testing.assert_close(a, c, atol=1e-15, rtol=0)
     assert guarded.state[ours[0]]["step"].item() == 4 == reference.state[plain[0]]["step"].item()

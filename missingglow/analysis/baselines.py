@@ -33,7 +33,7 @@ def inpaint(name, images, missing):
     import numpy as np
 
     out = []
-    for image, hole in zip(images, missing):
+    for image, hole in zip(images, missing, strict=True):
         rgb = image.permute(1, 2, 0).contiguous().numpy().astype(np.float64)
         mask = hole[0].numpy()
         if name.startswith("biharmonic"):

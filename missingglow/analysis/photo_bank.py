@@ -280,7 +280,7 @@ def score(detect_fn, images):
         found = detect_fn(image, info["K"])
         tp, fp, fn = match(found, boxes)
         rows.append((info, len(boxes), len(found), tp, fp, fn))
-        for box, way in zip(boxes, info["ways"]):
+        for box, way in zip(boxes, info["ways"], strict=True):
             ways[way][0] += any(iou(f.box(), box) >= 0.5 for f in found)
             ways[way][1] += 1
 

@@ -310,7 +310,7 @@ def faint_score(find, images, batch=32):
     images = list(images)
     for start in range(0, len(images), batch):
         part = images[start:start + batch]
-        for squares, (_, boxes, _) in zip(find(torch.stack([p[0] for p in part])), part):
+        for squares, (_, boxes, _) in zip(find(torch.stack([p[0] for p in part])), part, strict=True):
             tp, fp, fn = match(squares, boxes)
             found, missed = found + tp, missed + fn
             if boxes:

@@ -37,6 +37,7 @@ overlap less count as two; two squares that touch are one grey rectangle, and ne
 When every size searched is below `blob_below`, a second pass also counts ragged grey blobs shaped
 like a square (a model's smallest squares); on larger searches grey blobs in photos are too common.
 """
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -197,7 +198,7 @@ def _strength(tables, image, t, l, k, m, b, mu, spread, need, settings):
     parts = max(1, min(settings.parts, n // 2))
     cuts = [round(n * p / parts) for p in range(parts + 1)]
     steps = (values - inside).pow(2).mean(3)                           # (Q, 4, n)
-    weakest = torch.stack([steps[:, :, a:c].mean(2) for a, c in zip(cuts, cuts[1:])], 2)
+    weakest = torch.stack([steps[:, :, a:c].mean(2) for a, c in itertools.pairwise(cuts)], 2)
     weakest = weakest.amin(2).sqrt()                                   # (Q, 4)
     ratio = settings.step_ratio if b > 1 else settings.pixel_step_ratio
     stepped = weakest >= torch.clamp(ratio * spread, min=settings.step)[:, None]
@@ -303,14 +304,14 @@ def detect(images, sizes, settings=DEFAULT, blobs=True):
         for k in ks:
             image, top, left, score, exact = _windows(tables, k, settings)
             for i, t, l, s, e in zip(image.tolist(), top.tolist(), left.tolist(), score.tolist(),
-                                     exact.tolist()):
+                                     exact.tolist(), strict=True):
                 found[i].append((s, t, l, k, e))
         out = [_cluster(c, settings.overlap, size) for c in found]
         if blobs and sizes and max(sizes) < settings.blob_below:
-            for squares, extra in zip(out, _blobs(clean, min(sizes), max(sizes), settings)):
+            for squares, extra in zip(out, _blobs(clean, min(sizes), max(sizes), settings), strict=True):
                 squares += [b for b in extra if all(_overlap(b.box(), q.box()) <= 0.3
                                                     for q in squares)]
-    out = [squares if ok else None for squares, ok in zip(out, finite.tolist())]
+    out = [squares if ok else None for squares, ok in zip(out, finite.tolist(), strict=True)]
     return out[0] if single else out
 
 
@@ -345,7 +346,7 @@ def _blobs(images, smallest, largest, settings):
     for i in range(images.shape[0]):
         found = []
         ids, areas = labels[i].flatten().unique(return_counts=True)
-        for label, area in zip(ids.tolist(), areas.tolist()):
+        for label, area in zip(ids.tolist(), areas.tolist(), strict=True):
             if label == 0 or area < settings.blob_fill * lo * lo:
                 continue
             comp = labels[i] == label
@@ -393,7 +394,7 @@ def _cluster(candidates, overlap, size):
     S×S image."""
     seeds, members = [], []
     for score, t, l, k, exact in sorted(candidates, reverse=True):
-        for seed, group in zip(seeds, members):
+        for seed, group in zip(seeds, members, strict=True):
             if _overlap(seed[1:4], (t, l, k)) > overlap:
                 group.append((t, l, t + k, l + k, exact))
                 break
@@ -401,7 +402,7 @@ def _cluster(candidates, overlap, size):
             seeds.append((score, t, l, k))
             members.append([(t, l, t + k, l + k, exact)])
     squares = []
-    for (score, *_), group in zip(seeds, members):
+    for (score, *_), group in zip(seeds, members, strict=True):
         group = [g for g in group if g[4]] or group
         top, left = _median([m[0] for m in group]), _median([m[1] for m in group])
         bottom, right = _median([m[2] for m in group]), _median([m[3] for m in group])

@@ -45,7 +45,7 @@ def _shade(colour, factor):
 
 
 def _mix(a, b, t):
-    return tuple(int(round(x + (y - x) * t)) for x, y in zip(a, b))
+    return tuple(int(round(x + (y - x) * t)) for x, y in zip(a, b, strict=True))
 
 
 def _random_colour(rng, sat=(0.15, 0.6), val=(0.35, 0.95)):
@@ -179,12 +179,12 @@ def draw_face(seed, index, size):
         upper_th, lower_th = upper_th + ry * 0.03, lower_th + ry * 0.06
     ts = [k / 12 * 2 - 1 for k in range(13)]
     mid = [(cx + t * mw, my + smile * (1 - t * t)) for t in ts]
-    upper = [(x, y - upper_th * math.sqrt(1 - t * t)) for (x, y), t in zip(mid, ts)]
-    lower = [(x, y + lower_th * math.sqrt(1 - t * t)) for (x, y), t in zip(mid, ts)]
+    upper = [(x, y - upper_th * math.sqrt(1 - t * t)) for (x, y), t in zip(mid, ts, strict=True)]
+    lower = [(x, y + lower_th * math.sqrt(1 - t * t)) for (x, y), t in zip(mid, ts, strict=True)]
     poly(upper + lower[::-1], lip)
     if open_mouth:
-        inner_up = [(x, y - 0.25 * upper_th * math.sqrt(1 - t * t)) for (x, y), t in zip(mid, ts)]
-        inner_lo = [(x, y + 0.6 * lower_th * math.sqrt(1 - t * t)) for (x, y), t in zip(mid, ts)]
+        inner_up = [(x, y - 0.25 * upper_th * math.sqrt(1 - t * t)) for (x, y), t in zip(mid, ts, strict=True)]
+        inner_lo = [(x, y + 0.6 * lower_th * math.sqrt(1 - t * t)) for (x, y), t in zip(mid, ts, strict=True)]
         poly(inner_up[2:-2] + inner_lo[2:-2][::-1], (60, 20, 24))
     else:
         line(mid, _shade(lip, 0.6), 0.006)

@@ -186,7 +186,7 @@ class FusedFlowStep(FlowStep):
                              inverse_params.gemm_bias)
         net = [name for name in _NETWORK_FIELDS if getattr(params, name).requires_grad]
         grads = torch.autograd.grad(h, [y_a] + [getattr(params, name) for name in net], grad_h)
-        result = dict(zip(net, grads[1:]))
+        result = dict(zip(net, grads[1:], strict=True))
         grad_out[:, :half] += grads[0]
         # out = x·A + b over channels (channel_gemm), A and b the folded ActNorm and 1×1 conv
         c = y.shape[1]
@@ -222,7 +222,7 @@ def run_steps(steps, x):
         return out, logdet
     params = prepare_steps(steps, x.shape[2], x.shape[3])
     dets = []
-    for step, step_params in zip(steps, params.steps):
+    for step, step_params in zip(steps, params.steps, strict=True):
         out, det = step.forward_prepared(out, step_params)
         if det is not None:
             dets.append(det)
@@ -236,7 +236,7 @@ def reverse_steps(steps, y):
     """The input of fused flow steps from their output: each step's inverse, last step first."""
     params = prepare_steps(steps, y.shape[2], y.shape[3], inverse=True)
     out = _channels_last(y)
-    for step, step_params in zip(reversed(steps), reversed(params.steps)):
+    for step, step_params in zip(reversed(steps), reversed(params.steps), strict=True):
         out = step.reverse_prepared(out, step_params)
     return out
 

@@ -77,12 +77,12 @@ def _fused_backward(flows, y, grad_out, grad_logdet, need_x, need_params):
     if forward.logdet.requires_grad:
         outputs.append(forward.logdet)
         grads.append(grad_logdet.sum())
-    wanted = [p for p, need in zip(params, need_params) if need]
+    wanted = [p for p, need in zip(params, need_params, strict=True) if need]
     by_param = {}
     if wanted and outputs:
         found = torch.autograd.grad(outputs, wanted, grads, allow_unused=True)
-        by_param = dict(zip(wanted, found))
-    return grad_out, [by_param.get(p) if need else None for p, need in zip(params, need_params)]
+        by_param = dict(zip(wanted, found, strict=True))
+    return grad_out, [by_param.get(p) if need else None for p, need in zip(params, need_params, strict=True)]
 
 
 def _per_step_backward(flows, y, grad_out, grad_logdet, need_x, need_params):
@@ -104,7 +104,7 @@ def _per_step_backward(flows, y, grad_out, grad_logdet, need_x, need_params):
             continue
         with torch.no_grad():
             x = flow.reverse(y)  # this step's input, rebuilt from its output
-        wanted = [p for p, w in zip(params, need) if w]
+        wanted = [p for p, w in zip(params, need, strict=True) if w]
         with torch.enable_grad():
             x = x.detach().requires_grad_(x_wanted)
             out, det = flow(x)
@@ -115,8 +115,8 @@ def _per_step_backward(flows, y, grad_out, grad_logdet, need_x, need_params):
                                         allow_unused=True)
         if x_wanted:
             grad_out, grads = grads[0], grads[1:]
-        by_param = dict(zip(wanted, grads))
-        param_grads.append([by_param.get(p) if w else None for p, w in zip(params, need)])
+        by_param = dict(zip(wanted, grads, strict=True))
+        param_grads.append([by_param.get(p) if w else None for p, w in zip(params, need, strict=True)])
         y = x.detach()
     ordered = [g for step in reversed(param_grads) for g in step]
     return (grad_out if need_x else None), ordered

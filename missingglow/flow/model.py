@@ -217,7 +217,7 @@ class Glow(nn.Module):
             levels.append(latents[:, start:start + count].reshape(-1, *shape))
             start += count
         out = None
-        for block, level in zip(reversed(self.blocks), reversed(levels)):
+        for block, level in zip(reversed(self.blocks), reversed(levels), strict=True):
             out = block.reverse(out, level, standardised=latent == "standardised")
         return out
 

@@ -97,7 +97,8 @@ def coupling_simd(name=None):
 
 def _check_shape(t, shape, op, message):
     torch._check(t.dim() == len(shape), lambda: f"{op}: {message}")
-    for size, wanted in zip(t.shape, shape):
+    # a rank mismatch is refused by the check above (under tracing it may only be recorded)
+    for size, wanted in zip(t.shape, shape, strict=False):
         torch._check(size == wanted, lambda: f"{op}: {message}")
 
 
@@ -169,7 +170,7 @@ def _check_flow_step_args(x, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3, op)
 
 def _grads_wanted(ctx, grads):
     """The gradients of the inputs that need one, None for the others."""
-    return tuple(g if wanted else None for g, wanted in zip(grads, ctx.needs_input_grad))
+    return tuple(g if wanted else None for g, wanted in zip(grads, ctx.needs_input_grad, strict=True))
 
 
 def _zeros_for_none(grad_y, grad_logdet, y):
@@ -368,7 +369,7 @@ if AVAILABLE:
         from .fused_step import coupling_net  # fused_step imports this module: not at the top
 
         inputs = [t.detach().requires_grad_(wanted)
-                  for t, wanted in zip(ctx.saved_tensors, ctx.needs_input_grad)]
+                  for t, wanted in zip(ctx.saved_tensors, ctx.needs_input_grad, strict=True)]
         y, loc, scale, weight, *net = inputs
         with torch.enable_grad():
             half = y.shape[1] // 2

@@ -69,7 +69,7 @@ def prepare_steps(steps, height, width, inverse=False):
         logdet = (torch.log(torch.abs(scale)).sum() + conv_logdet) * (height * width)
     per_step = [gemm_weight.unbind(0), gemm_bias.unbind(0), matrix.unbind(0),
                 *_network(steps, height, width)]
-    return BlockParams([StepParams(*fields) for fields in zip(*per_step)], logdet)
+    return BlockParams([StepParams(*fields) for fields in zip(*per_step, strict=True)], logdet)
 
 
 def _stack(steps, get):

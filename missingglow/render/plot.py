@@ -8,6 +8,7 @@ labelled image grids, and panels stacked into one PNG.
 Non-finite values are left out of a line (it breaks there) and of a histogram (callers report how
 many there were): a chart never shows a NaN as if it were a number.
 """
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -164,7 +165,7 @@ def _line(draw, points, colour, dashed, width=2):
     if not dashed:
         draw.line(points, fill=colour, width=width)
         return
-    for (xa, ya), (xb, yb) in zip(points, points[1:]):
+    for (xa, ya), (xb, yb) in itertools.pairwise(points):
         length = math.hypot(xb - xa, yb - ya)
         steps = max(int(length // 6), 1)
         for k in range(0, steps, 2):
@@ -193,7 +194,7 @@ def line_chart(series, *, title, xlabel, ylabel, width=720, height=440, ylim=Non
     for i, s in enumerate(series):
         colour = s.colour or PALETTE[i % len(PALETTE)]
         run = []
-        for x, y in list(zip(s.x, s.y)) + [(None, None)]:
+        for x, y in list(zip(s.x, s.y, strict=True)) + [(None, None)]:
             if x is None or y is None or not (math.isfinite(x) and math.isfinite(y)):
                 if len(run) > 1:
                     _line(draw, run, colour, s.dashed)
@@ -237,7 +238,7 @@ def histogram_chart(groups, *, title, xlabel, bins=30, width=720, height=440, no
     axes = _Axes(draw, (70, 44, width - 20, bottom), (lo, hi), (0.0, top * 1.08))
     axes.frame(title, xlabel, "share of images")
     entries, points = [], []
-    for i, ((label, values), c) in enumerate(zip(finite, counts)):
+    for i, ((label, values), c) in enumerate(zip(finite, counts, strict=True)):
         colour = PALETTE[i % len(PALETTE)]
         layer = Image.new("RGBA", image.size, (0, 0, 0, 0))
         ldraw = ImageDraw.Draw(layer)

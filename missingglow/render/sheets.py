@@ -34,7 +34,7 @@ def column_sheet(columns, labels, min_tile):
 def contact_sheet(rows, labels, min_tile=48):
     """Samples with their detected squares outlined: one row per entry of `rows` [(images, found)];
     non-finite samples as checkerboards. Returns (PIL image, non-finite count)."""
-    tiles = [torch.stack([outline(im, f) if f else im for im, f in zip(images, found)])
+    tiles = [torch.stack([outline(im, f) if f else im for im, f in zip(images, found, strict=True)])
              for images, found in rows]
     return labelled_grid(tiles, labels, min_tile)
 

@@ -70,7 +70,7 @@ class GuardedAdam(torch.optim.Adam):
         try:
             super().step()
         finally:
-            for group, lr in zip(self.param_groups, floats):
+            for group, lr in zip(self.param_groups, floats, strict=True):
                 group["lr"] = lr
 
     def load_state_dict(self, state_dict):
@@ -89,7 +89,7 @@ def masked_adam_(params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, 
     # a bad step's gradients may be non-finite: zero them in one pass, so that the masked
     # arithmetic below leaves every tensor exactly as it was
     flat = torch.nan_to_num(torch.cat([g.reshape(-1) for g in grads]), 0.0, 0.0, 0.0).mul_(ok)
-    grads = [part.view(g.shape) for part, g in zip(flat.split([g.numel() for g in grads]), grads)]
+    grads = [part.view(g.shape) for part, g in zip(flat.split([g.numel() for g in grads]), grads, strict=True)]
 
     # the step count (put back on a bad step) and the bias corrections in float64, as the fused
     # kernel computes them; at least 1 step in them, so a bad first step divides by no zero

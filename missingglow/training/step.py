@@ -53,7 +53,7 @@ class StepLog:
     def read(self, first_iteration):
         """{field: value} of the steps since the last read, which began at `first_iteration`
         (bad steps' places as iterations), and restart the sums: the one host read."""
-        values = dict(zip(FIELDS, self.sums.tolist()))
+        values = dict(zip(FIELDS, self.sums.tolist(), strict=True))
         self.sums.mul_(self.keep)
         for key in ("first_bad", "last_bad"):
             values[key] = first_iteration + int(values[key]) - 1 if values[key] else None
