@@ -3,6 +3,7 @@
 CUDA is built when torch is a CUDA build and nvcc is found, or when FORCE_CUDA=1 (a build host
 without a GPU, such as CI, still compiles and links them). FORCE_ONLY_CPU=1 skips CUDA.
 """
+
 import glob
 import os
 

@@ -4,6 +4,7 @@ kernel.
 
 No GPU is needed: registering a CUDA kernel only needs the library to link and load.
 """
+
 import sys
 
 import torch
@@ -12,20 +13,30 @@ import missingglow
 from missingglow.flow import ops
 
 # every op of csrc/, each with a forward, an inverse and a backward
-EXPECTED = sorted(f"missingglow::{op}_{part}"
-                  for op in ("actnorm_conv", "coupling_step", "flow_step")
-                  for part in ("forward", "inverse", "backward"))
+EXPECTED = sorted(
+    f"missingglow::{op}_{part}"
+    for op in ("actnorm_conv", "coupling_step", "flow_step")
+    for part in ("forward", "inverse", "backward")
+)
 
 if not ops.AVAILABLE:
     sys.exit(f"the CUDA build did not load: {ops.WHY_UNAVAILABLE}")
 names = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("missingglow::"))
 if names != EXPECTED:
     missing, unexpected = sorted(set(EXPECTED) - set(names)), sorted(set(names) - set(EXPECTED))
-    sys.exit(f"registered ops differ from the expected {len(EXPECTED)}: missing {missing}, "
-             f"unexpected {unexpected}")
-missing = [f"{n} ({key})" for n in names for key in ("CPU", "CUDA")
-           if not torch._C._dispatch_has_kernel_for_dispatch_key(n, key)]
+    sys.exit(
+        f"registered ops differ from the expected {len(EXPECTED)}: missing {missing}, "
+        f"unexpected {unexpected}"
+    )
+missing = [
+    f"{n} ({key})"
+    for n in names
+    for key in ("CPU", "CUDA")
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(n, key)
+]
 if missing:
     sys.exit("ops without a kernel: " + ", ".join(missing))
-print(f"CUDA build ok: {missingglow.__file__}; {len(names)} ops, each with CPU and CUDA kernels: "
-      + ", ".join(n.split("::")[1] for n in names))
+print(
+    f"CUDA build ok: {missingglow.__file__}; {len(names)} ops, each with CPU and CUDA kernels: "
+    + ", ".join(n.split("::")[1] for n in names)
+)

@@ -6,6 +6,7 @@
 The JPEG folder is made of synthetic faces drawn at 218 px and cropped to 178×218, CelebA's
 `img_align_celeba` shape, saved at quality 90. Batch reads are from a warm page cache.
 """
+
 import argparse
 import os
 import platform
@@ -40,8 +41,13 @@ def batch_ms(ds, batch, reps, loader):
     rng = random.Random(0)
     times = []
     if loader:
-        dl = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=0,
-                                         generator=torch.Generator().manual_seed(0))
+        dl = torch.utils.data.DataLoader(
+            ds,
+            batch_size=batch,
+            shuffle=True,
+            num_workers=0,
+            generator=torch.Generator().manual_seed(0),
+        )
         it = iter(dl)
         for _ in range(reps):
             start = time.perf_counter()
@@ -77,37 +83,75 @@ def main():
         _, t = timed(lambda: make_jpegs(folder, args.jpegs))
         print(f"wrote {args.jpegs} JPEGs (178×218) in {t:.1f} s", file=sys.stderr)
         for workers in sorted({1, cores}):
-            _, t = timed(lambda: data.open_dataset(folder, args.size, cache_dir=cache_dir,
-                                                   workers=workers, rebuild=True, quiet=True))
-            rows.append((f"prepare {args.jpegs} JPEGs 178×218 → {args.size}², {workers} process"
-                         f"{'es' if workers > 1 else ''}", f"{args.jpegs / t:,.0f} images/s"))
+            _, t = timed(
+                lambda: data.open_dataset(
+                    folder,
+                    args.size,
+                    cache_dir=cache_dir,
+                    workers=workers,
+                    rebuild=True,
+                    quiet=True,
+                )
+            )
+            rows.append(
+                (
+                    f"prepare {args.jpegs} JPEGs 178×218 → {args.size}², {workers} process"
+                    f"{'es' if workers > 1 else ''}",
+                    f"{args.jpegs / t:,.0f} images/s",
+                )
+            )
         _, t = timed(lambda: data.open_dataset(folder, args.size, cache_dir=cache_dir, quiet=True))
-        rows.append(("reopen the same cache (file list digest + header check)",
-                     f"{1000 * t:.0f} ms"))
+        rows.append(
+            ("reopen the same cache (file list digest + header check)", f"{1000 * t:.0f} ms")
+        )
         for workers in sorted({1, cores}):
-            _, t = timed(lambda: data.open_dataset(None, args.size, cache_dir=cache_dir,
-                                                   workers=workers, synthetic_count=args.faces,
-                                                   rebuild=True, quiet=True))
-            rows.append((f"draw {args.faces} synthetic faces at {args.size}², {workers} process"
-                         f"{'es' if workers > 1 else ''}", f"{args.faces / t:,.0f} images/s "
-                         f"({t:.1f} s)"))
-        cache = data.open_dataset(None, args.size, cache_dir=cache_dir,
-                                  synthetic_count=args.faces, quiet=True)
+            _, t = timed(
+                lambda: data.open_dataset(
+                    None,
+                    args.size,
+                    cache_dir=cache_dir,
+                    workers=workers,
+                    synthetic_count=args.faces,
+                    rebuild=True,
+                    quiet=True,
+                )
+            )
+            rows.append(
+                (
+                    f"draw {args.faces} synthetic faces at {args.size}², {workers} process"
+                    f"{'es' if workers > 1 else ''}",
+                    f"{args.faces / t:,.0f} images/s ({t:.1f} s)",
+                )
+            )
+        cache = data.open_dataset(
+            None, args.size, cache_dir=cache_dir, synthetic_count=args.faces, quiet=True
+        )
         ds = data.MaskedImages(cache, square=args.square, count=1, seed=0)
         ds.batch(list(range(args.batch)))  # warm the page cache
         default_threads = torch.get_num_threads()
         for threads in sorted({1, default_threads}):
             torch.set_num_threads(threads)
             each = f"{threads} torch thread{'s' if threads > 1 else ''}"
-            rows.append((f"read one batch of {args.batch} with a {args.square}-px square, "
-                         f"`MaskedImages.batch`, {each}",
-                         f"{batch_ms(ds, args.batch, args.reps, False):.2f} ms"))
-            rows.append((f"read one batch of {args.batch} through a DataLoader (num_workers=0), "
-                         f"{each}", f"{batch_ms(ds, args.batch, args.reps, True):.2f} ms"))
+            rows.append(
+                (
+                    f"read one batch of {args.batch} with a {args.square}-px square, "
+                    f"`MaskedImages.batch`, {each}",
+                    f"{batch_ms(ds, args.batch, args.reps, False):.2f} ms",
+                )
+            )
+            rows.append(
+                (
+                    f"read one batch of {args.batch} through a DataLoader (num_workers=0), {each}",
+                    f"{batch_ms(ds, args.batch, args.reps, True):.2f} ms",
+                )
+            )
         torch.set_num_threads(default_threads)
     command = "python bench/data_speed.py " + " ".join(sys.argv[1:])
     lines = [
-        "| what | speed |", "|---|---|", *[f"| {a} | {b} |" for a, b in rows], "",
+        "| what | speed |",
+        "|---|---|",
+        *[f"| {a} | {b} |" for a, b in rows],
+        "",
         f"Measured with `{command.strip()}` on {platform.processor() or platform.machine()}, "
         f"{cores} cores, torch {torch.__version__}, Python {platform.python_version()}.",
     ]

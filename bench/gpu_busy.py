@@ -7,6 +7,7 @@ At the small preset a step launches thousands of tiny kernels; when their summed
 the wall time, the step is bound by the host (Python, dispatch, autograd, launches), not by the
 kernels, and fusing arithmetic on the GPU cannot show. Needs a CUDA device.
 """
+
 import argparse
 import statistics
 import time
@@ -55,17 +56,20 @@ def main(argv=None):
         gen = torch.Generator().manual_seed(0)
         size = preset["size"]
         x = (torch.rand(preset["batch"], 3, size, size, generator=gen) - 0.5).cuda()
-        for label, impl, driver in [("reference", "reference", None),
-                                    ("fused, ops one by one", "fused", False),
-                                    ("fused, C++ driver (default on CUDA)", "fused", True)]:
+        for label, impl, driver in [
+            ("reference", "reference", None),
+            ("fused, ops one by one", "fused", False),
+            ("fused, C++ driver (default on CUDA)", "fused", True),
+        ]:
             fused_step.FusedFlowStep.driver = driver
             step = train_step(make_glow(impl, preset, "cuda"), x)
             for _ in range(3):
                 step()
             wall = wall_ms(step, args.repeats)
             kernel, count = kernel_ms_and_count(step)
-            print(f"| {name} | {label} | {wall:.1f} | {kernel:.1f} | {count} "
-                  f"| {kernel / wall:.0%} |")
+            print(
+                f"| {name} | {label} | {wall:.1f} | {kernel:.1f} | {count} | {kernel / wall:.0%} |"
+            )
     fused_step.FusedFlowStep.driver = None
 
 

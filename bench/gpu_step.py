@@ -12,6 +12,7 @@ held-out evaluation and checkpoints add to a step at their default intervals.
 
 Writes JSON (--out) and prints a table. What needs CUDA is skipped on the CPU with a note.
 """
+
 import argparse
 import copy
 import inspect
@@ -43,15 +44,29 @@ from missingglow.training.syncs import cuda_waits, sync_ops  # noqa: E402
 
 SHAPES = {
     "paper": dict(size=64, blocks=4, flows=32, hidden=512, batch=16),
-    "small": {k: getattr(preset_config("small"), v) for k, v in (
-        ("size", "image_size"), ("blocks", "blocks"), ("flows", "flows"), ("hidden", "hidden"),
-        ("batch", "batch"))},
+    "small": {
+        k: getattr(preset_config("small"), v)
+        for k, v in (
+            ("size", "image_size"),
+            ("blocks", "blocks"),
+            ("flows", "flows"),
+            ("hidden", "hidden"),
+            ("batch", "batch"),
+        )
+    },
     "tiny": dict(size=8, blocks=2, flows=2, hidden=8, batch=8),
 }
 DEFAULTS = TrainConfig()
 ONE = SimpleNamespace(all_finite=lambda flag: flag)  # one process
-LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx",
-            "cudaGraphLaunch", "cudaMemcpyAsync", "cudaMemsetAsync")
+LAUNCHES = (
+    "cudaLaunchKernel",
+    "cudaLaunchKernelExC",
+    "cuLaunchKernel",
+    "cuLaunchKernelEx",
+    "cudaGraphLaunch",
+    "cudaMemcpyAsync",
+    "cudaMemsetAsync",
+)
 
 
 def has_precision():
@@ -62,8 +77,14 @@ def build(shape, device, host, precision=None):
     """A fused Glow at `shape` with ActNorm initialised on the first batch, and its loss."""
     torch.manual_seed(0)
     extra = {"precision": precision} if precision else {}
-    model = Glow(blocks=shape["blocks"], flows=shape["flows"], hidden=shape["hidden"],
-                 image_size=shape["size"], impl="fused", **extra).to(device)
+    model = Glow(
+        blocks=shape["blocks"],
+        flows=shape["flows"],
+        hidden=shape["hidden"],
+        image_size=shape["size"],
+        impl="fused",
+        **extra,
+    ).to(device)
     with torch.no_grad():
         model.log_prob(host[0].to(device))
     dims = host[0][0].numel()
@@ -80,8 +101,9 @@ class HostBatches:
     def __init__(self, shape, count):
         gen = torch.Generator().manual_seed(0)
         size = shape["size"]
-        self.items = [torch.rand(shape["batch"], 3, size, size, generator=gen) - 0.5
-                      for _ in range(count)]
+        self.items = [
+            torch.rand(shape["batch"], 3, size, size, generator=gen) - 0.5 for _ in range(count)
+        ]
 
     def __getitem__(self, i):
         return self.items[i % len(self.items)]
@@ -98,8 +120,7 @@ def synced_variant(shape, device, host):
     def one(i):
         synced_step(loss_of, params, optimizer, host[i].to(device), DEFAULTS.grad_clip, ONE)
 
-    return SimpleNamespace(one=one, finish=lambda: sync(device), model=model,
-                           optimizer=optimizer)
+    return SimpleNamespace(one=one, finish=lambda: sync(device), model=model, optimizer=optimizer)
 
 
 def sync_free_variant(shape, device, host, graph, precision=None):
@@ -115,8 +136,14 @@ def sync_free_variant(shape, device, host, graph, precision=None):
         feed(i)
         stepper()
 
-    return SimpleNamespace(one=one, finish=lambda: step.log.read(0), model=model,
-                           optimizer=optimizer, stepper=stepper, notes=notes)
+    return SimpleNamespace(
+        one=one,
+        finish=lambda: step.log.read(0),
+        model=model,
+        optimizer=optimizer,
+        stepper=stepper,
+        notes=notes,
+    )
 
 
 def sync(device):
@@ -145,30 +172,39 @@ def profile_steps(variant, device, steps):
             variant.one(i)
         variant.finish()
     events = prof.events()
-    out = {"sync_ops_per_step": sum(sync_ops(events).values()) / steps,
-           "sync_ops": dict(sync_ops(events))}
+    out = {
+        "sync_ops_per_step": sum(sync_ops(events).values()) / steps,
+        "sync_ops": dict(sync_ops(events)),
+    }
     if cuda:
         kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
-        out.update(kernel_ms_per_step=sum(e.device_time for e in kernels) / 1000 / steps,
-                   kernels_per_step=len(kernels) / steps,
-                   launches_per_step=sum(e.name in LAUNCHES for e in events) / steps,
-                   host_waits_per_step=sum(cuda_waits(events).values()) / steps)
+        out.update(
+            kernel_ms_per_step=sum(e.device_time for e in kernels) / 1000 / steps,
+            kernels_per_step=len(kernels) / steps,
+            launches_per_step=sum(e.name in LAUNCHES for e in events) / steps,
+            host_waits_per_step=sum(cuda_waits(events).values()) / steps,
+        )
     return out
 
 
 def measure(name, make, device, args):
     variant = make()
     wall = [time_steps(variant, args.warmup, args.steps) for _ in range(args.repeats)]
-    row = {"wall_ms_per_step": 1000 * statistics.median(wall),
-           "wall_ms_each": [round(1000 * w, 3) for w in wall]}
+    row = {
+        "wall_ms_per_step": 1000 * statistics.median(wall),
+        "wall_ms_each": [round(1000 * w, 3) for w in wall],
+    }
     row.update(profile_steps(variant, device, args.profile_steps))
     if "kernel_ms_per_step" in row:
         row["gpu_busy"] = row["kernel_ms_per_step"] / row["wall_ms_per_step"]
     if getattr(variant, "stepper", None) is not None:
         row["captured"] = variant.stepper.captures > 0
         row["notes"] = variant.notes
-    print(f"  {name}: {row['wall_ms_per_step']:.1f} ms/step, "
-          f"{row['sync_ops_per_step']:.2f} sync-like ops/step", flush=True)
+    print(
+        f"  {name}: {row['wall_ms_per_step']:.1f} ms/step, "
+        f"{row['sync_ops_per_step']:.2f} sync-like ops/step",
+        flush=True,
+    )
     return row, variant
 
 
@@ -196,11 +232,20 @@ def graph_matches_eager(shape, device, host, steps):
     for i in range(3, 3 + steps):
         variant.one(i)
     graph_sums = variant.finish()
-    diff = max((eager[k].double() - v.double()).abs().max().item()
-               for k, v in model.state_dict().items() if v.is_floating_point())
-    return {"steps": steps, "captured": stepper.captures == 1, "max_abs_diff": diff,
-            "bitwise_equal": diff == 0.0, "eager_loss_sum": eager_sums["loss_sum"],
-            "graph_loss_sum": graph_sums["loss_sum"], "notes": variant.notes}
+    diff = max(
+        (eager[k].double() - v.double()).abs().max().item()
+        for k, v in model.state_dict().items()
+        if v.is_floating_point()
+    )
+    return {
+        "steps": steps,
+        "captured": stepper.captures == 1,
+        "max_abs_diff": diff,
+        "bitwise_equal": diff == 0.0,
+        "eager_loss_sum": eager_sums["loss_sum"],
+        "graph_loss_sum": graph_sums["loss_sum"],
+        "notes": variant.notes,
+    }
 
 
 class RandomHeldout:
@@ -223,9 +268,15 @@ def periodic(shape, device, variant, step_s, host, args):
     """Seconds of a held-out evaluation at the default eval batch and of a checkpoint (the part
     that holds up the loop, and the write behind it), and their share of a step at the default
     intervals."""
-    evaluate = HeldoutEval(RandomHeldout(DEFAULTS.heldout_images, shape["size"]),
-                           DEFAULTS.n_bits, 0, DEFAULTS.heldout_images, DEFAULTS.eval_batch,
-                           device, 3)
+    evaluate = HeldoutEval(
+        RandomHeldout(DEFAULTS.heldout_images, shape["size"]),
+        DEFAULTS.n_bits,
+        0,
+        DEFAULTS.heldout_images,
+        DEFAULTS.eval_batch,
+        device,
+        3,
+    )
     model = variant.model
     model.eval()
     evaluate(model)
@@ -233,8 +284,13 @@ def periodic(shape, device, variant, step_s, host, args):
     evaluate(model)
     eval_s = time.perf_counter() - began
     model.train()
-    payload = {"model": model.state_dict(), "optimizer": variant.optimizer.state_dict(),
-               "iteration": 1, "state": {}, "rng": {"torch": torch.get_rng_state()}}
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": variant.optimizer.state_dict(),
+        "iteration": 1,
+        "state": {},
+        "rng": {"torch": torch.get_rng_state()},
+    }
     with tempfile.TemporaryDirectory() as folder:
         writer = CheckpointWriter(folder)
         writer.save(payload)  # the host buffers are made once per run
@@ -254,12 +310,19 @@ def periodic(shape, device, variant, step_s, host, args):
     stall_s = max(0.0, (during - quiet) * args.steps)
     every_eval, every_ckpt = DEFAULTS.eval_every, DEFAULTS.checkpoint_every
     added = eval_s / every_eval + (held_s + stall_s) / every_ckpt
-    return {"eval_s": eval_s, "eval_batch": DEFAULTS.eval_batch,
-            "heldout_images": DEFAULTS.heldout_images, "checkpoint_held_s": held_s,
-            "checkpoint_write_s": write_s, "checkpoint_mb": size / 2**20,
-            "steps_during_write_extra_s": stall_s, "eval_every": every_eval,
-            "checkpoint_every": every_ckpt, "step_s": step_s,
-            "share_of_a_step": added / step_s}
+    return {
+        "eval_s": eval_s,
+        "eval_batch": DEFAULTS.eval_batch,
+        "heldout_images": DEFAULTS.heldout_images,
+        "checkpoint_held_s": held_s,
+        "checkpoint_write_s": write_s,
+        "checkpoint_mb": size / 2**20,
+        "steps_during_write_extra_s": stall_s,
+        "eval_every": every_eval,
+        "checkpoint_every": every_ckpt,
+        "step_s": step_s,
+        "share_of_a_step": added / step_s,
+    }
 
 
 def run_preset(name, device, args):
@@ -269,15 +332,20 @@ def run_preset(name, device, args):
     print(f"{name}: {shape}", flush=True)
     result = {"shape": shape, "variants": {}}
     variants = result["variants"]
-    variants["synced"], _ = measure("synced (the loop before)",
-                                    lambda: synced_variant(shape, device, host), device, args)
+    variants["synced"], _ = measure(
+        "synced (the loop before)", lambda: synced_variant(shape, device, host), device, args
+    )
     variants["sync_free"], best = measure(
-        "sync-free, eager", lambda: sync_free_variant(shape, device, host, False), device, args)
+        "sync-free, eager", lambda: sync_free_variant(shape, device, host, False), device, args
+    )
     best_row = variants["sync_free"]
     if cuda:
         variants["graph"], best = measure(
-            "sync-free, CUDA graph", lambda: sync_free_variant(shape, device, host, True),
-            device, args)
+            "sync-free, CUDA graph",
+            lambda: sync_free_variant(shape, device, host, True),
+            device,
+            args,
+        )
         best_row = variants["graph"]
         result["graph_matches_eager"] = graph_matches_eager(shape, device, host, args.check_steps)
     else:
@@ -286,18 +354,24 @@ def run_preset(name, device, args):
     if has_precision():
         variants["bf16"], _ = measure(
             "bf16" + (", CUDA graph" if cuda else ", eager"),
-            lambda: sync_free_variant(shape, device, host, cuda, precision="bf16"), device, args)
+            lambda: sync_free_variant(shape, device, host, cuda, precision="bf16"),
+            device,
+            args,
+        )
     else:
         variants["bf16"] = {"skipped": "Glow has no `precision` argument in this checkout"}
-    result["periodic"] = periodic(shape, device, best, best_row["wall_ms_per_step"] / 1000, host,
-                                  args)
+    result["periodic"] = periodic(
+        shape, device, best, best_row["wall_ms_per_step"] / 1000, host, args
+    )
     return result
 
 
 def table(results):
-    lines = ["| shapes | variant | wall ms/step | kernel ms/step | GPU busy | kernels/step | "
-             "launches/step | host waits/step | sync-like ops/step |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| shapes | variant | wall ms/step | kernel ms/step | GPU busy | kernels/step | "
+        "launches/step | host waits/step | sync-like ops/step |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, result in results["presets"].items():
         for variant, row in result["variants"].items():
             if "skipped" in row:
@@ -307,11 +381,13 @@ def table(results):
             def cell(key, spec):
                 return format(row[key], spec) if key in row else ""
 
-            lines.append(f"| {name} | {variant} | {cell('wall_ms_per_step', '.1f')} | "
-                         f"{cell('kernel_ms_per_step', '.1f')} | {cell('gpu_busy', '.0%')} | "
-                         f"{cell('kernels_per_step', '.0f')} | {cell('launches_per_step', '.0f')} "
-                         f"| {cell('host_waits_per_step', '.1f')} | "
-                         f"{cell('sync_ops_per_step', '.2f')} |")
+            lines.append(
+                f"| {name} | {variant} | {cell('wall_ms_per_step', '.1f')} | "
+                f"{cell('kernel_ms_per_step', '.1f')} | {cell('gpu_busy', '.0%')} | "
+                f"{cell('kernels_per_step', '.0f')} | {cell('launches_per_step', '.0f')} "
+                f"| {cell('host_waits_per_step', '.1f')} | "
+                f"{cell('sync_ops_per_step', '.2f')} |"
+            )
     return "\n".join(lines)
 
 
@@ -320,20 +396,27 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--presets", nargs="+", default=["paper", "small"], choices=list(SHAPES))
     parser.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
-    parser.add_argument("--warmup", type=int, default=4, help="steps before timing (a graph is "
-                        "captured after 3)")
+    parser.add_argument(
+        "--warmup", type=int, default=4, help="steps before timing (a graph is captured after 3)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile-steps", type=int, default=2)
-    parser.add_argument("--check-steps", type=int, default=4,
-                        help="steps of the graph-against-eager check")
+    parser.add_argument(
+        "--check-steps", type=int, default=4, help="steps of the graph-against-eager check"
+    )
     parser.add_argument("--out", default=None, help="JSON file")
     args = parser.parse_args(argv)
     keep_freed_memory()
     device = torch.device(args.device)
-    results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda"
-               else platform.processor() or "cpu",
-               "torch": torch.__version__, "threads": torch.get_num_threads(),
-               "args": vars(args), "presets": {}}
+    results = {
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "args": vars(args),
+        "presets": {},
+    }
     for name in args.presets:
         results["presets"][name] = run_preset(name, device, args)
         if device.type == "cuda":
@@ -342,11 +425,13 @@ def main(argv=None):
     for name, result in results["presets"].items():
         check, extra = result["graph_matches_eager"], result["periodic"]
         print(f"{name}: graph against eager: {json.dumps(check)}")
-        print(f"{name}: evaluation {extra['eval_s']:.3f} s, checkpoint holds the loop "
-              f"{extra['checkpoint_held_s']:.3f} s (+{extra['steps_during_write_extra_s']:.3f} s "
-              f"of slower steps while written, {extra['checkpoint_mb']:.0f} MB): "
-              f"{extra['share_of_a_step']:.2%} of a step at every {extra['eval_every']}/"
-              f"{extra['checkpoint_every']}")
+        print(
+            f"{name}: evaluation {extra['eval_s']:.3f} s, checkpoint holds the loop "
+            f"{extra['checkpoint_held_s']:.3f} s (+{extra['steps_during_write_extra_s']:.3f} s "
+            f"of slower steps while written, {extra['checkpoint_mb']:.0f} MB): "
+            f"{extra['share_of_a_step']:.2%} of a step at every {extra['eval_every']}/"
+            f"{extra['checkpoint_every']}"
+        )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)

@@ -6,6 +6,7 @@ a folder) against the same images as three equal RGB channels (what it did befor
 Writes the folder of grey synthetic faces and both runs under /tmp/missingglow-grayscale and prints
 the held-out bits/dim and gradient norm after each step. docs/reliability.md has the result.
 """
+
 import argparse
 import json
 import os
@@ -36,10 +37,22 @@ def main():
     for channels in (3, 1):
         out = os.path.join(args.work, f"run-{channels}")
         shutil.rmtree(out, ignore_errors=True)
-        config, _ = resolve_config(dict(
-            preset="paper", data=folder, image_size=args.size, iterations=args.iterations,
-            eval_every=1, log_every=1, sample_every=10 ** 9, checkpoint_every=10 ** 9,
-            heldout_images=16, channels=channels, out=out), has_gpu=False)
+        config, _ = resolve_config(
+            dict(
+                preset="paper",
+                data=folder,
+                image_size=args.size,
+                iterations=args.iterations,
+                eval_every=1,
+                log_every=1,
+                sample_every=10**9,
+                checkpoint_every=10**9,
+                heldout_images=16,
+                channels=channels,
+                out=out,
+            ),
+            has_gpu=False,
+        )
         train(config, progress=False, say=lambda line: None)
         with open(os.path.join(out, "metrics.jsonl")) as f:
             rows = [json.loads(line) for line in f]

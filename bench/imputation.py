@@ -7,6 +7,7 @@ Writes sweep.json (every point, with its command line) and sweep.png (RMSE insid
 against γ and against steps, classical baselines as dashed lines). Numbers go to
 docs/imputation.md with the command that produced them.
 """
+
 import argparse
 import json
 import math
@@ -40,15 +41,23 @@ def main():
     ap.add_argument("-n", type=int, default=100)
     ap.add_argument("--gammas", default="0,0.001,0.003,0.01,0.03,0.1,0.3")
     ap.add_argument("--steps", default="25,50,100,150,300")
-    ap.add_argument("--holes", default=None,
-                    help="Instead of the sweeps: hole sides K (e.g. 3,5,8) on the clean held-out "
-                         "images, invert at its defaults against the baselines.")
+    ap.add_argument(
+        "--holes",
+        default=None,
+        help="Instead of the sweeps: hole sides K (e.g. 3,5,8) on the clean held-out "
+        "images, invert at its defaults against the baselines.",
+    )
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     run = open_run(args.checkpoint)
     c = run.config
-    held = MaskedImages(dataset_of(c, run.image_size), c["square"], c.get("squares", 1),
-                        c.get("seed", 0), split="heldout")
+    held = MaskedImages(
+        dataset_of(c, run.image_size),
+        c["square"],
+        c.get("squares", 1),
+        c.get("seed", 0),
+        split="heldout",
+    )
     masked, clean, pos = held.batch(list(range(min(args.n, len(held)))))
     hole = square_mask(pos, c["square"], run.image_size)
     x0 = to_model(masked, run.n_bits)
@@ -56,8 +65,15 @@ def main():
     shown = from_model(x0, run.n_bits)
     if args.holes:
         return hole_sizes(run, held, clean, args)
-    record = {"command": " ".join(sys.argv), "images": len(x0), "defaults": DEFAULTS,
-              "baselines": {}, "gamma": [], "steps": [], "speed": {}}
+    record = {
+        "command": " ".join(sys.argv),
+        "images": len(x0),
+        "defaults": DEFAULTS,
+        "baselines": {},
+        "gamma": [],
+        "steps": [],
+        "speed": {},
+    }
     record["baselines"]["harmonic fill"] = rmse_in(harmonic_fill(shown, hole), ref, hole)
     for name in baselines.available()[0]:
         record["baselines"][name] = rmse_in(baselines.inpaint(name, shown, hole), ref, hole)
@@ -67,8 +83,11 @@ def main():
         began = time.perf_counter()
         out, _ = invert(run.model, x0, hole, **kw)
         seconds = time.perf_counter() - began
-        return {**kw, "rmse_in": rmse_in(from_model(out[0], run.n_bits), ref, hole),
-                "images_per_s": len(x0) / seconds}
+        return {
+            **kw,
+            "rmse_in": rmse_in(from_model(out[0], run.n_bits), ref, hole),
+            "images_per_s": len(x0) / seconds,
+        }
 
     for g in (float(v) for v in args.gammas.split(",")):
         record["gamma"].append(point(gamma=g))
@@ -92,14 +111,16 @@ def main():
         xs_plot = [math.log10(max(x, 1e-4)) if log else x for x in xs]
         series = [Series("invert", xs_plot, [p["rmse_in"] for p in record[key]])]
         for name, value in record["baselines"].items():
-            series.append(Series(name, [xs_plot[0], xs_plot[-1]], [value, value], dashed=True,
-                                 markers=False))
+            series.append(
+                Series(name, [xs_plot[0], xs_plot[-1]], [value, value], dashed=True, markers=False)
+            )
         title = f"RMSE inside the hole against {'γ' if log else label}"
         return line_chart(series, title=title, xlabel=label, ylabel="RMSE")
 
-    save(stack([panel("gamma", "log10 γ (γ = 0 drawn at −4)", log=True),
-                panel("steps", "steps")]),
-         os.path.join(args.out, "sweep.png"))
+    save(
+        stack([panel("gamma", "log10 γ (γ = 0 drawn at −4)", log=True), panel("steps", "steps")]),
+        os.path.join(args.out, "sweep.png"),
+    )
 
 
 def hole_sizes(run, held, clean, args):
@@ -110,8 +131,12 @@ def hole_sizes(run, held, clean, args):
     ref = from_model(to_model(clean, run.n_bits), run.n_bits)
     record = {"command": " ".join(sys.argv), "images": n, "defaults": DEFAULTS, "holes": []}
     for k in (int(v) for v in args.holes.split(",")):
-        pos = torch.stack([square_positions(run.config.get("seed", 0), held.indices[j], k, 1,
-                                            size) for j in range(n)])
+        pos = torch.stack(
+            [
+                square_positions(run.config.get("seed", 0), held.indices[j], k, 1, size)
+                for j in range(n)
+            ]
+        )
         hole = square_mask(pos, k, size)
         x = to_model(torch.where(hole, torch.tensor(GREY), clean), run.n_bits)
         shown = from_model(x, run.n_bits)  # (to_model of this would not give x back exactly)

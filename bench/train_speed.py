@@ -15,6 +15,7 @@ told not to. `--threads auto` sets the threads as training does (training/thread
 `--shared-cpu` runs this script in a fresh process per setting (OpenMP reads OMP_WAIT_POLICY when
 it starts), the settings interleaved round by round, so that the ratios hold on a loaded machine.
 """
+
 import argparse
 import os
 import statistics
@@ -39,8 +40,7 @@ BUSY = "while True: pass"
 
 def make(p, impl):
     torch.manual_seed(0)
-    return Glow(blocks=p.blocks, flows=p.flows, hidden=p.hidden, image_size=p.image_size,
-                impl=impl)
+    return Glow(blocks=p.blocks, flows=p.flows, hidden=p.hidden, image_size=p.image_size, impl=impl)
 
 
 def step(model, optimizer, x, bits):
@@ -68,17 +68,35 @@ def shared_cpu(args):
     """Seconds per fused small-preset iteration for each thread setting and wait policy, with
     the machine as it is and beside one more busy process; `args.shared_cpu` rounds. Each run's
     time is printed as it comes, then the table."""
-    settings = [(threads, policy, busy) for busy in (0, 1) for threads, policy in (
-        ("all", None), ("all", "PASSIVE"), ("1", None), ("auto", None))]
+    settings = [
+        (threads, policy, busy)
+        for busy in (0, 1)
+        for threads, policy in (("all", None), ("all", "PASSIVE"), ("1", None), ("auto", None))
+    ]
     times = {s: [] for s in settings}
     for round_ in range(args.shared_cpu):
         for threads, policy, busy in settings:
-            env = {k: v for k, v in os.environ.items()
-                   if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+            env = {
+                k: v
+                for k, v in os.environ.items()
+                if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")
+            }
             if policy:
                 env["OMP_WAIT_POLICY"] = policy
-            cmd = [sys.executable, __file__, "--preset", args.preset, "--impl", "fused",
-                   "--steps", str(args.steps), "--warmup", str(args.warmup), "--busy", str(busy)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--preset",
+                args.preset,
+                "--impl",
+                "fused",
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                "--busy",
+                str(busy),
+            ]
             if threads != "all":
                 cmd += ["--threads", threads]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
@@ -88,18 +106,27 @@ def shared_cpu(args):
             times[(threads, policy, busy)].append(run)
             with open("/proc/loadavg") as f:
                 load = f.read().split()[0]
-            print(f"round {round_ + 1}: busy {busy}, threads {threads} ({run[1]} used), "
-                  f"{policy or 'default'}: {run[0]:.3f} s/iter (load {load})", flush=True)
-    print(f"preset {args.preset}, fused, {args.steps} timed steps a run, {args.shared_cpu} rounds, "
-          f"{len(os.sched_getaffinity(0))} cores")
-    print("| busy processes added | threads | OMP_WAIT_POLICY | threads used | s/iter (median "
-          "of rounds) | each round |")
+            print(
+                f"round {round_ + 1}: busy {busy}, threads {threads} ({run[1]} used), "
+                f"{policy or 'default'}: {run[0]:.3f} s/iter (load {load})",
+                flush=True,
+            )
+    print(
+        f"preset {args.preset}, fused, {args.steps} timed steps a run, {args.shared_cpu} rounds, "
+        f"{len(os.sched_getaffinity(0))} cores"
+    )
+    print(
+        "| busy processes added | threads | OMP_WAIT_POLICY | threads used | s/iter (median "
+        "of rounds) | each round |"
+    )
     print("|---|---|---|---|---|---|")
     for (threads, policy, busy), runs in times.items():
         used = sorted({n for _, n in runs})
-        print(f"| {busy} | {threads} | {policy or 'default'} | {'/'.join(map(str, used))} | "
-              f"{statistics.median(t for t, _ in runs):.3f} | "
-              f"{' '.join(f'{t:.3f}' for t, _ in runs)} |")
+        print(
+            f"| {busy} | {threads} | {policy or 'default'} | {'/'.join(map(str, used))} | "
+            f"{statistics.median(t for t, _ in runs):.3f} | "
+            f"{' '.join(f'{t:.3f}' for t, _ in runs)} |"
+        )
 
 
 def main():
@@ -107,17 +134,31 @@ def main():
     parser.add_argument("--preset", default="small", choices=sorted(PRESETS))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", default=None,
-                        help="a count, or auto (the cores other processes leave free)")
+    parser.add_argument(
+        "--threads", default=None, help="a count, or auto (the cores other processes leave free)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--allocator", choices=["keep", "default"], default="keep",
-                        help="keep freed heap memory, as training does, or glibc's default")
+    parser.add_argument(
+        "--allocator",
+        choices=["keep", "default"],
+        default="keep",
+        help="keep freed heap memory, as training does, or glibc's default",
+    )
     parser.add_argument("--impl", choices=["both", "fused", "reference"], default="both")
-    parser.add_argument("--busy", type=int, default=0,
-                        help="processes that keep a core busy each while this one is timed")
-    parser.add_argument("--shared-cpu", type=int, default=0, metavar="ROUNDS",
-                        help="compare thread settings and wait policies, idle and beside a busy "
-                             "process (fused only)")
+    parser.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        help="processes that keep a core busy each while this one is timed",
+    )
+    parser.add_argument(
+        "--shared-cpu",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="compare thread settings and wait policies, idle and beside a busy "
+        "process (fused only)",
+    )
     args = parser.parse_args()
     if args.shared_cpu:
         shared_cpu(args)
@@ -147,11 +188,13 @@ def main():
         for proc in others:
             proc.kill()
             proc.wait()
-    print(f"preset {args.preset}: {p.image_size}x{p.image_size}, {p.blocks} blocks x "
-          f"{p.flows} flows, hidden {p.hidden}, batch {p.batch}, "
-          f"{args.device}, {torch.get_num_threads()} threads, {args.steps} timed steps (median), "
-          f"{'freed heap kept' if kept else 'glibc default allocator'}"
-          f"{f', beside {args.busy} busy processes' if args.busy else ''}")
+    print(
+        f"preset {args.preset}: {p.image_size}x{p.image_size}, {p.blocks} blocks x "
+        f"{p.flows} flows, hidden {p.hidden}, batch {p.batch}, "
+        f"{args.device}, {torch.get_num_threads()} threads, {args.steps} timed steps (median), "
+        f"{'freed heap kept' if kept else 'glibc default allocator'}"
+        f"{f', beside {args.busy} busy processes' if args.busy else ''}"
+    )
     print(f"{'impl':<10} {'s/iter':>8} {'images/s':>9}")
     medians = {}
     for impl, (_, _, times) in runs.items():

@@ -24,6 +24,7 @@ What is measured at a milestone (all on fixed images, noise and seeds, so milest
 This script is for background runs of minutes to hours; CI never runs it (tests/test_study.py
 runs one tiny milestone).
 """
+
 import argparse
 import json
 import os
@@ -57,56 +58,138 @@ KEEP_ITERATIONS = 3  # keeping the observed pixels matters only when the restora
 # One change at a time from the base (the `small` preset). The prediction was written before the
 # run; docs/phenomenon.md records what happened.
 LEVERS = {
-    "base": dict(lever="base (small preset)", change={}, prediction=(
-        "gap shrinks slowly (≈ −0.005 bits/dim per 1k iterations at first, then slower) and stays "
-        "positive to 40k; faint squares at t ≥ 0.7 in 10–30 % of samples, none at t ≤ 0.5")),
-    "clean": dict(lever="control: no square", change=dict(square=0), detector_square=5, prediction=(
-        "the detector's false-positive floor: samples of a model that never saw a square, counted "
-        "with base's detector (K = 5). Expect 5–20 % at t ≥ 0.7 while samples are noisy, falling "
-        "as they sharpen; any base count at or below this floor is not evidence of squares")),
-    "hidden128": dict(lever="coupling width", change=dict(hidden=128), prediction=(
-        "more capacity per flow: lower bits/dim overall and a gap shrinking faster than base "
-        "per iteration, at ~2× the cost per iteration")),
-    "flows16": dict(lever="flows per block", change=dict(flows=16), prediction=(
-        "like hidden128: a faster-shrinking gap per iteration at ~2× the cost")),
-    "blocks2": dict(lever="number of blocks", change=dict(blocks=2), prediction=(
-        "fewer levels: the top prior sees 4×4×48 instead of 2×2×192 and the square (5 px) spans "
-        "fewer latent positions of the last level; little change in the gap, cheaper per "
-        "iteration")),
-    "size32": dict(lever="image size", change=dict(image_size=32, square=10, blocks=4), prediction=(
-        "same K/S at 32×32 (K = 10, 4 blocks): the square's edge is a smaller share of the pixels, "
-        "so the gap per dimension starts smaller but falls no faster; ~4× the cost per iteration")),
-    "square8": dict(lever="square size (K/S 0.5)", change=dict(square=8), prediction=(
-        "as in the first runs: gap negative at once, squares in samples at every t (in the mean)")),
-    "square3": dict(lever="square size (K/S 0.19)", change=dict(square=3), prediction=(
-        "a smaller square costs fewer bits: gap smaller in absolute terms, learned no sooner")),
-    "images50k": dict(lever="training images", change=dict(synthetic_count=50_000), prediction=(
-        "no change in the gap within a few thousand iterations (10k images are not yet "
-        "overfitted at 64 × 3k = 192k images seen); matters only in long runs")),
-    "images1k": dict(lever="training images", change=dict(synthetic_count=1_000), prediction=(
-        "overfits: training gap falls faster than base (the square positions of 1k images are "
-        "memorised), held-out gap does not")),
-    "simple": dict(lever="dataset simplicity", change=dict(synthetic_detail="low"), prediction=(
-        "blurred faces (drawn at 8 px, bilinear to 16) leave less detail to learn, so capacity "
-        "goes to the square sooner: gap falls faster than base, squares in samples at t ≈ 1 "
-        "sooner")),
-    "simple-clean": dict(lever="control: simple, no square",
-                         change=dict(synthetic_detail="low", square=0),
-                         detector_square=5, prediction=(
-        "the detector's floor on the blurred faces: lower than on the full faces (fewer sharp "
-        "features to mistake for a square's edges)")),
-    "additive": dict(lever="coupling type", change=dict(affine=False), prediction=(
-        "additive coupling cannot scale, so the flat grey square is harder to make cheap: gap "
-        "falls slower than base; no non-finite samples")),
-    "lr2e-3": dict(lever="learning rate", change=dict(lr=2e-3, warmup=1000), prediction=(
-        "faster early progress in bits/dim, a faster-falling gap, maybe non-finite steps")),
-    "lr3e-4": dict(lever="learning rate", change=dict(lr=3e-4, warmup=200), prediction=(
-        "slower everywhere: gap falls slower than base")),
-    "bits3": dict(lever="n_bits", change=dict(n_bits=3), prediction=(
-        "coarser pixels leave less fine detail to model, so the square is a larger share of what "
-        "remains: gap (in bits/dim at 3 bits) shrinks faster relative to its start")),
-    "memsave": dict(lever="memory-saving path (speed only)", change=dict(memory_saving=True),
-                    prediction=("same curve as base up to rounding, ~1.3× slower per iteration")),
+    "base": dict(
+        lever="base (small preset)",
+        change={},
+        prediction=(
+            "gap shrinks slowly (≈ −0.005 bits/dim per 1k iterations at first, then slower) and "
+            "stays positive to 40k; faint squares at t ≥ 0.7 in 10–30 % of samples, none at t ≤ 0.5"
+        ),
+    ),
+    "clean": dict(
+        lever="control: no square",
+        change=dict(square=0),
+        detector_square=5,
+        prediction=(
+            "the detector's false-positive floor: samples of a model that never saw a square, "
+            "counted with base's detector (K = 5). Expect 5–20 % at t ≥ 0.7 while samples are "
+            "noisy, falling as they sharpen; any base count at or below this floor is not "
+            "evidence of squares"
+        ),
+    ),
+    "hidden128": dict(
+        lever="coupling width",
+        change=dict(hidden=128),
+        prediction=(
+            "more capacity per flow: lower bits/dim overall and a gap shrinking faster than base "
+            "per iteration, at ~2× the cost per iteration"
+        ),
+    ),
+    "flows16": dict(
+        lever="flows per block",
+        change=dict(flows=16),
+        prediction=("like hidden128: a faster-shrinking gap per iteration at ~2× the cost"),
+    ),
+    "blocks2": dict(
+        lever="number of blocks",
+        change=dict(blocks=2),
+        prediction=(
+            "fewer levels: the top prior sees 4×4×48 instead of 2×2×192 and the square (5 px) "
+            "spans fewer latent positions of the last level; little change in the gap, cheaper per "
+            "iteration"
+        ),
+    ),
+    "size32": dict(
+        lever="image size",
+        change=dict(image_size=32, square=10, blocks=4),
+        prediction=(
+            "same K/S at 32×32 (K = 10, 4 blocks): the square's edge is a smaller share of the "
+            "pixels, so the gap per dimension starts smaller but falls no faster; ~4× the cost per "
+            "iteration"
+        ),
+    ),
+    "square8": dict(
+        lever="square size (K/S 0.5)",
+        change=dict(square=8),
+        prediction=(
+            "as in the first runs: gap negative at once, squares in samples at every t "
+            "(in the mean)"
+        ),
+    ),
+    "square3": dict(
+        lever="square size (K/S 0.19)",
+        change=dict(square=3),
+        prediction=(
+            "a smaller square costs fewer bits: gap smaller in absolute terms, learned no sooner"
+        ),
+    ),
+    "images50k": dict(
+        lever="training images",
+        change=dict(synthetic_count=50_000),
+        prediction=(
+            "no change in the gap within a few thousand iterations (10k images are not yet "
+            "overfitted at 64 × 3k = 192k images seen); matters only in long runs"
+        ),
+    ),
+    "images1k": dict(
+        lever="training images",
+        change=dict(synthetic_count=1_000),
+        prediction=(
+            "overfits: training gap falls faster than base (the square positions of 1k images are "
+            "memorised), held-out gap does not"
+        ),
+    ),
+    "simple": dict(
+        lever="dataset simplicity",
+        change=dict(synthetic_detail="low"),
+        prediction=(
+            "blurred faces (drawn at 8 px, bilinear to 16) leave less detail to learn, so capacity "
+            "goes to the square sooner: gap falls faster than base, squares in samples at t ≈ 1 "
+            "sooner"
+        ),
+    ),
+    "simple-clean": dict(
+        lever="control: simple, no square",
+        change=dict(synthetic_detail="low", square=0),
+        detector_square=5,
+        prediction=(
+            "the detector's floor on the blurred faces: lower than on the full faces (fewer sharp "
+            "features to mistake for a square's edges)"
+        ),
+    ),
+    "additive": dict(
+        lever="coupling type",
+        change=dict(affine=False),
+        prediction=(
+            "additive coupling cannot scale, so the flat grey square is harder to make cheap: gap "
+            "falls slower than base; no non-finite samples"
+        ),
+    ),
+    "lr2e-3": dict(
+        lever="learning rate",
+        change=dict(lr=2e-3, warmup=1000),
+        prediction=(
+            "faster early progress in bits/dim, a faster-falling gap, maybe non-finite steps"
+        ),
+    ),
+    "lr3e-4": dict(
+        lever="learning rate",
+        change=dict(lr=3e-4, warmup=200),
+        prediction=("slower everywhere: gap falls slower than base"),
+    ),
+    "bits3": dict(
+        lever="n_bits",
+        change=dict(n_bits=3),
+        prediction=(
+            "coarser pixels leave less fine detail to model, so the square is a larger share of "
+            "what remains: gap (in bits/dim at 3 bits) shrinks faster relative to its start"
+        ),
+    ),
+    "memsave": dict(
+        lever="memory-saving path (speed only)",
+        change=dict(memory_saving=True),
+        prediction=("same curve as base up to rounding, ~1.3× slower per iteration"),
+    ),
 }
 
 
@@ -114,8 +197,9 @@ def base_config():
     """The small preset on the full-detail faces: the base every lever changes one thing of (the
     preset itself trains on the low-detail faces, which is this study's `simple` lever). A plain
     dict, as a run stores its config, so that a lever's change is a dict update."""
-    config, _ = presets.resolve_config({"preset": "small", "synthetic_detail": "full"},
-                                       has_gpu=False)
+    config, _ = presets.resolve_config(
+        {"preset": "small", "synthetic_detail": "full"}, has_gpu=False
+    )
     return config.to_dict()
 
 
@@ -125,12 +209,19 @@ def run_config(name, root):
         raise SystemExit(f"unknown run {name!r}; `study.py list` shows the levers")
     config = presets.TrainConfig(**dict(base_config(), **LEVERS[name]["change"]))
     presets.validate(config)
-    config = replace(config, out=os.path.join(root, name), sample_every=10**9, eval_every=10**9,
-                     checkpoint_every=500, log_every=50)
+    config = replace(
+        config,
+        out=os.path.join(root, name),
+        sample_every=10**9,
+        eval_every=10**9,
+        checkpoint_every=500,
+        log_every=50,
+    )
     return config.to_dict()
 
 
 # --- measuring a checkpoint -----------------------------------------------------------------------
+
 
 def measured(run_dir):
     """{iteration: record} of the milestones already measured (a torn last line is skipped)."""
@@ -156,24 +247,39 @@ def measure(run_dir, train_seconds, detector_square=None):
     config = run.config
     model = run.model.eval()
     cache = dataset_of(config)
-    record = {"iter": checkpoint.load_checkpoint(run_dir)["iteration"],
-              "train_seconds": train_seconds}
+    record = {
+        "iter": checkpoint.load_checkpoint(run_dir)["iteration"],
+        "train_seconds": train_seconds,
+    }
     for split in ("train", "heldout"):
         images = MaskedImages(cache, config["square"], config["squares"], config["seed"], split)
-        bpd = heldout_bits_per_dim(model, images, config["n_bits"], config["seed"], BPD_IMAGES,
-                                   config["batch"])
+        bpd = heldout_bits_per_dim(
+            model, images, config["n_bits"], config["seed"], BPD_IMAGES, config["batch"]
+        )
         record[split] = {k: round(bpd[k], 5) for k in ("masked", "clean", "gap")}
     rows = square_table(run, TEMPERATURES, SAMPLES_PER_T, seed=0)
-    record["table1"] = [{"t": r["t"], "finite": r["finite"], "nonfinite": r["nonfinite"],
-                         "with_square_pct": round(100 - r["shares"][0], 1) if r["finite"] else None,
-                         "E": round(r["E"], 3) if r["finite"] else None} for r in rows]
+    record["table1"] = [
+        {
+            "t": r["t"],
+            "finite": r["finite"],
+            "nonfinite": r["nonfinite"],
+            "with_square_pct": round(100 - r["shares"][0], 1) if r["finite"] else None,
+            "E": round(r["E"], 3) if r["finite"] else None,
+        }
+        for r in rows
+    ]
     sheet, _ = sample_sheet(run, TEMPERATURES, 12, seed=0)
     save_png(sheet, os.path.join(run_dir, "study", f"samples-{record['iter']:08d}.png"))
     with torch.enable_grad():  # the latent-norm inversion in evaluate takes gradient steps
         result = evaluate.evaluate(run, IMPUTE_IMAGES, list(ALPHAS), iterations=KEEP_ITERATIONS)
-    record["impute"] = [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()
-                         if k in ("method", "alpha", "rmse_in", "rmse_out", "nonfinite")}
-                        for row in result["rows"]]
+    record["impute"] = [
+        {
+            k: (round(v, 5) if isinstance(v, float) else v)
+            for k, v in row.items()
+            if k in ("method", "alpha", "rmse_in", "rmse_out", "nonfinite")
+        }
+        for row in result["rows"]
+    ]
     return record
 
 
@@ -266,15 +372,20 @@ def _fmt(value):
 
 
 def summary_line(r):
-    squares = " ".join(f"{row['with_square_pct'] if row['with_square_pct'] is not None else '—'}"
-                       for row in r["table1"])
-    return (f"{r['name']} @ {r['iter']:,}: held-out gap {r['heldout']['gap']:+.4f} "
-            f"(train {r['train']['gap']:+.4f}), "
-            f"% with squares at t={'/'.join(map(str, TEMPERATURES))}: "
-            f"{squares}; {r['s_per_iter']} s/it")
+    squares = " ".join(
+        f"{row['with_square_pct'] if row['with_square_pct'] is not None else '—'}"
+        for row in r["table1"]
+    )
+    return (
+        f"{r['name']} @ {r['iter']:,}: held-out gap {r['heldout']['gap']:+.4f} "
+        f"(train {r['train']['gap']:+.4f}), "
+        f"% with squares at t={'/'.join(map(str, TEMPERATURES))}: "
+        f"{squares}; {r['s_per_iter']} s/it"
+    )
 
 
 # --- the report -----------------------------------------------------------------------------------
+
 
 def load_runs(root, names=None):
     runs = {}
@@ -298,17 +409,34 @@ def gap_chart(runs, split="heldout"):
     """One line per run (the no-square controls, whose gap is 0 by construction, left out); past
     the palette's colours the lines are dashed, so no two look alike."""
     named = [(name, rs) for name, rs in runs.items() if "detector_square" not in LEVERS[name]]
-    series = [plot.Series(name, [r["iter"] for r in rs], [r[split]["gap"] for r in rs],
-                          dashed=i >= len(plot.PALETTE)) for i, (name, rs) in enumerate(named)]
-    return plot.line_chart(series, title=f"{split} gap: bits/dim of masked − clean images",
-                           xlabel="training iteration", ylabel="gap (bits/dim)",
-                           note="below 0: the square is cheaper than the face it hides")
+    series = [
+        plot.Series(
+            name,
+            [r["iter"] for r in rs],
+            [r[split]["gap"] for r in rs],
+            dashed=i >= len(plot.PALETTE),
+        )
+        for i, (name, rs) in enumerate(named)
+    ]
+    return plot.line_chart(
+        series,
+        title=f"{split} gap: bits/dim of masked − clean images",
+        xlabel="training iteration",
+        ylabel="gap (bits/dim)",
+        note="below 0: the square is cheaper than the face it hides",
+    )
 
 
 def _square_free(record, label, **style):
-    return plot.Series(label, [row["t"] for row in record["table1"]],
-                       [100 - row["with_square_pct"] if row["with_square_pct"] is not None
-                        else float("nan") for row in record["table1"]], **style)
+    return plot.Series(
+        label,
+        [row["t"] for row in record["table1"]],
+        [
+            100 - row["with_square_pct"] if row["with_square_pct"] is not None else float("nan")
+            for row in record["table1"]
+        ],
+        **style,
+    )
 
 
 def square_free_chart(name, records, control=None, at_most=5):
@@ -320,23 +448,38 @@ def square_free_chart(name, records, control=None, at_most=5):
     series = [_square_free(r, f"{r['iter']:,} it") for r in chosen]
     before = [r for r in control or [] if r["iter"] <= chosen[-1]["iter"]]
     if before and LEVERS[name].get("detector_square") is None:
-        series.append(_square_free(before[-1], f"control, no square ({before[-1]['iter']:,} it)",
-                                   dashed=True, colour=(120, 120, 120)))
-    return plot.line_chart(series, title=f"{name}: square-free samples vs temperature",
-                           xlabel="temperature t", ylabel="% of finite samples square-free",
-                           ylim=(0, 105), note="automatic detector, 50 samples per t")
+        series.append(
+            _square_free(
+                before[-1],
+                f"control, no square ({before[-1]['iter']:,} it)",
+                dashed=True,
+                colour=(120, 120, 120),
+            )
+        )
+    return plot.line_chart(
+        series,
+        title=f"{name}: square-free samples vs temperature",
+        xlabel="temperature t",
+        ylabel="% of finite samples square-free",
+        ylim=(0, 105),
+        note="automatic detector, 50 samples per t",
+    )
 
 
 def table_markdown(runs):
-    head = ("| run | lever | iterations | s/it | held-out gap | gap / clean bpd | train gap | "
-            + " | ".join(f"% sq. t={t}" for t in TEMPERATURES)
-            + " | non-finite (of 300) | RMSE in square, α=0.6 | grey fill | mean fill | "
-            "RMSE outside, α=0.6 | keep observed ×3, α=0.6 |")
+    head = (
+        "| run | lever | iterations | s/it | held-out gap | gap / clean bpd | train gap | "
+        + " | ".join(f"% sq. t={t}" for t in TEMPERATURES)
+        + " | non-finite (of 300) | RMSE in square, α=0.6 | grey fill | mean fill | "
+        "RMSE outside, α=0.6 | keep observed ×3, α=0.6 |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, rs in runs.items():
         r = rs[-1]
-        pct = " | ".join("—" if row["with_square_pct"] is None else f"{row['with_square_pct']:g}"
-                         for row in r["table1"])
+        pct = " | ".join(
+            "—" if row["with_square_pct"] is None else f"{row['with_square_pct']:g}"
+            for row in r["table1"]
+        )
         bad = sum(row["nonfinite"] for row in r["table1"])
         lines.append(
             f"| {name} | {LEVERS[name]['lever']} | {r['iter']:,} | {r['s_per_iter']} | "
@@ -346,20 +489,25 @@ def table_markdown(runs):
             f"{_fmt(impute_rmse(r, 'flow', 0.6))} | {_fmt(impute_rmse(r, 'grey fill'))} | "
             f"{_fmt(impute_rmse(r, 'mean-colour fill'))} | "
             f"{_fmt(impute_rmse(r, 'flow', 0.6, 'rmse_out'))} | "
-            f"{_fmt(impute_rmse(r, f'flow + keep observed ×{KEEP_ITERATIONS}', 0.6))} |")
+            f"{_fmt(impute_rmse(r, f'flow + keep observed ×{KEEP_ITERATIONS}', 0.6))} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def gap_markdown(runs):
     """Held-out gap of every run at every milestone, one row per run."""
     iters = sorted({r["iter"] for rs in runs.values() for r in rs})
-    lines = ["| run | " + " | ".join(f"{i // 1000}k" if i % 1000 == 0 else str(i) for i in iters)
-             + " |",
-             "|" + "---|" * (len(iters) + 1)]
+    lines = [
+        "| run | " + " | ".join(f"{i // 1000}k" if i % 1000 == 0 else str(i) for i in iters) + " |",
+        "|" + "---|" * (len(iters) + 1),
+    ]
     for name, rs in runs.items():
         by_iter = {r["iter"]: r["heldout"]["gap"] for r in rs}
-        lines.append(f"| {name} | " + " | ".join(f"{by_iter[i]:+.3f}" if i in by_iter else ""
-                                                for i in iters) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{by_iter[i]:+.3f}" if i in by_iter else "" for i in iters)
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -373,8 +521,10 @@ def report(root, out, md, names):
     for name, records in runs.items():
         low = LEVERS[name]["change"].get("synthetic_detail") == "low"
         control = runs.get("simple-clean" if low else "clean")
-        save_png(square_free_chart(name, records, control),
-                  os.path.join(out, f"square-free-vs-t-{name}.png"))
+        save_png(
+            square_free_chart(name, records, control),
+            os.path.join(out, f"square-free-vs-t-{name}.png"),
+        )
     text = table_markdown(runs) + "\n" + gap_markdown(runs)
     if md:
         checkpoint.atomic_write(md, lambda f: f.write(text.encode()))
@@ -428,8 +578,10 @@ def main(argv=None):
         return
     if args.command == "list":
         for name, lever in LEVERS.items():
-            print(f"{name:<10} {lever['lever']:<32} {lever['change']}\n{'':<11}prediction: "
-                  f"{lever['prediction']}")
+            print(
+                f"{name:<10} {lever['lever']:<32} {lever['change']}\n{'':<11}prediction: "
+                f"{lever['prediction']}"
+            )
         return
     if args.command == "report":
         report(args.root, args.out, args.md, args.names)

@@ -10,6 +10,7 @@ or 1 (grey), and hides the model space (quantisation to the run's n_bits, bin ce
 command line uses, so numbers and images match what `missingglow` commands report. The analysis
 modules are imported inside the methods, so `import missingglow` stays light.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,13 +41,14 @@ class Flow:
     Glow initialises its ActNorms on the first images it sees, as in training.
     """
 
-    def __init__(self, model: Glow, n_bits: int = 5, config: dict | None = None,
-                 path: str | None = None):
+    def __init__(
+        self, model: Glow, n_bits: int = 5, config: dict | None = None, path: str | None = None
+    ):
         if not 1 <= n_bits <= 8:
             raise UserError(f"n_bits must be 1 to 8, not {n_bits}")
         self.model = model.eval()
         self.n_bits = int(n_bits)
-        self.config: dict = dict(config or {})   # the training config; {} for an imported model
+        self.config: dict = dict(config or {})  # the training config; {} for an imported model
         self.path = path
 
     @property
@@ -75,8 +77,9 @@ class Flow:
 
     def __repr__(self) -> str:
         where = f"{self.path!r}, " if self.path else ""
-        return (f"Flow({where}{self.channels}×{self.image_size}×{self.image_size}, "
-                f"{self.n_bits} bits)")
+        return (
+            f"Flow({where}{self.channels}×{self.image_size}×{self.image_size}, {self.n_bits} bits)"
+        )
 
     # --- between images and model space -----------------------------------------------------------
 
@@ -86,7 +89,7 @@ class Flow:
 
     def from_model(self, x: torch.Tensor) -> torch.Tensor:
         """Model space → images with the model's channels (a bin's centre → its 8-bit value)."""
-        return _from_model(x, self.n_bits)[:, :self.channels]
+        return _from_model(x, self.n_bits)[:, : self.channels]
 
     # --- the model ----------------------------------------------------------------------------
 
@@ -97,10 +100,11 @@ class Flow:
         from .analysis.runs import sample_images
 
         if n < 1 or temperature < 0:
-            raise UserError(f"sample takes n >= 1 and temperature >= 0, not n={n}, "
-                            f"temperature={temperature}")
+            raise UserError(
+                f"sample takes n >= 1 and temperature >= 0, not n={n}, temperature={temperature}"
+            )
         images = sample_images(self, int(n), temperature, seed)
-        return images[:, :self.channels].to(self.device)
+        return images[:, : self.channels].to(self.device)
 
     @torch.no_grad()
     def bits_per_dim(self, images: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -109,10 +113,11 @@ class Flow:
         dequantisation noise, as training's held-out bits/dim and `evaluate` do (in expectation an
         upper bound on the exact value). D = C·S·S of the model's channels; for the log-probability
         in nats, multiply by −D·ln 2."""
-        x = self._placed(quantize(match_channels(self._images(images), self.channels),
-                                  self.n_bits))                        # each bin's lower edge
+        x = self._placed(
+            quantize(match_channels(self._images(images), self.channels), self.n_bits)
+        )  # each bin's lower edge
         noise = torch.rand(x.shape, generator=generator(seed, "bits-per-dim"), dtype=x.dtype)
-        x = x + noise.to(x.device) / 2 ** self.n_bits
+        x = x + noise.to(x.device) / 2**self.n_bits
         return _bits_per_dim(self.model.log_prob(x), self.n_bits, x[0].numel())
 
     @torch.no_grad()
@@ -132,8 +137,13 @@ class Flow:
         return self.from_model(x)
 
     @torch.no_grad()
-    def impute(self, images: torch.Tensor, alpha: float = 0.6, mask: torch.Tensor | None = None,
-               iterations: int = 1) -> torch.Tensor:
+    def impute(
+        self,
+        images: torch.Tensor,
+        alpha: float = 0.6,
+        mask: torch.Tensor | None = None,
+        iterations: int = 1,
+    ) -> torch.Tensor:
         """The paper's x' = Φ⁻¹(α·Φ(x)): α < 1 pulls the latent toward the centre, where squares
         are absent. With `mask` (True where pixels are missing), pixels outside it keep the input
         and the step repeats `iterations` times."""
@@ -142,10 +152,16 @@ class Flow:
         images = self._images(images)
         mask = None if mask is None else self._mask(mask, images).to(self.device)
         out = restore(self.model, self._placed(images), [alpha], self.n_bits, mask, iterations)
-        return out[0][:, :self.channels]
+        return out[0][:, : self.channels]
 
-    def invert(self, images: torch.Tensor, mask: torch.Tensor, samples: int | None = None,
-               seed: int = 0, **options: Any) -> torch.Tensor:
+    def invert(
+        self,
+        images: torch.Tensor,
+        mask: torch.Tensor,
+        samples: int | None = None,
+        seed: int = 0,
+        **options: Any,
+    ) -> torch.Tensor:
         """Restore the pixels where `mask` is True by latent-norm inversion (docs/imputation.md):
         the image of a small latent that fits every observed pixel, observed pixels kept exactly.
 
@@ -157,23 +173,39 @@ class Flow:
 
         unknown = sorted(set(options) - INVERT_OPTIONS)
         if unknown:
-            raise UserError(f"invert has no option {', '.join(unknown)}; it takes "
-                            f"{', '.join(sorted(INVERT_OPTIONS))}")
+            raise UserError(
+                f"invert has no option {', '.join(unknown)}; it takes "
+                f"{', '.join(sorted(INVERT_OPTIONS))}"
+            )
         if samples is not None and samples < 1:
             raise UserError(f"samples must be at least 1, not {samples}")
         images = self._images(images)
         mask = self._mask(mask, images).to(self.device)
         try:
-            out, _ = invert(self.model, self.to_model(images), mask, samples=samples or 1,
-                            generator=generator(seed, "invert"), **options)
+            out, _ = invert(
+                self.model,
+                self.to_model(images),
+                mask,
+                samples=samples or 1,
+                generator=generator(seed, "invert"),
+                **options,
+            )
         except ValueError as err:
             raise UserError(str(err)) from None
         out = torch.stack([self.from_model(completion) for completion in out])
         return out[0] if samples is None else out
 
-    def posterior(self, images: torch.Tensor, mask: torch.Tensor, n: int,
-                  temperature: float | None = None, seed: int = 0, warmup: int | None = None,
-                  steps: int | None = None, **options: Any) -> torch.Tensor:
+    def posterior(
+        self,
+        images: torch.Tensor,
+        mask: torch.Tensor,
+        n: int,
+        temperature: float | None = None,
+        seed: int = 0,
+        warmup: int | None = None,
+        steps: int | None = None,
+        **options: Any,
+    ) -> torch.Tensor:
         """n completions per image drawn from the posterior over latents given the observed
         pixels (docs/imputation.md), observed pixels kept exactly: (n, N, C, S, S).
 
@@ -186,8 +218,10 @@ class Flow:
 
         unknown = sorted(set(options) - POSTERIOR_OPTIONS)
         if unknown:
-            raise UserError(f"posterior has no option {', '.join(unknown)}; it takes "
-                            f"{', '.join(sorted(POSTERIOR_OPTIONS))}")
+            raise UserError(
+                f"posterior has no option {', '.join(unknown)}; it takes "
+                f"{', '.join(sorted(POSTERIOR_OPTIONS))}"
+            )
         if n < 1:
             raise UserError(f"n must be at least 1, not {n}")
         sampling = dict(SAMPLING)
@@ -198,9 +232,15 @@ class Flow:
         images = self._images(images)
         mask = self._mask(mask, images).to(self.device)
         try:
-            _, draws, _, _ = map_and_draws(self.model, self.to_model(images), mask, int(n),
-                                           generator(seed, "posterior"), sampling=sampling,
-                                           **options)
+            _, draws, _, _ = map_and_draws(
+                self.model,
+                self.to_model(images),
+                mask,
+                int(n),
+                generator(seed, "posterior"),
+                sampling=sampling,
+                **options,
+            )
         except ValueError as err:
             raise UserError(str(err)) from None
         return torch.stack([self.from_model(draw) for draw in draws])
@@ -213,31 +253,47 @@ class Flow:
         return tensor.to(param.device, param.dtype)
 
     def _images(self, images: Any) -> torch.Tensor:
-        if not isinstance(images, torch.Tensor) or images.dim() != 4 \
-                or images.shape[1] not in (1, 3):
-            raise UserError(f"expected images as an (N, C, S, S) tensor with C = 1 or 3, not "
-                            f"{_describe(images)}")
+        if (
+            not isinstance(images, torch.Tensor)
+            or images.dim() != 4
+            or images.shape[1] not in (1, 3)
+        ):
+            raise UserError(
+                f"expected images as an (N, C, S, S) tensor with C = 1 or 3, not "
+                f"{_describe(images)}"
+            )
         if not images.is_floating_point():
-            raise UserError(f"images must be floats in [0, 1], not {images.dtype} (8-bit images: "
-                            "divide by 255)")
+            raise UserError(
+                f"images must be floats in [0, 1], not {images.dtype} (8-bit images: divide by 255)"
+            )
         side, step = images.shape[-1], 2 ** len(self.model.blocks)
         if images.shape[-2] != side or side % step:
-            raise UserError(f"images must be square with a side divisible by {step}, not "
-                            f"{tuple(images.shape[-2:])}")
+            raise UserError(
+                f"images must be square with a side divisible by {step}, not "
+                f"{tuple(images.shape[-2:])}"
+            )
         if images.numel() and not bool(((images >= 0) & (images <= 1)).all()):
-            raise UserError(f"image values must be in [0, 1], not {images.min().item():g} to "
-                            f"{images.max().item():g}")
+            raise UserError(
+                f"image values must be in [0, 1], not {images.min().item():g} to "
+                f"{images.max().item():g}"
+            )
         return images
 
     def _mask(self, mask: Any, images: torch.Tensor) -> torch.Tensor:
         """(S, S), (1, S, S) or (N or 1, 1, S, S), True where missing → (N, 1, S, S) bool."""
         n, side = images.shape[0], images.shape[-1]
-        if not isinstance(mask, torch.Tensor) or mask.shape[-2:] != (side, side) \
-                or mask.dim() not in (2, 3, 4) or mask.shape[:-2].numel() not in (1, n) \
-                or (mask.dim() == 4 and mask.shape[1] != 1):
-            raise UserError(f"the mask must be (S, S), (1, S, S) or (N, 1, S, S) for {n} images "
-                            f"of side {side}, True where pixels are missing; got "
-                            f"{_describe(mask)}")
+        if (
+            not isinstance(mask, torch.Tensor)
+            or mask.shape[-2:] != (side, side)
+            or mask.dim() not in (2, 3, 4)
+            or mask.shape[:-2].numel() not in (1, n)
+            or (mask.dim() == 4 and mask.shape[1] != 1)
+        ):
+            raise UserError(
+                f"the mask must be (S, S), (1, S, S) or (N, 1, S, S) for {n} images "
+                f"of side {side}, True where pixels are missing; got "
+                f"{_describe(mask)}"
+            )
         return mask.bool().reshape(-1, 1, side, side).expand(n, 1, side, side)
 
 
@@ -264,7 +320,7 @@ def load(path: str | os.PathLike, image_size: int | None = None) -> Flow:
     path = os.fspath(path)
     try:
         model, payload = load_model(path, image_size=image_size, say=say)
-    except ValueError as err:   # an image_size the model's blocks cannot halve
+    except ValueError as err:  # an image_size the model's blocks cannot halve
         if image_size is None:
             raise
         raise UserError(f"image_size {image_size} does not fit {path}: {err}") from None

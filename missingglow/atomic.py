@@ -11,6 +11,7 @@ temp files it can lock, whose writer is gone (the kernel drops a dead process's 
 unlike a PID in the name, cannot be fooled by a reused PID, by another PID namespace (a container)
 or by another machine sharing the folder, so a live writer's file is never taken from it.
 """
+
 import contextlib
 import csv
 import io
@@ -34,8 +35,10 @@ class WriteError(UserError):
 
     def __init__(self, path, err):
         self.path, self.reason = os.fspath(path), err.strerror or str(err)
-        super().__init__(f"cannot write {self.path} ({self.reason}); free some space or fix the "
-                         "folder's permissions, or write somewhere else (--out)")
+        super().__init__(
+            f"cannot write {self.path} ({self.reason}); free some space or fix the "
+            "folder's permissions, or write somewhere else (--out)"
+        )
 
 
 def atomic_write(path, write, mode=0o644):

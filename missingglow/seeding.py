@@ -4,6 +4,7 @@ Training (batch order, noise, sample grids) and analysis (samples per temperatur
 noise) name what they draw, e.g. generator(seed, "noise", iteration), so nothing depends on a
 global RNG or on how many draws happened before.
 """
+
 import hashlib
 
 import torch

@@ -6,6 +6,7 @@ steps run (fp32, and bf16 for the coupling networks' hidden convolutions), and t
 the model runs (actnorm_conv, coupling_step, flow_step, their inverses and their backwards) agree
 with their pure-PyTorch references, so a user sees at once whether the build is sound.
 """
+
 import time
 
 import torch
@@ -17,7 +18,7 @@ from .flow.step_params import PRECISIONS
 
 # bf16's round trip is exact step by step (the network sees the same bits both ways) but a
 # rebuilt input can flip a bfloat16 rounding: within one bfloat16 step (2^-8) of the data's scale
-ROUND_TRIP_BOUNDS = {"fp32": 2.0 ** -16, "bf16": 2.0 ** -8}
+ROUND_TRIP_BOUNDS = {"fp32": 2.0**-16, "bf16": 2.0**-8}
 
 
 def _op_names():
@@ -26,8 +27,11 @@ def _op_names():
 
 def _kernel_keys(names):
     """The dispatch keys (of CPU and CUDA) with a kernel for every one of `names`."""
-    return [k for k in ("CPU", "CUDA")
-            if all(torch._C._dispatch_has_kernel_for_dispatch_key(n, k) for n in names)]
+    return [
+        k
+        for k in ("CPU", "CUDA")
+        if all(torch._C._dispatch_has_kernel_for_dispatch_key(n, k) for n in names)
+    ]
 
 
 def extension_status():
@@ -37,8 +41,10 @@ def extension_status():
     names = _op_names()
     keys = _kernel_keys(names)
     gpu = "a GPU is present" if torch.cuda.is_available() else "no GPU"
-    return (f"fused ops: {len(names)} ops with kernels for {', '.join(keys)} ({gpu}); "
-            f"CPU coupling loops: {ops.coupling_simd()}")
+    return (
+        f"fused ops: {len(names)} ops with kernels for {', '.join(keys)} ({gpu}); "
+        f"CPU coupling loops: {ops.coupling_simd()}"
+    )
 
 
 def run(image_size=32, seed=0):
@@ -57,31 +63,41 @@ def run(image_size=32, seed=0):
     error = ((back - x).norm() / x.norm()).item()
     assert error < 1e-4, f"inverse(forward(x)) is off by {error:.2e}"
     bpd = bits_per_dim(log_p, 5, x[0].numel()).mean().item()
-    yield (f"Glow 3 blocks x 4 flows, hidden 32, {image_size}x{image_size}: inverse(forward(x)) "
-           f"relative error {error:.1e}, untrained {bpd:.2f} bits/dim on noise, {elapsed:.2f} s")
+    yield (
+        f"Glow 3 blocks x 4 flows, hidden 32, {image_size}x{image_size}: inverse(forward(x)) "
+        f"relative error {error:.1e}, untrained {bpd:.2f} bits/dim on noise, {elapsed:.2f} s"
+    )
     if ops.AVAILABLE:
         errors = round_trip_errors(model, x, gen)
         scale = x.abs().max().item()
         for precision, error in errors.items():
             bound = ROUND_TRIP_BOUNDS[precision] * scale
             assert error < bound, f"{precision}: decode(encode(x)) is off by {error:.2e}"
-        yield ("round trip max|decode(encode(x)) - x| with the parameters perturbed (a fresh "
-               "model's couplings are the identity): "
-               + ", ".join(f"{p} {e:.1e}" for p, e in errors.items()))
-        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available()
-                             and "CUDA" in _kernel_keys(_op_names()) else [])
+        yield (
+            "round trip max|decode(encode(x)) - x| with the parameters perturbed (a fresh "
+            "model's couplings are the identity): "
+            + ", ".join(f"{p} {e:.1e}" for p, e in errors.items())
+        )
+        devices = ["cpu"] + (
+            ["cuda"] if torch.cuda.is_available() and "CUDA" in _kernel_keys(_op_names()) else []
+        )
         diff = max(fused_ops_difference(device, gen) for device in devices)
         assert diff < 1e-9, f"the fused ops differ from their references by {diff:.2e}"
-        yield (f"fused ops vs reference (float64, {', '.join(devices)}): actnorm_conv, "
-               f"coupling_step, flow_step, inverses and gradients, max difference {diff:.1e}")
+        yield (
+            f"fused ops vs reference (float64, {', '.join(devices)}): actnorm_conv, "
+            f"coupling_step, flow_step, inverses and gradients, max difference {diff:.1e}"
+        )
 
 
 def round_trip_errors(model, x, gen):
     """{precision: max|decode(encode(x)) − x|} of `model` with every parameter perturbed, as
     training would have moved them, run in each precision."""
-    state = {name: t + 0.02 * torch.randn(t.shape, generator=gen, dtype=t.dtype)
-             if t.is_floating_point() and name in dict(model.named_parameters()) else t
-             for name, t in model.state_dict().items()}
+    state = {
+        name: t + 0.02 * torch.randn(t.shape, generator=gen, dtype=t.dtype)
+        if t.is_floating_point() and name in dict(model.named_parameters())
+        else t
+        for name, t in model.state_dict().items()
+    }
     errors = {}
     for precision in PRECISIONS:
         moved = Glow(**{**model.config, "precision": precision})
@@ -116,7 +132,7 @@ def fused_ops_difference(device, gen):
 
     def one_by_one(x, loc, scale, weight, *net):
         out = ops.actnorm_conv(x, loc, scale, weight)
-        return ops.coupling_step(out, fused_step.coupling_net(out[:, :out.shape[1] // 2], *net))
+        return ops.coupling_step(out, fused_step.coupling_net(out[:, : out.shape[1] // 2], *net))
 
     y_ref, logdet_ref = ops_reference.flow_step(x, *params)
     out = ops.actnorm_conv(x, loc, scale, weight)
@@ -125,8 +141,10 @@ def fused_ops_difference(device, gen):
     compare([h], [ops_reference.coupling_net(out[:, :6], *params[3:])])
     compare(ops.coupling_step(out, h), ops_reference.coupling_step(out, h))
     compare(ops.coupling_step_inverse(y_ref, h), ops_reference.coupling_step_inverse(y_ref, h))
-    compare([ops.actnorm_conv_inverse(out, loc, scale, weight)],
-            [ops_reference.actnorm_conv_inverse(out, loc, scale, weight)])
+    compare(
+        [ops.actnorm_conv_inverse(out, loc, scale, weight)],
+        [ops_reference.actnorm_conv_inverse(out, loc, scale, weight)],
+    )
     compare(ops.flow_step_inverse(y_ref, *params), ops_reference.flow_step_inverse(y_ref, *params))
     weights = torch.randn(y_ref.shape, generator=gen, dtype=y_ref.dtype).to(device)
 

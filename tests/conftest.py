@@ -7,6 +7,7 @@ in the whole suite, in any order. Random seeds are an opt-in job (README, Develo
     MISSINGGLOW_TEST_SEEDS=random ./run.sh test     # a fresh seed per test, printed on failure
     MISSINGGLOW_TEST_SEED=1234 ./run.sh test -k X   # replay the seed a failure printed
 """
+
 import hashlib
 import os
 import random
@@ -18,6 +19,10 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+# Training follows the cores other processes leave free unless the thread count is fixed; a test
+# that compares two runs bit for bit needs the same count in both, whatever else the machine runs.
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 
 def seed_for(nodeid):

@@ -5,10 +5,11 @@ Each float32 test computes three results from the same float32 inputs and parame
 op in float32, the reference in float32, and the reference in float64 on those float32 values
 widened (exact to ~1e-16, so the errors below are the float32 arithmetic's alone).
 """
+
 import torch
 from torch.nn import functional as F
 
-U = 2.0 ** -24  # float32's unit roundoff: a rounded result is within U·|value| of the exact one
+U = 2.0**-24  # float32's unit roundoff: a rounded result is within U·|value| of the exact one
 
 
 def rms(t):
@@ -43,9 +44,11 @@ def assert_float32_close(fast, ref32, exact, size=None, c=4.0, what="", floor=No
     if floor is None:
         floor = U * rms(exact if size is None else size)
     bound = c * max(err_ref, floor)
-    assert err <= bound, (f"{what}: float32 rms error {err:.3g} = {err / U:.1f} U, more than "
-                          f"{c:g} × max(the float32 reference's {err_ref / U:.1f} U, the floor "
-                          f"{floor / U:.1f} U)")
+    assert err <= bound, (
+        f"{what}: float32 rms error {err:.3g} = {err / U:.1f} U, more than "
+        f"{c:g} × max(the float32 reference's {err_ref / U:.1f} U, the floor "
+        f"{floor / U:.1f} U)"
+    )
 
 
 def rounding_floor(compute, inputs, exact, generator, draws=4):
@@ -56,8 +59,7 @@ def rounding_floor(compute, inputs, exact, generator, draws=4):
     result is a whole step's or model's, with no `size`."""
     total = [0.0] * len(exact)
     for _ in range(draws):
-        signs = [(2 * torch.randint(0, 2, t.shape, generator=generator) - 1).to(t)
-                 for t in inputs]
+        signs = [(2 * torch.randint(0, 2, t.shape, generator=generator) - 1).to(t) for t in inputs]
         moved = compute(*[t * (1 + U * sign) for t, sign in zip(inputs, signs, strict=True)])
         total = [s + rms(a - b) ** 2 for s, a, b in zip(total, moved, exact, strict=True)]
     return [(s / draws) ** 0.5 for s in total]
@@ -85,7 +87,7 @@ def coupling_logdet_sd(log_s):
     A bias of 1e-5 per term (an exp or log good to 1e-5 only) is 1.5e-2 there, and fails."""
     v = (log_s.double() + 2).flatten(1)
     running = F.logsigmoid(v).abs().cumsum(1)
-    return U * (((v.abs() + 4) ** 2).sum(1) / 3 + 2 * (running ** 2).sum(1) / 3).sqrt()
+    return U * (((v.abs() + 4) ** 2).sum(1) / 3 + 2 * (running**2).sum(1) / 3).sqrt()
 
 
 def assert_logdet_close(fast, exact, log_s, what="", slack=0.0):
@@ -93,5 +95,6 @@ def assert_logdet_close(fast, exact, log_s, what="", slack=0.0):
     what comes before the sum, where a logdet has more than the coupling's terms)."""
     err = (fast.double() - exact).abs()
     bound = slack + 6 * coupling_logdet_sd(log_s).to(err.device)
-    assert (err <= bound).all(), (f"{what}: logdet errors {(err / U).tolist()} U over "
-                                  f"{(bound / U).tolist()} U")
+    assert (err <= bound).all(), (
+        f"{what}: logdet errors {(err / U).tolist()} U over {(bound / U).tolist()} U"
+    )

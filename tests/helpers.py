@@ -4,6 +4,7 @@ Freshly built Glow layers are close to the identity (zero-initialised convs make
 the identity and every prior N(0, I)), which hides bugs; `randomize` gives every parameter a random,
 non-zero value so that each part of the model actually acts on its input.
 """
+
 import os
 
 import torch
@@ -39,7 +40,7 @@ def brute_force_logdet(fn, x):
     """log|det ∂fn(x_i)/∂x_i| per sample from the full Jacobian (float64, tiny inputs only)."""
     out = []
     for i in range(x.shape[0]):
-        xi = x[i:i + 1]
+        xi = x[i : i + 1]
         jac = torch.autograd.functional.jacobian(lambda v: fn(v).reshape(-1), xi)
         jac = jac.reshape(jac.shape[0], -1)
         out.append(torch.linalg.slogdet(jac)[1])
@@ -48,8 +49,18 @@ def brute_force_logdet(fn, x):
 
 # A tiny trained-looking checkpoint for the analysis tests: a 16×16 Glow (2 blocks × 2 flows,
 # hidden 8) whose ActNorms are initialised on synthetic faces, saved as `missingglow train` would.
-CONFIG = dict(data=None, synthetic_count=64, image_size=16, square=4, squares=1, seed=0, n_bits=5,
-              blocks=2, flows=2, hidden=8)
+CONFIG = dict(
+    data=None,
+    synthetic_count=64,
+    image_size=16,
+    square=4,
+    squares=1,
+    seed=0,
+    n_bits=5,
+    blocks=2,
+    flows=2,
+    hidden=8,
+)
 
 
 def tiny_run(run_dir, cache_dir):
@@ -63,8 +74,15 @@ def tiny_run(run_dir, cache_dir):
     masked, _, _ = MaskedImages(cache, 4, 1, 0, split="train").batch(list(range(32)))
     with torch.no_grad():
         model(quantize(masked) + torch.rand(masked.shape) / 32)  # initialises every ActNorm
-    save_checkpoint(run_dir, {"config": dict(CONFIG), "model_config": model.config,
-                              "model": model.state_dict(), "iteration": 0})
+    save_checkpoint(
+        run_dir,
+        {
+            "config": dict(CONFIG),
+            "model_config": model.config,
+            "model": model.state_dict(),
+            "iteration": 0,
+        },
+    )
     return run_dir
 
 

@@ -1,4 +1,5 @@
 """Training keeps freed heap memory (training/allocator.py) where glibc can be asked to."""
+
 import ctypes.util
 import sys
 
@@ -53,15 +54,20 @@ def test_a_setting_glibc_refuses_is_reported(monkeypatch, results):
     assert keep_freed_memory() is False
 
 
-@pytest.mark.parametrize("libc", [OSError("libc.so.6: cannot open shared object file"), object()],
-                         ids=["no libc.so.6", "a libc without mallopt"])
+@pytest.mark.parametrize(
+    "libc",
+    [OSError("libc.so.6: cannot open shared object file"), object()],
+    ids=["no libc.so.6", "a libc without mallopt"],
+)
 def test_without_glibc_it_does_nothing(monkeypatch, libc):
     fake_cdll(monkeypatch, libc)
     assert keep_freed_memory() is False
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or ctypes.util.find_library("c") is None,
-                    reason="glibc's mallopt is Linux-only")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or ctypes.util.find_library("c") is None,
+    reason="glibc's mallopt is Linux-only",
+)
 def test_keep_freed_memory_is_applied_on_glibc():
     assert keep_freed_memory() is True
 

@@ -1,5 +1,6 @@
 """The analysis pieces in-process: parsing, model/image space, Table 1 with non-finite samples,
 imputation that keeps observed pixels, the evaluation's invariants, latent norms, and the plots."""
+
 import math
 import os
 import re
@@ -38,23 +39,32 @@ def test_values_types_read_lists_and_ranges():
     assert convert(params.TEMPERATURES, "0") == [0.0]
     assert convert(params.ALPHAS, "0.6") == [0.6]
     assert convert(params.ALPHAS, "0.2,1") == [0.2, 1.0]
-    assert convert(params.ALPHAS, [0.5]) == [0.5]   # a default already converted passes through
+    assert convert(params.ALPHAS, [0.5]) == [0.5]  # a default already converted passes through
 
 
 ALPHA, TEMPERATURE = params.ALPHAS, params.TEMPERATURES
 
 
-@pytest.mark.parametrize("kind,text,message", [
-    (ALPHA, "0", "alpha must lie in (0, 1]"), (ALPHA, "1.5", "not 1.5"),
-    (ALPHA, "-0.1", "(0, 1]"), (ALPHA, "nan", "(0, 1]"), (ALPHA, "", "must be a number"),
-    (ALPHA, "abc", "a range like 0.1:1.0:0.1 (start:stop:step), not 'abc'"),
-    (ALPHA, "0.5:0.1:0.1", "must be a number"), (ALPHA, "0.1:1:0", "must be a number"),
-    (ALPHA, "0.1:0.5", "must be a number"), (ALPHA, "0.2,1.2", "not 1.2"),
-    (TEMPERATURE, "-1", "temperature must be a finite number of 0 or more, not -1"),
-    (TEMPERATURE, "nan", "not nan"), (TEMPERATURE, "inf", "not inf"),
-    (TEMPERATURE, "x", "temperature must be a number"),
-    (TEMPERATURE, "0:100000:1", "must be a number"),   # more values than anyone means
-])
+@pytest.mark.parametrize(
+    "kind,text,message",
+    [
+        (ALPHA, "0", "alpha must lie in (0, 1]"),
+        (ALPHA, "1.5", "not 1.5"),
+        (ALPHA, "-0.1", "(0, 1]"),
+        (ALPHA, "nan", "(0, 1]"),
+        (ALPHA, "", "must be a number"),
+        (ALPHA, "abc", "a range like 0.1:1.0:0.1 (start:stop:step), not 'abc'"),
+        (ALPHA, "0.5:0.1:0.1", "must be a number"),
+        (ALPHA, "0.1:1:0", "must be a number"),
+        (ALPHA, "0.1:0.5", "must be a number"),
+        (ALPHA, "0.2,1.2", "not 1.2"),
+        (TEMPERATURE, "-1", "temperature must be a finite number of 0 or more, not -1"),
+        (TEMPERATURE, "nan", "not nan"),
+        (TEMPERATURE, "inf", "not inf"),
+        (TEMPERATURE, "x", "temperature must be a number"),
+        (TEMPERATURE, "0:100000:1", "must be a number"),  # more values than anyone means
+    ],
+)
 def test_values_types_refuse_what_is_not_allowed(kind, text, message):
     with pytest.raises(click.BadParameter, match=re.escape(message)):
         convert(kind, text)
@@ -62,9 +72,12 @@ def test_values_types_refuse_what_is_not_allowed(kind, text, message):
 
 def test_square_place_count_and_finite_range():
     assert convert(params.SQUARE_PLACE, "1,2,3") == (1, 2, 3)
-    for bad, message in (("1,2", "TOP,LEFT,SIZE"), ("a,b,c", "TOP,LEFT,SIZE"),
-                         ("-1,0,3", "top and left must be 0 or more"),
-                         ("0,0,0", "size at least 1")):
+    for bad, message in (
+        ("1,2", "TOP,LEFT,SIZE"),
+        ("a,b,c", "TOP,LEFT,SIZE"),
+        ("-1,0,3", "top and left must be 0 or more"),
+        ("0,0,0", "size at least 1"),
+    ):
         with pytest.raises(click.BadParameter, match=message):
             convert(params.SQUARE_PLACE, bad)
     assert convert(params.COUNT, "1") == 1
@@ -81,8 +94,9 @@ def test_model_space_round_trip_is_the_quantised_image():
     images = torch.rand(4, 3, 8, 8)
     back = from_model(to_model(images, 5), 5)
     # each 8-bit value k comes back as its 5-bit bin's representative: floor(k / 8)·8 + 4
-    assert torch.allclose(back, (torch.floor(torch.round(images * 255) / 8) * 8 + 4) / 255,
-                          atol=1e-6)
+    assert torch.allclose(
+        back, (torch.floor(torch.round(images * 255) / 8) * 8 + 4) / 255, atol=1e-6
+    )
     x = to_model(images, 5)
     x[1, 0, 0, 0] = float("inf")
     out = from_model(x, 5)
@@ -95,7 +109,7 @@ def test_table1_counts_non_finite_samples_apart(run, monkeypatch):
     def overflowing(n, temperature, generator=None):
         x = real(n, temperature, generator=generator)
         if temperature > 1:
-            x[::2] = float("inf")       # half the samples overflow
+            x[::2] = float("inf")  # half the samples overflow
         return x
 
     monkeypatch.setattr(run.model, "sample", overflowing)
@@ -124,7 +138,7 @@ def test_table1_files(run, tmp_path):
     lines = (tmp_path / "t.csv").read_text().splitlines()
     assert lines[0].startswith("t,samples,finite,nonfinite,count_0") and len(lines) == 3
     image = table1_plot(rows)
-    assert image.size[0] >= 600 and len(image.getcolors(1 << 20)) > 10   # not a blank canvas
+    assert image.size[0] >= 600 and len(image.getcolors(1 << 20)) > 10  # not a blank canvas
 
 
 def test_table1_written_where_asked_returns_its_paths(run, tmp_path):
@@ -133,11 +147,14 @@ def test_table1_written_where_asked_returns_its_paths(run, tmp_path):
     rows = square_table(run, [0.3], n=2, seed=0)
     out = tmp_path / "deep" / "t1"
     paths = write_table1(rows, str(out))
-    assert [os.path.relpath(p, out) for p in paths] == ["table1.csv", "table1.png",
-                                                        "contact-sheet.png"]
+    assert [os.path.relpath(p, out) for p in paths] == [
+        "table1.csv",
+        "table1.png",
+        "contact-sheet.png",
+    ]
     assert all(os.path.getsize(p) > 0 for p in paths)
     assert table1_folder(str(tmp_path)) == os.path.join(str(tmp_path), "table1")
-    assert table1_folder(str(tmp_path / "model.pt")) == "table1"   # a file: beside the command
+    assert table1_folder(str(tmp_path / "model.pt")) == "table1"  # a file: beside the command
 
 
 def test_squares_counted_in_files_one_failure_beside_the_others(tmp_path):
@@ -145,7 +162,7 @@ def test_squares_counted_in_files_one_failure_beside_the_others(tmp_path):
 
     from missingglow.analysis.square_counts import count_in_files, format_count
 
-    photo = Image.new("L", (40, 30), 30)   # a 10-px grey square at (8, 7) once centre-cropped
+    photo = Image.new("L", (40, 30), 30)  # a 10-px grey square at (8, 7) once centre-cropped
     photo.paste(128, (12, 8, 22, 18))
     photo.save(tmp_path / "photo.png")
     (tmp_path / "broken.png").write_bytes(b"not an image")
@@ -164,8 +181,9 @@ def test_keep_observed_changes_only_the_square(run):
     from missingglow.analysis.impute import heldout_item, restore
 
     item = heldout_item(run, 0)
-    out = restore(run.model, item.image[None], [0.3, 1.0], run.n_bits, item.mask[None],
-                  iterations=2)
+    out = restore(
+        run.model, item.image[None], [0.3, 1.0], run.n_bits, item.mask[None], iterations=2
+    )
     observed = from_model(to_model(item.image[None], run.n_bits), run.n_bits)[0]
     outside = ~item.mask.expand(3, -1, -1)
     for result in out[:, 0]:
@@ -173,7 +191,7 @@ def test_keep_observed_changes_only_the_square(run):
     # alpha = 1 gives the input back (inverse(forward(x)) = x)
     full = restore(run.model, item.image[None], [1.0], run.n_bits)[0, 0]
     assert torch.allclose(full, observed, atol=2e-3)
-    assert not torch.allclose(out[0, 0], observed, atol=1e-3)   # alpha 0.3 changed the square
+    assert not torch.allclose(out[0, 0], observed, atol=1e-3)  # alpha 0.3 changed the square
 
 
 # ---------------------------------------------------------------- the evaluation, by hand
@@ -191,7 +209,7 @@ def heldout(run):
     masked, clean, positions = items.batch(list(range(8)))
     mask = torch.zeros(8, 1, 16, 16, dtype=torch.bool)
     for b, ((top, left),) in enumerate(positions.tolist()):
-        mask[b, 0, top:top + 4, left:left + 4] = True
+        mask[b, 0, top : top + 4, left : left + 4] = True
     return items, masked, clean, mask
 
 
@@ -199,31 +217,32 @@ def heldout(run):
 def evaluated(run):
     from missingglow.analysis.evaluate import evaluate
 
-    return evaluate(run, n=8, alphas=ALPHAS, iterations=2, classical=False,
-                    invert_options=dict(steps=3))
+    return evaluate(
+        run, n=8, alphas=ALPHAS, iterations=2, classical=False, invert_options=dict(steps=3)
+    )
 
 
 def _bins(images, bits=5):
     """[0, 1] images → the lower edge of their quantisation bin, j / 2^bits (8-bit value first)."""
-    return torch.floor(torch.round(images * 255) / 2 ** (8 - bits)) / 2 ** bits
+    return torch.floor(torch.round(images * 255) / 2 ** (8 - bits)) / 2**bits
 
 
 def _quantised(images, bits=5):
     """[0, 1] images as the model gives them back: each bin's representative 8-bit value, its
     centre rounded up to a whole value (j·w + w/2 for bins w = 2^(8−bits) values wide)."""
     w = 2 ** (8 - bits)
-    return (_bins(images, bits) * 2 ** bits * w + w // 2) / 255
+    return (_bins(images, bits) * 2**bits * w + w // 2) / 255
 
 
 def _flow_by_hand(model, masked, alpha, mask=None, iterations=1):
     """Φ⁻¹(α·Φ(x)) from model space and back, the observed pixels put back each time."""
-    x0 = _bins(masked) - 0.5 + 0.5 / 32   # the bin's centre, in [−0.5, 0.5)
+    x0 = _bins(masked) - 0.5 + 0.5 / 32  # the bin's centre, in [−0.5, 0.5)
     x = x0
     with torch.no_grad():
         for _ in range(iterations):
             x = model.decode(alpha * model.encode(x))
             x = x if mask is None else torch.where(mask, x, x0)
-    return ((x + 0.5) * 256 / 255).clamp(0, 1)   # a centre (j + ½)/32 − ½ to (8j + 4)/255
+    return ((x + 0.5) * 256 / 255).clamp(0, 1)  # a centre (j + ½)/32 − ½ to (8j + 4)/255
 
 
 def _pooled_rmse(out, ref, where):
@@ -251,21 +270,28 @@ def test_evaluation_invariants(run, heldout, evaluated):
     assert not torch.allclose(filled[mask.expand(-1, 3, -1, -1)], torch.tensor(0.5), atol=0.01)
     # the flow's images: alone, keeping the observed pixels, and that twice (the ×2 row)
     for alpha in ALPHAS:
-        for key, keep, times in (("flow", None, 1), ("flow + keep observed", mask, 1),
-                                 ("flow + keep observed ×2", mask, 2)):
+        for key, keep, times in (
+            ("flow", None, 1),
+            ("flow + keep observed", mask, 1),
+            ("flow + keep observed ×2", mask, 2),
+        ):
             by_hand = _flow_by_hand(run.model, masked, alpha, keep, times)
-            torch.testing.assert_close(examples[(key, alpha)], by_hand, rtol=0, atol=1e-5,
-                                       msg=lambda m: f"{key} at alpha {alpha}: {m}")
+            torch.testing.assert_close(
+                examples[(key, alpha)],
+                by_hand,
+                rtol=0,
+                atol=1e-5,
+                msg=lambda m: f"{key} at alpha {alpha}: {m}",
+            )
     once = examples[("flow + keep observed", 0.5)]
     twice = examples[("flow + keep observed ×2", 0.5)]
-    assert (once - twice).abs().max() > 1e-3   # the second pass moved the square's pixels
+    assert (once - twice).abs().max() > 1e-3  # the second pass moved the square's pixels
     # every row: RMSE inside the square against the original, outside against the input, pooled
     # over all pixels of all 8 images; PSNR of those; nothing non-finite; 8 images
     rows = evaluated["rows"]
     assert [(r["method"], r["alpha"]) for r in rows] == [
         (m, a) for m in ("flow", "flow + keep observed", "flow + keep observed ×2") for a in ALPHAS
-    ] + [("grey fill", None), ("mean-colour fill", None), ("harmonic fill", None),
-         ("invert", None)]
+    ] + [("grey fill", None), ("mean-colour fill", None), ("harmonic fill", None), ("invert", None)]
     for r in rows:
         out = examples[r["method"] if r["alpha"] is None else (r["method"], r["alpha"])]
         rmse_in, rmse_out = _pooled_rmse(out, original, mask), _pooled_rmse(out, grey, ~mask)
@@ -274,8 +300,8 @@ def test_evaluation_invariants(run, heldout, evaluated):
         assert r["psnr_in"] == pytest.approx(-20 * math.log10(rmse_in), rel=1e-5), r
         assert r["nonfinite"] == 0 and r["images"] == 8
     by_method = {(r["method"], r["alpha"]): r for r in rows}
-    assert by_method[("grey fill", None)]["rmse_in"] > 0.05   # the grey square is no restoration
-    assert by_method[("flow", 0.5)]["rmse_out"] > 0.01   # the flow alone changes everything
+    assert by_method[("grey fill", None)]["rmse_in"] > 0.05  # the grey square is no restoration
+    assert by_method[("flow", 0.5)]["rmse_out"] > 0.01  # the flow alone changes everything
 
 
 def _bits_per_dim_by_hand(model, masked, clean):
@@ -284,8 +310,10 @@ def _bits_per_dim_by_hand(model, masked, clean):
 
     noise = torch.rand(masked.shape, generator=generator(0, "eval-noise")) / 32
     with torch.no_grad():
-        return [(-model.log_prob(_bins(images) - 0.5 + noise) / (768 * math.log(2)) + 5)
-                .double() for images in (masked, clean)]
+        return [
+            (-model.log_prob(_bins(images) - 0.5 + noise) / (768 * math.log(2)) + 5).double()
+            for images in (masked, clean)
+        ]
 
 
 def test_held_out_bits_per_dim_by_hand(run, heldout, evaluated):
@@ -302,24 +330,48 @@ def test_best_alpha_is_the_smallest_rmse_inside_the_square():
     from missingglow.analysis.evaluate import best_alpha, format_report
 
     def row(method, alpha, rmse_in):
-        return {"method": method, "alpha": alpha, "rmse_in": rmse_in, "psnr_in": 0.0,
-                "rmse_out": 0.0, "psnr_out": 0.0, "nonfinite": 0, "images": 4,
-                "seconds_per_image": 0.0}
+        return {
+            "method": method,
+            "alpha": alpha,
+            "rmse_in": rmse_in,
+            "psnr_in": 0.0,
+            "rmse_out": 0.0,
+            "psnr_out": 0.0,
+            "nonfinite": 0,
+            "images": 4,
+            "seconds_per_image": 0.0,
+        }
 
-    rows = [row("flow", 0.2, 0.30), row("flow", 0.4, 0.12), row("flow", 0.6, float("nan")),
-            row("flow", 0.8, 0.19), row("flow + keep observed", 0.2, 0.05),
-            row("flow + keep observed", 0.4, 0.07), row("grey fill", None, 0.25),
-            row("mean-colour fill", None, 0.01)]
-    assert best_alpha(rows, "flow")["alpha"] == 0.4   # the NaN one left out, other methods too
+    rows = [
+        row("flow", 0.2, 0.30),
+        row("flow", 0.4, 0.12),
+        row("flow", 0.6, float("nan")),
+        row("flow", 0.8, 0.19),
+        row("flow + keep observed", 0.2, 0.05),
+        row("flow + keep observed", 0.4, 0.07),
+        row("grey fill", None, 0.25),
+        row("mean-colour fill", None, 0.01),
+    ]
+    assert best_alpha(rows, "flow")["alpha"] == 0.4  # the NaN one left out, other methods too
     assert best_alpha(rows, "flow + keep observed")["alpha"] == 0.2
     assert best_alpha([row("flow", 0.2, float("nan"))], "flow") is None
-    report = format_report({"rows": rows, "images": 4, "count": 1, "square": 4,
-                            "bpd": {"masked": 5.5, "clean": 5.25, "gap": 0.25, "nonfinite": 0}})
-    assert ("best alpha for flow: 0.4 (RMSE in the square 0.1200; grey fill 0.2500, "
-            "mean-colour fill 0.0100)") in report
+    report = format_report(
+        {
+            "rows": rows,
+            "images": 4,
+            "count": 1,
+            "square": 4,
+            "bpd": {"masked": 5.5, "clean": 5.25, "gap": 0.25, "nonfinite": 0},
+        }
+    )
+    assert (
+        "best alpha for flow: 0.4 (RMSE in the square 0.1200; grey fill 0.2500, "
+        "mean-colour fill 0.0100)"
+    ) in report
     assert "best alpha for flow + keep observed: 0.2 (RMSE in the square 0.0500;" in report
-    assert report.splitlines()[-1] == ("held-out bits/dim: masked 5.5000, clean 5.2500, "
-                                       "gap (masked − clean) +0.2500")
+    assert report.splitlines()[-1] == (
+        "held-out bits/dim: masked 5.5000, clean 5.2500, gap (masked − clean) +0.2500"
+    )
 
 
 def test_a_non_finite_restoration_is_counted_per_method(run, heldout, monkeypatch):
@@ -331,12 +383,12 @@ def test_a_non_finite_restoration_is_counted_per_method(run, heldout, monkeypatc
 
     def overflowing_decode(z):
         x = decode(z)
-        x[1] = float("inf")          # the second image of every batch
+        x[1] = float("inf")  # the second image of every batch
         return x
 
     def overflowing_log_prob(x):
         lp = log_prob(x)
-        lp[2] = float("nan")         # the third
+        lp[2] = float("nan")  # the third
         return lp
 
     monkeypatch.setattr(run.model, "decode", overflowing_decode)
@@ -345,8 +397,13 @@ def test_a_non_finite_restoration_is_counted_per_method(run, heldout, monkeypatc
     monkeypatch.undo()
     rows = {r["method"]: r for r in result["rows"]}
     assert {m: r["nonfinite"] for m, r in rows.items()} == {
-        "flow": 1, "flow + keep observed": 1, "grey fill": 0, "mean-colour fill": 0,
-        "harmonic fill": 0, "invert": 1}
+        "flow": 1,
+        "flow + keep observed": 1,
+        "grey fill": 0,
+        "mean-colour fill": 0,
+        "harmonic fill": 0,
+        "invert": 1,
+    }
     assert all(r["images"] == 4 for r in rows.values())
     _, masked, clean, mask = heldout
     masked, clean, mask = masked[:4], clean[:4], mask[:4]
@@ -354,9 +411,11 @@ def test_a_non_finite_restoration_is_counted_per_method(run, heldout, monkeypatc
     flow = _flow_by_hand(run.model, masked, 0.5)
     assert torch.isnan(result["examples"][("flow", 0.5)][1]).all()
     assert rows["flow"]["rmse_in"] == pytest.approx(
-        _pooled_rmse(flow[finite], _quantised(clean)[finite], mask[finite]), rel=1e-5)
+        _pooled_rmse(flow[finite], _quantised(clean)[finite], mask[finite]), rel=1e-5
+    )
     assert rows["grey fill"]["rmse_in"] == pytest.approx(
-        _pooled_rmse(_quantised(masked), _quantised(clean), mask), rel=1e-5)
+        _pooled_rmse(_quantised(masked), _quantised(clean), mask), rel=1e-5
+    )
     bpd = _bits_per_dim_by_hand(run.model, masked, clean)
     b = result["bpd"]
     assert b["nonfinite"] == 1 and b["images"] == 4
@@ -384,7 +443,10 @@ def test_the_csv_holds_the_rows(evaluated, tmp_path):
         assert int(line["nonfinite"]) == r["nonfinite"] and int(line["images"]) == 8
     b = evaluated["bpd"]
     assert [line["method"] for line in table[-3:]] == [
-        "bits/dim masked", "bits/dim clean", "bits/dim gap (masked - clean)"]
+        "bits/dim masked",
+        "bits/dim clean",
+        "bits/dim gap (masked - clean)",
+    ]
     for line, key in zip(table[-3:], ("masked", "clean", "gap"), strict=True):
         assert float(line["rmse_in"]) == pytest.approx(b[key], abs=5e-7)
         assert int(line["images"]) == 8
@@ -397,9 +459,12 @@ def test_the_report_files_are_written_and_named(evaluated, tmp_path):
 
     paths = write_report(evaluated, str(tmp_path / "ev"), str(tmp_path / "e.json"))
     assert [os.path.relpath(p, tmp_path) for p in paths] == [
-        os.path.join("ev", "evaluation.csv"), os.path.join("ev", "evaluation.png"),
-        os.path.join("ev", "comparison.png"), "e.json"]
-    report_json(str(tmp_path / "direct.json"), evaluated)   # the JSON is report_json's, as it was
+        os.path.join("ev", "evaluation.csv"),
+        os.path.join("ev", "evaluation.png"),
+        os.path.join("ev", "comparison.png"),
+        "e.json",
+    ]
+    report_json(str(tmp_path / "direct.json"), evaluated)  # the JSON is report_json's, as it was
     assert (tmp_path / "e.json").read_text() == (tmp_path / "direct.json").read_text()
     assert len(json.loads((tmp_path / "e.json").read_text())["rows"]) == len(evaluated["rows"])
     assert len(write_report(evaluated, str(tmp_path / "no-json"))) == 3

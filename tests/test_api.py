@@ -1,5 +1,6 @@
 """The Python API (missingglow.load and Flow), docs/api.md's examples, and the exact way between
 images and model space that the API's round trips rest on."""
+
 import doctest
 import math
 import os
@@ -29,16 +30,17 @@ def row(values):
 
 
 def centres(n_bits, dtype):
-    return (torch.arange(2 ** n_bits, dtype=dtype) + 0.5) / 2 ** n_bits - 0.5
+    return (torch.arange(2**n_bits, dtype=dtype) + 0.5) / 2**n_bits - 0.5
 
 
 # --- the round trip -------------------------------------------------------------------------------
 
+
 def test_bin_representatives_are_the_centres_rounded_up():
     for b in BITS:
         w, reps = 2 ** (8 - b), bin_representatives(b)
-        assert torch.equal(reps // w, torch.arange(2 ** b))                  # each in its own bin
-        mean = torch.arange(2 ** b) * w + (w - 1) / 2                        # the bin's mean value
+        assert torch.equal(reps // w, torch.arange(2**b))  # each in its own bin
+        mean = torch.arange(2**b) * w + (w - 1) / 2  # the bin's mean value
         assert torch.equal(reps - mean, torch.full_like(mean, 0.5 if w > 1 else 0.0))
     assert bin_representatives(5)[16] == 132 and bin_representatives(1).tolist() == [64, 192]
     assert torch.equal(bin_representatives(8), torch.arange(256))
@@ -79,12 +81,15 @@ def test_every_8_bit_value_quantises_to_its_bin(dtype):
     k·(1/255)·255 lands a hair below k for 24 of the 256 values, and flooring without rounding
     dropped those on a bin's lower edge by one bin."""
     k = torch.arange(256)
-    made = {"k/255": k.to(dtype) / 255, "k·(1/255)": k.to(dtype) * (1 / 255),
-            "float64 k/255 cast": (k.double() / 255).to(dtype),
-            "uint8 divided in place": torch.empty(256, dtype=dtype).copy_(k).div_(255)}
+    made = {
+        "k/255": k.to(dtype) / 255,
+        "k·(1/255)": k.to(dtype) * (1 / 255),
+        "float64 k/255 cast": (k.double() / 255).to(dtype),
+        "uint8 divided in place": torch.empty(256, dtype=dtype).copy_(k).div_(255),
+    }
     for name, images in made.items():
         for b in BITS:
-            bins = (quantize(images, b) + 0.5) * 2 ** b
+            bins = (quantize(images, b) + 0.5) * 2**b
             assert torch.equal(bins, (k // 2 ** (8 - b)).to(dtype)), (name, b)
     assert torch.equal(quantize(torch.full((1, 3, 2, 2), 128 / 255), 5), torch.zeros(1, 3, 2, 2))
 
@@ -97,6 +102,7 @@ def test_other_images_are_quantised_as_their_8_bit_values(gen):
 
 
 # --- load -----------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
@@ -128,7 +134,7 @@ def test_load_a_rosinality_state_dict(tmp_path, gen):
     expected = from_rosinality(state, image_size=16).encode(to_model(images, 5))
     assert torch.equal(flow.encode(images), expected)
     with pytest.raises(UserError):
-        mg.load(path, image_size=20)                  # 3 blocks halve the side 3 times
+        mg.load(path, image_size=20)  # 3 blocks halve the side 3 times
 
 
 def test_foreign_files_are_user_errors(tmp_path):
@@ -141,19 +147,28 @@ def test_foreign_files_are_user_errors(tmp_path):
 
 
 def test_import_is_light_and_keeps_its_exports():
-    code = ("import sys, missingglow as mg; "
-            "print(sorted(n for n in ('Flow', 'Glow', 'UserError', 'bits_per_dim', 'dequantize', "
-            "'from_rosinality', 'load', 'quantize', 'to_unit_range') if hasattr(mg, n))); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('PIL', 'click') "
-            "or m.startswith(('missingglow.analysis', 'missingglow.training'))))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    code = (
+        "import sys, missingglow as mg; "
+        "print(sorted(n for n in ('Flow', 'Glow', 'UserError', 'bits_per_dim', 'dequantize', "
+        "'from_rosinality', 'load', 'quantize', 'to_unit_range') if hasattr(mg, n))); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('PIL', 'click') "
+        "or m.startswith(('missingglow.analysis', 'missingglow.training'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert out.returncode == 0, out.stderr
     exports, heavy = out.stdout.splitlines()
     assert exports == str(sorted(mg.__all__)) and heavy == "[]"
 
 
 # --- the Flow -------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def flow(gen):
@@ -163,7 +178,7 @@ def flow(gen):
 
 def quantised(gen, n=3, channels=3, n_bits=5):
     reps = bin_representatives(n_bits)
-    index = torch.randint(0, 2 ** n_bits, (n, channels, 16, 16), generator=gen)
+    index = torch.randint(0, 2**n_bits, (n, channels, 16, 16), generator=gen)
     return reps[index].float() / 255
 
 
@@ -189,9 +204,9 @@ def test_bits_per_dim_by_hand():
             buf.fill_(1)
     flow = mg.Flow(glow, n_bits=5)
     floor = 5 + math.log2(2 * math.pi) / 2
-    grey = flow.bits_per_dim(torch.full((2, 3, 16, 16), 128 / 255))      # x in [0, 1/32)
+    grey = flow.bits_per_dim(torch.full((2, 3, 16, 16), 128 / 255))  # x in [0, 1/32)
     assert ((grey >= floor - 1e-4) & (grey <= floor + 1 / 1024 / 2 / math.log(2) + 1e-4)).all()
-    white = flow.bits_per_dim(torch.ones(2, 1, 16, 16))                   # x in [15/32, 1/2)
+    white = flow.bits_per_dim(torch.ones(2, 1, 16, 16))  # x in [15/32, 1/2)
     low, high = (floor + (15 / 32) ** 2 / 2 / math.log(2), floor + 0.25 / 2 / math.log(2))
     assert ((white >= low - 1e-4) & (white <= high + 1e-4)).all()
     assert not torch.equal(white, flow.bits_per_dim(torch.ones(2, 1, 16, 16), seed=1))
@@ -239,11 +254,13 @@ def test_posterior_draws_keep_observed_pixels_differ_in_the_hole_and_are_seeded(
     inside = hole.expand_as(images)
     for draw in draws:
         assert torch.equal(draw[~inside], images[~inside])
-    assert not torch.allclose(draws[0][inside], draws[1][inside])   # draws, not one completion
-    assert torch.equal(draws, flow.posterior(images, hole, 3, seed=1, warmup=3, steps=4,
-                                             map_steps=3))
-    assert not torch.equal(draws, flow.posterior(images, hole, 3, seed=2, warmup=3, steps=4,
-                                                 map_steps=3))
+    assert not torch.allclose(draws[0][inside], draws[1][inside])  # draws, not one completion
+    assert torch.equal(
+        draws, flow.posterior(images, hole, 3, seed=1, warmup=3, steps=4, map_steps=3)
+    )
+    assert not torch.equal(
+        draws, flow.posterior(images, hole, 3, seed=2, warmup=3, steps=4, map_steps=3)
+    )
     # the chains start at invert's completion: with no steps the draws are that completion
     start = flow.posterior(images, hole, 2, warmup=0, steps=0, map_steps=3, gamma=0.02)
     restored = flow.invert(images, hole, steps=3, gamma=0.02)
@@ -256,13 +273,20 @@ def test_bad_posterior_input_is_a_user_error(flow):
     hole = torch.zeros(16, 16, dtype=torch.bool)
     hole[2:5, 2:5] = True
     for call, words in (
-            (lambda: flow.posterior(good, hole, 0), "n must be at least 1"),
-            (lambda: flow.posterior(good, hole, 2, steps=1, warmup=1, map_steps=1, step=3),
-             "posterior has no option step"),
-            (lambda: flow.posterior(good, hole, 2, steps=1, warmup=1, map_steps=1, gamma=0),
-             "gamma must be positive"),
-            (lambda: flow.posterior(good, hole, 2, temperature=-1, map_steps=1),
-             "temperature must be positive")):
+        (lambda: flow.posterior(good, hole, 0), "n must be at least 1"),
+        (
+            lambda: flow.posterior(good, hole, 2, steps=1, warmup=1, map_steps=1, step=3),
+            "posterior has no option step",
+        ),
+        (
+            lambda: flow.posterior(good, hole, 2, steps=1, warmup=1, map_steps=1, gamma=0),
+            "gamma must be positive",
+        ),
+        (
+            lambda: flow.posterior(good, hole, 2, temperature=-1, map_steps=1),
+            "temperature must be positive",
+        ),
+    ):
         with pytest.raises(UserError) as caught:
             call()
         assert words in str(caught.value) and "\n" not in str(caught.value)
@@ -282,14 +306,14 @@ def test_bad_input_is_a_user_error(flow):
     good = torch.full((2, 3, 16, 16), 0.5)
     hole = torch.zeros(16, 16, dtype=torch.bool)
     calls = [
-        lambda: flow.encode((good * 255).to(torch.uint8)),             # 8-bit images
-        lambda: flow.encode(good * 2 - 1.5),                           # [−1, 1]-style
-        lambda: flow.encode(good[0]),                                  # no batch dimension
-        lambda: flow.encode(torch.full((2, 4, 16, 16), 0.5)),          # 4 channels
-        lambda: flow.encode(torch.full((2, 3, 16, 8), 0.5)),           # not square
-        lambda: flow.encode(torch.full((2, 3, 18, 18), 0.5)),          # side not divisible by 4
-        lambda: flow.encode([[0.5]]),                                  # not a tensor
-        lambda: flow.decode(torch.zeros(2, 100)),                      # no image has 100 values
+        lambda: flow.encode((good * 255).to(torch.uint8)),  # 8-bit images
+        lambda: flow.encode(good * 2 - 1.5),  # [−1, 1]-style
+        lambda: flow.encode(good[0]),  # no batch dimension
+        lambda: flow.encode(torch.full((2, 4, 16, 16), 0.5)),  # 4 channels
+        lambda: flow.encode(torch.full((2, 3, 16, 8), 0.5)),  # not square
+        lambda: flow.encode(torch.full((2, 3, 18, 18), 0.5)),  # side not divisible by 4
+        lambda: flow.encode([[0.5]]),  # not a tensor
+        lambda: flow.decode(torch.zeros(2, 100)),  # no image has 100 values
         lambda: flow.sample(0),
         lambda: flow.impute(good, mask=torch.zeros(8, 8, dtype=torch.bool)),
         lambda: flow.invert(good, torch.zeros(3, 1, 16, 16, dtype=torch.bool)),
@@ -305,6 +329,7 @@ def test_bad_input_is_a_user_error(flow):
 
 def test_the_documented_examples_run():
     """docs/api.md's `>>>` examples, run as they are written."""
-    results = doctest.testfile(os.path.join(ROOT, "docs", "api.md"), module_relative=False,
-                               report=True)
+    results = doctest.testfile(
+        os.path.join(ROOT, "docs", "api.md"), module_relative=False, report=True
+    )
     assert results.attempted > 0 and results.failed == 0

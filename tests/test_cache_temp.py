@@ -4,6 +4,7 @@ A writer is judged by the flock it holds on its temp file (atomic.py): the subpr
 real writers, one killed mid-write and one kept alive mid-write, so the kernel's view of who holds
 a lock is what the tests check, not a simulation of it.
 """
+
 import os
 import signal
 import subprocess
@@ -34,9 +35,14 @@ WRITER = textwrap.dedent("""
 
 
 def start_writer(path):
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], cwd=ROOT, text=True,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            env=dict(os.environ, PYTHONPATH=ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path)],
+        cwd=ROOT,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
     assert proc.stdout.readline() == "writing\n"
     return proc
 

@@ -1,6 +1,7 @@
 """Calibration and restoration scores against values worked by hand, by brute force, and by the
 behaviour a rule promises (a calibrated sampler covers at the nominal rate; fair CRPS is
 unbiased)."""
+
 import math
 
 import pytest
@@ -155,8 +156,11 @@ def brute_force_ssim(a, b, data_range=1.0):
                                 sab += weight * p * q
                     ma, mb = sa / w, sb / w
                     va, vb, cov = saa / w - ma * ma, sbb / w - mb * mb, sab / w - ma * mb
-                    total += ((2 * ma * mb + c1) * (2 * cov + c2)
-                              / ((ma * ma + mb * mb + c1) * (va + vb + c2)))
+                    total += (
+                        (2 * ma * mb + c1)
+                        * (2 * cov + c2)
+                        / ((ma * ma + mb * mb + c1) * (va + vb + c2))
+                    )
                 out[n, i, j] = total / channels
     return out
 
@@ -165,8 +169,9 @@ def test_ssim_matches_a_brute_force_window_on_a_tiny_image(gen):
     a = torch.rand((1, 2, 7, 9), generator=gen, dtype=torch.float64)
     b = (a + 0.3 * torch.randn(a.shape, generator=gen, dtype=torch.float64)).clamp(0, 1)
     assert torch.allclose(ssim_map(a, b), brute_force_ssim(a, b), atol=1e-10)
-    assert torch.allclose(ssim_map(2 * a, 2 * b, data_range=2.0), brute_force_ssim(a, b),
-                          atol=1e-10)
+    assert torch.allclose(
+        ssim_map(2 * a, 2 * b, data_range=2.0), brute_force_ssim(a, b), atol=1e-10
+    )
 
 
 def test_ssim_matches_scikit_image_away_from_the_border(gen):
@@ -175,8 +180,14 @@ def test_ssim_matches_scikit_image_away_from_the_border(gen):
     metrics = pytest.importorskip("skimage.metrics")
     a = torch.rand((1, 1, 24, 24), generator=gen, dtype=torch.float64)
     b = (a + 0.2 * torch.randn(a.shape, generator=gen, dtype=torch.float64)).clamp(0, 1)
-    _, theirs = metrics.structural_similarity(a[0, 0].numpy(), b[0, 0].numpy(), data_range=1.0,
-                                              gaussian_weights=True, sigma=1.5,
-                                              use_sample_covariance=False, full=True)
+    _, theirs = metrics.structural_similarity(
+        a[0, 0].numpy(),
+        b[0, 0].numpy(),
+        data_range=1.0,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        full=True,
+    )
     ours = ssim_map(a, b)[0]
     assert torch.allclose(ours[5:-5, 5:-5], torch.from_numpy(theirs)[5:-5, 5:-5], atol=1e-10)

@@ -1,4 +1,5 @@
 """The command line as a user meets it: exit codes and what it prints."""
+
 import os
 import subprocess
 import sys
@@ -9,8 +10,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "missingglow", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "missingglow", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_check_reports_a_sound_install():
@@ -26,8 +32,9 @@ def test_check_names_the_build_of_the_cpu_coupling_loops():
     if not ops.AVAILABLE:
         pytest.skip(str(ops.WHY_UNAVAILABLE))
     result = run_cli("check")
-    assert any(f"CPU coupling loops: {name}" in result.stdout
-               for name in ("avx512", "avx2", "portable"))
+    assert any(
+        f"CPU coupling loops: {name}" in result.stdout for name in ("avx512", "avx2", "portable")
+    )
 
 
 def test_unknown_command_is_one_clear_error():
@@ -39,8 +46,10 @@ def test_unknown_command_is_one_clear_error():
 def test_a_bad_value_is_one_line_not_a_usage_block():
     result = run_cli("sample", "-t", "0.5,-1")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == ("error: Invalid value for '-t' / '--temperature': "
-                                     "temperature must be a finite number of 0 or more, not -1")
+    assert result.stderr.strip() == (
+        "error: Invalid value for '-t' / '--temperature': "
+        "temperature must be a finite number of 0 or more, not -1"
+    )
 
 
 def test_impute_help_says_what_alpha_alone_means():

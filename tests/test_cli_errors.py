@@ -6,6 +6,7 @@ The commands run in this process through `missingglow.cli.main` (the entry point
 missingglow`): a UserError becomes its one line there, anything else would escape as an exception
 and fail the test. tests/test_cli_analysis.py runs a few of them in subprocesses as a user would.
 """
+
 import os
 import re
 
@@ -30,12 +31,12 @@ def setup(tmp_path_factory):
     torch.save({"module." + k: v for k, v in model.state_dict().items()}, base / "imported.pt")
     # the import's images are 64 px (load_model's default for a bare state dict): 40 faces
     faces64 = open_dataset(None, 64, cache_dir=str(cache), synthetic_count=40, quiet=True).path
-    photo = Image.new("L", (40, 30), 30)   # a grey 10×10 square at (8, 7) once centre-cropped
+    photo = Image.new("L", (40, 30), 30)  # a grey 10×10 square at (8, 7) once centre-cropped
     photo.paste(128, (12, 8, 22, 18))
     photo.save(base / "photo.png")
     plain = Image.new("RGB", (16, 16), (30, 90, 200))
     for x in range(16):
-        plain.putpixel((x, x), (200, 40, 40))   # not flat: nothing for the detector to find
+        plain.putpixel((x, x), (200, 40, 40))  # not flat: nothing for the detector to find
     plain.save(base / "plain.png")
     (base / "empty-run").mkdir()
     (base / "no-runs-here").mkdir()
@@ -49,9 +50,11 @@ def cli(setup, monkeypatch):
     monkeypatch.chdir(setup["base"])
 
     def call(*args, cwd=None):
-        proc = run_in_process([a.format(**setup) for a in args],
-                              env={"MISSINGGLOW_CACHE": setup["cache"]},
-                              cwd=os.path.join(setup["base"], cwd or ""))
+        proc = run_in_process(
+            [a.format(**setup) for a in args],
+            env={"MISSINGGLOW_CACHE": setup["cache"]},
+            cwd=os.path.join(setup["base"], cwd or ""),
+        )
         return proc.returncode, proc.stdout, proc.stderr
 
     return call
@@ -59,53 +62,93 @@ def cli(setup, monkeypatch):
 
 BAD = {
     "squares with nothing to count": (
-        ["squares"], "no-runs-here",
-        ["give image files to count squares in, or --checkpoint RUN"]),
+        ["squares"],
+        "no-runs-here",
+        ["give image files to count squares in, or --checkpoint RUN"],
+    ),
     "--square without --keep-observed": (
         ["impute", "photo.png", "--checkpoint", "{run}", "--method", "alpha", "--square", "1,1,4"],
-        None, ["--square gives the square's place for --keep-observed", "add --keep-observed"]),
+        None,
+        ["--square gives the square's place for --keep-observed", "add --keep-observed"],
+    ),
     "heldout index past the end": (
-        ["impute", "heldout:16", "--checkpoint", "{run}", "--method", "alpha"], None,
-        ["error: heldout:16: out of range", "has 16 images (heldout:0 to heldout:15)"]),
+        ["impute", "heldout:16", "--checkpoint", "{run}", "--method", "alpha"],
+        None,
+        ["error: heldout:16: out of range", "has 16 images (heldout:0 to heldout:15)"],
+    ),
     "negative heldout index": (
-        ["impute", "heldout:-1", "--checkpoint", "{run}", "--method", "alpha"], None,
-        ["error: heldout:-1: out of range", "(heldout:0 to heldout:15)"]),
+        ["impute", "heldout:-1", "--checkpoint", "{run}", "--method", "alpha"],
+        None,
+        ["error: heldout:-1: out of range", "(heldout:0 to heldout:15)"],
+    ),
     "no grey square in the image": (
         ["impute", "plain.png", "--checkpoint", "{run}", "--method", "alpha", "--keep-observed"],
-        None, ["error: plain.png: no grey square found", "--square TOP,LEFT,SIZE"]),
+        None,
+        ["error: plain.png: no grey square found", "--square TOP,LEFT,SIZE"],
+    ),
     "a misspelt option": (
-        ["impute", "photo.png", "--checkpoint", "{run}", "--alpah", "0.6"], None,
-        ["No such option '--alpah'", "'--alpha'", "see `missingglow impute --help`"]),
-    "no images to impute": (["impute", "--checkpoint", "{run}"], None,
-                            ["Missing argument 'IMAGES...'"]),
+        ["impute", "photo.png", "--checkpoint", "{run}", "--alpah", "0.6"],
+        None,
+        ["No such option '--alpah'", "'--alpha'", "see `missingglow impute --help`"],
+    ),
+    "no images to impute": (
+        ["impute", "--checkpoint", "{run}"],
+        None,
+        ["Missing argument 'IMAGES...'"],
+    ),
     "a square place that is not three numbers": (
-        ["impute", "photo.png", "--checkpoint", "{run}", "--square", "1,2"], None,
-        ["Invalid value for '--square': give TOP,LEFT,SIZE in pixels (e.g. 10,20,12)"]),
-    "--columns 0": (["sample", "--checkpoint", "{run}", "--columns", "0"], None,
-                    ["Invalid value for '--columns': 0 is not in the range x>=1"]),
-    "latent-norms -n 0": (["latent-norms", "--checkpoint", "{run}", "-n", "0"], None,
-                          ["Invalid value for '-n': 0 is not in the range x>=1"]),
-    "evaluate --iterations 0": (["evaluate", "--checkpoint", "{run}", "--iterations", "0"], None,
-                                ["Invalid value for '--iterations': 0 is not in the range x>=1"]),
+        ["impute", "photo.png", "--checkpoint", "{run}", "--square", "1,2"],
+        None,
+        ["Invalid value for '--square': give TOP,LEFT,SIZE in pixels (e.g. 10,20,12)"],
+    ),
+    "--columns 0": (
+        ["sample", "--checkpoint", "{run}", "--columns", "0"],
+        None,
+        ["Invalid value for '--columns': 0 is not in the range x>=1"],
+    ),
+    "latent-norms -n 0": (
+        ["latent-norms", "--checkpoint", "{run}", "-n", "0"],
+        None,
+        ["Invalid value for '-n': 0 is not in the range x>=1"],
+    ),
+    "evaluate --iterations 0": (
+        ["evaluate", "--checkpoint", "{run}", "--iterations", "0"],
+        None,
+        ["Invalid value for '--iterations': 0 is not in the range x>=1"],
+    ),
     "run folder without latest or checkpoints": (
-        ["sample", "--checkpoint", "empty-run"], None,
-        ["empty-run is a folder without a `latest` checkpoint", "pass a run folder written by"]),
+        ["sample", "--checkpoint", "empty-run"],
+        None,
+        ["empty-run is a folder without a `latest` checkpoint", "pass a run folder written by"],
+    ),
     "imported checkpoint, evaluate without --square": (
-        ["evaluate", "--checkpoint", "imported.pt", "-n", "2"], None,
-        ["imported.pt is an imported checkpoint without a training config",
-         "give the square side with --square K"]),
+        ["evaluate", "--checkpoint", "imported.pt", "-n", "2"],
+        None,
+        [
+            "imported.pt is an imported checkpoint without a training config",
+            "give the square side with --square K",
+        ],
+    ),
     "imported checkpoint, latent-norms without --square": (
-        ["latent-norms", "--checkpoint", "imported.pt", "-n", "2"], None,
-        ["imported checkpoint without a training config", "--square K", "--data DIR"]),
+        ["latent-norms", "--checkpoint", "imported.pt", "-n", "2"],
+        None,
+        ["imported checkpoint without a training config", "--square K", "--data DIR"],
+    ),
     "imported checkpoint, a square larger than its images": (
-        ["latent-norms", "--checkpoint", "imported.pt", "--square", "65"], None,
-        ["--square 65 does not fit the checkpoint's 64×64 images; give at most 64"]),
+        ["latent-norms", "--checkpoint", "imported.pt", "--square", "65"],
+        None,
+        ["--square 65 does not fit the checkpoint's 64×64 images; give at most 64"],
+    ),
     "imported checkpoint, heldout items": (
-        ["impute", "heldout:1", "--checkpoint", "imported.pt"], None,
-        ["carries no training config", "use a checkpoint written by `missingglow train`"]),
+        ["impute", "heldout:1", "--checkpoint", "imported.pt"],
+        None,
+        ["carries no training config", "use a checkpoint written by `missingglow train`"],
+    ),
     "a run's own dataset, --square given": (
-        ["evaluate", "--checkpoint", "{run}", "--square", "3"], None,
-        ["--data and --square are for an imported checkpoint", "leave both out"]),
+        ["evaluate", "--checkpoint", "{run}", "--square", "3"],
+        None,
+        ["--data and --square are for an imported checkpoint", "leave both out"],
+    ),
 }
 
 
@@ -125,6 +168,7 @@ def test_evaluate_says_its_error_before_the_progress_bar(cli):
 
 # ------------------------------------------------------------ the square-size hint of `squares`
 
+
 def test_squares_in_images_hints_at_square_only_when_no_size_is_known(cli):
     code, out, err = cli("squares", "photo.png")
     assert code == 0, err
@@ -140,26 +184,39 @@ def test_squares_in_images_hints_at_square_only_when_no_size_is_known(cli):
 def test_squares_in_images_counts_the_readable_ones_and_names_the_others(cli):
     code, out, err = cli("squares", "photo.png", "nothing.png", "plain.png", "--square", "10")
     assert code == 2, err
-    assert out.strip().splitlines() == ["photo.png: 1 square at (top,left,size) (8,7,10)",
-                                        "plain.png: 0 squares"]
+    assert out.strip().splitlines() == [
+        "photo.png: 1 square at (top,left,size) (8,7,10)",
+        "plain.png: 0 squares",
+    ]
     assert err.strip() == "error: nothing.png: image nothing.png not found"
 
 
 # ------------------------------------------------------- an imported rosinality checkpoint works
 
+
 def test_imported_checkpoint_samples_and_counts_squares(cli):
-    code, out, err = cli("sample", "--checkpoint", "imported.pt", "-t", "0.5,0.7", "-n", "3",
-                         "--out", "imported-samples.png")
+    code, out, err = cli(
+        "sample",
+        "--checkpoint",
+        "imported.pt",
+        "-t",
+        "0.5,0.7",
+        "-n",
+        "3",
+        "--out",
+        "imported-samples.png",
+    )
     assert code == 0, err
-    assert out.strip().splitlines()[-1] == ("wrote imported-samples.png: 6 samples, "
-                                            "0 non-finite")
+    assert out.strip().splitlines()[-1] == ("wrote imported-samples.png: 6 samples, 0 non-finite")
     with Image.open("imported-samples.png") as image:
-        assert image.size[0] > 3 * 64   # 64-px samples, three to a row
-    code, out, err = cli("squares", "--checkpoint", "imported.pt", "-t", "0.3", "-n", "4",
-                         "--out", "imported-t1")
+        assert image.size[0] > 3 * 64  # 64-px samples, three to a row
+    code, out, err = cli(
+        "squares", "--checkpoint", "imported.pt", "-t", "0.3", "-n", "4", "--out", "imported-t1"
+    )
     assert code == 0, err
-    assert any(line.startswith("samples per t") and line.split()[-1] == "4"
-               for line in out.splitlines())
+    assert any(
+        line.startswith("samples per t") and line.split()[-1] == "4" for line in out.splitlines()
+    )
     assert os.path.isfile("imported-t1/table1.csv")
     code, out, err = cli("squares", "photo.png", "--checkpoint", "imported.pt")
     assert code == 0, err
@@ -170,30 +227,80 @@ def test_imported_checkpoint_samples_and_counts_squares(cli):
 
 
 def test_imported_checkpoint_imputes_files(cli):
-    code, out, err = cli("impute", "photo.png", "--checkpoint", "imported.pt", "--method", "alpha",
-                         "--alpha", "0.5,0.9", "--keep-observed", "--out", "imported-alpha")
+    code, out, err = cli(
+        "impute",
+        "photo.png",
+        "--checkpoint",
+        "imported.pt",
+        "--method",
+        "alpha",
+        "--alpha",
+        "0.5,0.9",
+        "--keep-observed",
+        "--out",
+        "imported-alpha",
+    )
     assert code == 0, err
     assert "resized to 64" in err
     assert "photo: 2 alpha(s), keeping observed pixels, square from the detector" in out
     assert out.strip().splitlines()[-1] == "wrote 2 restored image(s) to imported-alpha"
-    code, out, err = cli("impute", "photo.png", "--checkpoint", "imported.pt", "--steps", "2",
-                         "--start", "input", "--out", "imported-invert")
+    code, out, err = cli(
+        "impute",
+        "photo.png",
+        "--checkpoint",
+        "imported.pt",
+        "--steps",
+        "2",
+        "--start",
+        "input",
+        "--out",
+        "imported-invert",
+    )
     assert code == 0, err
     found = re.search(r"photo: (\d+) missing pixels from the detector \(1 square\)", out)
-    assert found and 20 ** 2 <= int(found.group(1)) <= 22 ** 2, out   # the 21-px square
+    assert found and 20**2 <= int(found.group(1)) <= 22**2, out  # the 21-px square
 
 
 def test_imported_checkpoint_evaluates_and_measures_latent_norms_on_given_data(cli):
-    code, out, err = cli("evaluate", "--checkpoint", "imported.pt", "--data", "{faces64}",
-                         "--square", "8", "-n", "2", "--alpha", "0.5", "--iterations", "1",
-                         "--steps", "2", "--no-classical", "--out", "imported-eval")
+    code, out, err = cli(
+        "evaluate",
+        "--checkpoint",
+        "imported.pt",
+        "--data",
+        "{faces64}",
+        "--square",
+        "8",
+        "-n",
+        "2",
+        "--alpha",
+        "0.5",
+        "--iterations",
+        "1",
+        "--steps",
+        "2",
+        "--no-classical",
+        "--out",
+        "imported-eval",
+    )
     assert code == 0, err
     assert out.startswith("held-out images: 2, 1 square(s) of 8 px each")
     assert "best alpha for flow: 0.5" in out
     assert os.path.isfile("imported-eval/evaluation.csv")
-    code, out, err = cli("latent-norms", "--checkpoint", "imported.pt", "--data", "{faces64}",
-                         "--square", "8", "-n", "2", "--out", "imported-norms")
+    code, out, err = cli(
+        "latent-norms",
+        "--checkpoint",
+        "imported.pt",
+        "--data",
+        "{faces64}",
+        "--square",
+        "8",
+        "-n",
+        "2",
+        "--out",
+        "imported-norms",
+    )
     assert code == 0, err
-    assert "D = 12288" in out   # 3·64²
-    assert any(line.startswith("8×8 (trained)") and line.split()[2] == "2"
-               for line in out.splitlines()), out
+    assert "D = 12288" in out  # 3·64²
+    assert any(
+        line.startswith("8×8 (trained)") and line.split()[2] == "2" for line in out.splitlines()
+    ), out

@@ -1,5 +1,6 @@
 """Masked datasets (docs/conventions.md §3): folder ingestion, the cache, squares, the held-out
 split."""
+
 import hashlib
 import json
 import os
@@ -70,9 +71,17 @@ def _pixel(cache, name):
 
 def test_folder_modes_converted_bad_files_skipped(folder, cache_dir, capsys):
     cache = cachefile.open_dataset(str(folder), S, cache_dir=cache_dir)
-    assert cache.names == ["a_rgb.png", "e_cmyk.jpg", "f_16bit.png", "g_tiny.bmp", "h_wide.webp",
-                           "j_full.jpg", "sub/b_grey.png", "sub/c_palette.png",
-                           "sub/deep/d_rgba.png"]
+    assert cache.names == [
+        "a_rgb.png",
+        "e_cmyk.jpg",
+        "f_16bit.png",
+        "g_tiny.bmp",
+        "h_wide.webp",
+        "j_full.jpg",
+        "sub/b_grey.png",
+        "sub/c_palette.png",
+        "sub/deep/d_rgba.png",
+    ]
     assert cache.images.shape == (9, S, S, 3) and cache.images.dtype == torch.uint8
     assert _pixel(cache, "a_rgb.png") == (200, 10, 30)
     assert _pixel(cache, "sub/b_grey.png") == (77, 77, 77)
@@ -86,8 +95,11 @@ def test_folder_modes_converted_bad_files_skipped(folder, cache_dir, capsys):
     # centre crop: of 48×16 after resizing, columns 16..32 (the green middle, 8 px from the edges)
     assert (wide.int() - torch.tensor([0, 255, 0])).abs().max() <= 2
     assert cache.header["upscaled"] == 1
-    assert sorted(n for n, _ in cache.skipped) == ["i_not_an_image.jpg", "k_truncated.jpg",
-                                                   "l_broken_link.png"]
+    assert sorted(n for n, _ in cache.skipped) == [
+        "i_not_an_image.jpg",
+        "k_truncated.jpg",
+        "l_broken_link.png",
+    ]
     err = capsys.readouterr().err
     summary = [line for line in err.splitlines() if "skipped" in line]
     assert len(summary) == 1
@@ -122,8 +134,9 @@ def test_changed_folder_rebuilds(folder, cache_dir, capsys):
 def test_pool_gives_same_bytes_as_serial(folder, tmp_path, monkeypatch):
     serial = cachefile.open_dataset(str(folder), S, cache_dir=str(tmp_path / "c1"), quiet=True)
     monkeypatch.setattr(cachefile, "_SERIAL_BELOW", 1)
-    pooled = cachefile.open_dataset(str(folder), S, cache_dir=str(tmp_path / "c2"), workers=2,
-                               quiet=True)
+    pooled = cachefile.open_dataset(
+        str(folder), S, cache_dir=str(tmp_path / "c2"), workers=2, quiet=True
+    )
     assert pooled.header["workers"] == 2 and serial.header["workers"] == 1
     assert pooled.names == serial.names and torch.equal(pooled.images, serial.images)
 
@@ -140,8 +153,12 @@ def test_unusable_folder_is_a_user_error(tmp_path, cache_dir, what):
         d.write_text("x")
     with pytest.raises(UserError) as err:
         cachefile.open_dataset(str(d), S, cache_dir=cache_dir, quiet=True)
-    expected = {"empty": "folder is empty", "no_images": "1 other files ignored",
-                "missing": "does not exist", "file": "not a folder"}[what]
+    expected = {
+        "empty": "folder is empty",
+        "no_images": "1 other files ignored",
+        "missing": "does not exist",
+        "file": "not a folder",
+    }[what]
     assert expected in str(err.value)
 
 
@@ -174,18 +191,21 @@ def test_read_only_cache_folder(folder, tmp_path):
 def _rewrite_header(path, **changes):
     with open(path, "r+b") as f:
         head = f.read(cachefile.HEADER_BYTES)
-        header = json.loads(head[len(cachefile.MAGIC):].decode())
+        header = json.loads(head[len(cachefile.MAGIC) :].decode())
         header.update(changes)
         f.seek(0)
         f.write((cachefile.MAGIC + json.dumps(header).encode()).ljust(cachefile.HEADER_BYTES, b" "))
 
 
-@pytest.mark.parametrize("damage, reason", [
-    ("truncate", "truncated"),
-    ("version", "another format version"),
-    ("magic", "not a missingglow cache"),
-    ("digest", "other source files"),
-])
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        ("truncate", "truncated"),
+        ("version", "another format version"),
+        ("magic", "not a missingglow cache"),
+        ("digest", "other source files"),
+    ],
+)
 def test_bad_cache_is_rebuilt_or_refused(folder, cache_dir, capsys, damage, reason):
     good = cachefile.open_dataset(str(folder), S, cache_dir=cache_dir, quiet=True)
     expected = good.images.clone()
@@ -231,8 +251,15 @@ print(c.path)
 
 def test_two_processes_preparing_at_once_leave_one_good_cache(cache_dir):
     script = CONCURRENT.format(root=ROOT, cache=cache_dir)
-    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     paths = {out.strip() for out, _ in outs}
@@ -245,10 +272,12 @@ def test_two_processes_preparing_at_once_leave_one_good_cache(cache_dir):
 
 # ---------------------------------------------------------------- squares and the split
 
+
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory):
-    return cachefile.open_dataset(None, 32, cache_dir=str(tmp_path_factory.mktemp("c")),
-                             synthetic_count=400, quiet=True)
+    return cachefile.open_dataset(
+        None, 32, cache_dir=str(tmp_path_factory.mktemp("c")), synthetic_count=400, quiet=True
+    )
 
 
 def test_squares_are_grey_inside_clean_outside(faces):
@@ -292,11 +321,18 @@ def test_square_positions_deterministic_and_uniform(faces):
 
 def test_square_positions_same_in_another_process():
     here = [masks.square_positions(7, i, 20, 2, 64).tolist() for i in range(50)]
-    code = ("import sys, json; sys.path.insert(0, %r); from missingglow.data.masks import "
-            "square_positions as p; print(json.dumps([p(7, i, 20, 2, 64).tolist() "
-            "for i in range(50)]))" % ROOT)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "PYTHONHASHSEED": "123"})
+    code = (
+        "import sys, json; sys.path.insert(0, %r); from missingglow.data.masks import "
+        "square_positions as p; print(json.dumps([p(7, i, 20, 2, 64).tolist() "
+        "for i in range(50)]))" % ROOT
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONHASHSEED": "123"},
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == here
     # pinned values: a change to the formula changes every experiment's squares
@@ -365,6 +401,7 @@ def test_batch_matches_items_and_pickles(faces):
 
 # ---------------------------------------------------------------- command line, NumPy-free
 
+
 def test_prepare_command(folder, cache_dir):
     from helpers import run_in_process
 
@@ -400,8 +437,9 @@ print("numpy-free")
 
 def test_data_path_numpy_free(folder, cache_dir):
     script = NUMPY_BLOCKED.format(root=ROOT, folder=str(folder), cache=cache_dir)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0 and "numpy-free" in out.stdout, out.stderr
 
 
@@ -413,14 +451,16 @@ def test_low_detail_synthetic_faces_are_their_own_cache(cache_dir, monkeypatch):
     # the full-detail source string is unchanged, so caches built before `detail` existed stay valid
     assert synthetic_source(0, 10) == f"synthetic:seed=0,n=10,v={synthetic.VERSION}"
     full = cachefile.open_dataset(None, 8, synthetic_count=12, cache_dir=cache_dir, quiet=True)
-    low = cachefile.open_dataset(None, 8, synthetic_count=12, cache_dir=cache_dir,
-                            synthetic_detail="low", quiet=True)
+    low = cachefile.open_dataset(
+        None, 8, synthetic_count=12, cache_dir=cache_dir, synthetic_detail="low", quiet=True
+    )
     assert full.path != low.path
     assert bytes(low.images[5].flatten().tolist()) == synthetic.draw(0, 5, 8, "low").tobytes()
     assert bytes(full.images[5].flatten().tolist()) != bytes(low.images[5].flatten().tolist())
     with pytest.raises(UserError, match="synthetic detail must be full or low"):
-        cachefile.open_dataset(None, 8, synthetic_count=12, cache_dir=cache_dir,
-                          synthetic_detail="blurry")
+        cachefile.open_dataset(
+            None, 8, synthetic_count=12, cache_dir=cache_dir, synthetic_detail="blurry"
+        )
     # a config without the key (a run from before it existed) means the full-detail faces
     monkeypatch.setenv("MISSINGGLOW_CACHE", cache_dir)
     assert dataset_of({"data": None, "image_size": 8, "synthetic_count": 12}).path == full.path

@@ -1,6 +1,7 @@
 """`evaluate` on several hole families with the posterior sampler: the training square's numbers as
 they were before families existed, the same images under every family, every new score present
 and in range, and the per-image scores and intervals worked out again by hand."""
+
 import json
 import math
 import os
@@ -28,8 +29,9 @@ from helpers import tiny_run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # the settings tests/expected/evaluate-square-tiny.json was computed with, before families
-BEFORE = dict(n=6, alphas=[0.5, 1.0], iterations=2, seed=0, classical=False,
-              invert_options=dict(steps=3))
+BEFORE = dict(
+    n=6, alphas=[0.5, 1.0], iterations=2, seed=0, classical=False, invert_options=dict(steps=3)
+)
 SAMPLES = 5
 
 
@@ -45,8 +47,9 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evaluated(run):
-    return evaluate(run, **BEFORE, masks=FAMILIES, samples=SAMPLES,
-                    posterior_options=dict(warmup=3, steps=4))
+    return evaluate(
+        run, **BEFORE, masks=FAMILIES, samples=SAMPLES, posterior_options=dict(warmup=3, steps=4)
+    )
 
 
 def expected_square():
@@ -66,7 +69,7 @@ def assert_as_before(rows, bpd):
             elif key in ("psnr_in", "psnr_out"):
                 if value == "inf":
                     assert new[key] == math.inf, (old, key)
-                elif old[key.replace("psnr", "rmse")] > 1e-4:   # not a float-noise RMSE
+                elif old[key.replace("psnr", "rmse")] > 1e-4:  # not a float-noise RMSE
                     assert new[key] == pytest.approx(value, rel=1e-5), (old, key)
             else:
                 assert new[key] == value, (old, key)
@@ -80,7 +83,8 @@ def test_the_square_family_scores_as_before_families_existed(run, evaluated):
     alone = evaluate(run, **BEFORE)
     assert_as_before(alone["rows"], alone["bpd"])
     assert [(r["method"], r["alpha"]) for r in alone["rows"]] == [
-        (r["method"], r["alpha"]) for r in expected_square()["rows"]]
+        (r["method"], r["alpha"]) for r in expected_square()["rows"]
+    ]
     assert list(alone["families"]) == ["square"] and alone["posterior"] is None
 
 
@@ -97,7 +101,7 @@ def test_every_family_scores_every_method_on_the_same_images(evaluated):
         assert all(r["images"] == 6 and r["family"] == family for r in part["rows"])
         assert torch.equal(part["examples"]["original"], original), family
         inputs[family] = part["examples"]["input"]
-    for a in FAMILIES:                     # the holes differ: different inputs, same originals
+    for a in FAMILIES:  # the holes differ: different inputs, same originals
         for b in FAMILIES:
             assert a == b or not torch.equal(inputs[a], inputs[b]), (a, b)
     shares = {f: part["hole_share"] for f, part in families.items()}
@@ -121,7 +125,7 @@ def test_every_new_score_is_there_and_in_range(evaluated):
                 assert 0 <= r["coverage_50"] <= r["coverage_90"] <= 1, r
                 assert 0 <= r["width_50"] <= r["width_90"], r
                 assert r["crps"] > 0 and r["rmse_out"] == 0
-            else:   # a point forecast: CRPS is its mean absolute error, best of one its RMSE
+            else:  # a point forecast: CRPS is its mean absolute error, best of one its RMSE
                 assert r["best_rmse"] == pytest.approx(r["rmse_hole"], rel=1e-9)
     p = evaluated["posterior"]
     assert (p["samples"], p["warmup"], p["steps"]) == (SAMPLES, 3, 4)
@@ -141,13 +145,18 @@ def test_per_image_scores_by_hand(run, evaluated):
     torch.testing.assert_close(examples["harmonic fill"], filled)
     by_hand = point_scores(filled, examples["original"], mask)
     row = next(r for r in part["rows"] if r["method"] == "harmonic fill")
-    for key, name in (("rmse_hole", "rmse"), ("psnr_hole", "psnr"), ("ssim_hole", "ssim"),
-                      ("psnr_whole", "psnr_whole")):
+    for key, name in (
+        ("rmse_hole", "rmse"),
+        ("psnr_hole", "psnr"),
+        ("ssim_hole", "ssim"),
+        ("psnr_whole", "psnr_whole"),
+    ):
         assert row[key] == pytest.approx(by_hand[name].mean().item(), rel=1e-6), key
     one = sample_scores(filled[None], examples["original"], mask)
     assert row["crps"] == pytest.approx(one["crps"].mean().item(), rel=1e-6)
-    absolute = ((filled - examples["original"]).abs() * mask).sum((1, 2, 3)) / (3 * mask.sum(
-        (1, 2, 3)))
+    absolute = ((filled - examples["original"]).abs() * mask).sum((1, 2, 3)) / (
+        3 * mask.sum((1, 2, 3))
+    )
     assert row["crps"] == pytest.approx(absolute.double().mean().item(), rel=1e-5)
     # the sampler's mean keeps the observed pixels; its spread is zero outside the hole
     mean = examples[POSTERIOR]
@@ -161,8 +170,9 @@ def run_heldout_indices(run):
     from missingglow.data.datasets import MaskedImages, dataset_of
 
     c = run.config
-    return MaskedImages(dataset_of(c, run.image_size), c["square"], 1, c["seed"],
-                        split="heldout").indices
+    return MaskedImages(
+        dataset_of(c, run.image_size), c["square"], 1, c["seed"], split="heldout"
+    ).indices
 
 
 def test_reports_carry_every_family(evaluated, tmp_path):
@@ -170,8 +180,14 @@ def test_reports_carry_every_family(evaluated, tmp_path):
 
     paths = write_report(evaluated, str(tmp_path / "ev"), str(tmp_path / "e.json"))
     assert [os.path.basename(p) for p in paths] == [
-        "evaluation.csv", "evaluation.png", "comparison.png", "comparison-centre.png",
-        "comparison-rectangles.png", "comparison-pixels.png", "e.json"]
+        "evaluation.csv",
+        "evaluation.png",
+        "comparison.png",
+        "comparison-centre.png",
+        "comparison-rectangles.png",
+        "comparison-pixels.png",
+        "e.json",
+    ]
     with open(tmp_path / "ev" / "evaluation.csv") as f:
         table = list(csv.DictReader(f))
     rows = [r for part in evaluated["families"].values() for r in part["rows"]]

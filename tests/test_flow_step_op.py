@@ -4,6 +4,7 @@ Fresh random inputs with odd shapes, every parameter randomly perturbed (conftes
 so that each piece of the step acts on its input; float64 to 1e-9, float32 to the tolerances
 derived in tests/float32_tolerances.py from float32 rounding.
 """
+
 import pytest
 import torch
 
@@ -30,8 +31,12 @@ def _steps(gen, c, hidden=7, device="cpu"):
 
 def _op_args(step):
     """The op's parameters (loc, scale, W, w1, b1, w2, b2, w3, b3, s3) of a fused step."""
-    return [step.actnorm.loc, step.actnorm.scale, step.invconv.matrix(),
-            *fused_step.coupling_net_params(step.coupling)]
+    return [
+        step.actnorm.loc,
+        step.actnorm.scale,
+        step.invconv.matrix(),
+        *fused_step.coupling_net_params(step.coupling),
+    ]
 
 
 def _x(gen, shape, device, channels_last=False):
@@ -61,8 +66,12 @@ def test_flow_step_op_matches_reference(gen, device, shape, channels_last):
         back_fn, inv_logdet_fn = ops_reference.flow_step_inverse(y, *_op_args(step))
         torch.testing.assert_close(back, back_fn, rtol=1e-9, atol=1e-9)
         torch.testing.assert_close(inv_logdet, inv_logdet_fn, rtol=1e-10, atol=1e-10)
-        torch.testing.assert_close(ops.flow_step_inverse(y_ref, *_op_args(step))[0],
-                                   ref.reverse(y_ref), rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(
+            ops.flow_step_inverse(y_ref, *_op_args(step))[0],
+            ref.reverse(y_ref),
+            rtol=1e-9,
+            atol=1e-9,
+        )
 
 
 def assert_step_logdet_close(fast, ref32, exact, log_s, c=4.0, what="logdet", floor=0.0):
@@ -96,7 +105,7 @@ def test_flow_step_op_float32_is_as_accurate_as_the_reference(gen, device, shape
         y64, logdet64 = ops_reference.flow_step(x.double(), *wide)
         floors = rounding_floor(ops_reference.flow_step, [x.double(), *wide], (y64, logdet64), gen)
         out = ops_reference.actnorm_conv(x.double(), *wide[:3])
-        log_s = ops_reference.coupling_net(out[:, :shape[1] // 2], *wide[3:]).chunk(2, 1)[0]
+        log_s = ops_reference.coupling_net(out[:, : shape[1] // 2], *wide[3:]).chunk(2, 1)[0]
         assert y.dtype == logdet.dtype == torch.float32
         assert_float32_close(y, y32, y64, what="y", floor=floors[0])
         assert_step_logdet_close(logdet, logdet32, logdet64, log_s, floor=floors[1])
@@ -104,19 +113,22 @@ def test_flow_step_op_float32_is_as_accurate_as_the_reference(gen, device, shape
         back, inv_logdet = ops.flow_step_inverse(y32, *args)
         back32, inv_logdet32 = ops_reference.flow_step_inverse(y32, *args)
         back64, inv_logdet64 = ops_reference.flow_step_inverse(y32.double(), *wide)
-        floors = rounding_floor(ops_reference.flow_step_inverse, [y32.double(), *wide],
-                                (back64, inv_logdet64), gen)
+        floors = rounding_floor(
+            ops_reference.flow_step_inverse, [y32.double(), *wide], (back64, inv_logdet64), gen
+        )
         assert_float32_close(back, back32, back64, what="x back", floor=floors[0])
-        assert_step_logdet_close(inv_logdet, inv_logdet32, inv_logdet64, log_s,
-                                 what="inverse logdet", floor=floors[1])
+        assert_step_logdet_close(
+            inv_logdet, inv_logdet32, inv_logdet64, log_s, what="inverse logdet", floor=floors[1]
+        )
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("driver", [True, False])
 @pytest.mark.parametrize("shape", [(1, 6, 1, 1), (3, 12, 5, 7), (3, 48, 3, 3)])
 @pytest.mark.usefixtures("float32_proper")
-def test_fused_step_float32_gradients_are_as_accurate_as_the_reference(gen, device, driver, shape,
-                                                                       monkeypatch):
+def test_fused_step_float32_gradients_are_as_accurate_as_the_reference(
+    gen, device, driver, shape, monkeypatch
+):
     """Through the module in float32, both ways of running it, against the reference module in
     float32 and in float64 (the same float32 parameters and input).
 
@@ -143,18 +155,25 @@ def test_fused_step_float32_gradients_are_as_accurate_as_the_reference(gen, devi
         return [y.detach(), logdet.detach(), *torch.autograd.grad(loss, [x, *params])]
 
     fast, ref32, exact = outputs(step, x), outputs(ref32, x), outputs(ref, x.double())
-    floors = rounding_floor(lambda *a: outputs(ref, *a),
-                            [x.double(), *[p.detach() for p in ref.parameters()]], exact, gen)
+    floors = rounding_floor(
+        lambda *a: outputs(ref, *a),
+        [x.double(), *[p.detach() for p in ref.parameters()]],
+        exact,
+        gen,
+    )
     with torch.no_grad():
         out = ref.invconv(ref.actnorm(x.double())[0])[0]
         log_s = ref.coupling.net(out.chunk(2, 1)[0]).chunk(2, 1)[0]
     assert_step_logdet_close(fast[1], ref32[1], exact[1], log_s, floor=floors[1])
-    for name, a, r, e, floor in zip(["y", "logdet", "x", *names], fast, ref32, exact, floors, strict=True):
+    for name, a, r, e, floor in zip(
+        ["y", "logdet", "x", *names], fast, ref32, exact, floors, strict=True
+    ):
         assert a.dtype == torch.float32, name
         if name != "logdet":
             c = 4.0 if name == "y" else 8.0
-            assert_float32_close(a, r, e, c=c, what=name if name == "y" else f"grad {name}",
-                                 floor=floor)
+            assert_float32_close(
+                a, r, e, c=c, what=name if name == "y" else f"grad {name}", floor=floor
+            )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -173,11 +192,17 @@ def test_fused_step_gradients_match_reference(gen, device, driver, shape, monkey
     weights = torch.randn(y.shape, generator=gen, dtype=y.dtype).to(device)
     names = [name for name, _ in ref.named_parameters()]
     grads = torch.autograd.grad((y * weights).sum() + logdet.pow(2).sum(), [x, *step.parameters()])
-    grads_ref = torch.autograd.grad((y_ref * weights).sum() + logdet_ref.pow(2).sum(),
-                                    [x, *ref.parameters()])
+    grads_ref = torch.autograd.grad(
+        (y_ref * weights).sum() + logdet_ref.pow(2).sum(), [x, *ref.parameters()]
+    )
     for name, g, g_ref in zip(["x"] + names, grads, grads_ref, strict=True):
-        torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-9 * (1 + g_ref.abs().max().item()),
-                                   msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            g,
+            g_ref,
+            rtol=1e-9,
+            atol=1e-9 * (1 + g_ref.abs().max().item()),
+            msg=lambda m: f"{name}: {m}",
+        )
 
 
 def test_the_driver_runs_affine_steps_on_cuda_only_by_default(gen):
@@ -229,13 +254,18 @@ def test_flow_step_opcheck(gen, device, channels_last):
     x, *params = _small_args(gen, device, n=3, c=6, size=5)
     if not channels_last:
         x = x.contiguous()
-    for op in (torch.ops.missingglow.flow_step_forward.default,
-               torch.ops.missingglow.flow_step_inverse.default):
-        torch.library.opcheck(op, [x.detach().requires_grad_(),
-                                   *[p.detach().requires_grad_() for p in params]])
+    for op in (
+        torch.ops.missingglow.flow_step_forward.default,
+        torch.ops.missingglow.flow_step_inverse.default,
+    ):
+        torch.library.opcheck(
+            op, [x.detach().requires_grad_(), *[p.detach().requires_grad_() for p in params]]
+        )
     y, logdet, h1, h2, h = torch.ops.missingglow.flow_step_forward.default(x, *params)
-    torch.library.opcheck(torch.ops.missingglow.flow_step_backward.default,
-                          [torch.randn_like(y), torch.randn_like(logdet), x, y, h1, h2, h, *params])
+    torch.library.opcheck(
+        torch.ops.missingglow.flow_step_backward.default,
+        [torch.randn_like(y), torch.randn_like(logdet), x, y, h1, h2, h, *params],
+    )
 
 
 def test_compiled_driver_step_matches_eager_without_graph_breaks(gen, monkeypatch):

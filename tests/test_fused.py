@@ -5,6 +5,7 @@ Every comparison is on a model whose parameters are all randomly perturbed (conf
 `randomize`), so each layer acts on its input; both models share one state dict. float64 to
 1e-10; float32 to the tolerances derived in tests/float32_tolerances.py from float32 rounding.
 """
+
 import copy
 
 import pytest
@@ -20,12 +21,15 @@ from helpers import randomize
 pytestmark = pytest.mark.skipif(not ops.AVAILABLE, reason=str(ops.WHY_UNAVAILABLE))
 
 
-def _pair(gen, impls=("reference", "fused"), memory_saving=(False, False), **kw):
+def _pair(gen, impls=("reference", "fused"), memory_saving=None, **kw):
     """Models of the given impls sharing one randomised, data-initialised state dict."""
     cfg = dict(blocks=3, flows=2, hidden=8, image_size=16)
     cfg.update(kw)
-    models = [Glow(**cfg, impl=impl, memory_saving=ms).double()
-              for impl, ms in zip(impls, memory_saving, strict=True)]
+    memory_saving = memory_saving or (False,) * len(impls)
+    models = [
+        Glow(**cfg, impl=impl, memory_saving=ms).double()
+        for impl, ms in zip(impls, memory_saving, strict=True)
+    ]
     with torch.no_grad():
         models[0](_images(gen, n=8, size=cfg["image_size"]))
     randomize(models[0], gen, scale=0.05)
@@ -79,8 +83,9 @@ def test_fused_glow_matches_reference(gen, affine, lu):
     x = _images(gen)
     with torch.no_grad():
         enc, enc_ref = fast(x), ref(x)
-        torch.testing.assert_close(enc.log_p + enc.logdet, enc_ref.log_p + enc_ref.logdet,
-                                   rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(
+            enc.log_p + enc.logdet, enc_ref.log_p + enc_ref.logdet, rtol=1e-10, atol=1e-10
+        )
         for z, z_ref in zip(enc.z + enc.eps, enc_ref.z + enc_ref.eps, strict=True):
             torch.testing.assert_close(z, z_ref, rtol=1e-10, atol=1e-10)
         eps = 0.8 * ref.encode(_images(gen, n=2))  # a latent the randomised flow inverts finitely
@@ -135,8 +140,15 @@ def test_fused_glow_float32_is_as_accurate_as_the_reference(gen, affine, lu):
     inputs = [x.double(), eps_in.double(), *[p.detach() for p in ref.parameters()]]
     floors = f32.rounding_floor(moved, inputs, exact, gen, draws=2)
     floors[0] = max(floors[0], f32.U * (3 * 8 * 8) ** 0.5 * exact[0].abs().max().item())
-    for name, c, a, r, e, floor in zip(["log p", "latents", "decoded", "grad x"], [4, 4, 4, 8],
-                                       fast, ref32, exact, floors, strict=True):
+    for name, c, a, r, e, floor in zip(
+        ["log p", "latents", "decoded", "grad x"],
+        [4, 4, 4, 8],
+        fast,
+        ref32,
+        exact,
+        floors,
+        strict=True,
+    ):
         assert a.dtype == torch.float32, name
         f32.assert_float32_close(a, r, e, c=c, what=name, floor=floor)
 
@@ -176,11 +188,19 @@ def test_checkpoints_move_between_impls(gen):
     assert list(ref.state_dict()) == list(fast.state_dict())
 
 
-@pytest.mark.parametrize("impl,affine,lu", [("fused", True, True), ("fused", False, False),
-                                             ("fused", True, False), ("reference", True, True)])
+@pytest.mark.parametrize(
+    "impl,affine,lu",
+    [
+        ("fused", True, True),
+        ("fused", False, False),
+        ("fused", True, False),
+        ("reference", True, True),
+    ],
+)
 def test_memory_saving_gradients_equal_standard_ones(gen, impl, affine, lu):
-    standard, saving = _pair(gen, impls=(impl, impl), memory_saving=(False, True), affine=affine,
-                             lu=lu)
+    standard, saving = _pair(
+        gen, impls=(impl, impl), memory_saving=(False, True), affine=affine, lu=lu
+    )
     x = _images(gen)
     with torch.no_grad():
         torch.testing.assert_close(saving.log_prob(x), standard.log_prob(x), rtol=1e-12, atol=1e-12)
@@ -205,15 +225,22 @@ def test_memory_saving_keeps_no_activations_inside_the_flow(gen):
     assert saved["saving"] < saved["standard"] / 4, saved
 
 
-@pytest.mark.parametrize("impl,affine,lu", [("fused", True, True), ("fused", False, False),
-                                             ("reference", True, True),
-                                             ("reference", False, False)])
+@pytest.mark.parametrize(
+    "impl,affine,lu",
+    [
+        ("fused", True, True),
+        ("fused", False, False),
+        ("reference", True, True),
+        ("reference", False, False),
+    ],
+)
 def test_memory_saving_gives_only_the_gradients_asked_for(gen, impl, affine, lu):
     """Frozen parameters (as analysis/invert.py freezes them): ∂log p/∂x as without memory saving.
     An input that needs no gradient (an image batch): the parameters' gradients exactly as when
     it needs one, and the flow's backward returns None for it."""
-    standard, saving = _pair(gen, impls=(impl, impl), memory_saving=(False, True), affine=affine,
-                             lu=lu)
+    standard, saving = _pair(
+        gen, impls=(impl, impl), memory_saving=(False, True), affine=affine, lu=lu
+    )
     x = _images(gen)
     for model in (standard, saving):
         model.requires_grad_(False)
@@ -226,8 +253,9 @@ def test_memory_saving_gives_only_the_gradients_asked_for(gen, impl, affine, lu)
     for g, g_ref in zip(without_x, with_x, strict=True):
         assert torch.equal(g, g_ref)
     flows = saving.blocks[0].flows
-    y, logdet = flows_without_activations(flows, torch.randn(2, 12, 8, 8, generator=gen,
-                                                             dtype=torch.float64))
+    y, logdet = flows_without_activations(
+        flows, torch.randn(2, 12, 8, 8, generator=gen, dtype=torch.float64)
+    )
     with torch.no_grad():
         returned = y.grad_fn.apply(torch.ones_like(y), torch.ones_like(logdet))
     assert returned[0] is None and returned[1] is None  # x, and the list of flows

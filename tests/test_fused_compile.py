@@ -1,5 +1,6 @@
 """torch.compile of a model on the fused ops: the fake kernels let dynamo trace every op, so a
 flow step (and here the whole tiny model) compiles as one graph, forward and backward."""
+
 import pytest
 import torch
 

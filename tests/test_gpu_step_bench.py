@@ -1,6 +1,7 @@
 """bench/gpu_step.py runs on the CPU (what needs CUDA skipped with a note), at tiny shapes in
 seconds: the JSON it writes has every variant, and the sync-like ops it counts tell the old step
 (host reads every step) from the loop's (none)."""
+
 import importlib.util
 import json
 import os
@@ -10,7 +11,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def load_bench():
     spec = importlib.util.spec_from_file_location(
-        "gpu_step", os.path.join(ROOT, "bench", "gpu_step.py"))
+        "gpu_step", os.path.join(ROOT, "bench", "gpu_step.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -18,8 +20,24 @@ def load_bench():
 
 def test_gpu_step_runs_on_the_cpu_and_writes_json(tmp_path):
     out = tmp_path / "step.json"
-    load_bench().main(["--device", "cpu", "--presets", "tiny", "--steps", "2", "--warmup", "1",
-                       "--repeats", "1", "--profile-steps", "2", "--out", str(out)])
+    load_bench().main(
+        [
+            "--device",
+            "cpu",
+            "--presets",
+            "tiny",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--repeats",
+            "1",
+            "--profile-steps",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     tiny = json.loads(out.read_text())["presets"]["tiny"]
     variants = tiny["variants"]
     assert set(variants) == {"synced", "sync_free", "graph", "bf16"}

@@ -1,5 +1,6 @@
 """Restoring images: latent-norm inversion, users' masks (files and alpha channels), evaluation of
 every method side by side, and the newest run as the default checkpoint."""
+
 import json
 import math
 import os
@@ -28,7 +29,7 @@ def holes(b, size, gen):
     missing = torch.zeros(b, 1, size, size, dtype=torch.bool)
     for i in range(b):
         top, left = torch.randint(0, size - 3, (2,), generator=gen).tolist()
-        missing[i, :, top:top + 3, left:left + 3] = True
+        missing[i, :, top : top + 3, left : left + 3] = True
     missing[0, :, 0, :2] = True  # a second, irregular hole
     return missing
 
@@ -40,7 +41,7 @@ def test_inversion_keeps_observed_pixels_exactly_and_lowers_its_objective(gen):
     out, history = invert(model, x, missing, steps=30, gamma=0.01, lr=0.02)
     assert out.shape == (1, 3, 3, 8, 8)
     observed = ~missing.expand_as(x)
-    assert torch.equal(out[0][observed], x[observed])       # bit for bit
+    assert torch.equal(out[0][observed], x[observed])  # bit for bit
     assert not torch.equal(out[0][~observed], x[~observed])  # and the hole did change
     assert (history[-1] < history[0]).all(), history[[0, -1]]
     # history[0] is the objective at the start α·Φ(filled input)
@@ -65,7 +66,7 @@ def test_several_samples_differ_only_inside_the_hole(gen):
 
 def test_harmonic_fill_solves_laplace_inside_and_keeps_the_rest():
     # a linear ramp is harmonic: the fill must reproduce it inside any hole
-    ramp = torch.linspace(0, 1, 12).repeat(3, 12, 1)[None]            # (1, 3, 12, 12)
+    ramp = torch.linspace(0, 1, 12).repeat(3, 12, 1)[None]  # (1, 3, 12, 12)
     missing = torch.zeros(1, 1, 12, 12, dtype=torch.bool)
     missing[..., 3:8, 4:9] = True
     filled = harmonic_fill(torch.where(missing, torch.tensor(0.5), ramp), missing, 2000)
@@ -75,7 +76,7 @@ def test_harmonic_fill_solves_laplace_inside_and_keeps_the_rest():
 def test_a_mask_file_lands_on_the_right_pixels_after_resize_and_crop(tmp_path):
     # a 40×20 image becomes 16×16 by resizing to 32×16 and cropping columns 8..24
     mask = Image.new("L", (40, 20), 0)
-    mask.paste(255, (20, 0, 30, 10))       # columns 20–29, rows 0–9 of the original
+    mask.paste(255, (20, 0, 30, 10))  # columns 20–29, rows 0–9 of the original
     mask.save(tmp_path / "mask.png")
     hole = load_mask(str(tmp_path / "mask.png"), (40, 20), 16)
     expected = torch.zeros(1, 16, 16, dtype=torch.bool)
@@ -94,8 +95,9 @@ def test_the_alpha_channel_is_the_hole(tmp_path):
     assert alpha_mask(img.convert("RGB"), 16, "x.png") is None
 
 
-@pytest.mark.parametrize("case", ["wrong size", "all missing", "none missing", "unreadable",
-                                  "absent"])
+@pytest.mark.parametrize(
+    "case", ["wrong size", "all missing", "none missing", "unreadable", "absent"]
+)
 def test_bad_masks_are_user_errors(tmp_path, case):
     path = tmp_path / "m.png"
     if case == "wrong size":
@@ -106,9 +108,13 @@ def test_bad_masks_are_user_errors(tmp_path, case):
         Image.new("L", (20, 20), 0).save(path)
     elif case == "unreadable":
         path.write_bytes(b"not an image")
-    message = {"wrong size": "10×10 but its image is 20×20", "all missing": "every pixel",
-               "none missing": "no pixel", "unreadable": "cannot read mask",
-               "absent": "not found"}[case]
+    message = {
+        "wrong size": "10×10 but its image is 20×20",
+        "all missing": "every pixel",
+        "none missing": "no pixel",
+        "unreadable": "cannot read mask",
+        "absent": "not found",
+    }[case]
     with pytest.raises(UserError, match=message):
         load_mask(str(path), (20, 20), 16)
 
@@ -122,8 +128,9 @@ def test_classical_baselines_match_their_libraries_or_are_skipped():
     for name in ok:
         out = baselines.inpaint(name, images, hole)
         assert out.shape == images.shape
-        assert torch.allclose(out[~hole.expand_as(images)], images[~hole.expand_as(images)],
-                              atol=1 / 255 + 1e-6)  # OpenCV works in 8 bits
+        assert torch.allclose(
+            out[~hole.expand_as(images)], images[~hole.expand_as(images)], atol=1 / 255 + 1e-6
+        )  # OpenCV works in 8 bits
 
 
 @pytest.fixture(scope="module")
@@ -150,43 +157,72 @@ def setup(tmp_path_factory):
     logo.save(base / "logo.png")
     logo.convert("RGB").save(base / "logo-rgb.png")
     (base / "broken.png").write_bytes(b"not a png at all")
-    return {"base": base, "env": env_with_cache(cache), "photo": str(photo), "mask": str(mask),
-            "rgba": str(rgba), "logo": str(base / "logo.png"),
-            "logo_rgb": str(base / "logo-rgb.png"), "broken": str(base / "broken.png"),
-            "run": str(base / "runs" / "tiny")}
+    return {
+        "base": base,
+        "env": env_with_cache(cache),
+        "photo": str(photo),
+        "mask": str(mask),
+        "rgba": str(rgba),
+        "logo": str(base / "logo.png"),
+        "logo_rgb": str(base / "logo-rgb.png"),
+        "broken": str(base / "broken.png"),
+        "run": str(base / "runs" / "tiny"),
+    }
 
 
 def run_cli(setup, *args, cwd=None):
     """The command line, in this process."""
-    proc = run_in_process(args, cwd=cwd or setup["base"],
-                          env={"MISSINGGLOW_CACHE": setup["env"]["MISSINGGLOW_CACHE"]})
+    proc = run_in_process(
+        args, cwd=cwd or setup["base"], env={"MISSINGGLOW_CACHE": setup["env"]["MISSINGGLOW_CACHE"]}
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 
 def test_impute_invert_with_a_mask_file_an_alpha_channel_and_samples(setup):
     out_dir = setup["base"] / "restored"
-    code, out, err = run_cli(setup, "impute", setup["photo"], "heldout:0", "--mask",
-                             setup["mask"], "--steps", "5", "--samples", "3",
-                             "--posterior-warmup", "3", "--posterior-steps", "3", "--out",
-                             str(out_dir))
+    code, out, err = run_cli(
+        setup,
+        "impute",
+        setup["photo"],
+        "heldout:0",
+        "--mask",
+        setup["mask"],
+        "--steps",
+        "5",
+        "--samples",
+        "3",
+        "--posterior-warmup",
+        "3",
+        "--posterior-steps",
+        "3",
+        "--out",
+        str(out_dir),
+    )
     assert code == 0, err
     assert "using the newest run" in err and os.path.join("runs", "tiny") in err
     assert "from mask mask.png" in out and "heldout-0: 16 missing pixels from the dataset" in out
     assert out.count("3 posterior draws (acceptance ") == 2
     assert "wrote 8 restored image(s)" in out
     assert sorted(os.listdir(out_dir)) == sorted(
-        [f"{name}-{what}.png" for name in ("photo", "heldout-0")
-         for what in ("restored", "sample-1", "sample-2", "sample-3")] + ["invert.png"])
+        [
+            f"{name}-{what}.png"
+            for name in ("photo", "heldout-0")
+            for what in ("restored", "sample-1", "sample-2", "sample-3")
+        ]
+        + ["invert.png"]
+    )
     # observed pixels of the flat photo come back as they went in (its colour, 5-bit quantised)
-    restored = torch.tensor(list(Image.open(out_dir / "photo-restored.png").convert("RGB")
-                                 .tobytes())).view(-1, 3)
+    restored = torch.tensor(
+        list(Image.open(out_dir / "photo-restored.png").convert("RGB").tobytes())
+    ).view(-1, 3)
     hole = load_mask(setup["mask"], (24, 24), 16).flatten()
-    expected = torch.tensor([180, 120, 90]) // 8 * 8 + 4   # each value's 5-bit bin's centre
+    expected = torch.tensor([180, 120, 90]) // 8 * 8 + 4  # each value's 5-bit bin's centre
     assert (restored[~hole] - expected).abs().max() <= 1
 
 
-def test_impute_samples_are_posterior_draws_beside_the_map_with_their_spread(setup, monkeypatch,
-                                                                            tmp_path):
+def test_impute_samples_are_posterior_draws_beside_the_map_with_their_spread(
+    setup, monkeypatch, tmp_path
+):
     """restored.png is invert's completion, sample-K.png the K-th draw of a chain started there,
     and the spread in invert.png is taken over the draws alone."""
     from missingglow.analysis import impute
@@ -202,20 +238,22 @@ def test_impute_samples_are_posterior_draws_beside_the_map_with_their_spread(set
     spread_map = impute.spread_map
     monkeypatch.setattr(impute, "spread_map", lambda c: spreads.append(c) or spread_map(c))
     sampling = dict(warmup=3, steps=4)
-    done = impute.restore_inputs(run, items, plan, str(tmp_path), seed=5,
-                                 invert_options=dict(steps=6), sampling=sampling)
+    done = impute.restore_inputs(
+        run, items, plan, str(tmp_path), seed=5, invert_options=dict(steps=6), sampling=sampling
+    )
     assert done.count == 2 * 5 and done.nonfinite == 0
     x = to_model(torch.stack([it.image for it in items]), run.n_bits, 3)
     hole = torch.stack([it.mask for it in items])
-    best, draws, _, _ = impute.map_and_draws(run.model, x, hole, 4, generator(5, "posterior"),
-                                             sampling=sampling, steps=6, alpha=0.6)
+    best, draws, _, _ = impute.map_and_draws(
+        run.model, x, hole, 4, generator(5, "posterior"), sampling=sampling, steps=6, alpha=0.6
+    )
     best, draws = from_model(best, run.n_bits), from_model(draws.flatten(0, 1), run.n_bits)
     draws = draws.view(4, 2, 3, 16, 16)
     for b, item in enumerate(items):
         assert _png(tmp_path / f"{item.name}-restored.png") == _levels(best[b])
         for k in range(4):
             assert _png(tmp_path / f"{item.name}-sample-{k + 1}.png") == _levels(draws[k, b])
-        torch.testing.assert_close(spreads[b], draws[:, b])     # the draws only, not the MAP
+        torch.testing.assert_close(spreads[b], draws[:, b])  # the draws only, not the MAP
         inside = hole[b].expand(3, -1, -1)
         assert torch.equal(draws[:, b][:, ~inside], best[b][~inside].expand(4, -1))
         assert (draws[:, b].std(0)[inside] > 0).any()
@@ -231,8 +269,9 @@ def _png(path):
 
 
 def test_impute_reads_the_alpha_channel_when_no_mask_is_given(setup):
-    code, out, err = run_cli(setup, "impute", setup["rgba"], "--steps", "3", "--out",
-                             str(setup["base"] / "alpha"))
+    code, out, err = run_cli(
+        setup, "impute", setup["rgba"], "--steps", "3", "--out", str(setup["base"] / "alpha")
+    )
     assert code == 0, err
     assert "16 missing pixels from its alpha channel" in out
 
@@ -241,17 +280,56 @@ def test_evaluate_json_holds_every_key_for_every_family_and_method(setup):
     from missingglow.analysis.evaluate import NEW_SCORES
 
     path = setup["base"] / "ev.json"
-    code, out, err = run_cli(setup, "evaluate", "-n", "4", "--alpha", "0.5", "--iterations", "2",
-                             "--steps", "3", "--samples", "4", "--posterior-warmup", "2",
-                             "--posterior-steps", "2", "--json", str(path), "--out",
-                             str(setup["base"] / "ev"))
+    code, out, err = run_cli(
+        setup,
+        "evaluate",
+        "-n",
+        "4",
+        "--alpha",
+        "0.5",
+        "--iterations",
+        "2",
+        "--steps",
+        "3",
+        "--samples",
+        "4",
+        "--posterior-warmup",
+        "2",
+        "--posterior-steps",
+        "2",
+        "--json",
+        str(path),
+        "--out",
+        str(setup["base"] / "ev"),
+    )
     assert code == 0, err
     result = json.loads(path.read_text())
     ok, missing = baselines.available()
-    expected = {"grey fill", "mean-colour fill", "harmonic fill", "flow", "flow + keep observed",
-                "flow + keep observed ×2", "invert", "posterior (MALA)", *ok}
-    keys = {"method", "alpha", "rmse_in", "psnr_in", "rmse_out", "psnr_out", "nonfinite",
-            "images", "seconds_per_image", "family", *NEW_SCORES, "samples"}
+    expected = {
+        "grey fill",
+        "mean-colour fill",
+        "harmonic fill",
+        "flow",
+        "flow + keep observed",
+        "flow + keep observed ×2",
+        "invert",
+        "posterior (MALA)",
+        *ok,
+    }
+    keys = {
+        "method",
+        "alpha",
+        "rmse_in",
+        "psnr_in",
+        "rmse_out",
+        "psnr_out",
+        "nonfinite",
+        "images",
+        "seconds_per_image",
+        "family",
+        *NEW_SCORES,
+        "samples",
+    }
     assert result["masks"] == ["square", "centre", "rectangles", "pixels"]
     assert list(result["families"]) == result["masks"]
     assert result["rows"] == result["families"]["square"]["rows"]
@@ -264,14 +342,16 @@ def test_evaluate_json_holds_every_key_for_every_family_and_method(setup):
             assert r["samples"] == (4 if sampler else 1)
             for key in ("coverage_50", "coverage_90"):
                 assert (0 <= r[key] <= 1) if sampler else r[key] is None, (family, r)
-            for key in ("rmse_hole", "psnr_hole", "ssim_hole", "psnr_whole", "crps",
-                        "best_rmse"):
+            for key in ("rmse_hole", "psnr_hole", "ssim_hole", "psnr_whole", "crps", "best_rmse"):
                 assert isinstance(r[key], float) and math.isfinite(r[key]), (family, key, r)
         methods = {r["method"]: r for r in rows}
         for method in ("invert", "posterior (MALA)"):
-            assert methods[method]["rmse_out"] == 0, (family, method)   # observed pixels kept
-        assert (setup["base"] / "ev" / ("comparison.png" if family == "square"
-                                          else f"comparison-{family}.png")).is_file()
+            assert methods[method]["rmse_out"] == 0, (family, method)  # observed pixels kept
+        assert (
+            setup["base"]
+            / "ev"
+            / ("comparison.png" if family == "square" else f"comparison-{family}.png")
+        ).is_file()
     p = result["posterior"]
     assert (p["samples"], p["warmup"], p["steps"], p["gamma"]) == (4, 2, 2, 0.01)
     assert set(p["acceptance"]) == set(result["masks"])
@@ -280,11 +360,26 @@ def test_evaluate_json_holds_every_key_for_every_family_and_method(setup):
 
 
 def test_a_missing_baseline_is_reported_not_silent(setup, tmp_path, monkeypatch):
-    for name in ("skimage", "cv2"):             # unimportable for this test, as if not installed
+    for name in ("skimage", "cv2"):  # unimportable for this test, as if not installed
         monkeypatch.setitem(sys.modules, name, None)
-    code, out, err = run_cli(setup, "evaluate", "-n", "2", "--alpha", "0.5", "--iterations", "1",
-                             "--steps", "2", "--masks", "square", "--samples", "0", "--out",
-                             str(tmp_path / "ev"))
+    code, out, err = run_cli(
+        setup,
+        "evaluate",
+        "-n",
+        "2",
+        "--alpha",
+        "0.5",
+        "--iterations",
+        "1",
+        "--steps",
+        "2",
+        "--masks",
+        "square",
+        "--samples",
+        "0",
+        "--out",
+        str(tmp_path / "ev"),
+    )
     assert code == 0, err
     assert "skipped biharmonic (scikit-image): not installed (pip install scikit-image" in err
     assert "skipped Telea (OpenCV)" in err and "skipped Navier–Stokes (OpenCV)" in err
@@ -292,22 +387,33 @@ def test_a_missing_baseline_is_reported_not_silent(setup, tmp_path, monkeypatch)
 
 BAD = {
     "mask of the wrong size": (["impute", "{photo}", "--mask", "{rgba}"], "but its image is"),
-    "too many masks": (["impute", "{photo}", "--mask", "{mask}", "--mask", "{mask}", "--mask",
-                        "{mask}"], "--mask files for 1 image"),
-    "invert with several alphas": (["impute", "{photo}", "--method", "invert", "--alpha",
-                                    "0.2,0.4"], "one --alpha"),
+    "too many masks": (
+        ["impute", "{photo}", "--mask", "{mask}", "--mask", "{mask}", "--mask", "{mask}"],
+        "--mask files for 1 image",
+    ),
+    "invert with several alphas": (
+        ["impute", "{photo}", "--method", "invert", "--alpha", "0.2,0.4"],
+        "one --alpha",
+    ),
     "negative gamma": (["impute", "{photo}", "--gamma", "-1"], "--gamma"),
     "zero steps": (["evaluate", "--steps", "0"], "--steps"),
-    "samples with alpha": (["impute", "{photo}", "--method", "alpha", "--samples", "2"],
-                           "--samples"),
-    "samples without noise": (["impute", "{photo}", "--samples", "2", "--gamma", "0"],
-                              "--samples needs --gamma above 0"),
-    "zero temperature": (["impute", "{photo}", "--samples", "2", "--temperature", "0"],
-                         "--temperature"),
+    "samples with alpha": (
+        ["impute", "{photo}", "--method", "alpha", "--samples", "2"],
+        "--samples",
+    ),
+    "samples without noise": (
+        ["impute", "{photo}", "--samples", "2", "--gamma", "0"],
+        "--samples needs --gamma above 0",
+    ),
+    "zero temperature": (
+        ["impute", "{photo}", "--samples", "2", "--temperature", "0"],
+        "--temperature",
+    ),
     "negative samples": (["evaluate", "--samples", "-1"], "--samples"),
-    "unknown mask family": (["evaluate", "--masks", "square,circles"],
-                            "--masks': takes mask families from square,centre,rectangles,pixels "
-                            "(unknown 'circles')"),
+    "unknown mask family": (
+        ["evaluate", "--masks", "square,circles"],
+        "--masks': takes mask families from square,centre,rectangles,pixels (unknown 'circles')",
+    ),
     "a family twice": (["evaluate", "--masks", "centre,centre"], "each name once"),
     "no family": (["evaluate", "--masks", ""], "--masks"),
     "evaluate samples without noise": (["evaluate", "--gamma", "0"], "--gamma above 0"),
@@ -331,47 +437,86 @@ def test_no_run_and_no_checkpoint_is_one_clear_line(setup, tmp_path):
 
 # ------------------------------------------------ --alpha alone, and one bad input among good ones
 
+
 def pixels(path):
     with Image.open(path) as img:
         return img.convert("RGB").tobytes()
 
 
 def test_alpha_alone_restores_every_input_an_opaque_alpha_channel_too(setup, tmp_path):
-    code, out, err = run_cli(setup, "impute", "--alpha", "0.6", setup["photo"], setup["rgba"],
-                             setup["logo"], "--out", str(tmp_path))
+    code, out, err = run_cli(
+        setup,
+        "impute",
+        "--alpha",
+        "0.6",
+        setup["photo"],
+        setup["rgba"],
+        setup["logo"],
+        "--out",
+        str(tmp_path),
+    )
     assert code == 0, err
-    assert sorted(os.listdir(tmp_path)) == ["hole-alpha0.60.png", "logo-alpha0.60.png",
-                                            "photo-alpha0.60.png"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "hole-alpha0.60.png",
+        "logo-alpha0.60.png",
+        "photo-alpha0.60.png",
+    ]
     assert "logo: 1 alpha(s), whole image" in out
     assert out.strip().splitlines()[-1] == f"wrote 3 restored image(s) to {tmp_path}"
 
 
 def test_an_opaque_alpha_channel_leaves_the_hole_to_the_detector(setup, tmp_path):
     for name in ("logo", "logo_rgb"):
-        code, out, err = run_cli(setup, "impute", "--alpha", "0.6", "--keep-observed",
-                                 setup[name], "--out", str(tmp_path / name))
+        code, out, err = run_cli(
+            setup,
+            "impute",
+            "--alpha",
+            "0.6",
+            "--keep-observed",
+            setup[name],
+            "--out",
+            str(tmp_path / name),
+        )
         assert code == 0, err
         assert "square from the detector (1 square)" in out, out
     # the alpha channel changed nothing: the same pixels as the picture saved without it
-    assert pixels(tmp_path / "logo" / "logo-alpha0.60.png") == \
-        pixels(tmp_path / "logo_rgb" / "logo-rgb-alpha0.60.png")
+    assert pixels(tmp_path / "logo" / "logo-alpha0.60.png") == pixels(
+        tmp_path / "logo_rgb" / "logo-rgb-alpha0.60.png"
+    )
 
 
 def test_several_alphas_draw_the_strips(setup, tmp_path):
-    code, out, err = run_cli(setup, "impute", "--alpha", "0.2,0.6,1.0", setup["photo"],
-                             "heldout:0", "--out", str(tmp_path))
+    code, out, err = run_cli(
+        setup,
+        "impute",
+        "--alpha",
+        "0.2,0.6,1.0",
+        setup["photo"],
+        "heldout:0",
+        "--out",
+        str(tmp_path),
+    )
     assert code == 0, err
     names = set(os.listdir(tmp_path))
     assert {"photo-strip.png", "heldout-0-strip.png", "overview.png"} <= names
     assert {f"photo-alpha{a:.2f}.png" for a in (0.2, 0.6, 1.0)} <= names
     assert "photo: 3 alpha(s), whole image" in out
-    with Image.open(tmp_path / "heldout-0-strip.png") as strip:   # input, 3 alphas, original
+    with Image.open(tmp_path / "heldout-0-strip.png") as strip:  # input, 3 alphas, original
         assert strip.size[1] > strip.size[0] and strip.size[1] >= 5 * 16
 
 
 def test_without_alpha_the_default_is_inversion(setup, tmp_path):
-    code, out, err = run_cli(setup, "impute", setup["photo"], "--mask", setup["mask"], "--steps",
-                             "2", "--out", str(tmp_path))
+    code, out, err = run_cli(
+        setup,
+        "impute",
+        setup["photo"],
+        "--mask",
+        setup["mask"],
+        "--steps",
+        "2",
+        "--out",
+        str(tmp_path),
+    )
     assert code == 0, err
     assert sorted(os.listdir(tmp_path)) == ["invert.png", "photo-restored.png"]
     assert "missing pixels from mask mask.png, objective" in out
@@ -382,8 +527,17 @@ def error_lines(err):
 
 
 def test_one_unreadable_file_is_one_line_and_the_others_are_written(setup, tmp_path):
-    code, out, err = run_cli(setup, "impute", "--alpha", "0.6", setup["photo"], setup["broken"],
-                             setup["logo"], "--out", str(tmp_path))
+    code, out, err = run_cli(
+        setup,
+        "impute",
+        "--alpha",
+        "0.6",
+        setup["photo"],
+        setup["broken"],
+        setup["logo"],
+        "--out",
+        str(tmp_path),
+    )
     assert code == 2, err
     assert sorted(os.listdir(tmp_path)) == ["logo-alpha0.60.png", "photo-alpha0.60.png"]
     lines = error_lines(err)
@@ -396,32 +550,57 @@ def test_one_unreadable_file_is_one_line_and_the_others_are_written(setup, tmp_p
 def test_inputs_without_a_hole_fail_alone_under_inversion(setup, tmp_path):
     """Inversion needs each input's hole: the flat photo has none to find, the held-out item its
     dataset's square, the transparent one its alpha channel."""
-    code, out, err = run_cli(setup, "impute", "heldout:0", setup["photo"], setup["rgba"],
-                             "heldout:99", "--steps", "2", "--out", str(tmp_path))
+    code, out, err = run_cli(
+        setup,
+        "impute",
+        "heldout:0",
+        setup["photo"],
+        setup["rgba"],
+        "heldout:99",
+        "--steps",
+        "2",
+        "--out",
+        str(tmp_path),
+    )
     assert code == 2, err
-    assert {"heldout-0-restored.png", "hole-restored.png", "invert.png"} == \
-        set(os.listdir(tmp_path))
+    assert {"heldout-0-restored.png", "hole-restored.png", "invert.png"} == set(
+        os.listdir(tmp_path)
+    )
     assert error_lines(err) == [
         f"error: {setup['photo']}: no grey square found; give its place by hand with --square "
         "TOP,LEFT,SIZE, or the hole with --mask FILE",
         "error: heldout:99: out of range: the held-out split has 16 images (heldout:0 to "
-        "heldout:15)"]
+        "heldout:15)",
+    ]
 
 
 def test_a_bad_mask_for_one_file_sinks_only_that_file(setup, tmp_path):
     # the mask fits the 24×24 photo, not the 16×16 picture
-    code, out, err = run_cli(setup, "impute", setup["photo"], setup["logo_rgb"], "--mask",
-                             setup["mask"], "--mask", setup["mask"], "--steps", "2", "--out",
-                             str(tmp_path))
+    code, out, err = run_cli(
+        setup,
+        "impute",
+        setup["photo"],
+        setup["logo_rgb"],
+        "--mask",
+        setup["mask"],
+        "--mask",
+        setup["mask"],
+        "--steps",
+        "2",
+        "--out",
+        str(tmp_path),
+    )
     assert code == 2, err
     assert "photo-restored.png" in os.listdir(tmp_path)
     assert "logo-rgb-restored.png" not in os.listdir(tmp_path)
     (line,) = error_lines(err)
-    assert line.startswith(f"error: {setup['logo_rgb']}: mask {setup['mask']} is 24×24 but its "
-                           "image is 16×16"), line
+    assert line.startswith(
+        f"error: {setup['logo_rgb']}: mask {setup['mask']} is 24×24 but its image is 16×16"
+    ), line
 
 
 # ------------------------------------------------------------- the option rules, without click
+
 
 def test_the_options_become_a_plan():
     from missingglow.analysis.impute import Plan, plan_impute
@@ -432,21 +611,28 @@ def test_the_options_become_a_plan():
     assert plan_impute("invert", [0.3], samples=4) == Plan("invert", (0.3,), True, samples=4)
     assert plan_impute("alpha") == Plan("alpha", (0.6,), False)
     assert plan_impute("alpha", iterations=2) == Plan("alpha", (0.6,), True, iterations=2)
-    assert plan_impute(alphas=[0.5], keep_observed=True, square=(1, 2, 4)) == \
-        Plan("alpha", (0.5,), True, square=(1, 2, 4))
+    assert plan_impute(alphas=[0.5], keep_observed=True, square=(1, 2, 4)) == Plan(
+        "alpha", (0.5,), True, square=(1, 2, 4)
+    )
     assert plan_impute(masks=["m.png"]).masks == ("m.png",)
 
 
-@pytest.mark.parametrize("options,message", [
-    (dict(method="invert", alphas=[0.2, 0.4]), "--method invert takes one --alpha"),
-    (dict(alphas=[0.6], samples=2), "add --method invert"),
-    (dict(method="alpha", samples=2), "--samples draws several completions with --method invert"),
-    (dict(method="alpha", square=(1, 1, 4)), "add --keep-observed"),
-    (dict(alphas=[0.6], masks=["m.png"]), "--mask gives the hole for --keep-observed"),
-    (dict(masks=["m.png"], square=(1, 1, 4)), "--mask or with --square, not both"),
-    (dict(method="invert", keep_observed=True), "--keep-observed and --iterations are for"),
-    (dict(iterations=3), "add --alpha A or --method alpha"),
-])
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (dict(method="invert", alphas=[0.2, 0.4]), "--method invert takes one --alpha"),
+        (dict(alphas=[0.6], samples=2), "add --method invert"),
+        (
+            dict(method="alpha", samples=2),
+            "--samples draws several completions with --method invert",
+        ),
+        (dict(method="alpha", square=(1, 1, 4)), "add --keep-observed"),
+        (dict(alphas=[0.6], masks=["m.png"]), "--mask gives the hole for --keep-observed"),
+        (dict(masks=["m.png"], square=(1, 1, 4)), "--mask or with --square, not both"),
+        (dict(method="invert", keep_observed=True), "--keep-observed and --iterations are for"),
+        (dict(iterations=3), "add --alpha A or --method alpha"),
+    ],
+)
 def test_contradicting_options_are_refused(options, message):
     from missingglow.analysis.impute import plan_impute
 
@@ -461,20 +647,31 @@ def test_prepare_inputs_keeps_the_usable_ones(setup, monkeypatch):
     monkeypatch.setenv("MISSINGGLOW_CACHE", setup["env"]["MISSINGGLOW_CACHE"])
     run = open_run(setup["run"])
     said = []
-    specs = [setup["rgba"], setup["broken"], "heldout:0", "heldout:x", setup["photo"],
-             setup["logo"]]
+    specs = [
+        setup["rgba"],
+        setup["broken"],
+        "heldout:0",
+        "heldout:x",
+        setup["photo"],
+        setup["logo"],
+    ]
     items, failures = prepare_inputs(run, specs, plan_impute(), say=said.append)
     assert [(i.name, i.source) for i in items] == [
-        ("hole", "its alpha channel"), ("heldout-0", "the dataset"),
-        ("logo", "the detector (1 square)")]
+        ("hole", "its alpha channel"),
+        ("heldout-0", "the dataset"),
+        ("logo", "the detector (1 square)"),
+    ]
     assert [int(i.mask.sum()) for i in items] == [16, 16, 16]
     assert [spec for spec, _ in failures] == [setup["broken"], "heldout:x", setup["photo"]]
     assert failures[1][1] == "write heldout:N with N a whole number"
-    assert said == ["2 input(s) converted to RGB, shorter side resized to 16 and centre-cropped "
-                    "to 16×16, as in training (hole.png, logo.png)"]   # RGBA, of those used
+    assert said == [
+        "2 input(s) converted to RGB, shorter side resized to 16 and centre-cropped "
+        "to 16×16, as in training (hole.png, logo.png)"
+    ]  # RGBA, of those used
     # the α method without keep-observed needs no hole: nothing is looked for, nothing fails
-    items, failures = prepare_inputs(run, [setup["photo"], setup["logo"]],
-                                     plan_impute(alphas=[0.6]))
+    items, failures = prepare_inputs(
+        run, [setup["photo"], setup["logo"]], plan_impute(alphas=[0.6])
+    )
     assert failures == [] and [i.mask for i in items] == [None, None]
     # a square by hand that fits no input is the options' fault, said once
     with pytest.raises(UserError, match="does not fit 16×16 images"):
@@ -492,15 +689,24 @@ def test_restore_inputs_returns_what_it_wrote(setup, monkeypatch, tmp_path):
     done = restore_inputs(run, items, plan, str(tmp_path / "a"))
     assert done.count == 4 and done.nonfinite == 0 and len(done.lines) == 2
     assert sorted(os.path.basename(p) for p in done.paths) == sorted(os.listdir(tmp_path / "a"))
-    assert len(done.paths) == 4 + 2 + 1   # an image per alpha, a strip per input, the overview
+    assert len(done.paths) == 4 + 2 + 1  # an image per alpha, a strip per input, the overview
     plan = plan_impute(samples=2)
     items, _ = prepare_inputs(run, ["heldout:1"], plan)
-    done = restore_inputs(run, items, plan, str(tmp_path / "b"), invert_options=dict(steps=2),
-                          sampling=dict(warmup=1, steps=1))
+    done = restore_inputs(
+        run,
+        items,
+        plan,
+        str(tmp_path / "b"),
+        invert_options=dict(steps=2),
+        sampling=dict(warmup=1, steps=1),
+    )
     assert done.count == 3
     assert sorted(os.path.basename(p) for p in done.paths) == [
-        "heldout-1-restored.png", "heldout-1-sample-1.png", "heldout-1-sample-2.png",
-        "invert.png"]
+        "heldout-1-restored.png",
+        "heldout-1-sample-1.png",
+        "heldout-1-sample-2.png",
+        "invert.png",
+    ]
 
 
 def test_a_lone_missing_pixel_survives_a_large_shrink():

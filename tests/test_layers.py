@@ -1,5 +1,6 @@
 """Each layer of flow/layers.py against its own brute-force Jacobian, its inverse, and its
 conventions."""
+
 import pytest
 import torch
 
@@ -20,16 +21,27 @@ def _x(gen, n=2, c=4, h=3, w=3):
     return torch.randn(n, c, h, w, generator=gen)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: layers.ActNorm(4),
-    lambda: layers.InvConv2d(4),
-    lambda: layers.InvConv2dLU(4),
-    lambda: layers.AffineCoupling(4, hidden=5, affine=True),
-    lambda: layers.AffineCoupling(4, hidden=5, affine=False),
-    lambda: layers.FlowStep(4, hidden=5, affine=True, lu=True),
-    lambda: layers.FlowStep(4, hidden=5, affine=False, lu=False),
-], ids=["actnorm", "invconv", "invconv_lu", "affine", "additive", "step_affine_lu",
-        "step_additive"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: layers.ActNorm(4),
+        lambda: layers.InvConv2d(4),
+        lambda: layers.InvConv2dLU(4),
+        lambda: layers.AffineCoupling(4, hidden=5, affine=True),
+        lambda: layers.AffineCoupling(4, hidden=5, affine=False),
+        lambda: layers.FlowStep(4, hidden=5, affine=True, lu=True),
+        lambda: layers.FlowStep(4, hidden=5, affine=False, lu=False),
+    ],
+    ids=[
+        "actnorm",
+        "invconv",
+        "invconv_lu",
+        "affine",
+        "additive",
+        "step_affine_lu",
+        "step_additive",
+    ],
+)
 def test_layer_logdet_matches_jacobian_and_inverts(make, gen):
     layer = randomize(make().double(), gen, scale=0.3)
     x = _x(gen)

@@ -3,6 +3,7 @@
 Every import in every module is read from its source (top-level and inside functions alike), so a
 lazy import that climbs a layer fails here as surely as one at the top of the file.
 """
+
 import ast
 import os
 
@@ -23,8 +24,13 @@ LAYERS = [
     {"cli", "__main__"},
 ]
 ONLY_IN = {"click": {"cli", "progress"}}
-NEVER_IN = {"flow": {"click", "PIL", "numpy"}, "data": {"numpy"}, "render": {"numpy"},
-            "training": {"numpy"}, "analysis": {"numpy"}}
+NEVER_IN = {
+    "flow": {"click", "PIL", "numpy"},
+    "data": {"numpy"},
+    "render": {"numpy"},
+    "training": {"numpy"},
+    "analysis": {"numpy"},
+}
 # the classical baselines are an optional extra for evaluation only, imported lazily
 NUMPY_ALLOWED = {("analysis", "baselines")}
 
@@ -55,7 +61,7 @@ def imports(parts, path):
                 yield (names[1] if names[0] == "missingglow" and len(names) > 1 else None), names[0]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package[:len(package) - node.level + 1]
+                base = package[: len(package) - node.level + 1]
                 target = base + (node.module.split(".") if node.module else [])
             else:
                 target = node.module.split(".")

@@ -1,5 +1,6 @@
 """Each mask family covers the share it claims, is a pure function of its arguments, and varies
 from image to image where it should."""
+
 import pytest
 import torch
 
@@ -16,7 +17,7 @@ def test_centre_is_a_centred_square_of_half_the_side(size):
     side, top = size // 2, (size - size // 2) // 2
     assert mask.shape == (1, size, size) and mask.dtype == torch.bool
     assert int(mask.sum()) == side * side
-    assert mask[0, top:top + side, top:top + side].all()
+    assert mask[0, top : top + side, top : top + side].all()
     if size % 2 == 0:
         assert torch.equal(mask, mask.flip(-1)) and torch.equal(mask, mask.flip(-2))
     assert torch.equal(mask, family_mask("centre", 9, 123, size))  # the same for every image
@@ -51,8 +52,11 @@ def test_rectangles_are_unions_of_rectangles():
     masks = family_masks("rectangles", 1, range(100), 16)[:, 0]
     m = masks.float()
     block = torch.nn.functional.max_pool2d(  # pixel in some all-missing 2×2 block
-        torch.nn.functional.avg_pool2d(m[:, None], 2, stride=1).eq(1).float(), 2, stride=1,
-        padding=1)[:, 0, :16, :16]
+        torch.nn.functional.avg_pool2d(m[:, None], 2, stride=1).eq(1).float(),
+        2,
+        stride=1,
+        padding=1,
+    )[:, 0, :16, :16]
     in_block = (block > 0) & masks
     assert in_block.sum() >= 0.95 * masks.sum()
 

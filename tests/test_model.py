@@ -1,5 +1,6 @@
-"""The whole Glow: inverse, log-density against a brute-force Jacobian, latent layout, Φ-space ops.
-"""
+"""The whole Glow: inverse, log-density against a brute-force Jacobian, latent layout, Φ-space
+ops."""
+
 import math
 
 import pytest
@@ -53,7 +54,7 @@ def test_log_prob_equals_gaussian_of_phi_plus_brute_force_logdet(gen):
     model = _model(gen, blocks=2, flows=2, hidden=4, image_size=4)
     x = _images(gen, n=2, size=4)
     eps = model.encode(x)
-    log_normal = (-0.5 * eps ** 2 - 0.5 * math.log(2 * math.pi)).sum(1)
+    log_normal = (-0.5 * eps**2 - 0.5 * math.log(2 * math.pi)).sum(1)
     expected = log_normal + brute_force_logdet(lambda v: model.encode(v), x)
     torch.testing.assert_close(model.log_prob(x), expected, rtol=1e-9, atol=1e-9)
 
@@ -69,7 +70,7 @@ def test_encode_concatenates_levels_in_chw_order(gen):
     start = 0
     for level in enc.eps:
         count = level[0].numel()
-        torch.testing.assert_close(flat[:, start:start + count].view_as(level), level)
+        torch.testing.assert_close(flat[:, start : start + count].view_as(level), level)
         start += count
     # ε is the raw latent standardised by the learned prior of its level
     last = model.blocks[-1]
@@ -84,8 +85,9 @@ def test_sample_is_seeded_and_scaled_by_temperature(gen):
         b = model.sample(4, 0.7, generator=torch.Generator().manual_seed(5))
         zero_t = model.sample(2, 0.0)
         centre = model.decode(torch.zeros(1, 3 * 16 * 16, dtype=torch.float64))
-        torch.testing.assert_close(model.encode(a).std(), torch.tensor(0.7, dtype=torch.float64),
-                                   atol=0.05, rtol=0)
+        torch.testing.assert_close(
+            model.encode(a).std(), torch.tensor(0.7, dtype=torch.float64), atol=0.05, rtol=0
+        )
     assert a.shape == (4, 3, 16, 16)
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(zero_t, centre.expand(2, -1, -1, -1))

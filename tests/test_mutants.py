@@ -1,6 +1,7 @@
 """Tests that kill mutants the rest of the suite lets live (tests/mutation.sh, docs/mutation.md):
 the evaluation's pooling, held-out bits/dim, checkpoints and the training loop's non-finite guard,
 on small inputs whose results are worked out by hand."""
+
 import datetime
 import errno
 import json
@@ -29,10 +30,11 @@ def test_errors_measure_inside_against_the_original_and_outside_against_the_inpu
     # one 3×1×2 image: pixel 0 is the hole; out 0.5, original 0.25, input 0.1 everywhere
     mask = torch.tensor([[[[True, False]]]])
     out = torch.full((1, 3, 1, 2), 0.5)
-    inside, n_in, outside, n_out, bad = _errors(out, torch.full_like(out, 0.25),
-                                                torch.full_like(out, 0.1), mask)
-    assert inside == pytest.approx(3 * 0.25 ** 2) and n_in == 3
-    assert outside == pytest.approx(3 * 0.4 ** 2) and n_out == 3
+    inside, n_in, outside, n_out, bad = _errors(
+        out, torch.full_like(out, 0.25), torch.full_like(out, 0.1), mask
+    )
+    assert inside == pytest.approx(3 * 0.25**2) and n_in == 3
+    assert outside == pytest.approx(3 * 0.4**2) and n_out == 3
     assert bad == 0
 
 
@@ -46,7 +48,7 @@ def test_errors_count_the_non_finite_images_not_the_finite_ones():
 def test_pool_sums_batches():
     pool = _Pool()
     pool.add((0.5, 2, 0.25, 4, 1), 2, seconds=0.75)
-    pool.add((1.5, 6, 0.75, 12, 2), 1)               # no time given: it adds none
+    pool.add((1.5, 6, 0.75, 12, 2), 1)  # no time given: it adds none
     row = pool.row("m", 0.5)
     assert row["rmse_in"] == pytest.approx(math.sqrt(2.0 / 8))
     assert row["rmse_out"] == pytest.approx(math.sqrt(1.0 / 16))
@@ -96,12 +98,13 @@ class Heldout:
 class BinModel:
     """log p(x) = −ln 2 · Σ bin index: bits/dim = BITS + Σ index / D, whatever the noise in a bin;
     −inf where the first value is in the top bin."""
+
     in_channels = 3
 
     def log_prob(self, x):
-        k = torch.floor((x + 0.5) * 2 ** BITS).flatten(1)
+        k = torch.floor((x + 0.5) * 2**BITS).flatten(1)
         lp = -math.log(2) * k.sum(1)
-        return torch.where(k[:, 0] == 2 ** BITS - 1, -math.inf, lp)
+        return torch.where(k[:, 0] == 2**BITS - 1, -math.inf, lp)
 
 
 # masked: Σ levels 3, 9, 6 → 4, 6, 5 bits/dim (D = 3); clean: 0, 3, 3 → 3, 4, 4
@@ -125,7 +128,7 @@ def test_heldout_limit_takes_the_first_images():
 
 
 def test_a_non_finite_image_leaves_its_pair_out():
-    masked = MASKED[:2] + [level(7, 0, 0)]         # image 2 masked: log p = −inf
+    masked = MASKED[:2] + [level(7, 0, 0)]  # image 2 masked: log p = −inf
     out = heldout_bits_per_dim(BinModel(), Heldout(masked, CLEAN), BITS, seed=0, batch=2)
     assert out["masked"] == pytest.approx(5) and out["clean"] == pytest.approx(3.5)
     assert out["nonfinite"] == 1 and out["images"] == 3
@@ -135,6 +138,7 @@ def test_a_non_finite_image_leaves_its_pair_out():
 
 class SquareModel:
     """log p(x) = −Σ x²: sees where the noise put x inside its bin."""
+
     in_channels = 3
 
     def log_prob(self, x):
@@ -144,7 +148,7 @@ class SquareModel:
 def test_heldout_noise_is_seeded_and_shared_by_each_pair():
     data = Heldout(MASKED, CLEAN)
     out = heldout_bits_per_dim(SquareModel(), data, BITS, seed=7, batch=8)
-    noise = torch.rand(data.masked.shape, generator=generator(7, "eval-noise")) / 2 ** BITS
+    noise = torch.rand(data.masked.shape, generator=generator(7, "eval-noise")) / 2**BITS
     for key, images in (("masked", data.masked), ("clean", data.clean)):
         lp = SquareModel().log_prob(quantize(images, BITS) + noise)
         assert out[key] == pytest.approx(bits_per_dim(lp, BITS, 3).mean().item(), rel=1e-6)
@@ -177,14 +181,20 @@ def test_save_keeps_the_newest_three_and_nothing_else_is_touched(tmp_path):
         open(os.path.join(run, "checkpoints", stray), "w").close()
     for i in range(5):
         path = ckpt.save_checkpoint(run, {"iteration": i})
-    assert names(run) == ["ckpt-00000002.pt", "ckpt-00000003.pt", "ckpt-00000004.pt",
-                          "ckpt-notes.txt", "zz.pt"]
+    assert names(run) == [
+        "ckpt-00000002.pt",
+        "ckpt-00000003.pt",
+        "ckpt-00000004.pt",
+        "ckpt-notes.txt",
+        "zz.pt",
+    ]
     saved = torch.load(path, weights_only=True)
     assert saved == {"iteration": 4, "format": "missingglow-checkpoint", "version": 1}
 
 
 class FullDisk:
     """Fills after 1000 bytes: torch then reports its own RuntimeError."""
+
     written = 0
 
     def write(self, data):
@@ -263,8 +273,10 @@ def test_a_damaged_latest_falls_back_to_the_newest_checkpoint_that_loads(tmp_pat
     torch.save({"iteration": 9, "format": "missingglow-checkpoint"}, os.path.join(folder, "z.pt"))
     said = []
     assert ckpt.load_checkpoint(run, say=said.append)["iteration"] == 2
-    assert said == [f"{os.path.join(run, 'latest')} is missing or names no checkpoint that "
-                    "loads; using checkpoints/ckpt-00000002.pt, the newest one that does"]
+    assert said == [
+        f"{os.path.join(run, 'latest')} is missing or names no checkpoint that "
+        "loads; using checkpoints/ckpt-00000002.pt, the newest one that does"
+    ]
 
 
 def test_no_checkpoint_that_loads_raises_the_first_error(tmp_path):
@@ -289,8 +301,10 @@ def test_build_model_errors_are_one_line(tmp_path):
         ckpt.build_model(model.config, state)
     message = str(err.value)
     assert "\n" not in message
-    assert message.endswith(f'do not fit its stated architecture ({model.config}): Missing key(s) '
-                            f'in state_dict: "{key}".')
+    assert message.endswith(
+        f"do not fit its stated architecture ({model.config}): Missing key(s) "
+        f'in state_dict: "{key}".'
+    )
 
 
 def assert_same_weights(a, b):
@@ -303,8 +317,9 @@ def test_load_model_from_a_run_loads_its_weights_at_any_size(tmp_path):
     for p in model.parameters():
         torch.nn.init.normal_(p, generator=torch.Generator().manual_seed(1))
     run = str(tmp_path / "run")
-    ckpt.save_checkpoint(run, {"iteration": 1, "model_config": model.config,
-                               "model": model.state_dict()})
+    ckpt.save_checkpoint(
+        run, {"iteration": 1, "model_config": model.config, "model": model.state_dict()}
+    )
     loaded, payload = ckpt.load_model(run)
     assert payload["iteration"] == 1 and not loaded.training
     assert_same_weights(loaded, model)
@@ -328,8 +343,9 @@ def test_load_model_falls_back_like_load_checkpoint(tmp_path):
     model = tiny_glow()
     run = str(tmp_path / "run")
     for i in (1, 2):
-        ckpt.save_checkpoint(run, {"iteration": i, "model_config": model.config,
-                                   "model": model.state_dict()})
+        ckpt.save_checkpoint(
+            run, {"iteration": i, "model_config": model.config, "model": model.state_dict()}
+        )
     with open(os.path.join(run, "checkpoints", "ckpt-00000002.pt"), "wb") as f:
         f.write(b"cut short")
     said = []
@@ -338,9 +354,24 @@ def test_load_model_falls_back_like_load_checkpoint(tmp_path):
 
 # --- the training loop's non-finite guard -----------------------------------------------------
 
-TINY = dict(image_size=8, blocks=2, flows=2, hidden=8, batch=8, synthetic_count=48, square=3,
-            iterations=6, lr=1e-3, warmup=2, eval_every=1000, sample_every=1000,
-            checkpoint_every=3, log_every=1, heldout_images=8, max_bad_steps=2)
+TINY = dict(
+    image_size=8,
+    blocks=2,
+    flows=2,
+    hidden=8,
+    batch=8,
+    synthetic_count=48,
+    square=3,
+    iterations=6,
+    lr=1e-3,
+    warmup=2,
+    eval_every=1000,
+    sample_every=1000,
+    checkpoint_every=3,
+    log_every=1,
+    heldout_images=8,
+    max_bad_steps=2,
+)
 
 
 @pytest.fixture
@@ -412,8 +443,10 @@ def two_ranks(monkeypatch, other):
     return env
 
 
-@pytest.mark.parametrize("mine,other,expected", [(True, None, True), (False, None, False),
-                                                 (True, False, False), (False, True, False)])
+@pytest.mark.parametrize(
+    "mine,other,expected",
+    [(True, None, True), (False, None, False), (True, False, False), (False, True, False)],
+)
 def test_all_finite_needs_every_rank(monkeypatch, mine, other, expected):
     assert two_ranks(monkeypatch, other).all_finite(mine) is expected
 
@@ -422,8 +455,9 @@ def test_each_rollback_halves_the_learning_rate_again(tmp_path):
     model = torch.nn.Linear(2, 1)
     optimizer = torch.optim.Adam(model.parameters())
     run = str(tmp_path / "run")
-    ckpt.save_checkpoint(run, {"iteration": 3, "model": model.state_dict(),
-                               "optimizer": optimizer.state_dict()})
+    ckpt.save_checkpoint(
+        run, {"iteration": 3, "model": model.state_dict(), "optimizer": optimizer.state_dict()}
+    )
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     env = object.__new__(train_module.Distributed)
     env.world = 1
@@ -432,13 +466,16 @@ def test_each_rollback_halves_the_learning_rate_again(tmp_path):
     for _ in range(2):
         with torch.no_grad():
             model.weight.add_(1)
-        assert train_module.roll_back(run, model, optimizer, state, said.append, env,
-                                      metrics) == 3
+        assert train_module.roll_back(run, model, optimizer, state, said.append, env, metrics) == 3
     assert state == {"lr_scale": 0.25, "rollbacks": 2} and metrics.since == 3
     assert torch.equal(model.weight, saved["weight"])
-    assert said[-1] == ("too many non-finite steps in a row: rolled back to iteration 3 with the "
-                        "learning rate halved (×0.25)")
+    assert said[-1] == (
+        "too many non-finite steps in a row: rolled back to iteration 3 with the "
+        "learning rate halved (×0.25)"
+    )
     with open(os.path.join(run, "metrics.jsonl")) as f:
         events = [json.loads(line) for line in f]
-    assert [(e["event"], e["iter"], e["lr_scale"]) for e in events] == [("rollback", 3, 0.5),
-                                                                        ("rollback", 3, 0.25)]
+    assert [(e["event"], e["iter"], e["lr_scale"]) for e in events] == [
+        ("rollback", 3, 0.5),
+        ("rollback", 3, 0.25),
+    ]

@@ -4,6 +4,7 @@ quantisation. Every value is worked out by hand or by a plain-Python twin, on a 
 
 The inversion runs on a model whose Φ is a reshape (`Reshape`), so its objective, gradient and
 each optimiser step can be written out by hand; the real Glow is tests/test_imputation.py's."""
+
 import hashlib
 import math
 
@@ -66,8 +67,10 @@ def hole(b, size, *where):
 
 
 def test_observed_mean_by_hand():
-    images = torch.tensor([[[[1, 2], [3, 4]], [[10, 20], [30, 40]]],
-                           [[[5, 6], [7, 8]], [[-1, -2], [-3, -4]]]], dtype=torch.float64)
+    images = torch.tensor(
+        [[[[1, 2], [3, 4]], [[10, 20], [30, 40]]], [[[5, 6], [7, 8]], [[-1, -2], [-3, -4]]]],
+        dtype=torch.float64,
+    )
     missing = hole(2, 2, (0, 0, 0), (1, 0, 1), (1, 1, 1))
     # image 0 without (0, 0): (2 + 3 + 4) / 3, (20 + 30 + 40) / 3; image 1 keeps column 0
     expected = torch.tensor([[3.0, 30.0], [6.0, -2.0]], dtype=torch.float64)[..., None, None]
@@ -78,14 +81,18 @@ def corner_fill(observed_mean, down, right, sweeps):
     """A hole of one pixel in a corner: its padded neighbours beyond the edge are itself, so a
     sweep is x ← (2x + down + right) / 4, which halves x's distance to p = (down + right) / 2."""
     p = (down + right) / 2
-    return p + (observed_mean - p) / 2 ** sweeps
+    return p + (observed_mean - p) / 2**sweeps
 
 
 def test_harmonic_fill_of_a_corner_and_a_centre_by_hand():
     # image 0: the corner (0, 0) is missing; image 1: the centre (1, 1)
     ones = [[9, 2, 0], [6, 1, 1], [0, 1, 1]]
-    images = torch.stack([torch.tensor([ones, [[r * 2 for r in row] for row in ones]]),
-                          torch.tensor([[[1, 2, 3], [4, 9, 6], [7, 8, 0]]] * 2)]).double()
+    images = torch.stack(
+        [
+            torch.tensor([ones, [[r * 2 for r in row] for row in ones]]),
+            torch.tensor([[[1, 2, 3], [4, 9, 6], [7, 8, 0]]] * 2),
+        ]
+    ).double()
     images[1, 1] *= -1
     missing = hole(2, 3, (0, 0, 0), (1, 1, 1))
     for sweeps in (None, 1, 5):
@@ -106,8 +113,17 @@ def test_objective_by_hand():
     model = Reshape((1, 2, 2))
     x = pixels([[[0.5, -0.5], [1.0, 0.0]], [[0, 0], [0, 0]], [[0, 0], [0, 0]]])
     z = torch.tensor([[1.5, 0.5, -1.0, 2.0], [-3, 1, 1, 1], [2, 0, 0, 0]], dtype=torch.float64)
-    observed = (~hole(3, 2, (0, 1, 1), (1, 0, 1), (1, 1, 0), (1, 1, 1), *[
-        (2, r, c) for r in range(2) for c in range(2)])).double()
+    observed = (
+        ~hole(
+            3,
+            2,
+            (0, 1, 1),
+            (1, 0, 1),
+            (1, 1, 0),
+            (1, 1, 1),
+            *[(2, r, c) for r in range(2) for c in range(2)],
+        )
+    ).double()
     # image 0: (z − x) = 1, 1, −2 on its 3 observed pixels → 6/3; ‖z‖²/D = 7.5/4; γ = 0.2
     # image 1: one observed pixel, (−3)² / 1; ‖z‖²/D = 12/4
     # image 2: nothing observed: no fit term (not 0/0); ‖z‖²/D = 4/4
@@ -116,8 +132,13 @@ def test_objective_by_hand():
     # two channels: the fit is a mean over observed values, each channel counted
     model = Reshape((2, 1, 1))
     x = torch.tensor([1.0, -1.0], dtype=torch.float64).view(1, 2, 1, 1)
-    got = objective(model, torch.zeros(1, 2, dtype=torch.float64), x,
-                    torch.ones(1, 1, 1, 1, dtype=torch.float64), 0.5)
+    got = objective(
+        model,
+        torch.zeros(1, 2, dtype=torch.float64),
+        x,
+        torch.ones(1, 1, 1, 1, dtype=torch.float64),
+        0.5,
+    )
     assert got.tolist() == [1.0]
 
 
@@ -136,7 +157,10 @@ def search_by_hand(x, observed, z0, *, gamma, lr, steps, optimiser):
     buf, m, v = [0.0] * d, [0.0] * d, [0.0] * d
     for t in range(1, steps + 1):
         history.append(loss(z))
-        g = [2 * o * (zk - xk) / n + 2 * gamma * zk / d for zk, xk, o in zip(z, x, observed, strict=True)]
+        g = [
+            2 * o * (zk - xk) / n + 2 * gamma * zk / d
+            for zk, xk, o in zip(z, x, observed, strict=True)
+        ]
         for k in range(d):
             if optimiser == "sgd":
                 buf[k] = g[k] if t == 1 else 0.9 * buf[k] + g[k]
@@ -144,7 +168,7 @@ def search_by_hand(x, observed, z0, *, gamma, lr, steps, optimiser):
             else:
                 m[k] = 0.9 * m[k] + 0.1 * g[k]
                 v[k] = 0.999 * v[k] + 0.001 * g[k] ** 2
-                step = (m[k] / (1 - 0.9 ** t)) / (math.sqrt(v[k] / (1 - 0.999 ** t)) + 1e-8)
+                step = (m[k] / (1 - 0.9**t)) / (math.sqrt(v[k] / (1 - 0.999**t)) + 1e-8)
                 z[k] -= lr * step
     history.append(loss(z))
     return z, history
@@ -162,16 +186,33 @@ def test_search_from_the_input_by_hand(optimiser, steps):
     model = Reshape((1, 2, 2))
     calls = []
     with torch.no_grad():  # as evaluate calls it: the search turns gradients on for itself
-        out, history, latent = invert(model, X, MISSING, gamma=0.2, steps=steps, lr=0.1,
-                                      alpha=0.5, start="input", optimiser=optimiser,
-                                      on_step=calls.append, return_latent=True)
+        out, history, latent = invert(
+            model,
+            X,
+            MISSING,
+            gamma=0.2,
+            steps=steps,
+            lr=0.1,
+            alpha=0.5,
+            start="input",
+            optimiser=optimiser,
+            on_step=calls.append,
+            return_latent=True,
+        )
     assert out.shape == (1, 2, 1, 2, 2) and history.shape == (steps + 1, 2)
     assert latent.shape == (1, 2, 4) and not latent.requires_grad
     assert calls == list(range(steps))
     for i in range(2):
         x = X[i].flatten().tolist()
-        z, expected = search_by_hand(x, OBSERVED[i], [0.5 * v for v in x], gamma=0.2, lr=0.1,
-                                     steps=steps, optimiser=optimiser)
+        z, expected = search_by_hand(
+            x,
+            OBSERVED[i],
+            [0.5 * v for v in x],
+            gamma=0.2,
+            lr=0.1,
+            steps=steps,
+            optimiser=optimiser,
+        )
         assert close(history[:, i], expected), (history[:, i], expected)
         assert close(latent[0, i], z), (latent[0, i], z)  # the final latent itself
         # inside the hole Φ⁻¹(z), the rest x itself
@@ -186,8 +227,10 @@ def fill_start():
     """The default start, α·Φ(harmonic fill), α = 0.6: each hole is a corner of its 2×2 image,
     filled over 4·2 sweeps from the mean of its three observed pixels."""
     x = X.flatten(1).tolist()
-    starts = [corner_fill((x[0][1] + x[0][2] + x[0][3]) / 3, x[0][2], x[0][1], 8),
-              corner_fill((x[1][0] + x[1][1] + x[1][2]) / 3, x[1][1], x[1][2], 8)]
+    starts = [
+        corner_fill((x[0][1] + x[0][2] + x[0][3]) / 3, x[0][2], x[0][1], 8),
+        corner_fill((x[1][0] + x[1][1] + x[1][2]) / 3, x[1][1], x[1][2], 8),
+    ]
     return [[0.6 * v for v in [starts[0]] + x[0][1:]], [0.6 * v for v in x[1][:3] + [starts[1]]]]
 
 
@@ -196,16 +239,30 @@ def test_the_default_search_starts_from_the_fill_and_takes_adam_steps():
     out, history = invert(model, X, MISSING)  # γ 0.01, 150 steps of Adam at lr 0.05
     assert out.shape == (1, 2, 1, 2, 2) and history.shape == (151, 2)
     for i, z0 in enumerate(fill_start()):
-        z, expected = search_by_hand(X[i].flatten().tolist(), OBSERVED[i], z0, gamma=0.01,
-                                     lr=0.05, steps=150, optimiser="adam")
+        z, expected = search_by_hand(
+            X[i].flatten().tolist(),
+            OBSERVED[i],
+            z0,
+            gamma=0.01,
+            lr=0.05,
+            steps=150,
+            optimiser="adam",
+        )
         assert close(history[:, i], expected), (history[:, i], expected)
 
 
 def test_samples_start_from_the_same_point_plus_seeded_noise():
     model = Reshape((1, 2, 2))
     torch.manual_seed(1)
-    out, history = invert(model, X, MISSING, steps=1, samples=3, spread=0.3,
-                          generator=torch.Generator().manual_seed(5))
+    out, history = invert(
+        model,
+        X,
+        MISSING,
+        steps=1,
+        samples=3,
+        spread=0.3,
+        generator=torch.Generator().manual_seed(5),
+    )
     assert out.shape == (3, 2, 1, 2, 2) and history.shape == (2, 6)
     # the noise is the generator's (not torch's global one), in the latent's dtype; the first
     # sample of each image has none
@@ -214,21 +271,43 @@ def test_samples_start_from_the_same_point_plus_seeded_noise():
     starts = fill_start()
     for row in range(6):
         z0 = [v + 0.3 * e for v, e in zip(starts[row % 2], noise[row].tolist(), strict=True)]
-        _, expected = search_by_hand(X[row % 2].flatten().tolist(), OBSERVED[row % 2], z0,
-                                     gamma=0.01, lr=0.05, steps=1, optimiser="adam")
+        _, expected = search_by_hand(
+            X[row % 2].flatten().tolist(),
+            OBSERVED[row % 2],
+            z0,
+            gamma=0.01,
+            lr=0.05,
+            steps=1,
+            optimiser="adam",
+        )
         assert history[0, row].item() == pytest.approx(expected[0], abs=1e-12), row
     torch.manual_seed(2)
-    again, _ = invert(model, X, MISSING, steps=1, samples=3, spread=0.3,
-                      generator=torch.Generator().manual_seed(5))
+    again, _ = invert(
+        model,
+        X,
+        MISSING,
+        steps=1,
+        samples=3,
+        spread=0.3,
+        generator=torch.Generator().manual_seed(5),
+    )
     assert torch.equal(again, out)
     # spread 0.1 by default
-    _, history = invert(model, X, MISSING, steps=0, samples=2,
-                        generator=torch.Generator().manual_seed(5))
+    _, history = invert(
+        model, X, MISSING, steps=0, samples=2, generator=torch.Generator().manual_seed(5)
+    )
     noise = torch.randn((4, 4), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     for row in (2, 3):
         z0 = [v + 0.1 * e for v, e in zip(starts[row % 2], noise[row].tolist(), strict=True)]
-        _, expected = search_by_hand(X[row % 2].flatten().tolist(), OBSERVED[row % 2], z0,
-                                     gamma=0.01, lr=0.05, steps=0, optimiser="adam")
+        _, expected = search_by_hand(
+            X[row % 2].flatten().tolist(),
+            OBSERVED[row % 2],
+            z0,
+            gamma=0.01,
+            lr=0.05,
+            steps=0,
+            optimiser="adam",
+        )
         assert history[0, row].item() == pytest.approx(expected[0], abs=1e-12), row
 
 
@@ -252,9 +331,13 @@ def test_parameters_are_given_back_when_a_step_fails():
     assert model.scale.requires_grad and not model.frozen.requires_grad
 
 
-@pytest.mark.parametrize("what, message", [
-    (dict(start="middle"), "start must be one of ('fill', 'input'), not 'middle'"),
-    (dict(optimiser="lbfgs"), "optimiser must be one of ('adam', 'sgd'), not 'lbfgs'")])
+@pytest.mark.parametrize(
+    "what, message",
+    [
+        (dict(start="middle"), "start must be one of ('fill', 'input'), not 'middle'"),
+        (dict(optimiser="lbfgs"), "optimiser must be one of ('adam', 'sgd'), not 'lbfgs'"),
+    ],
+)
 def test_unknown_start_or_optimiser(what, message):
     with pytest.raises(ValueError) as err:
         invert(Reshape((1, 2, 2)), X, MISSING, steps=1, **what)
@@ -273,8 +356,10 @@ def test_square_sizes_and_counts_that_cannot_be_used():
         assert str(err.value) == (f"square size ({square}) and count ({count}) must be 0 or more")
     with pytest.raises(UserError) as err:
         masks.check_squares(6, 1, 5)
-    assert str(err.value) == ("a 6-pixel square does not fit in a 5×5 image; choose a square "
-                              "size of at most 5 (or a larger --size)")
+    assert str(err.value) == (
+        "a 6-pixel square does not fit in a 5×5 image; choose a square "
+        "size of at most 5 (or a larger --size)"
+    )
 
 
 def test_square_positions_by_the_documented_formula():
@@ -283,8 +368,10 @@ def test_square_positions_by_the_documented_formula():
     assert got.dtype == torch.int64 and got.shape == (2, 2)
     for j in range(2):
         d = hashlib.sha256(f"missingglow-squares:2:5:{j}".encode()).digest()
-        assert got[j].tolist() == [int.from_bytes(d[:8], "big") % 5,
-                                   int.from_bytes(d[8:16], "big") % 5]
+        assert got[j].tolist() == [
+            int.from_bytes(d[:8], "big") % 5,
+            int.from_bytes(d[8:16], "big") % 5,
+        ]
     for square, count in [(0, 2), (3, 0)]:
         none = masks.square_positions(2, 5, square, count, 7)
         assert none.shape == (0, 2) and none.dtype == torch.int64
@@ -388,15 +475,27 @@ def test_mask_file_errors_word_for_word(tmp_path):
     path = str(tmp_path / "mask.png")
     cases = [
         (lambda: None, (4, 4), f"mask {path} not found"),
-        (lambda: mask_file(tmp_path, (4, 3), [(0, 0)]), (5, 4),
-         f"mask {path} is 4×3 but its image is 5×4; pass a mask of the image's size"),
-        (lambda: mask_file(tmp_path, (4, 4), []), (4, 4),
-         f"mask {path} marks no pixel as missing; nothing to restore"),
-        (lambda: mask_file(tmp_path, (2, 2), [(0, 0), (0, 1), (1, 0), (1, 1)]), (2, 2),
-         f"mask {path} marks every pixel as missing; keep some of the image"),
-        (lambda: (tmp_path / "mask.png").write_bytes(b"no"), (4, 4),
-         f"cannot read mask {path} as an image (UnidentifiedImageError); pass a PNG whose "
-         "non-zero pixels mark what is missing"),
+        (
+            lambda: mask_file(tmp_path, (4, 3), [(0, 0)]),
+            (5, 4),
+            f"mask {path} is 4×3 but its image is 5×4; pass a mask of the image's size",
+        ),
+        (
+            lambda: mask_file(tmp_path, (4, 4), []),
+            (4, 4),
+            f"mask {path} marks no pixel as missing; nothing to restore",
+        ),
+        (
+            lambda: mask_file(tmp_path, (2, 2), [(0, 0), (0, 1), (1, 0), (1, 1)]),
+            (2, 2),
+            f"mask {path} marks every pixel as missing; keep some of the image",
+        ),
+        (
+            lambda: (tmp_path / "mask.png").write_bytes(b"no"),
+            (4, 4),
+            f"cannot read mask {path} as an image (UnidentifiedImageError); pass a PNG whose "
+            "non-zero pixels mark what is missing",
+        ),
     ]
     for make, size, message in cases:
         make()
@@ -409,8 +508,7 @@ def test_mask_file_errors_word_for_word(tmp_path):
 def test_transparent_below_half_is_the_hole(mode):
     img = Image.new(mode, (2, 2))
     img.putalpha(Image.frombytes("L", (2, 2), bytes([127, 128, 0, 255])))
-    assert torch.equal(alpha_mask(img, 2, "x.png"), torch.tensor([[[True, False],
-                                                                   [True, False]]]))
+    assert torch.equal(alpha_mask(img, 2, "x.png"), torch.tensor([[[True, False], [True, False]]]))
 
 
 def test_a_palette_transparency_is_the_hole_and_no_alpha_is_none():
@@ -420,8 +518,7 @@ def test_a_palette_transparency_is_the_hole_and_no_alpha_is_none():
     assert alpha_mask(img, 2, "x.png") is None  # no transparent colour
     assert alpha_mask(img.convert("RGB"), 2, "x.png") is None
     img.info["transparency"] = 0
-    assert torch.equal(alpha_mask(img, 2, "x.png"), torch.tensor([[[True, False],
-                                                                   [False, False]]]))
+    assert torch.equal(alpha_mask(img, 2, "x.png"), torch.tensor([[[True, False], [False, False]]]))
 
 
 def test_an_alpha_opaque_where_the_crop_keeps_is_no_hole():
@@ -431,12 +528,12 @@ def test_an_alpha_opaque_where_the_crop_keeps_is_no_hole():
     img.putpixel((0, 1), (9, 0))
     assert alpha_mask(img, 2, "x.png") is None
     img.putpixel((1, 1), (9, 0))
-    assert torch.equal(alpha_mask(img, 2, "x.png"), torch.tensor([[[False, False],
-                                                                   [True, False]]]))
+    assert torch.equal(alpha_mask(img, 2, "x.png"), torch.tensor([[[False, False], [True, False]]]))
     with pytest.raises(UserError) as err:
         alpha_mask(Image.new("RGBA", (2, 2), (1, 2, 3, 0)), 2, "x.png")
-    assert str(err.value) == ("the alpha channel of x.png marks every pixel as missing; "
-                              "keep some of the image")
+    assert str(err.value) == (
+        "the alpha channel of x.png marks every pixel as missing; keep some of the image"
+    )
 
 
 # --- quantisation -----------------------------------------------------------------------------
@@ -471,8 +568,7 @@ def test_dequantize_adds_the_generators_uniform_noise_below_one_bin():
     assert out.dtype == torch.float64 and close(out, q + noise / 32, tol=0)
     assert ((out - q >= 0) & (out - q < 1 / 32)).all()
     torch.manual_seed(2)
-    assert close(dequantize(q, 3, generator=torch.Generator().manual_seed(4)), q + noise / 8,
-                 tol=0)
+    assert close(dequantize(q, 3, generator=torch.Generator().manual_seed(4)), q + noise / 8, tol=0)
 
 
 def test_to_unit_range_by_hand():
@@ -482,8 +578,12 @@ def test_to_unit_range_by_hand():
 
 def test_luma_of_pure_colours_by_hand():
     # floor((R·19595 + G·38470 + B·7471 + 32768) / 65536) on 8-bit values: Pillow's "L"
-    colours = torch.tensor([[255, 0, 0], [0, 255, 0], [0, 0, 255], [1, 1, 1], [10, 20, 30]],
-                           dtype=torch.float32).T.reshape(3, 1, 5) / 255
+    colours = (
+        torch.tensor(
+            [[255, 0, 0], [0, 255, 0], [0, 0, 255], [1, 1, 1], [10, 20, 30]], dtype=torch.float32
+        ).T.reshape(3, 1, 5)
+        / 255
+    )
     got = luma(colours)
     assert got.shape == (1, 1, 5) and got.dtype == torch.float32
     assert torch.equal(got, torch.tensor([[[76, 150, 29, 1, 18]]]) / 255)
@@ -494,7 +594,7 @@ def test_luma_is_pillows_grey_for_every_red_green_pair():
     # (a coefficient or the rounding constant off by one changes a few hundred of them)
     r, g = torch.meshgrid(torch.arange(256), torch.arange(256), indexing="ij")
     for blue in (0, 1, 128, 255):
-        rgb = torch.stack([r, g, torch.full_like(r, blue)]).to(torch.uint8)     # (3, 256, 256)
+        rgb = torch.stack([r, g, torch.full_like(r, blue)]).to(torch.uint8)  # (3, 256, 256)
         pil = Image.frombytes("RGB", (256, 256), bytes(rgb.permute(1, 2, 0).flatten().tolist()))
         expected = torch.frombuffer(bytearray(pil.convert("L").tobytes()), dtype=torch.uint8)
         got = (luma(rgb.double() / 255) * 255).round().to(torch.uint8)
@@ -523,8 +623,9 @@ def test_to_model_and_from_model_by_hand():
     # 8j + 4; at 8 bits the centre of value k is k itself
     back = from_model(x, 5)
     assert back.shape == (1, 3, 1, 7)
-    assert close(back, torch.tensor([8 * j + 4 for j in BINS_5]).double().expand(1, 3, 1, 7) / 255,
-                 tol=0)
+    assert close(
+        back, torch.tensor([8 * j + 4 for j in BINS_5]).double().expand(1, 3, 1, 7) / 255, tol=0
+    )
     assert close(from_model(to_model(images, 8), 8), images.expand(1, 3, 1, 7), tol=0)
     # an RGB image meets a one-channel model as its luma
     red = torch.tensor([1.0, 0, 0]).view(1, 3, 1, 1)

@@ -1,5 +1,6 @@
 """Numbers checked against values worked out by hand, so that a wrong formula cannot pass: the
 bits/dim loss, the evaluation's RMSE and PSNR, and which SIMD build of the coupling loops runs."""
+
 import math
 import os
 import platform
@@ -19,8 +20,9 @@ def test_bits_per_dim_by_hand():
     # D = 4 values at 5 bits: a density of log p = −D·ln 2 costs 1 bit each beyond the bins' 5
     dims, bits = 4, 5
     log_p = torch.tensor([-4 * math.log(2), 0.0, 8 * math.log(2)])
-    torch.testing.assert_close(bits_per_dim(log_p, bits, dims),
-                               torch.tensor([6.0, 5.0, 3.0]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        bits_per_dim(log_p, bits, dims), torch.tensor([6.0, 5.0, 3.0]), rtol=0, atol=1e-6
+    )
 
 
 def test_rmse_and_psnr_by_hand():
@@ -30,9 +32,9 @@ def test_rmse_and_psnr_by_hand():
     mask[0, 0, 0, :] = True
     mask[1, 0, 1, 1] = True
     out = ref.clone()
-    out[0, :, 0, :] = 0.3          # inside: 6 values off by 0.3
-    out[1, :, 1, 1] = 0.6          # inside: 3 values off by 0.6
-    out[0, 0, 1, 1] = 0.2          # outside: 1 value off by 0.2 of 3·(4+4) − 9 = 15
+    out[0, :, 0, :] = 0.3  # inside: 6 values off by 0.3
+    out[1, :, 1, 1] = 0.6  # inside: 3 values off by 0.6
+    out[0, 0, 1, 1] = 0.2  # outside: 1 value off by 0.2 of 3·(4+4) − 9 = 15
     pool = _Pool()
     pool.add(_errors(out, ref, ref, mask), 2, seconds=0.5)
     row = pool.row("m", None)
@@ -61,14 +63,22 @@ def cpu_flags():
     return set()
 
 
-@pytest.mark.skipif(platform.machine() != "x86_64" or not os.path.exists("/proc/cpuinfo"),
-                    reason="the SIMD builds are x86-64 only")
+@pytest.mark.skipif(
+    platform.machine() != "x86_64" or not os.path.exists("/proc/cpuinfo"),
+    reason="the SIMD builds are x86-64 only",
+)
 def test_the_widest_simd_build_the_cpu_has_is_the_default():
     flags = cpu_flags()
-    expected = ("avx512" if {"avx512f", "avx2", "fma"} <= flags
-                else "avx2" if {"avx2", "fma"} <= flags else "portable")
+    expected = (
+        "avx512"
+        if {"avx512f", "avx2", "fma"} <= flags
+        else "avx2"
+        if {"avx2", "fma"} <= flags
+        else "portable"
+    )
     code = "import missingglow._C as C; print(C.coupling_simd())"  # a fresh process: no switch yet
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == expected

@@ -1,4 +1,5 @@
 """The core never imports NumPy: import it and run the flow both ways with NumPy blocked."""
+
 import os
 import subprocess
 import sys
@@ -34,7 +35,8 @@ print("numpy-free")
 
 def test_core_runs_with_numpy_blocked():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=root, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], cwd=root, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "numpy-free" in result.stdout

@@ -15,6 +15,7 @@ NOT_KERNELS are views, allocations, layout metadata and queries: they launch not
 
     python tests/test_op_budget.py      # prints the counts, forward and backward, by op name
 """
+
 import collections
 import sys
 
@@ -33,16 +34,57 @@ pytestmark = [
 
 NOT_KERNELS = {
     # allocation and storage metadata
-    "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "resize_",
-    "resize_as_", "set_", "as_strided", "as_strided_", "lift_fresh",
+    "empty",
+    "empty_like",
+    "empty_strided",
+    "new_empty",
+    "new_empty_strided",
+    "resize_",
+    "resize_as_",
+    "set_",
+    "as_strided",
+    "as_strided_",
+    "lift_fresh",
     # views
-    "view", "view_as", "reshape", "_reshape_alias", "_unsafe_view", "permute", "transpose", "t",
-    "numpy_T", "T", "mT", "narrow", "slice", "select", "unsqueeze", "squeeze", "expand",
-    "expand_as", "unbind", "split", "split_with_sizes", "chunk", "diagonal", "movedim",
-    "flatten", "unflatten", "alias", "detach", "detach_",
+    "view",
+    "view_as",
+    "reshape",
+    "_reshape_alias",
+    "_unsafe_view",
+    "permute",
+    "transpose",
+    "t",
+    "numpy_T",
+    "T",
+    "mT",
+    "narrow",
+    "slice",
+    "select",
+    "unsqueeze",
+    "squeeze",
+    "expand",
+    "expand_as",
+    "unbind",
+    "split",
+    "split_with_sizes",
+    "chunk",
+    "diagonal",
+    "movedim",
+    "flatten",
+    "unflatten",
+    "alias",
+    "detach",
+    "detach_",
     # no-ops unless they copy (a copy shows as copy_ below them), and queries
-    "contiguous", "to", "resolve_conj", "resolve_neg", "conj", "_nnpack_available",
-    "result_type", "is_same_size", "_has_compatible_shallow_copy_type",
+    "contiguous",
+    "to",
+    "resolve_conj",
+    "resolve_neg",
+    "conj",
+    "_nnpack_available",
+    "result_type",
+    "is_same_size",
+    "_has_compatible_shallow_copy_type",
 }
 
 FLOWS = 8
@@ -52,7 +94,7 @@ BUDGETS = {  # (affine, lu, precision)
     (True, True, "fp32"): 32,
     (True, False, "fp32"): 34,
     (False, True, "fp32"): 39,  # the additive coupling's cat and its slices' backward
-    (True, True, "bf16"): 37,   # the casts to and from bfloat16 and their backward
+    (True, True, "bf16"): 37,  # the casts to and from bfloat16 and their backward
 }
 
 
@@ -121,7 +163,8 @@ def test_a_fused_flow_step_stays_within_its_op_budget(affine, lu, precision):
         assert backward["missingglow::coupling_step_backward"] == FLOWS
     total = _per_step(forward) + _per_step(backward)
     assert total <= BUDGETS[affine, lu, precision], (
-        f"{total:.1f} ops per flow step, forward {dict(forward)}, backward {dict(backward)}")
+        f"{total:.1f} ops per flow step, forward {dict(forward)}, backward {dict(backward)}"
+    )
 
 
 def test_parameter_only_work_is_done_once_per_block():
@@ -141,9 +184,11 @@ def main():
     for affine, lu, precision in BUDGETS:
         steps, x = _block(affine, lu, precision)
         forward, backward = step_counts(lambda v: fused_step.run_steps(steps, v), steps, x)
-        print(f"affine={affine} lu={lu} {precision}: forward {_per_step(forward):.1f}, "
-              f"backward {_per_step(backward):.1f}, total "
-              f"{_per_step(forward) + _per_step(backward):.1f} ops per flow step")
+        print(
+            f"affine={affine} lu={lu} {precision}: forward {_per_step(forward):.1f}, "
+            f"backward {_per_step(backward):.1f}, total "
+            f"{_per_step(forward) + _per_step(backward):.1f} ops per flow step"
+        )
         if "-v" in sys.argv:
             print("  forward ", dict(forward.most_common()))
             print("  backward", dict(backward.most_common()))

@@ -1,6 +1,7 @@
 """The fast ops (ops.py) against their namesakes in ops_reference.py on fresh random odd-shaped
 input: in float64 to 1e-10, and in float32 to tolerances derived from float32 rounding
 (tests/float32_tolerances.py)."""
+
 import ast
 import inspect
 import os
@@ -41,7 +42,7 @@ def _actnorm_conv_params(gen, c, device, dtype=torch.float64, weight_4d=False):
     scale = torch.rand(1, c, 1, 1, generator=gen, dtype=dtype) + 0.5
     scale[0, 0] *= -1  # ActNorm's scale may be negative: the logdet uses |scale|
     q, _ = torch.linalg.qr(torch.randn(c, c, generator=gen, dtype=dtype))
-    weight = q + 0.1 * torch.randn(c, c, generator=gen, dtype=dtype) / c ** 0.5
+    weight = q + 0.1 * torch.randn(c, c, generator=gen, dtype=dtype) / c**0.5
     if weight_4d:
         weight = weight.view(c, c, 1, 1)
     return [t.to(device) for t in (loc, scale, weight)]
@@ -54,11 +55,13 @@ def test_actnorm_conv_matches_reference(gen, device, shape, layout):
     x = _activations(gen, shape, device, layout)
     loc, scale, weight = _actnorm_conv_params(gen, shape[1], device, weight_4d=shape[1] == 12)
     y = ops.actnorm_conv(x, loc, scale, weight)
-    torch.testing.assert_close(y, ops_reference.actnorm_conv(x, loc, scale, weight),
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        y, ops_reference.actnorm_conv(x, loc, scale, weight), rtol=1e-12, atol=1e-12
+    )
     back = ops.actnorm_conv_inverse(y, loc, scale, weight)
-    torch.testing.assert_close(back, ops_reference.actnorm_conv_inverse(y, loc, scale, weight),
-                               rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(
+        back, ops_reference.actnorm_conv_inverse(y, loc, scale, weight), rtol=1e-10, atol=1e-10
+    )
     torch.testing.assert_close(back, x, rtol=1e-10, atol=1e-10)
     # the layout rule the fake kernels promise: channels-last stays channels-last
     if layout == "channels_last" and not x.is_contiguous():
@@ -70,23 +73,31 @@ def test_actnorm_conv_matches_reference(gen, device, shape, layout):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", FLOAT32_SHAPES)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_actnorm_conv_float32_is_as_accurate_as_the_reference(gen, float32_proper, device, shape,
-                                                              layout):
+def test_actnorm_conv_float32_is_as_accurate_as_the_reference(
+    gen, float32_proper, device, shape, layout
+):
     x = _activations(gen, shape, device, layout, torch.float32)
     params = _actnorm_conv_params(gen, shape[1], device, torch.float32, weight_4d=shape[1] == 12)
     wide = [p.double() for p in params]
     loc, scale, weight = (p.abs() for p in wide)
     y = ops.actnorm_conv(x, *params)
     assert y.dtype == torch.float32
-    assert_float32_close(y, ops_reference.actnorm_conv(x, *params),
-                         ops_reference.actnorm_conv(x.double(), *wide),
-                         ops_reference.actnorm_conv(x.double().abs(), loc, scale, weight), what="y")
+    assert_float32_close(
+        y,
+        ops_reference.actnorm_conv(x, *params),
+        ops_reference.actnorm_conv(x.double(), *wide),
+        ops_reference.actnorm_conv(x.double().abs(), loc, scale, weight),
+        what="y",
+    )
     back = ops.actnorm_conv_inverse(y, *params)
     w_inv = torch.linalg.inv(wide[2].view(*wide[2].shape[:2])).abs()
-    assert_float32_close(back, ops_reference.actnorm_conv_inverse(y, *params),
-                         ops_reference.actnorm_conv_inverse(y.double(), *wide),
-                         F.conv2d(y.double().abs(), w_inv.view(*w_inv.shape, 1, 1)) / scale + loc,
-                         what="x back")
+    assert_float32_close(
+        back,
+        ops_reference.actnorm_conv_inverse(y, *params),
+        ops_reference.actnorm_conv_inverse(y.double(), *wide),
+        F.conv2d(y.double().abs(), w_inv.view(*w_inv.shape, 1, 1)) / scale + loc,
+        what="x back",
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -97,8 +108,10 @@ def test_actnorm_conv_gradients(gen, device, layout):
     # fast_mode checks the Jacobian along random directions: the full one is ~300×300 here
     assert torch.autograd.gradcheck(ops.actnorm_conv, [x, *params], fast_mode=True)
     assert torch.autograd.gradcheck(ops.actnorm_conv_inverse, [x, *params], fast_mode=True)
-    small = [_activations(gen, (2, 4, 2, 3), device, layout).requires_grad_(),
-             *[p.requires_grad_() for p in _actnorm_conv_params(gen, 4, device)]]
+    small = [
+        _activations(gen, (2, 4, 2, 3), device, layout).requires_grad_(),
+        *[p.requires_grad_() for p in _actnorm_conv_params(gen, 4, device)],
+    ]
     assert torch.autograd.gradcheck(ops.actnorm_conv, small)
     assert torch.autograd.gradcheck(ops.actnorm_conv_inverse, small)
     y = ops.actnorm_conv(x, *params)
@@ -130,12 +143,16 @@ def test_actnorm_conv_gradients_reach_the_lu_parameters(gen):
 def test_actnorm_conv_opcheck(gen, device, layout):
     x = _activations(gen, (3, 6, 5, 7), device, layout)
     params = _actnorm_conv_params(gen, 6, device)
-    for op in (torch.ops.missingglow.actnorm_conv_forward.default,
-               torch.ops.missingglow.actnorm_conv_inverse.default):
-        torch.library.opcheck(op, [x.detach().requires_grad_(),
-                                   *[p.detach().requires_grad_() for p in params]])
-    torch.library.opcheck(torch.ops.missingglow.actnorm_conv_backward.default,
-                          [torch.randn_like(x), x, *params])
+    for op in (
+        torch.ops.missingglow.actnorm_conv_forward.default,
+        torch.ops.missingglow.actnorm_conv_inverse.default,
+    ):
+        torch.library.opcheck(
+            op, [x.detach().requires_grad_(), *[p.detach().requires_grad_() for p in params]]
+        )
+    torch.library.opcheck(
+        torch.ops.missingglow.actnorm_conv_backward.default, [torch.randn_like(x), x, *params]
+    )
 
 
 def test_actnorm_conv_refuses_bad_arguments():
@@ -149,6 +166,7 @@ def test_actnorm_conv_refuses_bad_arguments():
 
 
 # --- the whole-tensor coupling -------------------------------------------------------------------
+
 
 def _coupling_both_ways(x, h, y_in, grad_y, grad_logdet, step=None, inverse=None, backward=None):
     """(y, logdet, x back from y_in, its logdet, grad x, grad h of Σ grad_y·y + Σ grad_logdet·logdet
@@ -177,8 +195,16 @@ def _check_coupling(gen, shape, device, layout, dtype, what):
     grad_y = torch.randn(shape, generator=gen, dtype=dtype).to(device)
     grad_logdet = torch.randn(shape[0], generator=gen, dtype=dtype).to(device)
     y_in = ops_reference.coupling_step(x, h)[0]  # the inverse's and the backward's input
-    fast = _coupling_both_ways(x, h, y_in, grad_y, grad_logdet, ops.coupling_step,
-                               ops.coupling_step_inverse, ops.coupling_step_backward)
+    fast = _coupling_both_ways(
+        x,
+        h,
+        y_in,
+        grad_y,
+        grad_logdet,
+        ops.coupling_step,
+        ops.coupling_step_inverse,
+        ops.coupling_step_backward,
+    )
     wide = [t.double() for t in (x, h, y_in, grad_y, grad_logdet)]
     exact = _coupling_both_ways(*wide)
     if dtype == torch.float64:
@@ -189,8 +215,10 @@ def _check_coupling(gen, shape, device, layout, dtype, what):
     log_s = h.chunk(2, 1)[0]
     # where a result cancels, the size of what is rounded on the way: x = y/s − t rounds y/s =
     # x + t; grad log_s = (grad_y·y + grad_logdet)·(1 − s) rounds the sum in brackets
-    sizes = {"x back": exact[2].abs() + wide[1].abs(),
-             "grad h": exact[5].abs() + (wide[3] * wide[2]).abs() + wide[4].abs().view(-1, 1, 1, 1)}
+    sizes = {
+        "x back": exact[2].abs() + wide[1].abs(),
+        "grad h": exact[5].abs() + (wide[3] * wide[2]).abs() + wide[4].abs().view(-1, 1, 1, 1),
+    }
     for name, a, r, e in zip(COUPLING_OUTPUTS, fast, ref32, exact, strict=True):
         assert a.dtype == torch.float32, name
         if "logdet" in name:
@@ -218,7 +246,8 @@ def test_coupling_step_matches_reference(gen, device, shape, layout):
     torch.testing.assert_close(inv_logdet, -logdet_ref, rtol=1e-12, atol=1e-10)
     channels_last = layout == "channels_last" and not x.is_contiguous()
     assert y.is_contiguous(
-        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -242,19 +271,24 @@ def test_coupling_step_gradients(gen, device, layout):
 def test_coupling_step_opcheck(gen, device, layout):
     x = _activations(gen, (3, 6, 5, 7), device, layout)
     h = _activations(gen, (3, 6, 5, 7), device, layout)
-    for op in (torch.ops.missingglow.coupling_step_forward.default,
-               torch.ops.missingglow.coupling_step_inverse.default):
+    for op in (
+        torch.ops.missingglow.coupling_step_forward.default,
+        torch.ops.missingglow.coupling_step_inverse.default,
+    ):
         torch.library.opcheck(op, [x.detach().requires_grad_(), h.detach().requires_grad_()])
     grad_logdet = torch.randn(3, dtype=x.dtype, device=device)
-    torch.library.opcheck(torch.ops.missingglow.coupling_step_backward.default,
-                          [torch.randn_like(x), grad_logdet, x, h])
+    torch.library.opcheck(
+        torch.ops.missingglow.coupling_step_backward.default,
+        [torch.randn_like(x), grad_logdet, x, h],
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", FLOAT32_SHAPES)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_coupling_step_float32_is_as_accurate_as_the_reference(gen, float32_proper, device, shape,
-                                                               layout):
+def test_coupling_step_float32_is_as_accurate_as_the_reference(
+    gen, float32_proper, device, shape, layout
+):
     _check_coupling(gen, shape, device, layout, torch.float32, f"coupling_step on {device}")
 
 
@@ -278,10 +312,18 @@ def test_coupling_step_refuses_bad_arguments():
 
 # --- the coupling network (fused_step.zero_conv and .coupling_net, ATen's convs) ----------------
 
+
 def _net_params(gen, c, hidden, device):
     """(w1, b1, w2, b2, w3, b3, s3) of a coupling network for C channels, all of them non-zero."""
-    shapes = [(hidden, c // 2, 3, 3), (hidden,), (hidden, hidden, 1, 1), (hidden,),
-              (c, hidden, 3, 3), (c,), (1, c, 1, 1)]
+    shapes = [
+        (hidden, c // 2, 3, 3),
+        (hidden,),
+        (hidden, hidden, 1, 1),
+        (hidden,),
+        (c, hidden, 3, 3),
+        (c,),
+        (1, c, 1, 1),
+    ]
     return [(0.3 * torch.randn(s, generator=gen, dtype=torch.float64)).to(device) for s in shapes]
 
 
@@ -293,8 +335,12 @@ def test_coupling_net_matches_reference(gen, device, shape, layout):
     params = [p.requires_grad_() for p in _net_params(gen, shape[1], 5, device)]
     w3, b3, s3 = params[4:]
     hidden = _activations(gen, (shape[0], 5, *shape[2:]), device, layout)
-    torch.testing.assert_close(fused_step.zero_conv(hidden, w3, b3, s3),
-                               ops_reference.zero_conv(hidden, w3, b3, s3), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        fused_step.zero_conv(hidden, w3, b3, s3),
+        ops_reference.zero_conv(hidden, w3, b3, s3),
+        rtol=1e-12,
+        atol=1e-12,
+    )
     h = fused_step.coupling_net(x_a, *params)
     h_ref = ops_reference.coupling_net(x_a, *params)
     torch.testing.assert_close(h, h_ref, rtol=1e-12, atol=1e-12)
@@ -305,12 +351,12 @@ def test_coupling_net_matches_reference(gen, device, shape, layout):
         torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-10)
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", [(1, 6, 1, 1), (3, 12, 5, 7), (2, 6, 1, 4)])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_coupling_net_float32_is_as_accurate_as_the_reference(gen, float32_proper, device, shape,
-                                                              layout):
+def test_coupling_net_float32_is_as_accurate_as_the_reference(
+    gen, float32_proper, device, shape, layout
+):
     x_a = _activations(gen, (shape[0], shape[1] // 2, *shape[2:]), device, layout, torch.float32)
     params = [p.float() for p in _net_params(gen, shape[1], 5, device)]
     weights = torch.randn(shape, generator=gen).to(device)
@@ -324,14 +370,17 @@ def test_coupling_net_float32_is_as_accurate_as_the_reference(gen, float32_prope
     ref32 = net_and_grads(ops_reference.coupling_net, x_a, params, weights)
     wide = [x_a.double(), [p.double() for p in params], weights.double()]
     exact = net_and_grads(ops_reference.coupling_net, *wide)
-    sizes = net_and_grads(ops_reference.coupling_net, wide[0].abs(), [p.abs() for p in wide[1]],
-                          wide[2].abs())  # with every value ≥ 0 the ReLUs pass everything
+    sizes = net_and_grads(
+        ops_reference.coupling_net, wide[0].abs(), [p.abs() for p in wide[1]], wide[2].abs()
+    )  # with every value ≥ 0 the ReLUs pass everything
     names = ["h", "w1", "b1", "w2", "b2", "w3", "b3", "s3"]
     for name, a, r, e, size in zip(names, fast, ref32, exact, sizes, strict=True):
         assert a.dtype == torch.float32
         assert_float32_close(a, r, e, size, what=f"coupling_net {name}")
 
+
 # --- the SIMD builds of the CPU coupling loops (csrc/coupling_runs*.{h,cpp}) ---------------------
+
 
 def _simd_builds():
     """The builds of the CPU loops this CPU runs, tried by switching to each (then back again)."""
@@ -362,8 +411,14 @@ def test_the_portable_build_is_always_there():
 
 # Gathered runs split into chunks with a remainder (12 channels, 16×16), long runs (130 channels),
 # short and long channels-first halves, and run lengths that leave tails after 4, 8 and 16 lanes.
-SIMD_SHAPES = [(3, 12, 16, 16), (2, 130, 3, 3), (1, 6, 1, 1), (3, 6, 5, 7), (2, 34, 7, 5),
-               (1, 2, 1, 3)]
+SIMD_SHAPES = [
+    (3, 12, 16, 16),
+    (2, 130, 3, 3),
+    (1, 6, 1, 1),
+    (3, 6, 5, 7),
+    (2, 34, 7, 5),
+    (1, 2, 1, 3),
+]
 
 
 @pytest.mark.parametrize("shape", SIMD_SHAPES)
@@ -410,24 +465,36 @@ def _touches_the_extension(path):
 
 
 def test_only_ops_py_touches_the_extension():
-    sources = [os.path.join(folder, name) for folder, _, names in os.walk(PACKAGE)
-               for name in names if name.endswith(".py")]
-    touching = sorted(os.path.relpath(path, PACKAGE) for path in sources
-                      if _touches_the_extension(path))
+    sources = [
+        os.path.join(folder, name)
+        for folder, _, names in os.walk(PACKAGE)
+        for name in names
+        if name.endswith(".py")
+    ]
+    touching = sorted(
+        os.path.relpath(path, PACKAGE) for path in sources if _touches_the_extension(path)
+    )
     assert touching == [os.path.join("flow", "ops.py")]
 
 
 def _public_functions(module):
-    return {name: inspect.signature(fn)
-            for name, fn in inspect.getmembers(module, inspect.isfunction)
-            if not name.startswith("_") and fn.__module__ == module.__name__}
+    return {
+        name: inspect.signature(fn)
+        for name, fn in inspect.getmembers(module, inspect.isfunction)
+        if not name.startswith("_") and fn.__module__ == module.__name__
+    }
 
 
 def test_every_fast_op_has_a_reference_of_the_same_name_and_signature():
     fast = _public_functions(ops)
     fast.pop("coupling_simd")  # which build of the CPU loops runs: not an op
-    fast.update({name: sig for name, sig in _public_functions(fused_step).items()
-                 if name in ("zero_conv", "coupling_net")})  # the fused step's coupling network
+    fast.update(
+        {
+            name: sig
+            for name, sig in _public_functions(fused_step).items()
+            if name in ("zero_conv", "coupling_net")
+        }
+    )  # the fused step's coupling network
     assert {"actnorm_conv_backward", "coupling_step_backward", "zero_conv"} <= set(fast)
     assert _public_functions(ops_reference) == fast
 
@@ -441,8 +508,10 @@ def test_backward_ops_match_their_references(gen, device, layout):
     grad_logdet = torch.randn(3, generator=gen, dtype=x.dtype).to(device)
     params = _actnorm_conv_params(gen, 6, device)
     y = ops_reference.coupling_step(x, h)[0]
-    for name, args in [("actnorm_conv_backward", (grad_y, x, *params)),
-                       ("coupling_step_backward", (grad_y, grad_logdet, y, h))]:
+    for name, args in [
+        ("actnorm_conv_backward", (grad_y, x, *params)),
+        ("coupling_step_backward", (grad_y, grad_logdet, y, h)),
+    ]:
         got, want = getattr(ops, name)(*args), getattr(ops_reference, name)(*args)
         assert len(got) == len(want)
         for a, b in zip(got, want, strict=True):
@@ -451,10 +520,22 @@ def test_backward_ops_match_their_references(gen, device, layout):
 
 # --- the fake kernels refuse what the C++ ops refuse ---------------------------------------------
 
+
 def _flow_step_args(c=4, hidden=3, n=2, size=3):
     """Well-formed zeros for the flow step ops: x, loc, scale, W, w1, b1, w2, b2, w3, b3, s3."""
-    shapes = [(n, c, size, size), (1, c, 1, 1), (1, c, 1, 1), (c, c), (hidden, c // 2, 3, 3),
-              (hidden,), (hidden, hidden, 1, 1), (hidden,), (c, hidden, 3, 3), (c,), (1, c, 1, 1)]
+    shapes = [
+        (n, c, size, size),
+        (1, c, 1, 1),
+        (1, c, 1, 1),
+        (c, c),
+        (hidden, c // 2, 3, 3),
+        (hidden,),
+        (hidden, hidden, 1, 1),
+        (hidden,),
+        (c, hidden, 3, 3),
+        (c,),
+        (1, c, 1, 1),
+    ]
     return [torch.zeros(s, dtype=torch.float64) for s in shapes]
 
 
@@ -471,31 +552,55 @@ def _z(*shape, dtype=torch.float64):
 MALFORMED = [
     ("actnorm_conv_forward", lambda: (_z(2, 4, 3, 3), _z(3), _z(4), _z(4, 4)), "one per channel"),
     ("actnorm_conv_forward", lambda: (_z(2, 4, 3, 3), _z(4), _z(4), _z(3, 3)), "weight must be"),
-    ("actnorm_conv_inverse", lambda: (_z(2, 4, 3, 3), _z(4), _z(4), _z(4, 4, dtype=torch.float32)),
-     "one dtype"),
+    (
+        "actnorm_conv_inverse",
+        lambda: (_z(2, 4, 3, 3), _z(4), _z(4), _z(4, 4, dtype=torch.float32)),
+        "one dtype",
+    ),
     ("actnorm_conv_inverse", lambda: (_z(4), _z(4), _z(4), _z(4, 4)), "N, C, ..."),
-    ("actnorm_conv_backward", lambda: (_z(2, 4, 3, 4), _z(2, 4, 3, 3), _z(4), _z(4), _z(4, 4)),
-     "grad_y must match"),
+    (
+        "actnorm_conv_backward",
+        lambda: (_z(2, 4, 3, 4), _z(2, 4, 3, 3), _z(4), _z(4), _z(4, 4)),
+        "grad_y must match",
+    ),
     ("coupling_step_forward", lambda: (_z(2, 3, 3, 3), _z(2, 3, 3, 3)), "even"),
     ("coupling_step_forward", lambda: (_z(2, 4, 3, 3), _z(2, 6, 3, 3)), "one shape"),
-    ("coupling_step_inverse", lambda: (_z(2, 4, 3, 3), _z(2, 4, 3, 3, dtype=torch.float32)),
-     "one dtype"),
+    (
+        "coupling_step_inverse",
+        lambda: (_z(2, 4, 3, 3), _z(2, 4, 3, 3, dtype=torch.float32)),
+        "one dtype",
+    ),
     ("coupling_step_inverse", lambda: (_z(2, 4, 3, 3, dtype=torch.int64),) * 2, "floating"),
-    ("coupling_step_backward", lambda: (_z(2, 4, 3, 3), _z(3), _z(2, 4, 3, 3), _z(2, 4, 3, 3)),
-     "one entry per sample"),
+    (
+        "coupling_step_backward",
+        lambda: (_z(2, 4, 3, 3), _z(3), _z(2, 4, 3, 3), _z(2, 4, 3, 3)),
+        "one entry per sample",
+    ),
     ("flow_step_forward", lambda: _with(_flow_step_args(), x=_z(2, 6, 3, 3)), "w1 must be"),
     ("flow_step_forward", lambda: _with(_flow_step_args(), w3=_z(4, 2, 3, 3)), "w3 must be"),
     ("flow_step_forward", lambda: _with(_flow_step_args(), x=_z(4, 3, 3)), "N, C, H, W"),
     ("flow_step_inverse", lambda: _with(_flow_step_args(), b2=_z(4)), "b1 and b2 need"),
     ("flow_step_inverse", lambda: _with(_flow_step_args(), loc=_z(3)), "one per channel"),
-    ("flow_step_backward", lambda: (_z(2, 4, 3, 3), _z(2), *_flow_step_args()[:1],
-                                    _z(2, 4, 3, 3), _z(2, 4, 3, 3), _z(2, 3, 3, 3),
-                                    _z(2, 4, 3, 3), *_flow_step_args()[1:]), "h1 and h2"),
+    (
+        "flow_step_backward",
+        lambda: (
+            _z(2, 4, 3, 3),
+            _z(2),
+            *_flow_step_args()[:1],
+            _z(2, 4, 3, 3),
+            _z(2, 4, 3, 3),
+            _z(2, 3, 3, 3),
+            _z(2, 4, 3, 3),
+            *_flow_step_args()[1:],
+        ),
+        "h1 and h2",
+    ),
 ]
 
 
-@pytest.mark.parametrize("op,args,refusal", MALFORMED,
-                         ids=[f"{op}-{refusal}" for op, _, refusal in MALFORMED])
+@pytest.mark.parametrize(
+    "op,args,refusal", MALFORMED, ids=[f"{op}-{refusal}" for op, _, refusal in MALFORMED]
+)
 def test_fake_kernels_refuse_what_the_ops_refuse(op, args, refusal):
     """Traced under FakeTensorMode (as torch.compile traces), a malformed call fails in the fake
     kernel's torch._check with the C++ op's words, rather than tracing a graph that fails later."""
@@ -516,12 +621,14 @@ def test_fake_kernels_accept_well_formed_calls():
         assert ops.coupling_step(x, x)[1].shape == (2,)
         y, logdet, h1, h2, h = torch.ops.missingglow.flow_step_forward.default(x, *params)
         assert h1.shape == (2, 3, 3, 3)
-        grads = torch.ops.missingglow.flow_step_backward.default(y, logdet, x, y, h1, h2, h,
-                                                                  *params)
+        grads = torch.ops.missingglow.flow_step_backward.default(
+            y, logdet, x, y, h1, h2, h, *params
+        )
         assert [g.shape for g in grads] == [t.shape for t in (x, *params)]
 
 
 # --- the backwards give no gradient to an input that needs none ----------------------------------
+
 
 def _op_inputs(gen, name):
     """float64 channels-last inputs of an op (every parameter perturbed, so none is trivial)."""
@@ -535,8 +642,14 @@ def _op_inputs(gen, name):
     return [x, *an, *_net_params(gen, 6, 5, "cpu")]
 
 
-BACKWARD_OPS = ["actnorm_conv", "actnorm_conv_inverse", "coupling_step", "coupling_step_inverse",
-                "flow_step", "flow_step_inverse"]
+BACKWARD_OPS = [
+    "actnorm_conv",
+    "actnorm_conv_inverse",
+    "coupling_step",
+    "coupling_step_inverse",
+    "flow_step",
+    "flow_step_inverse",
+]
 
 
 @pytest.mark.parametrize("name", BACKWARD_OPS)
@@ -559,7 +672,7 @@ def test_backward_gives_none_to_inputs_that_need_no_gradient(gen, name):
         unused = [None] * (3 if name == "flow_step" else 0)
         with torch.no_grad():
             returned = outputs[0].grad_fn.apply(*weights, *unused)
-        assert all(g is None for j, g in enumerate(returned[:len(inputs)]) if j != i), (name, i)
+        assert all(g is None for j, g in enumerate(returned[: len(inputs)]) if j != i), (name, i)
         assert torch.equal(returned[i], all_grads[i]), (name, i)
         (through_autograd,) = torch.autograd.grad(outputs, alone[i], weights)
         assert torch.equal(through_autograd, all_grads[i]), (name, i)

@@ -8,6 +8,7 @@ independent, so the n chains' last states are n independent draws: their mean an
 compared with the closed form within Monte-Carlo error (seeded, so every run gives the same
 answer).
 """
+
 import math
 
 import pytest
@@ -63,7 +64,7 @@ def closed_form(model, x, missing, temperature=1.0):
             rows = (~mi).expand(C, S, S).flatten()
             h, y = model.A[rows], xi.flatten()[rows] - model.b[rows]
             sigma2 = noise_variance(GAMMA, rows.sum(), D)
-            precision = torch.eye(D, dtype=torch.float64) / temperature ** 2 + h.T @ h / sigma2
+            precision = torch.eye(D, dtype=torch.float64) / temperature**2 + h.T @ h / sigma2
             cov = torch.linalg.inv(precision)
             means.append(cov @ h.T @ y / sigma2)
             covs.append((cov + cov.T) / 2)
@@ -75,8 +76,9 @@ def assert_draws_of(z, mean, cov, sd=4.5):
     factor, the draws must have mean 0 and covariance I within `sd` standard errors."""
     n = z.shape[0]
     for i in range(z.shape[1]):
-        white = torch.linalg.solve_triangular(torch.linalg.cholesky(cov[i]),
-                                              (z[:, i] - mean[i]).T, upper=False).T
+        white = torch.linalg.solve_triangular(
+            torch.linalg.cholesky(cov[i]), (z[:, i] - mean[i]).T, upper=False
+        ).T
         assert white.mean(0).abs().max() < sd / math.sqrt(n)
         sample_cov = white.T @ white / n  # the mean is known: no n − 1
         off = sample_cov - torch.diag(sample_cov.diag())
@@ -92,12 +94,27 @@ def test_mala_leaves_the_exact_posterior_invariant(gen):
     model, x, missing = problem(gen)
     mean, cov = closed_form(model, x, missing)
     n = 4000
-    start = mean + (torch.linalg.cholesky(cov) @ torch.randn((n, 2, D, 1), generator=gen,
-                                                             dtype=torch.float64))[..., 0]
+    start = (
+        mean
+        + (
+            torch.linalg.cholesky(cov)
+            @ torch.randn((n, 2, D, 1), generator=gen, dtype=torch.float64)
+        )[..., 0]
+    )
     stiffest = torch.linalg.eigvalsh(torch.linalg.inv(cov))[:, -1]
     step = (1 / stiffest).expand(n, 2)
-    out, info = posterior_samples(model, x, missing, n, gamma=GAMMA, steps=10, warmup=0,
-                                  generator=gen, start=start, step_size=step)
+    out, info = posterior_samples(
+        model,
+        x,
+        missing,
+        n,
+        gamma=GAMMA,
+        steps=10,
+        warmup=0,
+        generator=gen,
+        start=start,
+        step_size=step,
+    )
     assert torch.equal(info.step_size, step)
     assert (info.acceptance.mean(0) > 0.3).all() and (info.acceptance.mean(0) < 0.95).all()
     moved = (info.latent - start).norm(dim=2) > 0
@@ -116,8 +133,18 @@ def test_mala_from_a_bad_start_converges_to_the_closed_form(gen):
     mean, cov = closed_form(model, x, missing)
     n = 2000
     steps = []
-    out, info = posterior_samples(model, x, missing, n, gamma=GAMMA, steps=500, warmup=500,
-                                  generator=gen, start=mean + 8, on_step=steps.append)
+    out, info = posterior_samples(
+        model,
+        x,
+        missing,
+        n,
+        gamma=GAMMA,
+        steps=500,
+        warmup=500,
+        generator=gen,
+        start=mean + 8,
+        on_step=steps.append,
+    )
     assert steps == list(range(1000))
     acceptance = info.acceptance.mean(0)
     assert ((acceptance - TARGET_ACCEPTANCE).abs() < 0.1).all(), acceptance
@@ -136,8 +163,17 @@ def test_temperature_scales_the_spread_as_the_closed_form_says(gen, temperature)
     model, x, missing = problem(gen)
     mean, cov = closed_form(model, x, missing, temperature)
     n = 1000
-    out, info = posterior_samples(model, x, missing, n, gamma=GAMMA, temperature=temperature,
-                                  steps=300, warmup=300, generator=gen)
+    out, info = posterior_samples(
+        model,
+        x,
+        missing,
+        n,
+        gamma=GAMMA,
+        temperature=temperature,
+        steps=300,
+        warmup=300,
+        generator=gen,
+    )
     assert_draws_of(info.latent, mean, cov, sd=5)
     with torch.no_grad():
         pixel_var = torch.einsum("ij,bjk,lk->bil", model.A, cov, model.A).diagonal(dim1=1, dim2=2)
@@ -154,8 +190,9 @@ def test_observed_pixels_never_change_and_the_model_gets_no_gradients(gen):
     model, x, missing = problem(gen)
     x = x.float()
     model = model.float()
-    out, info = posterior_samples(model, x, missing, 5, gamma=0.01, steps=5, warmup=5,
-                                  generator=gen)
+    out, info = posterior_samples(
+        model, x, missing, 5, gamma=0.01, steps=5, warmup=5, generator=gen
+    )
     observed = (~missing).expand_as(x)
     assert out.shape == (5, 2, C, S, S) and out.dtype == torch.float32
     assert all(torch.equal(o[observed], x[observed]) for o in out)
@@ -164,15 +201,34 @@ def test_observed_pixels_never_change_and_the_model_gets_no_gradients(gen):
     assert info.latent.shape == (5, 2, D) and info.noise_variance.shape == (2,)
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
     with torch.no_grad():  # under no_grad (as evaluate calls it) it still samples
-        again, _ = posterior_samples(model, x, missing, 5, gamma=0.01, steps=5, warmup=5,
-                                     generator=torch.Generator().manual_seed(3))
+        again, _ = posterior_samples(
+            model,
+            x,
+            missing,
+            5,
+            gamma=0.01,
+            steps=5,
+            warmup=5,
+            generator=torch.Generator().manual_seed(3),
+        )
     assert torch.equal(again[0][observed], x[observed])
 
 
 def test_the_same_generator_gives_the_same_completions(gen):
     model, x, missing = problem(gen)
-    runs = [posterior_samples(model, x, missing, 3, gamma=GAMMA, steps=4, warmup=4,
-                              generator=torch.Generator().manual_seed(11))[0] for _ in range(2)]
+    runs = [
+        posterior_samples(
+            model,
+            x,
+            missing,
+            3,
+            gamma=GAMMA,
+            steps=4,
+            warmup=4,
+            generator=torch.Generator().manual_seed(11),
+        )[0]
+        for _ in range(2)
+    ]
     assert torch.equal(*runs)
 
 
@@ -180,6 +236,7 @@ def test_noise_variance_makes_the_map_inverts_optimum(gen):
     """U·2γ/D is invert's objective at t = 1: σ² = γ·M/D, M the observed values."""
     from missingglow.analysis.invert import objective
     from missingglow.analysis.posterior import energy
+
     model, x, missing = problem(gen)
     observed = (~missing).double()
     z = torch.randn((2, D), generator=gen, dtype=torch.float64)
@@ -197,20 +254,42 @@ def test_starts_from_latents_or_images(gen):
     with torch.no_grad():
         images = model.decode(latent)
     for start in (latent, latent.expand(3, 2, D), images, images.expand(3, 2, C, S, S)):
-        _, info = posterior_samples(model, x, missing, 3, gamma=GAMMA, steps=0, warmup=0,
-                                    generator=gen, start=start, step_size=0.01)
+        _, info = posterior_samples(
+            model,
+            x,
+            missing,
+            3,
+            gamma=GAMMA,
+            steps=0,
+            warmup=0,
+            generator=gen,
+            start=start,
+            step_size=0.01,
+        )
         assert torch.allclose(info.latent, latent.expand(3, 2, D))
         assert info.acceptance.isnan().all()  # no kept steps: no rate
     with pytest.raises(ValueError, match="start latents"):
-        posterior_samples(model, x, missing, 3, gamma=GAMMA, steps=0, warmup=0, generator=gen,
-                          start=torch.zeros(4, D))
+        posterior_samples(
+            model,
+            x,
+            missing,
+            3,
+            gamma=GAMMA,
+            steps=0,
+            warmup=0,
+            generator=gen,
+            start=torch.zeros(4, D),
+        )
 
 
 def test_bad_settings_are_one_line_user_errors(gen):
     model, x, missing = problem(gen)
     kw = dict(steps=1, warmup=1, generator=gen)
-    for bad, match in ((dict(gamma=0), "gamma"), (dict(gamma=0.1, temperature=0), "temperature"),
-                       (dict(gamma=0.1, step_size=-1.0), "step_size")):
+    for bad, match in (
+        (dict(gamma=0), "gamma"),
+        (dict(gamma=0.1, temperature=0), "temperature"),
+        (dict(gamma=0.1, step_size=-1.0), "step_size"),
+    ):
         with pytest.raises(UserError, match=match):
             posterior_samples(model, x, missing, 2, **bad, **kw)
     with pytest.raises(UserError, match="chain"):

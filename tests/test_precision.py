@@ -8,6 +8,7 @@ That holds exactly for one step. Through a whole model it holds only approximate
 rebuilds each step's input with float32 rounding, and where a rebuilt value sits on the other side
 of a bfloat16 rounding boundary from the forward's, that rounding moves by one bfloat16 step.
 """
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -21,7 +22,7 @@ from helpers import randomize
 
 pytestmark = pytest.mark.skipif(not ops.AVAILABLE, reason=str(ops.WHY_UNAVAILABLE))
 
-BF16_STEP = 2.0 ** -8  # bfloat16 rounds to 8 significant bits: one step is 2^-8 of a value
+BF16_STEP = 2.0**-8  # bfloat16 rounds to 8 significant bits: one step is 2^-8 of a value
 
 
 def _model(gen, precision, state=None, **kw):
@@ -72,8 +73,17 @@ def test_only_the_two_hidden_convolutions_run_in_bfloat16(gen, precision):
     # per step: 2 forward + 2 backward, 2 again in encode's forward and 2 in decode's inverse
     assert convolutions.count("convolution") == 6 * steps
     assert convolutions.count("convolution_backward") == 2 * steps
-    float_ops = {"addmm", "coupling_step_forward", "coupling_step_inverse", "mm", "bmm",
-                 "coupling_step_backward", "linalg_inv_ex", "exp", "log"}
+    float_ops = {
+        "addmm",
+        "coupling_step_forward",
+        "coupling_step_inverse",
+        "mm",
+        "bmm",
+        "coupling_step_backward",
+        "linalg_inv_ex",
+        "exp",
+        "log",
+    }
     assert not float_ops & set(bf16), float_ops & set(bf16)
     for block in model.blocks:
         params = prepare_steps(list(block.flows), 4, 4)
@@ -107,8 +117,9 @@ def test_a_bf16_step_inverts_as_exactly_as_the_float32_ops_it_undoes(gen):
         out = fused_step.channel_gemm(x, forward.gemm_weight, forward.gemm_bias)
         h = fused_step.prepared_coupling_net(out[:, :6], forward)
         assert torch.equal(fused_step.prepared_coupling_net(y[:, :6], inverse), h)
-        by_hand = fused_step.channel_gemm(ops.coupling_step_inverse(y, h)[0],
-                                          inverse.gemm_weight, inverse.gemm_bias)
+        by_hand = fused_step.channel_gemm(
+            ops.coupling_step_inverse(y, h)[0], inverse.gemm_weight, inverse.gemm_bias
+        )
         assert torch.equal(step.reverse(y), by_hand)
         torch.testing.assert_close(step.reverse(y), x, rtol=1e-5, atol=1e-5)
 
@@ -123,8 +134,10 @@ def test_a_bf16_model_inverts_to_within_a_bfloat16_step(gen):
     fp32 = _model(gen, "fp32")
     bf16 = _model(gen, "bf16", state=fp32.state_dict())
     with torch.no_grad():
-        error = {name: (m.decode(m.encode(x)) - x).abs().max().item()
-                 for name, m in (("fp32", fp32), ("bf16", bf16))}
+        error = {
+            name: (m.decode(m.encode(x)) - x).abs().max().item()
+            for name, m in (("fp32", fp32), ("bf16", bf16))
+        }
         raw = (bf16.decode(bf16.encode(x, latent="raw"), latent="raw") - x).abs().max().item()
     bound = BF16_STEP * x.abs().max().item()
     assert error["fp32"] < 1e-5
@@ -174,8 +187,9 @@ def test_precision_is_refused_where_it_cannot_run(monkeypatch):
     monkeypatch.setattr(ops, "WHY_UNAVAILABLE", "missingglow._C could not be loaded (test)")
     with pytest.warns(RuntimeWarning) as record:
         model = Glow(blocks=2, flows=1, hidden=4, image_size=8, precision="bf16")
-    assert [("unavailable" in m, "full precision" in m)
-            for m in (str(w.message) for w in record)] == [(True, False), (False, True)]
+    assert [
+        ("unavailable" in m, "full precision" in m) for m in (str(w.message) for w in record)
+    ] == [(True, False), (False, True)]
     assert model.config["impl"] == "reference" and model.config["precision"] == "fp32"
 
 

@@ -4,6 +4,7 @@ The state dicts here are built by hand in rosinality's key layout, and the expec
 from a separate functional forward pass written from docs/conventions.md §1 that reads those keys
 directly, so the import is checked against the format, not against our own module tree.
 """
+
 import math
 
 import pytest
@@ -14,14 +15,15 @@ from missingglow import UserError, from_rosinality
 
 
 def rosinality_state(gen, blocks=3, flows=2, hidden=6, affine=True, lu=(True, True, True), c=3):
-    """A random, non-degenerate state dict with rosinality's keys (prefixed as DataParallel saves).
-    """
+    """A random, non-degenerate state dict with rosinality's keys (prefixed as DataParallel
+    saves)."""
+
     def rnd(*shape, scale=0.1):
         return scale * torch.randn(*shape, generator=gen, dtype=torch.float64)
 
     sd = {}
     for b in range(blocks):
-        ch = c * 4 * 2 ** b
+        ch = c * 4 * 2**b
         for f in range(flows):
             p = f"blocks.{b}.flows.{f}."
             sd[p + "actnorm.loc"] = rnd(1, ch, 1, 1)
@@ -34,9 +36,9 @@ def rosinality_state(gen, blocks=3, flows=2, hidden=6, affine=True, lu=(True, Tr
                 sd[p + "invconv.l_mask"] = sd[p + "invconv.u_mask"].T.contiguous()
                 sd[p + "invconv.s_sign"] = torch.sign(torch.randn(ch, generator=gen)).double()
                 sd[p + "invconv.l_eye"] = torch.eye(ch, dtype=torch.float64)
-                sd[p + "invconv.w_l"] = rnd(ch, ch) / ch ** 0.5
+                sd[p + "invconv.w_l"] = rnd(ch, ch) / ch**0.5
                 sd[p + "invconv.w_s"] = rnd(ch)
-                sd[p + "invconv.w_u"] = rnd(ch, ch) / ch ** 0.5
+                sd[p + "invconv.w_u"] = rnd(ch, ch) / ch**0.5
             else:
                 sd[p + "invconv.weight"] = torch.linalg.qr(rnd(ch, ch))[0].view(ch, ch, 1, 1)
             out = ch if affine else ch // 2
@@ -63,8 +65,9 @@ def spec_forward(sd, x, blocks, flows, affine):
     out, logdet, log_p, eps = x, torch.zeros(n, dtype=x.dtype), torch.zeros(n, dtype=x.dtype), []
 
     def zero_conv(prefix, h):
-        h = F.conv2d(F.pad(h, [1, 1, 1, 1], value=1), sd[prefix + "conv.weight"],
-                     sd[prefix + "conv.bias"])
+        h = F.conv2d(
+            F.pad(h, [1, 1, 1, 1], value=1), sd[prefix + "conv.weight"], sd[prefix + "conv.bias"]
+        )
         return h * torch.exp(3 * sd[prefix + "scale"])
 
     for b in range(blocks):
@@ -77,19 +80,26 @@ def spec_forward(sd, x, blocks, flows, affine):
             out = sd[p + "actnorm.scale"] * (out + sd[p + "actnorm.loc"])
             logdet = logdet + hw * torch.log(sd[p + "actnorm.scale"].abs()).sum()
             if p + "invconv.w_s" in sd:
+
                 def g(k, p=p):
                     return sd[p + "invconv." + k]
 
-                w = g("w_p") @ (g("w_l") * g("l_mask") + g("l_eye")) @ (
-                    g("w_u") * g("u_mask") + torch.diag(g("s_sign") * torch.exp(g("w_s"))))
+                w = (
+                    g("w_p")
+                    @ (g("w_l") * g("l_mask") + g("l_eye"))
+                    @ (g("w_u") * g("u_mask") + torch.diag(g("s_sign") * torch.exp(g("w_s"))))
+                )
                 logdet = logdet + hw * g("w_s").sum()
             else:
                 w = sd[p + "invconv.weight"][:, :, 0, 0]
                 logdet = logdet + hw * torch.linalg.slogdet(w)[1]
             out = F.conv2d(out, w[:, :, None, None])
             xa, xb = out.chunk(2, 1)
-            h = F.relu(F.conv2d(xa, sd[p + "coupling.net.0.weight"], sd[p + "coupling.net.0.bias"],
-                                padding=1))
+            h = F.relu(
+                F.conv2d(
+                    xa, sd[p + "coupling.net.0.weight"], sd[p + "coupling.net.0.bias"], padding=1
+                )
+            )
             h = F.relu(F.conv2d(h, sd[p + "coupling.net.2.weight"], sd[p + "coupling.net.2.bias"]))
             h = zero_conv(p + "coupling.net.4.", h)
             if affine:
@@ -106,17 +116,24 @@ def spec_forward(sd, x, blocks, flows, affine):
         else:
             z = out
             mean, log_sd = zero_conv(f"blocks.{b}.prior.", torch.zeros_like(out)).chunk(2, 1)
-        log_p = log_p + (-0.5 * math.log(2 * math.pi) - log_sd
-                         - 0.5 * (z - mean) ** 2 / torch.exp(2 * log_sd)).flatten(1).sum(1)
+        log_p = log_p + (
+            -0.5 * math.log(2 * math.pi) - log_sd - 0.5 * (z - mean) ** 2 / torch.exp(2 * log_sd)
+        ).flatten(1).sum(1)
         eps.append(((z - mean) / torch.exp(log_sd)).flatten(1))
     return log_p + logdet, torch.cat(eps, 1)
 
 
-@pytest.mark.parametrize("affine,lu", [
-    (True, (True, True, True)),
-    (False, (True, True, True)),
-    (True, (False, False, True)),  # rosinality builds its last block in LU form even with --no_lu
-])
+@pytest.mark.parametrize(
+    "affine,lu",
+    [
+        (True, (True, True, True)),
+        (False, (True, True, True)),
+        (
+            True,
+            (False, False, True),
+        ),  # rosinality builds its last block in LU form even with --no_lu
+    ],
+)
 def test_import_matches_the_spec_forward(gen, affine, lu):
     sd = rosinality_state(gen, affine=affine, lu=lu)
     model = from_rosinality(sd, image_size=16).double()

@@ -1,5 +1,6 @@
 """One writer per run folder: a second `train` on a folder being trained stops with one line that
 names the holder, and a lock left by a killed process never blocks the next run."""
+
 import os
 import signal
 import subprocess
@@ -14,17 +15,39 @@ from missingglow.training.runlock import RunLock
 from helpers import run_in_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--size", "8", "--blocks", "2", "--flows", "2", "--hidden", "8", "--batch", "8",
-        "--synthetic-count", "48", "--square", "3", "--iterations", "2", "--eval-every", "1000",
-        "--sample-every", "1000", "--quiet"]
+TINY = [
+    "--size",
+    "8",
+    "--blocks",
+    "2",
+    "--flows",
+    "2",
+    "--hidden",
+    "8",
+    "--batch",
+    "8",
+    "--synthetic-count",
+    "48",
+    "--square",
+    "3",
+    "--iterations",
+    "2",
+    "--eval-every",
+    "1000",
+    "--sample-every",
+    "1000",
+    "--quiet",
+]
 
 
 def holder(run_dir):
     """A process that holds the run's lock until killed; returns once it holds it."""
-    code = ("import sys, time; sys.path.insert(0, %r); "
-            "from missingglow.training.runlock import RunLock; "
-            "lock = RunLock(%r).__enter__(); print('held', flush=True); time.sleep(600)"
-            % (ROOT, str(run_dir)))
+    code = (
+        "import sys, time; sys.path.insert(0, %r); "
+        "from missingglow.training.runlock import RunLock; "
+        "lock = RunLock(%r).__enter__(); print('held', flush=True); time.sleep(600)"
+        % (ROOT, str(run_dir))
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     return proc
@@ -43,7 +66,7 @@ def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
         errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and f"process {proc.pid}" in errors[0], out.stderr
         assert "Traceback" not in out.stderr
-        assert not (run_dir / "latest").exists()      # nothing was written beside the holder
+        assert not (run_dir / "latest").exists()  # nothing was written beside the holder
     finally:
         proc.kill()
         proc.wait()
@@ -64,7 +87,7 @@ def test_the_lock_is_released_when_its_holder_is_done(tmp_path):
     with RunLock(str(tmp_path)):
         with pytest.raises(UserError, match=f"process {os.getpid()}"):
             RunLock(str(tmp_path)).__enter__()
-    with RunLock(str(tmp_path)):   # free again
+    with RunLock(str(tmp_path)):  # free again
         time.sleep(0)
 
 
@@ -99,9 +122,20 @@ def test_a_run_that_fails_to_start_releases_its_lock(tmp_path, monkeypatch):
     from missingglow.training.loop import train
 
     monkeypatch.setenv("MISSINGGLOW_CACHE", str(tmp_path / "cache"))
-    config = resolve_config(dict(out=str(tmp_path / "run"), data=str(tmp_path / "no-such-folder"),
-                                 image_size=8, blocks=2, flows=2, hidden=8, batch=8, square=3,
-                                 iterations=1), has_gpu=False)[0]
+    config = resolve_config(
+        dict(
+            out=str(tmp_path / "run"),
+            data=str(tmp_path / "no-such-folder"),
+            image_size=8,
+            blocks=2,
+            flows=2,
+            hidden=8,
+            batch=8,
+            square=3,
+            iterations=1,
+        ),
+        has_gpu=False,
+    )[0]
     with pytest.raises(UserError):
         train(config, progress=False)
     with RunLock(str(tmp_path / "run")):  # free again, in the same process
@@ -113,7 +147,9 @@ def test_the_analysis_commands_take_the_same_fallback(tmp_path):
     out = train_cli(["--out", str(run_dir), *TINY], tmp_path)
     assert out.returncode == 0, out.stderr
     (run_dir / "latest").write_text("garbage\n")
-    out = run_in_process(["sample", "--checkpoint", run_dir, "-n", "2", "--out",
-                          tmp_path / "s.png"], env={"MISSINGGLOW_CACHE": tmp_path / "cache"})
+    out = run_in_process(
+        ["sample", "--checkpoint", run_dir, "-n", "2", "--out", tmp_path / "s.png"],
+        env={"MISSINGGLOW_CACHE": tmp_path / "cache"},
+    )
     assert out.returncode == 0, out.stderr
     assert "newest one that does" in out.stderr

@@ -8,6 +8,7 @@ scores on the full banks are in docs/detector.md (bench/squares.py); these tests
 cuts, on seeds the counter was not tuned on, with thresholds a little below what it scores there,
 so that a real regression fails.
 """
+
 import itertools
 
 import pytest
@@ -28,7 +29,8 @@ from missingglow.render.sheets import outline
 needs_photos = pytest.mark.skipif(
     not photo_bank.available(),
     reason="scikit-image's sample photographs are not installed (the optional extra: "
-           "pip install scikit-image)")
+    "pip install scikit-image)",
+)
 
 
 def face(size=64, index=3):
@@ -50,14 +52,15 @@ def test_counts_zero_to_three_squares_on_a_face():
     for k in range(4):
         image = face(index=7)
         for t, l, s in boxes[:k]:
-            image[:, t:t + s, l:l + s] = GREY
+            image[:, t : t + s, l : l + s] = GREY
         found = detect(image, candidate_sizes(12, 64))
         assert match(found, boxes[:k]) == (k, 0, 0), (k, found)
 
 
 def test_accuracy_on_the_bank_at_64px():
-    result = score(lambda im: detect(im, candidate_sizes(12, 64)), seed=5, size=64, square=12,
-                   per_cell=1)
+    result = score(
+        lambda im: detect(im, candidate_sizes(12, 64)), seed=5, size=64, square=12, per_cell=1
+    )
     print({k: v for k, v in result.items() if k != "misses"})
     assert result["precision"] >= 0.99
     assert result["recall"] >= 0.97
@@ -66,8 +69,9 @@ def test_accuracy_on_the_bank_at_64px():
 
 
 def test_accuracy_on_the_bank_at_16px_small_preset_scale():
-    result = score(lambda im: detect(im, candidate_sizes(5, 16)), seed=5, size=16, square=5,
-                   per_cell=1)
+    result = score(
+        lambda im: detect(im, candidate_sizes(5, 16)), seed=5, size=16, square=5, per_cell=1
+    )
     print({k: v for k, v in result.items() if k != "misses"})
     assert result["precision"] >= 0.97
     assert result["recall"] >= 0.88
@@ -85,7 +89,7 @@ def test_silent_on_natural_grey_content():
 def test_blur_noise_and_tint_are_tolerated():
     g = torch.Generator().manual_seed(0)
     image = face(index=11)
-    image[:, 20:32, 20:32] = torch.tensor([0.55, 0.47, 0.5])[:, None, None]   # tinted
+    image[:, 20:32, 20:32] = torch.tensor([0.55, 0.47, 0.5])[:, None, None]  # tinted
     image = torch.nn.functional.avg_pool2d(image[None], 3, 1, 1, count_include_pad=False)[0]
     image = (image + 0.03 * torch.randn(image.shape, generator=g)).clamp(0, 1)
     found = detect(image, candidate_sizes(12, 64))
@@ -107,24 +111,24 @@ def test_sizes_iou_and_outline():
     assert iou((0, 0, 4), (0, 0, 4)) == 1 and iou((0, 0, 4), (10, 10, 4)) == 0
     image = torch.zeros(3, 8, 8)
     drawn = outline(image, [Square(2, 2, 3, 1.0)])
-    assert drawn[0, 1, 1] == 1 and drawn[0, 5, 5] == 1      # the frame lies just outside
-    assert drawn[:, 2:5, 2:5].abs().sum() == 0              # the square itself stays visible
+    assert drawn[0, 1, 1] == 1 and drawn[0, 5, 5] == 1  # the frame lies just outside
+    assert drawn[:, 2:5, 2:5].abs().sum() == 0  # the square itself stays visible
 
 
 def test_match_one_to_one_by_iou():
     """match() on its own, with hand-made boxes: each true box is claimed at most once, by the
     first detection (best first) whose best remaining true box overlaps it by IoU >= min_iou."""
     box = (0, 0, 10)
-    assert match([box], [box]) == (1, 0, 0)                               # a true positive
-    assert match([(30, 30, 10)], []) == (0, 1, 0)                         # a false positive
-    assert match([], [box]) == (0, 0, 1)                                  # a false negative
-    assert match([Square(0, 0, 10, 1.0)], [box]) == (1, 0, 0)             # Square or tuple
-    assert match([box, (1, 1, 10)], [box]) == (1, 1, 0)                   # one truth, two claims
-    assert match([box], [box, (0, 1, 10)]) == (1, 0, 1)                   # one claim, two truths
-    assert iou((0, 0, 10), (0, 3, 10)) == 70 / 130                        # 0.54: matches
+    assert match([box], [box]) == (1, 0, 0)  # a true positive
+    assert match([(30, 30, 10)], []) == (0, 1, 0)  # a false positive
+    assert match([], [box]) == (0, 0, 1)  # a false negative
+    assert match([Square(0, 0, 10, 1.0)], [box]) == (1, 0, 0)  # Square or tuple
+    assert match([box, (1, 1, 10)], [box]) == (1, 1, 0)  # one truth, two claims
+    assert match([box], [box, (0, 1, 10)]) == (1, 0, 1)  # one claim, two truths
+    assert iou((0, 0, 10), (0, 3, 10)) == 70 / 130  # 0.54: matches
     assert match([(0, 3, 10)], [box]) == (1, 0, 0)
     assert match([(0, 3, 10)], [box], min_iou=0.6) == (0, 1, 1)
-    assert match([(0, 4, 10)], [box]) == (0, 1, 1)                        # 60 / 140 = 0.43
+    assert match([(0, 4, 10)], [box]) == (0, 1, 1)  # 60 / 140 = 0.43
     # each detection takes the best of the true boxes left (not the first that overlaps enough):
     # IoU (10 - d) / (10 + d) for boxes d pixels apart, so 0.82, 0.67, 0.54, 0.43 for d = 1…4
     a, b = (0, 10, 10), (0, 13, 10)
@@ -148,7 +152,7 @@ def squares_on_faces(counts, k=12, size=64):
             image[:] = float("nan")
         else:
             for t, l in SLOTS[:c]:
-                image[:, t:t + k, l:l + k] = GREY
+                image[:, t : t + k, l : l + k] = GREY
         images.append(image)
     return torch.stack(images)
 
@@ -161,8 +165,10 @@ def test_table1_counts_buckets_and_E_from_known_squares(monkeypatch):
 
     from missingglow.analysis import table1
 
-    batches = {0.5: squares_on_faces([0, 1, 2, 3, 4, 5, 6, None]),
-               1.0: squares_on_faces([4, 4, 1, 0])}
+    batches = {
+        0.5: squares_on_faces([0, 1, 2, 3, 4, 5, 6, None]),
+        1.0: squares_on_faces([4, 4, 1, 0]),
+    }
     assert count(batches[0.5], candidate_sizes(12, 64)) == [0, 1, 2, 3, 4, 5, 6, None]
     monkeypatch.setattr(table1, "sample_images", lambda run, n, t, seed, batch: batches[t])
     run = SimpleNamespace(square=12, image_size=64)
@@ -173,8 +179,9 @@ def test_table1_counts_buckets_and_E_from_known_squares(monkeypatch):
     assert high["counts"] == [1, 1, 0, 0, 2] and high["E"] == pytest.approx(9 / 4)
     assert low["theory"] == 0.25 and high["theory"] == 1.0
     text = table1.format_table1([low, high])
-    assert [line.split()[-2:] for line in text.splitlines() if line.startswith("4+")] == \
-        [["43", "50"]]
+    assert [line.split()[-2:] for line in text.splitlines() if line.startswith("4+")] == [
+        ["43", "50"]
+    ]
     assert table1.tally([[], None, [Square(0, 0, 4, 1.0)] * 7])["E"] == 3.5
 
 
@@ -189,7 +196,7 @@ def photos():
 @needs_photos
 def test_photo_bank_is_what_it_says(photos):
     exact, degraded = photos
-    again = itertools.islice(photo_bank.bank(2, 2, 50), 5)      # the same bank, built afresh
+    again = itertools.islice(photo_bank.bank(2, 2, 50), 5)  # the same bank, built afresh
     assert [i for _, _, i in exact[:5]] == [i for _, _, i in again]
     assert len(exact) == 3 * 4 * 3 * 2 + 50
     for image, boxes, info in exact:
@@ -198,9 +205,9 @@ def test_photo_bank_is_what_it_says(photos):
             assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
         for t, l, k in boxes:
             assert k == info["K"] in photo_bank.SQUARES and 0 <= t <= 64 - k and 0 <= l <= 64 - k
-            assert (image[:, t:t + k, l:l + k] == GREY).all()
-        for a, (t, l, k) in enumerate(boxes):      # never touching: GAP pixels between
-            for t2, l2, k2 in boxes[a + 1:]:
+            assert (image[:, t : t + k, l : l + k] == GREY).all()
+        for a, (t, l, k) in enumerate(boxes):  # never touching: GAP pixels between
+            for t2, l2, k2 in boxes[a + 1 :]:
                 g = photo_bank.GAP
                 assert t + k + g <= t2 or t2 + k2 + g <= t or l + k + g <= l2 or l2 + k2 + g <= l
     looks = {i["look"] for _, _, i in exact}
@@ -224,7 +231,7 @@ def test_counts_on_photographs_with_the_size_given(photos):
     result = photo_score(photos[0])
     exact, images = result["exact"]
     assert exact / images >= 0.97
-    assert result["free_fired"][0] <= 1                       # of 50
+    assert result["free_fired"][0] <= 1  # of 50
     for look, (right, total) in result["by_look"].items():
         assert right / total >= 0.95, look
     assert result["precision"] >= 0.97 and result["recall"] >= 0.98

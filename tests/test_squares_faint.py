@@ -2,6 +2,7 @@
 they claim (the blend, the feather, the placement), the counter finds at full opacity what it
 finds on exact squares, and Table 1 prints and writes the counter's recall on them. The recall
 table itself is in docs/detector.md (bench/squares.py)."""
+
 import csv
 import itertools
 import random
@@ -20,7 +21,8 @@ from helpers import env_with_cache, run_in_process, tiny_run
 needs_photos = pytest.mark.skipif(
     not photo_bank.available(),
     reason="scikit-image's sample photographs are not installed (the optional extra: "
-           "pip install scikit-image)")
+    "pip install scikit-image)",
+)
 
 
 def test_feather_profiles_by_hand():
@@ -30,10 +32,9 @@ def test_feather_profiles_by_hand():
     assert profile(2, 4, 0, 8) == [0, 0, 1, 1, 1, 1, 0, 0]
     assert profile(2, 4, 1, 8) == [0, 0.25, 0.75, 1, 1, 0.75, 0.25, 0]
     # 2 px: a ramp over the four pixels centred on each edge; a 5-px square is 1 in its middle only
-    assert profile(3, 5, 2, 11) == [0, 0.125, 0.375, 0.625, 0.875, 1, 0.875, 0.625, 0.375,
-                                    0.125, 0]
-    assert profile(0, 3, 1, 5) == [0.75, 1, 0.75, 0.25, 0]               # clipped by the border
-    for square, feather in itertools.product((4, 5, 12), (0, 1, 2)):     # the area stays K²
+    assert profile(3, 5, 2, 11) == [0, 0.125, 0.375, 0.625, 0.875, 1, 0.875, 0.625, 0.375, 0.125, 0]
+    assert profile(0, 3, 1, 5) == [0.75, 1, 0.75, 0.25, 0]  # clipped by the border
+    for square, feather in itertools.product((4, 5, 12), (0, 1, 2)):  # the area stays K²
         assert sum(profile(6, square, feather, 24)) == pytest.approx(square)
 
 
@@ -44,29 +45,33 @@ def test_blend_lays_grey_over_each_box_at_the_opacity():
     exact = sb.blend(base, boxes, 1.0, 0)
     pasted = base.clone()
     for t, l, k in boxes:
-        pasted[:, t:t + k, l:l + k] = GREY
-    assert torch.equal(exact, pasted)                  # opacity 1, no feather: the exact square
+        pasted[:, t : t + k, l : l + k] = GREY
+    assert torch.equal(exact, pasted)  # opacity 1, no feather: the exact square
     out = sb.blend(base, boxes, 0.7, 1)
     for y, x in itertools.product(range(16), range(16)):
-        alpha = max(0.7 * sb.feather_profile(t, k, 1, 16)[y].item()
-                    * sb.feather_profile(l, k, 1, 16)[x].item() for t, l, k in boxes)
+        alpha = max(
+            0.7
+            * sb.feather_profile(t, k, 1, 16)[y].item()
+            * sb.feather_profile(l, k, 1, 16)[x].item()
+            for t, l, k in boxes
+        )
         want = (1 - alpha) * base[:, y, x] + alpha * GREY
         torch.testing.assert_close(out[:, y, x], want, rtol=0, atol=1e-6)
-    assert torch.equal(out[:, 1:6, 0], base[:, 1:6, 0])         # 2 px left of a box: untouched
-    torch.testing.assert_close(out[:, 3, 4], 0.3 * base[:, 3, 4] + 0.7 * GREY)   # its middle
+    assert torch.equal(out[:, 1:6, 0], base[:, 1:6, 0])  # 2 px left of a box: untouched
+    torch.testing.assert_close(out[:, 3, 4], 0.3 * base[:, 3, 4] + 0.7 * GREY)  # its middle
 
 
 def test_sides_visible_needs_half_of_each_side_off_grey():
     image = torch.full((3, 10, 10), GREY)
-    image[:, 0, 2:4] = GREY + 0.1                   # 2 of the 4 pixels above box (1, 2, 4)
-    image[:, 5, 2:6] = GREY - 0.1                   # all 4 below
-    image[:, 1:5, 1] = image[:, 1:5, 6] = 0.0       # all of both sides
+    image[:, 0, 2:4] = GREY + 0.1  # 2 of the 4 pixels above box (1, 2, 4)
+    image[:, 5, 2:6] = GREY - 0.1  # all 4 below
+    image[:, 1:5, 1] = image[:, 1:5, 6] = 0.0  # all of both sides
     assert sb.sides_visible(image, (1, 2, 4), 0.05)
-    assert not sb.sides_visible(image, (1, 2, 4), 0.15)          # only the sides below and beside
+    assert not sb.sides_visible(image, (1, 2, 4), 0.15)  # only the sides below and beside
     image[:, 0, 3] = GREY
-    assert not sb.sides_visible(image, (1, 2, 4), 0.05)          # 1 of 4 above
-    assert sb.sides_visible(image, (0, 2, 4), 0.05) is False     # the row below it is grey
-    assert sb.sides_visible(torch.full((3, 4, 4), GREY), (0, 0, 4), 1.0)   # no side off the border
+    assert not sb.sides_visible(image, (1, 2, 4), 0.05)  # 1 of 4 above
+    assert sb.sides_visible(image, (0, 2, 4), 0.05) is False  # the row below it is grey
+    assert sb.sides_visible(torch.full((3, 4, 4), GREY), (0, 0, 4), 1.0)  # no side off the border
 
 
 def check_faint_bank(faint, pictures, size, square, images=12, free=3):
@@ -97,10 +102,11 @@ def check_faint_bank(faint, pictures, size, square, images=12, free=3):
                 f = feather
                 core = (slice(None), slice(t + f, t + k - f), slice(l + f, l + k - f))
                 far = base[core]
-                torch.testing.assert_close(image[core], (1 - opacity) * far + opacity * GREY,
-                                           rtol=0, atol=1e-6)
-                keep[max(t - f, 0):t + k + f, max(l - f, 0):l + k + f] = False
-            assert torch.equal(image[:, keep], base[:, keep])   # untouched beyond the feather
+                torch.testing.assert_close(
+                    image[core], (1 - opacity) * far + opacity * GREY, rtol=0, atol=1e-6
+                )
+                keep[max(t - f, 0) : t + k + f, max(l - f, 0) : l + k + f] = False
+            assert torch.equal(image[:, keep], base[:, keep])  # untouched beyond the feather
 
 
 def test_the_faint_faces_are_what_they_say():
@@ -123,7 +129,7 @@ def test_faint_scores_count_per_setting_and_square_free_pictures_once():
     bases = sb.faint_faces(5, 16, 5, 6, 4)
     calls = []
 
-    def corner(batch):                    # a 1-px square in every picture's corner
+    def corner(batch):  # a 1-px square in every picture's corner
         calls.append(len(batch))
         return [[Square(0, 0, 1, 1.0)] for _ in batch]
 
@@ -151,10 +157,13 @@ def test_at_full_opacity_faint_squares_are_the_exact_ones(size, square):
     """At 100 % with hard edges the faint bank is the exact-square bank's case (grey pasted on
     the faces), and the counter finds them as test_squares.py requires of exact squares."""
     bases = sb.faint_faces(11, size, square, 24, 8)
-    for (image, boxes, _), (base, _, _) in zip(sb.faint(11, 1.0, 0, size, square, 24, 8), bases, strict=True):
+    for (image, boxes, _), (base, _, _) in zip(
+        sb.faint(11, 1.0, 0, size, square, 24, 8), bases, strict=True
+    ):
         assert torch.equal(image, sb.degrade(base, boxes, "none", random.Random(0)))
-    scores = sb.faint_scores(lambda b: detect(b, candidate_sizes(square, size)), bases,
-                             (1.0,), (0,))
+    scores = sb.faint_scores(
+        lambda b: detect(b, candidate_sizes(square, size)), bases, (1.0,), (0,)
+    )
     print(scores)
     assert scores[1.0, 0]["recall"] >= 0.97 and scores[1.0, 0]["extra"] <= 1
     assert scores[None, None]["free_fired"][0] <= 1
@@ -171,9 +180,18 @@ def test_at_full_opacity_faint_photographs_are_counted_like_exact_ones():
 
 # --- Table 1 carries the recall ----------------------------------------------------------------
 
-RECALL = {"size": 16, "square": 5, "square_given": True, "squares": 27, "free_fired": (1, 12),
-          "recall": {(o, f): round(o * (1 - f / 4), 4) for o in table1.RECALL_OPACITIES
-                     for f in table1.RECALL_FEATHERS}}
+RECALL = {
+    "size": 16,
+    "square": 5,
+    "square_given": True,
+    "squares": 27,
+    "free_fired": (1, 12),
+    "recall": {
+        (o, f): round(o * (1 - f / 4), 4)
+        for o in table1.RECALL_OPACITIES
+        for f in table1.RECALL_FEATHERS
+    },
+}
 
 
 def test_the_recall_lines_read_like_table1():
@@ -191,8 +209,9 @@ def test_the_recall_lines_read_like_table1():
 def test_detector_recall_is_measured_at_the_runs_sizes():
     recall = table1.detector_recall(SimpleNamespace(square=5, image_size=16))
     assert (recall["size"], recall["square"], recall["square_given"]) == (16, 5, True)
-    assert set(recall["recall"]) == set(itertools.product(table1.RECALL_OPACITIES,
-                                                          table1.RECALL_FEATHERS))
+    assert set(recall["recall"]) == set(
+        itertools.product(table1.RECALL_OPACITIES, table1.RECALL_FEATHERS)
+    )
     assert recall["squares"] == sum(len(b) for _, b, _ in sb.faint_faces(7, 16, 5, 24))
     assert recall["free_fired"][1] == 12
     assert recall["recall"][1.0, 0] >= 0.97
@@ -204,8 +223,16 @@ def test_detector_recall_is_measured_at_the_runs_sizes():
 
 
 def test_table1_files_carry_the_recall(tmp_path):
-    row = {"t": 0.5, "n": 2, "finite": 2, "nonfinite": 0, "counts": [2, 0, 0, 0, 0],
-           "shares": [100.0, 0, 0, 0, 0], "E": 0.0, "theory": 0.25}
+    row = {
+        "t": 0.5,
+        "n": 2,
+        "finite": 2,
+        "nonfinite": 0,
+        "counts": [2, 0, 0, 0, 0],
+        "shares": [100.0, 0, 0, 0, 0],
+        "E": 0.0,
+        "theory": 0.25,
+    }
     path = table1.table1_csv(tmp_path / "t.csv", [row, {**row, "t": 1.0}], RECALL)
     with open(path) as f:
         table = list(csv.DictReader(f))
@@ -222,18 +249,21 @@ def test_table1_files_carry_the_recall(tmp_path):
 
 def test_squares_command_prints_and_writes_the_recall(tmp_path):
     run = tiny_run(str(tmp_path / "run"), str(tmp_path / "cache"))
-    result = run_in_process(["squares", "--checkpoint", run, "-t", "0.5", "-n", "2", "--out",
-                             tmp_path / "t1"], env=env_with_cache(tmp_path / "cache"))
+    result = run_in_process(
+        ["squares", "--checkpoint", run, "-t", "0.5", "-n", "2", "--out", tmp_path / "t1"],
+        env=env_with_cache(tmp_path / "cache"),
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("share of faint squares"))
-    assert "16 px, K = 4" in lines[start]                          # the tiny run's sizes
+    assert "16 px, K = 4" in lines[start]  # the tiny run's sizes
     assert lines[start + 2].startswith("hard edges")
     assert lines[start + 4].startswith("square-free faces with a false square")
     with open(tmp_path / "t1" / "table1.csv") as f:
         table = list(csv.DictReader(f))
     assert table[0]["recall_square"] == "4"
     printed = [float(v) for v in lines[start + 2].split()[2:]]
-    written = [float(table[0][f"recall_{100 * o:.0f}pct_feather0"])
-               for o in table1.RECALL_OPACITIES]
+    written = [
+        float(table[0][f"recall_{100 * o:.0f}pct_feather0"]) for o in table1.RECALL_OPACITIES
+    ]
     assert printed == pytest.approx(written, abs=0.005)

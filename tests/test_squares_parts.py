@@ -2,6 +2,7 @@
 images, the box arithmetic, the clusters, the connected components, the blobs, the outline and
 the detector's own checks. test_squares.py scores the whole detector on its banks; these pin what
 a bank score is too coarse to see (tests/mutation.sh, docs/mutation.md)."""
+
 import pytest
 import torch
 
@@ -34,7 +35,7 @@ from missingglow.render.sheets import outline
 
 
 def brute_sum(x, top, left, h, w):
-    return x[..., top:top + h, left:left + w].double().sum((-2, -1))
+    return x[..., top : top + h, left : left + w].double().sum((-2, -1))
 
 
 def brute_mean(x, top, left, h, w):
@@ -85,23 +86,22 @@ def test_tables_mean_of_pixels_and_of_block_means():
     want = brute_mean(x[1].double() ** 2, 2, 5, 3, 4)
     torch.testing.assert_close(sq, want, rtol=0, atol=1e-12)
     blocks = torch.nn.functional.avg_pool2d(x.double(), 2, 1)
-    for b2, want in zip(tables.sums[2], (blocks, blocks ** 2), strict=True):
+    for b2, want in zip(tables.sums[2], (blocks, blocks**2), strict=True):
         got = tables.mean(torch.tensor([0]), torch.tensor([[3]]), torch.tensor([[2]]), 2, 5, b2)
-        torch.testing.assert_close(got[0, 0], brute_mean(want[0], 3, 2, 2, 5), rtol=0,
-                                   atol=1e-12)
+        torch.testing.assert_close(got[0, 0], brute_mean(want[0], 3, 2, 2, 5), rtol=0, atol=1e-12)
 
 
 def test_overlap_is_over_the_smaller_box_and_iou_over_the_union():
-    assert _overlap((0, 0, 4), (2, 2, 2)) == 1.0                 # inside: all of the smaller
+    assert _overlap((0, 0, 4), (2, 2, 2)) == 1.0  # inside: all of the smaller
     assert _overlap((0, 0, 4), (2, 3, 4)) == 2 * 1 / 16
     assert _overlap((2, 3, 4), (0, 0, 4)) == 2 * 1 / 16
     assert _overlap((0, 0, 4), (0, 2, 2)) == 1.0
     assert _overlap((0, 0, 6), (3, 4, 2)) == 1.0
     assert _overlap((0, 0, 6), (5, 5, 2)) == 1 / 4
-    assert _overlap((0, 0, 3), (5, 0, 3)) == 0                   # apart in rows only
+    assert _overlap((0, 0, 3), (5, 0, 3)) == 0  # apart in rows only
     assert _overlap((0, 0, 3), (0, 5, 3)) == 0
-    assert _overlap((0, 0, 3), (4, 4, 3)) == 0                   # both negative: still 0
-    assert _overlap((0, 0, 3), (0, 3, 3)) == 0                   # touching
+    assert _overlap((0, 0, 3), (4, 4, 3)) == 0  # both negative: still 0
+    assert _overlap((0, 0, 3), (0, 3, 3)) == 0  # touching
     assert iou((0, 0, 4), (2, 3, 4)) == 2 / (16 + 16 - 2)
     assert iou((0, 0, 6), (1, 2, 2)) == 4 / 36
     assert iou((1, 2, 2), (0, 0, 6)) == 4 / 36
@@ -119,8 +119,12 @@ def test_median_is_the_upper_middle_of_the_sorted_values():
 
 def test_clusters_report_the_median_window_preferring_exact_ones():
     # three windows around one square (scores 3, 2, 1), and one far away
-    near = [(3.0, 10, 10, 12, False), (2.0, 11, 10, 12, False), (1.0, 10, 12, 12, False),
-            (0.5, 40, 40, 10, False)]
+    near = [
+        (3.0, 10, 10, 12, False),
+        (2.0, 11, 10, 12, False),
+        (1.0, 10, 12, 12, False),
+        (0.5, 40, 40, 10, False),
+    ]
     assert _cluster(near, 0.5, 64) == [Square(10, 10, 12, 3.0), Square(40, 40, 10, 0.5)]
     # one window the exact grey: it alone gives the box, the score stays the seed's
     exact = [(3.0, 10, 10, 12, False), (2.0, 11, 12, 11, True), (1.0, 13, 10, 12, False)]
@@ -129,7 +133,7 @@ def test_clusters_report_the_median_window_preferring_exact_ones():
     assert _cluster(list(reversed(near)), 0.5, 64)[0] == Square(10, 10, 12, 3.0)
     assert _cluster([(1.234567, 0, 0, 4, False)], 0.5, 64) == [Square(0, 0, 4, 1.2346)]
     # a window overlapping the seed by exactly the threshold is a cluster of its own
-    half = [(2.0, 0, 0, 4, False), (1.0, 0, 2, 4, False)]     # overlap 8/16 = 0.5
+    half = [(2.0, 0, 0, 4, False), (1.0, 0, 2, 4, False)]  # overlap 8/16 = 0.5
     assert len(_cluster(half, 0.5, 64)) == 2 and len(_cluster(half, 0.49, 64)) == 1
     # a window overlapping two seeds joins the better one (lefts 0 and 3: the upper median, 3)
     chain = [(3.0, 0, 0, 4, False), (2.0, 0, 6, 4, False), (1.0, 0, 3, 4, False)]
@@ -144,16 +148,21 @@ def test_clusters_report_the_median_window_preferring_exact_ones():
 
 
 def test_labels_are_four_connected_components_named_by_their_first_pixel():
-    mask = torch.tensor([[[1, 1, 0, 0, 1],
-                          [0, 1, 0, 1, 1],
-                          [0, 0, 1, 0, 0],
-                          [1, 0, 0, 0, 1],
-                          [1, 1, 0, 1, 1]]], dtype=torch.bool)
-    want = torch.tensor([[[1, 1, 0, 0, 5],
-                          [0, 1, 0, 5, 5],
-                          [0, 0, 13, 0, 0],
-                          [16, 0, 0, 0, 20],
-                          [16, 16, 0, 20, 20]]])
+    mask = torch.tensor(
+        [[[1, 1, 0, 0, 1], [0, 1, 0, 1, 1], [0, 0, 1, 0, 0], [1, 0, 0, 0, 1], [1, 1, 0, 1, 1]]],
+        dtype=torch.bool,
+    )
+    want = torch.tensor(
+        [
+            [
+                [1, 1, 0, 0, 5],
+                [0, 1, 0, 5, 5],
+                [0, 0, 13, 0, 0],
+                [16, 0, 0, 0, 20],
+                [16, 16, 0, 20, 20],
+            ]
+        ]
+    )
     got = _labels(mask)
     assert got.dtype == torch.long and torch.equal(got, want)
     # the last pixel alone keeps its own label, S·S, above every other
@@ -172,7 +181,7 @@ def ragged(size=16, box=(4, 5, 6), ring=0.9):
     """An image of one colour `ring` with a grey blob of side `box[2]` missing two corner pixels."""
     image = canvas(size, ring)
     t, l, k = box
-    image[:, t:t + k, l:l + k] = GREY
+    image[:, t : t + k, l : l + k] = GREY
     image[:, t, l] = image[:, t + k - 1, l + k - 1] = ring
     return image
 
@@ -183,7 +192,7 @@ def test_blobs_find_ragged_grey_squares_and_reject_what_is_not_one():
     # a blob larger than 1.3 × the largest size, or below 0.75 × the smallest, is not one
     assert _blobs(ragged(box=(2, 2, 10))[None], 5, 7, DEFAULT) == [[]]
     assert _blobs(ragged(box=(2, 2, 4))[None], 5, 7, DEFAULT) == [[Square(2, 2, 4, 0.875)]]
-    assert _blobs(ragged(box=(2, 2, 4))[None], 6, 7, DEFAULT) == [[]]       # 4 < 0.75 × 6
+    assert _blobs(ragged(box=(2, 2, 4))[None], 6, 7, DEFAULT) == [[]]  # 4 < 0.75 × 6
     assert _blobs(ragged(box=(2, 2, 5))[None], 6, 7, DEFAULT) == [[Square(2, 2, 5, 0.92)]]
     # a grey ring around it (no contrast), a noisy blob, a thin bar: none is a square
     assert _blobs(ragged(ring=0.55)[None], 5, 7, DEFAULT) == [[]]
@@ -208,7 +217,7 @@ def test_blobs_find_ragged_grey_squares_and_reject_what_is_not_one():
 def test_blobs_from_8_px_need_three_corners():
     disc = canvas(24)
     yy, xx = torch.meshgrid(torch.arange(24.0), torch.arange(24.0), indexing="ij")
-    disc[:, (yy - 11.5) ** 2 + (xx - 11.5) ** 2 <= 4.6 ** 2] = GREY      # 10 px across
+    disc[:, (yy - 11.5) ** 2 + (xx - 11.5) ** 2 <= 4.6**2] = GREY  # 10 px across
     assert _blobs(disc[None], 8, 9, DEFAULT) == [[]]
     square = canvas(24)
     square[:, 7:16, 7:16] = GREY
@@ -223,6 +232,7 @@ def blob_boxes(image, smallest, largest):
 def test_blobs_corners_are_quarter_blocks_and_three_must_be_filled():
     """From 8 px up a blob needs three of its four corner blocks (h//4 × w//4) at least half
     filled; each corner in turn is the one missing."""
+
     def nine(missing):
         image = canvas()
         image[:, 5:14, 5:14] = GREY
@@ -230,7 +240,7 @@ def test_blobs_corners_are_quarter_blocks_and_three_must_be_filled():
             image[:, r, c] = 0.9
         return image
 
-    for corner in ((5, 5), (5, 12), (12, 5), (12, 12)):       # a whole 2×2 corner block gone
+    for corner in ((5, 5), (5, 12), (12, 5), (12, 12)):  # a whole 2×2 corner block gone
         r, c = corner
         image = nine([(r, c), (r + 1, c), (r, c + 1), (r + 1, c + 1)])
         assert blob_boxes(image, 8, 9) == [(5, 5, 9)], corner
@@ -244,7 +254,7 @@ def test_blobs_corners_are_quarter_blocks_and_three_must_be_filled():
     eight = canvas()
     eight[:, 5:13, 5:13] = GREY
     for r, c in ((5, 5), (12, 12)):
-        eight[:, r:r + 1, c:c + 1] = 0.9
+        eight[:, r : r + 1, c : c + 1] = 0.9
     eight[:, 5:7, 5:7] = eight[:, 11:13, 11:13] = 0.9
     assert blob_boxes(eight, 8, 8) == []
     seven = canvas()
@@ -254,13 +264,17 @@ def test_blobs_corners_are_quarter_blocks_and_three_must_be_filled():
 
 
 def test_blobs_sizes_are_bounded_by_three_quarters_and_thirteen_tenths():
-    for side, smallest, largest, found in ((3, 4, 4, True), (13, 4, 10, True),
-                                           (14, 4, 10, False), (2, 4, 4, False)):
+    for side, smallest, largest, found in (
+        (3, 4, 4, True),
+        (13, 4, 10, True),
+        (14, 4, 10, False),
+        (2, 4, 4, False),
+    ):
         image = canvas()
-        image[:, 3:3 + side, 3:3 + side] = GREY
+        image[:, 3 : 3 + side, 3 : 3 + side] = GREY
         assert (blob_boxes(image, smallest, largest) == [(3, 3, side)]) is found, side
     wide = canvas()
-    wide[:, 3:6, 3:7] = GREY                     # 3 × 4: both within 3 … 5.2, centred 4 × 4
+    wide[:, 3:6, 3:7] = GREY  # 3 × 4: both within 3 … 5.2, centred 4 × 4
     assert blob_boxes(wide, 4, 4) == [(2, 3, 4)]
     tall = canvas()
     tall[:, 3:7, 3:6] = GREY
@@ -271,9 +285,9 @@ def test_blobs_at_the_edges_are_kept_inside_the_image():
     corner = canvas(16)
     corner[:, 0:6, 0:6] = GREY
     corner[:, 5, 5] = corner[:, 5, 4] = 0.9
-    assert blob_boxes(corner, 5, 7) == [(0, 0, 6)]           # its label is 1, the first pixel's
+    assert blob_boxes(corner, 5, 7) == [(0, 0, 6)]  # its label is 1, the first pixel's
     low = canvas(16)
-    low[:, 12:16, 4:12] = GREY                               # 4 × 8: reported as 6 × 6
+    low[:, 12:16, 4:12] = GREY  # 4 × 8: reported as 6 × 6
     assert blob_boxes(low, 5, 7) == [(10, 5, 6)]
     right = canvas(16)
     right[:, 4:12, 12:16] = GREY
@@ -287,7 +301,7 @@ def test_blobs_later_in_the_image_are_found_after_one_is_refused():
 
     def with_good(image):
         t, l, k = good
-        image[:, t:t + k, l:l + k] = GREY
+        image[:, t : t + k, l : l + k] = GREY
         return image
 
     tiny = canvas()
@@ -302,14 +316,19 @@ def test_blobs_later_in_the_image_are_found_after_one_is_refused():
     ringed = canvas()
     ringed[:, 0:8, 0:8] = GREY + 0.12
     ringed[:, 1:7, 1:7] = GREY
-    for name, image in (("tiny", tiny), ("large", large), ("corners", discish),
-                        ("noisy", noisy), ("ring", ringed)):
+    for name, image in (
+        ("tiny", tiny),
+        ("large", large),
+        ("corners", discish),
+        ("noisy", noisy),
+        ("ring", ringed),
+    ):
         assert blob_boxes(with_good(image), 5, 7) == [good], name
 
 
 def test_a_blob_filling_exactly_the_share_of_its_box_is_taken():
     image = canvas(12)
-    image[:, 2, 2:7] = image[:, 6, 2:7] = GREY        # 15 of a 5 × 5 box: 0.6 exactly
+    image[:, 2, 2:7] = image[:, 6, 2:7] = GREY  # 15 of a 5 × 5 box: 0.6 exactly
     image[:, 3:6, 2] = GREY
     image[:, 3:5, 6] = GREY
     assert blob_boxes(image, 5, 5) == [(2, 2, 5)]
@@ -318,6 +337,7 @@ def test_a_blob_filling_exactly_the_share_of_its_box_is_taken():
 def test_blobs_spread_and_ring():
     """A blob's pixels must be uniform (pooled std of each channel, over its pixels) and the ring
     just around it clearly off grey; what lies further away does not matter."""
+
     def tinted(delta):
         image = canvas()
         image[:, 4:10, 4:10] = GREY
@@ -325,27 +345,27 @@ def test_blobs_spread_and_ring():
         image[1, 4:10, 4:10] -= delta
         return image
 
-    assert blob_boxes(tinted(0.099), 5, 7) == [(4, 4, 6)]    # tinted but uniform: one colour
+    assert blob_boxes(tinted(0.099), 5, 7) == [(4, 4, 6)]  # tinted but uniform: one colour
     g = torch.Generator().manual_seed(4)
     wobbly = canvas()
     signs = torch.randint(0, 2, (3, 6, 6), generator=g) * 2 - 1
-    wobbly[:, 4:10, 4:10] = GREY + 0.09 * signs              # every pixel grey-looking
+    wobbly[:, 4:10, 4:10] = GREY + 0.09 * signs  # every pixel grey-looking
     assert blob_boxes(wobbly, 5, 7) == []
     # the pooled std is the population one: 0.0795 passes 0.08 (n - 1 would make it 0.0806)
     checker = canvas()
     checker[:, 4:10, 4:10] = GREY + 0.0795 * sign_grid(6)
     assert blob_boxes(checker, 5, 7) == [(4, 4, 6)]
-    far = canvas(value=GREY + 0.11)                          # not grey-looking, but nearly
+    far = canvas(value=GREY + 0.11)  # not grey-looking, but nearly
     far[:, 2:12, 2:12] = 0.9
     far[:, 4:10, 4:10] = GREY
     assert blob_boxes(far, 5, 7) == [(4, 4, 6)]
 
 
 def test_detect_runs_the_blob_pass_only_below_blob_below():
-    image = ragged()            # two corners missing: no straight-edged window takes it
+    image = ragged()  # two corners missing: no straight-edged window takes it
     assert detect(image, [5, 6, 7]) == [Square(4, 5, 6, round(34 / 36, 4))]
     assert detect(image, [5, 6, 7], blobs=False) == []
-    assert detect(image, [5, 6, 8]) == []          # a search reaching blob_below: no blobs
+    assert detect(image, [5, 6, 8]) == []  # a search reaching blob_below: no blobs
 
 
 def frame_of(size, t, l, k):
@@ -373,7 +393,7 @@ def test_outline_draws_a_clipped_frame_just_outside_each_square():
                     drawn = outline(image, [square], colour=colour)
                     assert torch.equal(drawn[:, frame], c.expand(-1, int(frame.sum()))), square
                     assert torch.equal(drawn[:, ~frame], before[:, ~frame]), square
-    assert torch.equal(image, before)                               # a copy, not in place
+    assert torch.equal(image, before)  # a copy, not in place
     boxes = [(1, 1, 2), (4, 3, 3), (0, 5, 2)]
     frames = [frame_of(size, *b) for b in boxes]
     both = frames[0] | frames[1] | frames[2]
@@ -388,8 +408,16 @@ def test_sides_are_the_blocks_just_outside_and_just_inside_each_side(m, b):
     size = 11
     x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(3 + m + b))
     tables = _Tables(x, {1, b})
-    windows = [(1, 0, 0, 5), (0, 3, 2, 6), (1, 5, 6, 5), (0, 1, 1, 9), (1, 6, 0, 5),
-               (0, 0, 4, 7), (1, 2, 3, 8), (0, 0, 0, 11)]
+    windows = [
+        (1, 0, 0, 5),
+        (0, 3, 2, 6),
+        (1, 5, 6, 5),
+        (0, 1, 1, 9),
+        (1, 6, 0, 5),
+        (0, 0, 4, 7),
+        (1, 2, 3, 8),
+        (0, 0, 0, 11),
+    ]
     for image, t, left, k in windows:
         it, tt, lt = (torch.tensor([v]) for v in (image, t, left))
         border, out, ins = _sides(tables, it, tt, lt, k, m, b)
@@ -401,14 +429,18 @@ def test_sides_are_the_blocks_just_outside_and_just_inside_each_side(m, b):
         before, after = min(left, b), min(size - left - k, b)
         for j in range(n):
             r, c = t + m + j, left + m + j
-            want_out = [brute_mean(img, t - above, c, above, b),
-                        brute_mean(img, t + k, c, below, b),
-                        brute_mean(img, r, left - before, b, before),
-                        brute_mean(img, r, left + k, b, after)]
-            want_in = [brute_mean(img, t + m, c, b, b),
-                       brute_mean(img, t + k - m - b, c, b, b),
-                       brute_mean(img, r, left + m, b, b),
-                       brute_mean(img, r, left + k - m - b, b, b)]
+            want_out = [
+                brute_mean(img, t - above, c, above, b),
+                brute_mean(img, t + k, c, below, b),
+                brute_mean(img, r, left - before, b, before),
+                brute_mean(img, r, left + k, b, after),
+            ]
+            want_in = [
+                brute_mean(img, t + m, c, b, b),
+                brute_mean(img, t + k - m - b, c, b, b),
+                brute_mean(img, r, left + m, b, b),
+                brute_mean(img, r, left + k - m - b, b, b),
+            ]
             for side in range(4):
                 torch.testing.assert_close(out[0, side, j], want_out[side], rtol=0, atol=1e-12)
                 torch.testing.assert_close(ins[0, side, j], want_in[side], rtol=0, atol=1e-12)
@@ -418,16 +450,25 @@ def strength(image, k, b, spread, need, settings=DEFAULT, at=1):
     """_strength of the window (at, at, k) of one image, margin 0, inside colour exactly grey."""
     tables = _Tables(image[None], {1, b})
     one = torch.tensor([0])
-    _, got, rms = _strength(tables, one, torch.tensor([at]), torch.tensor([at]), k, 0, b,
-                            torch.full((1, 3), GREY, dtype=torch.float64),
-                            torch.tensor([spread], dtype=torch.float64),
-                            torch.tensor([need], dtype=torch.float64), settings)
+    _, got, rms = _strength(
+        tables,
+        one,
+        torch.tensor([at]),
+        torch.tensor([at]),
+        k,
+        0,
+        b,
+        torch.full((1, 3), GREY, dtype=torch.float64),
+        torch.tensor([spread], dtype=torch.float64),
+        torch.tensor([need], dtype=torch.float64),
+        settings,
+    )
     return got[0].tolist(), rms[0].tolist()
 
 
 def window_in(size, k, outside, at=1):
     image = canvas(size, outside)
-    image[:, at:at + k, at:at + k] = GREY
+    image[:, at : at + k, at : at + k] = GREY
     return image
 
 
@@ -435,7 +476,7 @@ def test_strength_steps_at_the_pixel_ratio_and_the_block_ratio():
     # pixels (b = 1): a step of 0.07 clears max(2 × 0.03, 0.05), not 3 × 0.03
     got, rms = strength(window_in(8, 6, GREY + 0.07), 6, 1, spread=0.03, need=0.18)
     assert got == [1.0] * 4
-    assert rms == pytest.approx([0.07] * 4, abs=1e-6)      # the RMS of the outside's distances
+    assert rms == pytest.approx([0.07] * 4, abs=1e-6)  # the RMS of the outside's distances
     # 2×2 blocks: a step of 0.055 does not clear max(3 × 0.02, 0.05); it would at ratio 2
     got, _ = strength(window_in(10, 8, GREY + 0.055), 8, 2, spread=0.02, need=0.5)
     assert got == [0.0] * 4
@@ -450,27 +491,27 @@ def test_strength_needs_each_side_flat_just_inside():
     """A side whose values just inside are off the inside colour (by more than `flat` × need)
     does not step, on its own: the other sides, off at one end only, still do."""
     image = window_in(14, 11, GREY + 0.1)
-    image[:, 1, 1:12] = GREY + 0.15                 # the window's first row
+    image[:, 1, 1:12] = GREY + 0.15  # the window's first row
     got, _ = strength(image, 11, 1, spread=0.0, need=0.2, settings=squares.Settings(flat=0.5))
     assert got == [0.0, 1.0, 1.0, 1.0]
-    got, _ = strength(image, 11, 1, spread=0.0, need=0.2)        # flat = 1: 0.15 <= 0.2
+    got, _ = strength(image, 11, 1, spread=0.0, need=0.2)  # flat = 1: 0.15 <= 0.2
     assert got == [1.0] * 4
 
 
 def test_strength_is_the_share_off_where_a_third_does_not_step():
     image = window_in(14, 11, GREY + 0.1)
-    image[:, 0, 1:5] = GREY                          # the first third of the top side: no step
+    image[:, 0, 1:5] = GREY  # the first third of the top side: no step
     got, _ = strength(image, 11, 1, spread=0.0, need=0.05)
     assert got == [pytest.approx(7 / 11), 1.0, 1.0, 1.0]
 
 
 def test_strength_cuts_short_sides_into_halves_and_tiny_ones_not_at_all():
     image = window_in(7, 5, GREY + 0.1)
-    image[:, 0, 1:3] = GREY                          # n = 5: halves [0, 2) and [2, 5)
+    image[:, 0, 1:3] = GREY  # n = 5: halves [0, 2) and [2, 5)
     got, _ = strength(image, 5, 1, spread=0.0, need=0.05)
     assert got == [pytest.approx(3 / 5), 1.0, 1.0, 1.0]
     image = window_in(5, 3, GREY + 0.1)
-    image[:, 0, 3] = GREY                            # n = 3: one part, RMS 0.082 over the side
+    image[:, 0, 3] = GREY  # n = 3: one part, RMS 0.082 over the side
     got, _ = strength(image, 3, 1, spread=0.0, need=0.05)
     assert got == [1.0] * 4
 
@@ -484,11 +525,11 @@ def test_count_uses_the_settings_it_is_given():
 
 def test_sizes_to_search():
     assert candidate_sizes(12, 64, spread=3) == list(range(9, 16))
-    assert candidate_sizes(3, 64) == [3, 4]                         # not below the minimum
+    assert candidate_sizes(3, 64) == [3, 4]  # not below the minimum
     assert candidate_sizes(3, 64, minimum=2) == [2, 3, 4]
-    assert candidate_sizes(16, 16) == [13, 14, 15, 16]              # not above the image
-    assert candidate_sizes(9, 64) == [7, 8, 9, 10, 11]              # round(9 / 6) = 2
-    assert candidate_sizes(4, 64) == [3, 4, 5]                      # at least 1
+    assert candidate_sizes(16, 16) == [13, 14, 15, 16]  # not above the image
+    assert candidate_sizes(9, 64) == [7, 8, 9, 10, 11]  # round(9 / 6) = 2
+    assert candidate_sizes(4, 64) == [3, 4, 5]  # at least 1
     assert all_sizes(8) == [4] and all_sizes(6) == [4] and all_sizes(16, minimum=6) == [6, 7, 8]
     assert detector_sizes_for(12, 64) == candidate_sizes(12, 64)
     assert detector_sizes_for(None, 16) == detector_sizes_for(0, 16) == all_sizes(16)
@@ -505,7 +546,7 @@ def test_detect_checks_its_input_and_restores_the_thread_count():
     assert torch.get_num_threads() == threads
     image = canvas(16)
     image[:, 3:9, 4:10] = GREY
-    single = detect(image, [6, 0, 40, 6.0])               # sizes outside 1…S are skipped
+    single = detect(image, [6, 0, 40, 6.0])  # sizes outside 1…S are skipped
     assert [s.box() for s in single] == [(3, 4, 6)]
     assert detect(image[None].double(), [6]) == [single]  # a batch of one gives a list of one
     assert detect(image, []) == []
@@ -551,6 +592,7 @@ def test_an_exact_square_needs_half_of_each_side_off_counting_its_corner_pixels(
     """The mask's own grey is judged pixel by pixel on the line just outside, end to end. Above
     this square, grey content covers part of that line: where a third of the side has no pixel
     off, the side counts as an edge only if at least half of its 8 pixels are off."""
+
     def square_under(grey_columns):
         image = canvas(16)
         image[:, 6:14, 4:12] = GREY
@@ -558,9 +600,9 @@ def test_an_exact_square_needs_half_of_each_side_off_counting_its_corner_pixels(
             image[:, 0:6, c] = GREY
         return [s.box() for s in detect(image, [8])]
 
-    assert square_under((4, 5, 6, 10, 11)) == []                 # 3 of 8 off
-    assert square_under((4, 5, 6, 11)) == [(6, 4, 8)]            # 4 of 8: half, an edge
-    assert square_under((4, 5, 10, 11)) == [(6, 4, 8)]           # each third steps
+    assert square_under((4, 5, 6, 10, 11)) == []  # 3 of 8 off
+    assert square_under((4, 5, 6, 11)) == [(6, 4, 8)]  # 4 of 8: half, an edge
+    assert square_under((4, 5, 10, 11)) == [(6, 4, 8)]  # each third steps
 
 
 def test_windows_need_the_sides_off_on_average_in_each_window_alone():
@@ -581,15 +623,15 @@ def test_a_windows_score_is_its_edge_over_its_spread_in_blocks():
     inside rows 9 and 10 are grey ± 0.05, so only the block starting at row 8 is off grey)."""
     image = canvas(20)
     t = l = 4
-    image[:, t:t + 12, l:l + 12] = GREY
-    image[:, t + 9, l + 1:l + 11] += 0.05
-    image[:, t + 10, l + 1:l + 11] -= 0.05
+    image[:, t : t + 12, l : l + 12] = GREY
+    image[:, t + 9, l + 1 : l + 11] += 0.05
+    image[:, t + 10, l + 1 : l + 11] -= 0.05
     i, tops, lefts, score, exact = _windows(_Tables(image[None], {1, 2}), 12, DEFAULT)
     at = list(zip(tops.tolist(), lefts.tolist(), strict=True)).index((t, l))
     blocks = torch.nn.functional.avg_pool2d(image.double()[None], 2, 1)[0]
-    inside = blocks[:, t + 1:t + 10, l + 1:l + 10].flatten(1)            # 9 × 9 block starts
+    inside = blocks[:, t + 1 : t + 10, l + 1 : l + 10].flatten(1)  # 9 × 9 block starts
     spread = inside.var(1, unbiased=False).mean().sqrt().item()
-    mu = image.double()[:, t + 1:t + 11, l + 1:l + 11].mean((1, 2))
+    mu = image.double()[:, t + 1 : t + 11, l + 1 : l + 11].mean((1, 2))
     assert not exact[at]
     assert score[at].item() == pytest.approx((0.9 - mu.max().item()) / (spread + 0.01), rel=1e-6)
 
@@ -599,17 +641,17 @@ def test_windows_check_the_level_of_each_corner_block():
     its 3×3 and its quarter, is seen at inner 10; a 3×3 corner off, offset within its 2×2 and its
     quarter, is seen at inner 12."""
     image = canvas(20)
-    image[:, 4:16, 4:16] = GREY                         # k = 12, inner 10 from (5, 5)
-    image[:, 5:7, 5:7] += 0.05                          # the 2×2 corner block
-    image[:, 7, 5:8] -= 0.04                            # the rest of its 3×3
+    image[:, 4:16, 4:16] = GREY  # k = 12, inner 10 from (5, 5)
+    image[:, 5:7, 5:7] += 0.05  # the 2×2 corner block
+    image[:, 7, 5:8] -= 0.04  # the rest of its 3×3
     image[:, 5:7, 7] -= 0.04
     _, t, l, _, _ = _windows(_Tables(image[None], {1, 2}), 12, DEFAULT)
     assert (4, 4) not in list(zip(t.tolist(), l.tolist(), strict=True))
     image = canvas(20)
-    image[:, 4:18, 4:18] = GREY                         # k = 14, inner 12 from (5, 5)
-    image[:, 7, 5:8] += 0.05                            # the 3×3 block's outer L, 5 pixels
+    image[:, 4:18, 4:18] = GREY  # k = 14, inner 12 from (5, 5)
+    image[:, 7, 5:8] += 0.05  # the 3×3 block's outer L, 5 pixels
     image[:, 5:7, 7] += 0.05
-    image[:, 9, 5:10] -= 0.05                           # the same taken back in its quarter
+    image[:, 9, 5:10] -= 0.05  # the same taken back in its quarter
     _, t, l, _, _ = _windows(_Tables(image[None], {1, 3}), 14, DEFAULT)
     assert (4, 4) not in list(zip(t.tolist(), l.tolist(), strict=True))
 
@@ -621,8 +663,8 @@ def test_windows_check_the_level_of_each_quarter():
     image = canvas(20)
     image[:, 4:16, 4:16] = GREY
     flat = image.clone()
-    image[:, 5 + 3:5 + 5, 5:5 + 5] += 0.1                # inner 10 × 10 from (5, 5): rows 3-4
-    image[:, 5:5 + 5, 5 + 3:5 + 5] += 0.1                # ... and columns 3-4 of its quarter
+    image[:, 5 + 3 : 5 + 5, 5 : 5 + 5] += 0.1  # inner 10 × 10 from (5, 5): rows 3-4
+    image[:, 5 : 5 + 5, 5 + 3 : 5 + 5] += 0.1  # ... and columns 3-4 of its quarter
     image = image.clamp(0, 1)
     assert [s.box() for s in detect(flat, [12])] == [(4, 4, 12)]
     i, t, l, _, _ = _windows(_Tables(image[None], {1, 2}), 12, DEFAULT)

@@ -4,6 +4,7 @@ step's own math, and whole fused blocks against reference blocks.
 float64, odd shapes, every parameter randomly perturbed (conftest's `randomize`), LU and full
 1×1 convs, affine and additive couplings: the values and the gradients of every parameter.
 """
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -42,8 +43,7 @@ def _zero_conv_pieces(step, params, hidden):
     """(the zero-conv of `hidden` from the prepared tensors, from the reference op)."""
     net = step.coupling.net
     fast = F.conv2d(hidden, params.w3, None, padding=1) + params.border
-    return fast, ops_reference.zero_conv(hidden, net[4].conv.weight, net[4].conv.bias,
-                                         net[4].scale)
+    return fast, ops_reference.zero_conv(hidden, net[4].conv.weight, net[4].conv.bias, net[4].scale)
 
 
 @pytest.mark.parametrize("affine,lu", KINDS)
@@ -55,17 +55,24 @@ def test_batched_tensors_equal_each_steps_own(gen, affine, lu, height, width):
     assert inverse.logdet is None and len(forward.steps) == len(steps)
     logdet = 0
     for step, fwd, inv in zip(steps, forward.steps, inverse.steps, strict=True):
-        matrix, gemm_weight, gemm_bias, inverse_weight, step_logdet = _per_step(step, height,
-                                                                                 width)
+        matrix, gemm_weight, gemm_bias, inverse_weight, step_logdet = _per_step(step, height, width)
         logdet = logdet + step_logdet
-        for got, want in [(fwd.matrix, matrix), (inv.matrix, matrix),
-                          (fwd.gemm_weight, gemm_weight), (fwd.gemm_bias, gemm_bias),
-                          (inv.gemm_weight, inverse_weight),
-                          (inv.gemm_bias, -step.actnorm.loc.reshape(-1))]:
+        for got, want in [
+            (fwd.matrix, matrix),
+            (inv.matrix, matrix),
+            (fwd.gemm_weight, gemm_weight),
+            (fwd.gemm_bias, gemm_bias),
+            (inv.gemm_weight, inverse_weight),
+            (inv.gemm_bias, -step.actnorm.loc.reshape(-1)),
+        ]:
             torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
         net = step.coupling.net
-        for got, want in [(fwd.w1, net[0].weight), (fwd.b1, net[0].bias),
-                          (fwd.w2, net[2].weight), (fwd.b2, net[2].bias)]:
+        for got, want in [
+            (fwd.w1, net[0].weight),
+            (fwd.b1, net[0].bias),
+            (fwd.w2, net[2].weight),
+            (fwd.b2, net[2].bias),
+        ]:
             assert torch.equal(got, want)
         assert fwd.w1.is_contiguous(memory_format=torch.channels_last)
         assert fwd.w3.is_contiguous(memory_format=torch.channels_last)
@@ -105,11 +112,21 @@ def test_batched_tensors_give_each_parameter_its_own_gradient(gen, affine, lu):
             matrix, gemm_weight, gemm_bias, _, logdet = _per_step(step, height, width)
             net = step.coupling.net
             loss = loss + 3 * logdet
-            for name, t in [("matrix", matrix), ("gemm_weight", gemm_weight),
-                            ("gemm_bias", gemm_bias), ("w1", net[0].weight), ("b1", net[0].bias),
-                            ("w2", net[2].weight), ("b2", net[2].bias),
-                            ("net", ops_reference.zero_conv(hidden, net[4].conv.weight,
-                                                            net[4].conv.bias, net[4].scale))]:
+            for name, t in [
+                ("matrix", matrix),
+                ("gemm_weight", gemm_weight),
+                ("gemm_bias", gemm_bias),
+                ("w1", net[0].weight),
+                ("b1", net[0].bias),
+                ("w2", net[2].weight),
+                ("b2", net[2].bias),
+                (
+                    "net",
+                    ops_reference.zero_conv(
+                        hidden, net[4].conv.weight, net[4].conv.bias, net[4].scale
+                    ),
+                ),
+            ]:
                 loss = loss + weigh((i, name), t)
         return loss
 
@@ -137,8 +154,10 @@ def _blocks(gen, affine, lu, flows=3, split=True):
     return ref, fast
 
 
-@pytest.mark.parametrize("affine,lu,driver", [(*kind, False) for kind in KINDS]
-                         + [(True, True, True), (True, False, True)])
+@pytest.mark.parametrize(
+    "affine,lu,driver",
+    [(*kind, False) for kind in KINDS] + [(True, True, True), (True, False, True)],
+)
 @pytest.mark.parametrize("split", [True, False])
 def test_fused_block_matches_reference_block(gen, affine, lu, driver, split, monkeypatch):
     """Squeezed to 5×3: every output of the block, its inverse, and the gradient of x and of
@@ -162,14 +181,20 @@ def test_fused_block_matches_reference_block(gen, affine, lu, driver, split, mon
         torch.testing.assert_close(v, v_ref, rtol=1e-10, atol=1e-10)
     names = ["x"] + [n for n, _ in ref.named_parameters()]
     for name, g, g_ref in zip(names, grads, grads_ref, strict=True):
-        torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-9 * (1 + g_ref.abs().max().item()),
-                                   msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            g,
+            g_ref,
+            rtol=1e-9,
+            atol=1e-9 * (1 + g_ref.abs().max().item()),
+            msg=lambda m: f"{name}: {m}",
+        )
     with torch.no_grad():
         kept, _, _, z, eps = ref(x)
         for standardised, latent in ((True, eps), (False, z)):
             back = fast.reverse(kept, latent, standardised=standardised)
-            torch.testing.assert_close(back, ref.reverse(kept, latent, standardised=standardised),
-                                       rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(
+                back, ref.reverse(kept, latent, standardised=standardised), rtol=1e-10, atol=1e-10
+            )
             torch.testing.assert_close(back, x, rtol=1e-9, atol=1e-9)
 
 

@@ -1,5 +1,6 @@
 """experiments/study.py on a tiny model: milestones are measured once, runs resume, the report
 draws."""
+
 import importlib.util
 import json
 import math
@@ -13,12 +14,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture
 def study(monkeypatch, tmp_path):
-    spec = importlib.util.spec_from_file_location("study",
-                                                  os.path.join(ROOT, "experiments", "study.py"))
+    spec = importlib.util.spec_from_file_location(
+        "study", os.path.join(ROOT, "experiments", "study.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    tiny = dict(module.base_config(), image_size=8, blocks=2, flows=1, hidden=8, batch=8,
-                synthetic_count=120, square=3, heldout_images=8)
+    tiny = dict(
+        module.base_config(),
+        image_size=8,
+        blocks=2,
+        flows=1,
+        hidden=8,
+        batch=8,
+        synthetic_count=120,
+        square=3,
+        heldout_images=8,
+    )
     monkeypatch.setattr(module, "base_config", lambda: dict(tiny))
     monkeypatch.setattr(module, "SAMPLES_PER_T", 4)
     monkeypatch.setattr(module, "BPD_IMAGES", 8)
@@ -53,7 +64,7 @@ def by_hand(study, kept):
 
     inside = torch.zeros(masked.shape, dtype=torch.bool)
     for b, ((top, left),) in enumerate(positions.tolist()):
-        inside[b, :, top:top + c["square"], left:left + c["square"]] = True
+        inside[b, :, top : top + c["square"], left : left + c["square"]] = True
     n = study.IMPUTE_IMAGES
     # images are scored as their 5-bit bins' 8-bit representatives, 8·bin + 4 (flow/preprocess)
     grey = (torch.floor(masked[:n] * 255 / 8) - torch.floor(clean[:n] * 255 / 8)) * 8 / 255
@@ -67,16 +78,21 @@ def test_milestones_are_measured_once_and_runs_resume(study, tmp_path):
     log = os.path.join(root, "base", "study.jsonl")
     first = records(log)
     assert [r["iter"] for r in first] == [2, 4]
-    assert sorted(os.listdir(os.path.join(root, "base", "kept"))) == ["ckpt-00000002.pt",
-                                                                      "ckpt-00000004.pt"]
-    methods = [(m, a) for m in ("flow", "flow + keep observed",
-                                f"flow + keep observed ×{study.KEEP_ITERATIONS}")
-               for a in study.ALPHAS]
+    assert sorted(os.listdir(os.path.join(root, "base", "kept"))) == [
+        "ckpt-00000002.pt",
+        "ckpt-00000004.pt",
+    ]
+    methods = [
+        (m, a)
+        for m in ("flow", "flow + keep observed", f"flow + keep observed ×{study.KEEP_ITERATIONS}")
+        for a in study.ALPHAS
+    ]
     methods += [(m, None) for m in ("grey fill", "mean-colour fill", "harmonic fill")]
     for r in first:
         assert set(r) >= {"train", "heldout", "table1", "impute", "train_seconds", "s_per_iter"}
-        bpd, grey_rmse = by_hand(study, os.path.join(root, "base", "kept",
-                                                     f"ckpt-{r['iter']:08d}.pt"))
+        bpd, grey_rmse = by_hand(
+            study, os.path.join(root, "base", "kept", f"ckpt-{r['iter']:08d}.pt")
+        )
         assert r["heldout"]["masked"] == pytest.approx(bpd["masked"], abs=1e-5)
         assert r["heldout"]["clean"] == pytest.approx(bpd["clean"], abs=1e-5)
         assert r["heldout"]["gap"] == pytest.approx(bpd["masked"] - bpd["clean"], abs=2e-5)
@@ -85,7 +101,7 @@ def test_milestones_are_measured_once_and_runs_resume(study, tmp_path):
         rows = {(row["method"], row["alpha"]): row for row in r["impute"]}
         assert set(methods) <= set(rows) and ("invert", None) in rows
         assert rows[("grey fill", None)]["rmse_in"] == pytest.approx(grey_rmse, abs=1e-5)
-        for alpha in study.ALPHAS:   # keeping the observed pixels leaves them as they were
+        for alpha in study.ALPHAS:  # keeping the observed pixels leaves them as they were
             assert rows[("flow + keep observed", alpha)]["rmse_out"] == 0
             assert rows[("flow", alpha)]["rmse_out"] > 0
     # two milestones of one run: the model changed between them, the data did not
@@ -113,15 +129,19 @@ def test_report_writes_curves_and_tables(study, tmp_path):
     root, out = str(tmp_path / "runs"), str(tmp_path / "report")
     study.main(["run", "base", "--until", "4", "--every", "2", "--root", root])
     study.main(["report", "--root", root, "--out", out, "--md", str(tmp_path / "t.md")])
-    assert sorted(os.listdir(out)) == ["gap-vs-iterations.png", "square-free-vs-t-base.png",
-                                       "train-gap-vs-iterations.png"]
+    assert sorted(os.listdir(out)) == [
+        "gap-vs-iterations.png",
+        "square-free-vs-t-base.png",
+        "train-gap-vs-iterations.png",
+    ]
     text = (tmp_path / "t.md").read_text()
     assert "| base | base (small preset) | 4 |" in text
 
 
 def test_every_lever_makes_a_valid_config(tmp_path):
-    spec = importlib.util.spec_from_file_location("study_real",
-                                                  os.path.join(ROOT, "experiments", "study.py"))
+    spec = importlib.util.spec_from_file_location(
+        "study_real", os.path.join(ROOT, "experiments", "study.py")
+    )
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)
     assert study.run_config("base", str(tmp_path))["synthetic_detail"] == "full"  # not the preset's
@@ -169,7 +189,8 @@ def test_sheet_puts_kept_checkpoints_side_by_side(study, tmp_path):
 def test_the_low_detail_lever_is_measured_on_its_own_faces(study, tmp_path, monkeypatch):
     caches = []
     real = study.MaskedImages
-    monkeypatch.setattr(study, "MaskedImages",
-                        lambda cache, *a: caches.append(cache.path) or real(cache, *a))
+    monkeypatch.setattr(
+        study, "MaskedImages", lambda cache, *a: caches.append(cache.path) or real(cache, *a)
+    )
     study.main(["run", "simple", "--until", "2", "--every", "2", "--root", str(tmp_path / "runs")])
     assert caches and all("detaillow" in path for path in caches)

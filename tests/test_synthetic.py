@@ -1,4 +1,5 @@
 """The built-in synthetic faces: deterministic by (seed, index), varied, any size, face-shaped."""
+
 import hashlib
 import os
 import subprocess
@@ -25,10 +26,17 @@ def test_deterministic_by_seed_and_index():
 
 
 def test_same_face_in_another_process():
-    code = ("import sys, hashlib; sys.path.insert(0, %r); from missingglow.data import synthetic; "
-            "print(hashlib.sha256(synthetic.draw_face(3, 42, 24).tobytes()).hexdigest())" % ROOT)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "PYTHONHASHSEED": "7"})
+    code = (
+        "import sys, hashlib; sys.path.insert(0, %r); from missingglow.data import synthetic; "
+        "print(hashlib.sha256(synthetic.draw_face(3, 42, 24).tobytes()).hexdigest())" % ROOT
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONHASHSEED": "7"},
+    )
     here = hashlib.sha256(synthetic.draw_face(3, 42, 24).tobytes()).hexdigest()
     assert out.returncode == 0 and out.stdout.strip() == here, out.stderr
 
@@ -64,7 +72,10 @@ def test_low_detail_is_the_half_size_face_enlarged():
     # 2: bilinear
     assert low.tobytes() == synthetic.draw_face(0, 3, 8).resize((16, 16), 2).tobytes()
     assert synthetic.draw(0, 3, 16, "full").tobytes() == synthetic.draw_face(0, 3, 16).tobytes()
+
     # smoother: neighbouring pixels differ less than in the full faces
-    step = lambda detail: sum((x[1:] - x[:-1]).abs().mean() for x in (  # noqa: E731
-        _tensor(synthetic.draw(0, i, 16, detail)).float() for i in range(16)))
+    def step(detail):
+        images = (_tensor(synthetic.draw(0, i, 16, detail)).float() for i in range(16))
+        return sum((x[1:] - x[:-1]).abs().mean() for x in images)
+
     assert step("low") < 0.8 * step("full")

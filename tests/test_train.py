@@ -1,5 +1,6 @@
 """Training: resume is exact, the non-finite guard skips and rolls back, checkpoints survive
 SIGKILL, and two gloo processes compute what one process does with the same global batch."""
+
 import json
 import os
 import signal
@@ -17,12 +18,47 @@ from missingglow.training.config import TrainConfig, resolve_config
 from missingglow.training.loop import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(image_size=8, blocks=2, flows=2, hidden=8, batch=8, synthetic_count=48, square=3,
-            iterations=6, lr=1e-3, warmup=2, eval_every=1000, sample_every=1000,
-            checkpoint_every=3, log_every=1, heldout_images=8)
-TINY_ARGS = ["--size", "8", "--blocks", "2", "--flows", "2", "--hidden", "8", "--batch", "8",
-             "--synthetic-count", "48", "--square", "3", "--lr", "1e-3", "--warmup", "2",
-             "--eval-every", "1000", "--sample-every", "1000"]
+TINY = dict(
+    image_size=8,
+    blocks=2,
+    flows=2,
+    hidden=8,
+    batch=8,
+    synthetic_count=48,
+    square=3,
+    iterations=6,
+    lr=1e-3,
+    warmup=2,
+    eval_every=1000,
+    sample_every=1000,
+    checkpoint_every=3,
+    log_every=1,
+    heldout_images=8,
+)
+TINY_ARGS = [
+    "--size",
+    "8",
+    "--blocks",
+    "2",
+    "--flows",
+    "2",
+    "--hidden",
+    "8",
+    "--batch",
+    "8",
+    "--synthetic-count",
+    "48",
+    "--square",
+    "3",
+    "--lr",
+    "1e-3",
+    "--warmup",
+    "2",
+    "--eval-every",
+    "1000",
+    "--sample-every",
+    "1000",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -59,8 +95,9 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
     assert ckpt.load_checkpoint(part)["iteration"] == 6
     assert_same_params(final_params(whole), final_params(part), atol=1e-6)
     # and training moved the parameters at all
-    start = torch.load(os.path.join(whole, "checkpoints", "ckpt-00000000.pt"),
-                       weights_only=True)["model"]
+    start = torch.load(os.path.join(whole, "checkpoints", "ckpt-00000000.pt"), weights_only=True)[
+        "model"
+    ]
     moved = final_params(whole)["blocks.0.flows.0.coupling.net.4.conv.weight"]
     assert not torch.equal(start["blocks.0.flows.0.coupling.net.4.conv.weight"], moved)
 
@@ -131,8 +168,16 @@ def test_an_old_checkpoint_without_the_newer_settings_resumes(tmp_path):
     run = train(config(tmp_path, "old", iterations=2, synthetic_detail="full"), progress=False)
     path = ckpt.resolve(run)
     payload = torch.load(path, weights_only=True)
-    newer = ("channels", "synthetic_detail", "max_bad_steps", "temperature", "heldout_images",
-             "memory_saving", "impl", "log_every")
+    newer = (
+        "channels",
+        "synthetic_detail",
+        "max_bad_steps",
+        "temperature",
+        "heldout_images",
+        "memory_saving",
+        "impl",
+        "log_every",
+    )
     payload["config"] = {k: v for k, v in payload["config"].items() if k not in newer}
     payload["config"]["retired_setting"] = 1
     torch.save(payload, path)
@@ -147,15 +192,31 @@ def test_an_old_checkpoint_without_the_newer_settings_resumes(tmp_path):
 
 
 def _cli(*args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "missingglow", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "missingglow", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def test_sigkill_at_any_moment_leaves_a_resumable_run(tmp_path):
     run = str(tmp_path / "killed")
     env = dict(os.environ, MISSINGGLOW_CACHE=str(tmp_path / "cache"))
-    proc = _cli("train", *TINY_ARGS, "--iterations", "100000", "--checkpoint-every", "1",
-                "--out", run, "--quiet", env=env)
+    proc = _cli(
+        "train",
+        *TINY_ARGS,
+        "--iterations",
+        "100000",
+        "--checkpoint-every",
+        "1",
+        "--out",
+        run,
+        "--quiet",
+        env=env,
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         folder = os.path.join(run, "checkpoints")
@@ -170,8 +231,9 @@ def test_sigkill_at_any_moment_leaves_a_resumable_run(tmp_path):
     leftovers = [n for n in os.listdir(os.path.join(run, "checkpoints")) if not n.endswith(".pt")]
     assert all(n.startswith(".tmp-") for n in leftovers)
     open(os.path.join(run, "checkpoints", ".tmp-cut-short"), "wb").close()  # as a kill leaves one
-    resumed = _cli("train", "--resume", run, "--iterations", str(payload["iteration"] + 2),
-                   "--quiet", env=env)
+    resumed = _cli(
+        "train", "--resume", run, "--iterations", str(payload["iteration"] + 2), "--quiet", env=env
+    )
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert ckpt.load_checkpoint(run)["iteration"] == payload["iteration"] + 2
@@ -191,15 +253,37 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     single = _cli("train", *TINY_ARGS, "--iterations", "1", "--out", one, "--quiet", env=env)
     assert single.wait(timeout=300) == 0, single.stderr.read()
     ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "missingglow", "train", *TINY_ARGS, "--iterations", "1", "--out", two, "--quiet"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "missingglow",
+            "train",
+            *TINY_ARGS,
+            "--iterations",
+            "1",
+            "--out",
+            two,
+            "--quiet",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     a, b = final_params(one), final_params(two)
-    start = torch.load(os.path.join(one, "checkpoints", "ckpt-00000000.pt"),
-                       weights_only=True)["model"]
-    start_ddp = torch.load(os.path.join(two, "checkpoints", "ckpt-00000000.pt"),
-                           weights_only=True)["model"]
+    start = torch.load(os.path.join(one, "checkpoints", "ckpt-00000000.pt"), weights_only=True)[
+        "model"
+    ]
+    start_ddp = torch.load(os.path.join(two, "checkpoints", "ckpt-00000000.pt"), weights_only=True)[
+        "model"
+    ]
     assert_same_params(start, start_ddp, atol=0)  # ActNorm initialised on the same global batch
     diffs = torch.cat([(a[k].float() - b[k].float()).abs().flatten() for k in a])
     assert (diffs < 1e-6).float().mean() > 0.98, f"{(diffs >= 1e-6).float().mean():.1%} differ"

@@ -4,6 +4,7 @@ the values configured, the process group splits batches evenly, agrees on non-fi
 lets rank 0 build the cache first, resuming works from a file and says when a run is finished;
 every setting `validate()` checks is refused with a message, and the `train` command's options,
 their help and the ranges click checks come from TrainConfig alone."""
+
 import os
 import signal
 import subprocess
@@ -23,9 +24,23 @@ from missingglow.training.loop import open_images, set_lr, train
 from helpers import run_in_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(image_size=8, blocks=2, flows=2, hidden=8, batch=8, synthetic_count=48, square=3,
-            iterations=6, lr=1e-3, warmup=2, eval_every=1000, sample_every=1000,
-            checkpoint_every=3, log_every=1, heldout_images=8)
+TINY = dict(
+    image_size=8,
+    blocks=2,
+    flows=2,
+    hidden=8,
+    batch=8,
+    synthetic_count=48,
+    square=3,
+    iterations=6,
+    lr=1e-3,
+    warmup=2,
+    eval_every=1000,
+    sample_every=1000,
+    checkpoint_every=3,
+    log_every=1,
+    heldout_images=8,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -39,14 +54,27 @@ def config(tmp_path, name, **overrides):
 
 def logged(run, key):
     import json
+
     with open(os.path.join(run, "metrics.jsonl")) as f:
         return [(r["iter"], r[key]) for r in map(json.loads, f) if key in r]
 
 
 def test_training_lowers_heldout_bits_per_dim(tmp_path):
-    run = train(config(tmp_path, "learn", iterations=300, eval_every=100, synthetic_count=200,
-                       heldout_images=16, checkpoint_every=1000, log_every=100, lr=3e-3,
-                       warmup=20), progress=False)
+    run = train(
+        config(
+            tmp_path,
+            "learn",
+            iterations=300,
+            eval_every=100,
+            synthetic_count=200,
+            heldout_images=16,
+            checkpoint_every=1000,
+            log_every=100,
+            lr=3e-3,
+            warmup=20,
+        ),
+        progress=False,
+    )
     clean = [bpd for _, bpd in logged(run, "heldout_bpd_clean")]
     assert len(clean) == 3 and clean[0] > clean[1] > clean[2], clean
     assert clean[0] - clean[2] > 0.1, clean  # it falls by about 0.15 in these 300 steps
@@ -54,15 +82,47 @@ def test_training_lowers_heldout_bits_per_dim(tmp_path):
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     run = str(tmp_path / "stopped")
-    args = ["train", "--size", "8", "--blocks", "2", "--flows", "2", "--hidden", "8", "--batch",
-            "8", "--synthetic-count", "48", "--square", "3", "--eval-every", "100000",
-            "--sample-every", "100000", "--checkpoint-every", "100000", "--iterations", "100000",
-            "--out", run, "--quiet"]
-    proc = subprocess.Popen([sys.executable, "-m", "missingglow", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [
+        "train",
+        "--size",
+        "8",
+        "--blocks",
+        "2",
+        "--flows",
+        "2",
+        "--hidden",
+        "8",
+        "--batch",
+        "8",
+        "--synthetic-count",
+        "48",
+        "--square",
+        "3",
+        "--eval-every",
+        "100000",
+        "--sample-every",
+        "100000",
+        "--checkpoint-every",
+        "100000",
+        "--iterations",
+        "100000",
+        "--out",
+        run,
+        "--quiet",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "missingglow", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
-    while time.time() < deadline and not os.path.exists(os.path.join(run, "metrics.jsonl")) or \
-            len(logged(run, "bpd")) < 3:
+    while (
+        time.time() < deadline
+        and not os.path.exists(os.path.join(run, "metrics.jsonl"))
+        or len(logged(run, "bpd")) < 3
+    ):
         assert proc.poll() is None, proc.communicate()[1]
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
@@ -77,7 +137,10 @@ def test_the_newest_three_checkpoints_are_kept(tmp_path):
     for i in (5, 1, 10, 3, 7):
         ckpt.save_checkpoint(str(tmp_path), {"iteration": i})
     assert sorted(os.listdir(tmp_path / "checkpoints")) == [
-        "ckpt-00000005.pt", "ckpt-00000007.pt", "ckpt-00000010.pt"]
+        "ckpt-00000005.pt",
+        "ckpt-00000007.pt",
+        "ckpt-00000010.pt",
+    ]
     assert ckpt.load_checkpoint(str(tmp_path))["iteration"] == 7  # `latest`: the last written
 
 
@@ -90,7 +153,8 @@ def test_warmup_is_linear_then_constant_and_scaled():
     c = TrainConfig(lr=1e-3, warmup=4)
     opt = _Opt()
     assert [set_lr(opt, c, i, 1.0) for i in range(6)] == pytest.approx(
-        [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+        [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3]
+    )
     assert set_lr(opt, c, 10, 0.25) == pytest.approx(2.5e-4)
     assert all(g["lr"] == pytest.approx(2.5e-4) for g in opt.param_groups)
     assert set_lr(opt, TrainConfig(lr=1e-3, warmup=0), 0, 1.0) == pytest.approx(1e-3)
@@ -101,8 +165,9 @@ def test_gradients_are_clipped_to_the_configured_norm(tmp_path, monkeypatch):
     real_step = train_module.GuardedAdam.step  # the loop's Adam (training/adam.py)
 
     def step(self, *args, **kwargs):
-        grads = [p.grad.flatten() for g in self.param_groups for p in g["params"]
-                 if p.grad is not None]
+        grads = [
+            p.grad.flatten() for g in self.param_groups for p in g["params"] if p.grad is not None
+        ]
         norms.append(torch.cat(grads).norm().item())
         return real_step(self, *args, **kwargs)
 
@@ -134,8 +199,9 @@ def test_rank_zero_builds_the_cache_while_the_others_wait(tmp_path, monkeypatch)
     c = config(tmp_path, "ranks")
     events = []
     real = train_module.dataset_of
-    monkeypatch.setattr(train_module, "dataset_of", lambda *a, **k: events.append("cache") or
-                        real(*a, **k))
+    monkeypatch.setattr(
+        train_module, "dataset_of", lambda *a, **k: events.append("cache") or real(*a, **k)
+    )
     open_images(c, FakeGroup(0, 2, events), False, print)
     assert events == ["cache", "barrier"]
     events.clear()
@@ -149,13 +215,19 @@ def test_a_batch_must_split_evenly_over_the_processes(tmp_path):
 
 
 def _guard(rank, world, port, flags, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
     env = train_module.Distributed()
     try:
         # a bool is answered with a bool; the training step's tensor stays a tensor
         out[rank] = [env.all_finite(flag) for flag in flags[rank]] + [
-            bool(env.all_finite(torch.tensor(flag))) for flag in flags[rank]]
+            bool(env.all_finite(torch.tensor(flag))) for flag in flags[rank]
+        ]
     finally:
         env.close()
 
@@ -199,28 +271,31 @@ def test_train_takes_a_config_or_a_run_to_resume(tmp_path):
         train(dict(TINY), progress=False)  # the plain dict is a run's stored form only
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("image_size", 10, "divisible by 2\\^blocks"),
-    ("image_size", 1, "image_size \\(--size\\) must be at least 2, not 1"),
-    ("blocks", 0, "blocks must be at least 1, not 0"),
-    ("flows", 0, "flows must be at least 1"),
-    ("hidden", 0, "hidden must be at least 1"),
-    ("n_bits", 0, "n_bits \\(--bits\\) must be 1 to 8, not 0"),
-    ("n_bits", 9, "n_bits \\(--bits\\) must be 1 to 8, not 9"),
-    ("batch", 0, "batch must be at least 1, not 0"),
-    ("batch", "8", "batch must be int, not '8'"),
-    ("batch", True, "batch must be int, not True"),
-    ("iterations", -1, "iterations must be at least 0"),
-    ("lr", 0.0, "lr must be more than 0"),
-    ("lr", float("nan"), "lr must be a finite number"),
-    ("square", 9, "does not fit a 8×8 image"),
-    ("squares", -1, "squares must be at least 0"),
-    ("impl", "fast", "impl must be fused or reference"),
-    ("synthetic_detail", "blurry", "synthetic_detail must be full or low"),
-    ("channels", 2, "channels must be 1 or 3"),
-    ("eval_every", 0, "eval_every must be at least 1"),
-    ("affine", None, "affine must be given"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("image_size", 10, "divisible by 2\\^blocks"),
+        ("image_size", 1, "image_size \\(--size\\) must be at least 2, not 1"),
+        ("blocks", 0, "blocks must be at least 1, not 0"),
+        ("flows", 0, "flows must be at least 1"),
+        ("hidden", 0, "hidden must be at least 1"),
+        ("n_bits", 0, "n_bits \\(--bits\\) must be 1 to 8, not 0"),
+        ("n_bits", 9, "n_bits \\(--bits\\) must be 1 to 8, not 9"),
+        ("batch", 0, "batch must be at least 1, not 0"),
+        ("batch", "8", "batch must be int, not '8'"),
+        ("batch", True, "batch must be int, not True"),
+        ("iterations", -1, "iterations must be at least 0"),
+        ("lr", 0.0, "lr must be more than 0"),
+        ("lr", float("nan"), "lr must be a finite number"),
+        ("square", 9, "does not fit a 8×8 image"),
+        ("squares", -1, "squares must be at least 0"),
+        ("impl", "fast", "impl must be fused or reference"),
+        ("synthetic_detail", "blurry", "synthetic_detail must be full or low"),
+        ("channels", 2, "channels must be 1 or 3"),
+        ("eval_every", 0, "eval_every must be at least 1"),
+        ("affine", None, "affine must be given"),
+    ],
+)
 def test_validate_refuses_each_bad_setting(tmp_path, key, value, message):
     good = config(tmp_path, "v")
     validate(good)
@@ -243,11 +318,18 @@ def test_every_setting_has_help_and_is_a_train_option():
         assert f.metadata["help"] in options[f.name].help, f.name
         assert options[f.name].default is None, f.name  # not given: the preset decides
     assert set(options) == set(TrainConfig.names()) | {"resume", "quiet"}
-    spelled = {name: options[name].opts + options[name].secondary_opts
-               for name in ("image_size", "n_bits", "affine", "lu", "memory_saving", "impl")}
-    assert spelled == {"image_size": ["--size"], "n_bits": ["--bits"],
-                       "affine": ["--affine", "--additive"], "lu": ["--lu", "--no-lu"],
-                       "memory_saving": ["--memory-saving"], "impl": ["--impl"]}
+    spelled = {
+        name: options[name].opts + options[name].secondary_opts
+        for name in ("image_size", "n_bits", "affine", "lu", "memory_saving", "impl")
+    }
+    assert spelled == {
+        "image_size": ["--size"],
+        "n_bits": ["--bits"],
+        "affine": ["--affine", "--additive"],
+        "lu": ["--lu", "--no-lu"],
+        "memory_saving": ["--memory-saving"],
+        "impl": ["--impl"],
+    }
 
 
 def test_train_help_shows_the_defaults_of_the_dataclass_and_presets(monkeypatch):
@@ -263,35 +345,42 @@ def test_train_help_shows_the_defaults_of_the_dataclass_and_presets(monkeypatch)
     assert "Coupling type. [affine]" in text and "[off]" in text
     # one place: change a preset and the help follows, with nothing else to edit
     monkeypatch.setitem(PRESETS, "small", dict(small, iterations=1234, grad_clip=7.0))
-    option = train_commands.setting_option(next(f for f in fields(TrainConfig)
-                                                 if f.name == "iterations"))
+    option = train_commands.setting_option(
+        next(f for f in fields(TrainConfig) if f.name == "iterations")
+    )
     rebuilt = option(lambda **kw: None).__click_params__[0]
     assert rebuilt.help.endswith(f"[small: 1234, paper: {paper.iterations}]")
-    clip = train_commands.setting_option(next(f for f in fields(TrainConfig)
-                                              if f.name == "grad_clip"))
+    clip = train_commands.setting_option(
+        next(f for f in fields(TrainConfig) if f.name == "grad_clip")
+    )
     assert clip(lambda **kw: None).__click_params__[0].help.endswith("[small: 7, paper: 50]")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--batch", "0"], "Invalid value for '--batch': 0 is not in the range x>=1"),
-    (["--bits", "9"], "Invalid value for '--bits': 9 is not in the range 1<=x<=8"),
-    (["--lr", "0"], "Invalid value for '--lr'"),
-    (["--channels", "2"], "Invalid value for '--channels'"),
-    (["--synthetic-detail", "blurry"], "Invalid value for '--synthetic-detail'"),
-    (["--eval-every", "0"], "Invalid value for '--eval-every'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch", "0"], "Invalid value for '--batch': 0 is not in the range x>=1"),
+        (["--bits", "9"], "Invalid value for '--bits': 9 is not in the range 1<=x<=8"),
+        (["--lr", "0"], "Invalid value for '--lr'"),
+        (["--channels", "2"], "Invalid value for '--channels'"),
+        (["--synthetic-detail", "blurry"], "Invalid value for '--synthetic-detail'"),
+        (["--eval-every", "0"], "Invalid value for '--eval-every'"),
+    ],
+)
 def test_a_bad_value_is_refused_by_click(tmp_path, args, message):
-    done = run_in_process(["train", *args, "--out", tmp_path / "run"],
-                          env={"MISSINGGLOW_CACHE": tmp_path / "c"})
+    done = run_in_process(
+        ["train", *args, "--out", tmp_path / "run"], env={"MISSINGGLOW_CACHE": tmp_path / "c"}
+    )
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "run").exists()
 
 
 def test_values_click_lets_through_are_refused_in_one_line(tmp_path):
-    for args, message in ((["--lr", "nan"], "error: lr must be a finite number"),
-                          (["--size", "10"], "error: image size 10 must be divisible by 2^blocks"),
-                          (["--resume", tmp_path, "--lr", "1"], "only --iterations applies, "
-                                                                "not --lr")):
+    for args, message in (
+        (["--lr", "nan"], "error: lr must be a finite number"),
+        (["--size", "10"], "error: image size 10 must be divisible by 2^blocks"),
+        (["--resume", tmp_path, "--lr", "1"], "only --iterations applies, not --lr"),
+    ):
         done = run_in_process(["train", *args], env={"MISSINGGLOW_CACHE": tmp_path / "c"})
         assert done.returncode == 2 and message in done.stderr, done.stderr
         assert "Traceback" not in done.stderr

@@ -5,6 +5,7 @@ eagerly on the CPU ends where the old host-synced step does (float64); the CUDA-
 capture; the guard's rollback waits for the read after its run of bad steps; a loop iteration
 makes no sync-like op but one read every log_every steps; checkpoints are written in the
 background from a snapshot, and a failed write surfaces in the training thread."""
+
 import errno
 import json
 import os
@@ -27,9 +28,23 @@ from missingglow.training.step import StepLog, Stepper, TrainStep, synced_step
 from missingglow.training.syncs import sync_ops
 from missingglow.training.threads import Threads, busy_elsewhere
 
-TINY = dict(image_size=8, blocks=2, flows=2, hidden=8, batch=8, synthetic_count=48, square=3,
-            iterations=6, lr=1e-3, warmup=2, eval_every=1000, sample_every=1000,
-            checkpoint_every=3, log_every=1, heldout_images=8)
+TINY = dict(
+    image_size=8,
+    blocks=2,
+    flows=2,
+    hidden=8,
+    batch=8,
+    synthetic_count=48,
+    square=3,
+    iterations=6,
+    lr=1e-3,
+    warmup=2,
+    eval_every=1000,
+    sample_every=1000,
+    checkpoint_every=3,
+    log_every=1,
+    heldout_images=8,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -70,8 +85,9 @@ def test_guarded_adam_moves_as_torch_adam_and_a_bad_step_changes_nothing(gen):
         for params in (ours, plain, fused):
             for p, g in zip(params, grads, strict=True):
                 p.grad = g.clone()
-        before = [t.clone() for t in ours] + [t.clone() for v in guarded.state.values()
-                                              for t in v.values()]
+        before = [t.clone() for t in ours] + [
+            t.clone() for v in guarded.state.values() for t in v.values()
+        ]
         guarded.skip_unless(torch.tensor(not bad))
         guarded.step()
         kernel.found_inf = torch.tensor(float(bad))
@@ -81,7 +97,7 @@ def test_guarded_adam_moves_as_torch_adam_and_a_bad_step_changes_nothing(gen):
         else:  # parameters, moments and step counts exactly as they were (or as new)
             after = list(ours) + [t for v in guarded.state.values() for t in v.values()]
             if i == 0:
-                before += [torch.zeros_like(t) for t in after[len(before):]]
+                before += [torch.zeros_like(t) for t in after[len(before) :]]
             assert len(after) == len(before) and all(map(torch.equal, before, after))
     for a, b, c in zip(ours, plain, fused, strict=True):
         torch.testing.assert_close(a, b, atol=1e-15, rtol=0)
@@ -117,8 +133,7 @@ def test_the_sync_free_step_ends_where_the_synced_step_does_in_float64(gen):
     input, lr as a tensor, masked Adam, the guard on the device) run eagerly matches the old
     loop's step with torch's Adam to float64 rounding, skips the same step and sums the same
     losses."""
-    batches = [torch.rand(4, 3, 8, 8, generator=gen, dtype=torch.float64) - 0.5
-               for _ in range(6)]
+    batches = [torch.rand(4, 3, 8, 8, generator=gen, dtype=torch.float64) - 0.5 for _ in range(6)]
     runs = {}
     for kind in ("synced", "sync-free"):
         model = tiny_glow(torch.float64)
@@ -190,8 +205,9 @@ class Capture:
 
 
 def graphed(monkeypatch, capture):
-    monkeypatch.setattr(train_module.Distributed, "graph",
-                        lambda self, wanted, speak, why_not=None: wanted)
+    monkeypatch.setattr(
+        train_module.Distributed, "graph", lambda self, wanted, speak, why_not=None: wanted
+    )
     monkeypatch.setattr(step_module, "capture_cuda_graph", capture)
 
 
@@ -207,14 +223,16 @@ def nan_at(monkeypatch, calls):
 
 def test_graph_path_recaptures_after_a_rollback_and_ends_where_eager_does(tmp_path, monkeypatch):
     nan_at(monkeypatch, {4, 5})
-    eager = train_module.train(config(tmp_path, "eager", max_bad_steps=2, iterations=9,
-                                      graph=False), progress=False)
+    eager = train_module.train(
+        config(tmp_path, "eager", max_bad_steps=2, iterations=9, graph=False), progress=False
+    )
     monkeypatch.undo()
     capture = Capture()
     graphed(monkeypatch, capture)
     nan_at(monkeypatch, {4, 5})
-    run = train_module.train(config(tmp_path, "graph", max_bad_steps=2, iterations=9),
-                             progress=False)
+    run = train_module.train(
+        config(tmp_path, "graph", max_bad_steps=2, iterations=9), progress=False
+    )
     assert capture.count == 2  # after 3 eager steps, and again 3 steps after the rollback
     a, b = ckpt.load_checkpoint(eager), ckpt.load_checkpoint(run)
     assert a["state"] == b["state"] and b["state"]["rollbacks"] == 1
@@ -228,8 +246,10 @@ def test_a_failed_capture_says_so_once_and_trains_eagerly(tmp_path, monkeypatch)
     said = []
     run = train_module.train(config(tmp_path, "fallback"), progress=False, say=said.append)
     lines = [line for line in said if "CUDA graph" in line]
-    assert lines == ["the training step cannot run as a CUDA graph (RuntimeError: operation not "
-                     "permitted when stream is capturing); running it eagerly"]
+    assert lines == [
+        "the training step cannot run as a CUDA graph (RuntimeError: operation not "
+        "permitted when stream is capturing); running it eagerly"
+    ]
     assert capture.count == 1 and ckpt.load_checkpoint(run)["iteration"] == 6
 
 
@@ -246,15 +266,23 @@ class _Step:
 
 def test_stepper_warms_up_captures_replays_and_starts_over_after_reset():
     calls = []
-    stepper = Stepper(_Step(calls), True, print, warmup=2,
-                      capture=lambda step: (lambda: calls.append("replay")))
+    stepper = Stepper(
+        _Step(calls), True, print, warmup=2, capture=lambda step: lambda: calls.append("replay")
+    )
     for _ in range(4):
         stepper()
     stepper.reset()
     for _ in range(3):
         stepper()
-    assert [c for c in calls if c != "lr"] == ["eager", "eager", "replay", "replay",
-                                               "eager", "eager", "replay"]
+    assert [c for c in calls if c != "lr"] == [
+        "eager",
+        "eager",
+        "replay",
+        "replay",
+        "eager",
+        "eager",
+        "replay",
+    ]
     assert calls.count("lr") == 7  # the learning rate is staged before every step, replays too
 
 
@@ -268,8 +296,10 @@ def test_the_graph_is_tried_on_one_gpu_only_when_the_step_reads_nothing():
     assert not env.graph(True, said.append, "with memory saving (why)")
     env.world = 2
     assert not env.graph(True, said.append)
-    assert said == ["with memory saving (why) the training steps run eagerly, not as a CUDA graph",
-                    "under torchrun the training steps run eagerly, not as a CUDA graph"]
+    assert said == [
+        "with memory saving (why) the training steps run eagerly, not as a CUDA graph",
+        "under torchrun the training steps run eagerly, not as a CUDA graph",
+    ]
 
 
 # --- the guard's lag --------------------------------------------------------------------------
@@ -281,13 +311,18 @@ def test_a_rollback_waits_for_the_read_after_its_bad_run(tmp_path, monkeypatch):
     for; iterations 7 and 8 ran and are dropped with the rollback."""
     nan_at(monkeypatch, {5, 6})
     said = []
-    run = train_module.train(config(tmp_path, "lag", max_bad_steps=2, iterations=12, log_every=4,
-                                    checkpoint_every=4), progress=False, say=said.append)
+    run = train_module.train(
+        config(tmp_path, "lag", max_bad_steps=2, iterations=12, log_every=4, checkpoint_every=4),
+        progress=False,
+        say=said.append,
+    )
     payload = ckpt.load_checkpoint(run)
     assert payload["iteration"] == 12 and payload["state"]["rollbacks"] == 1
     assert payload["state"]["skipped"] == 2
-    assert ("iterations 5–6: 2 non-finite losses or gradients, steps skipped (at most 2 in a "
-            "row, 2 in all)") in said
+    assert (
+        "iterations 5–6: 2 non-finite losses or gradients, steps skipped (at most 2 in a "
+        "row, 2 in all)"
+    ) in said
     events = [m for m in metrics(run) if m.get("event") == "rollback"]
     assert [e["iter"] for e in events] == [4]
     logged = [m["iter"] for m in metrics(run) if "bpd" in m]
@@ -300,8 +335,14 @@ def test_a_rollback_waits_for_the_read_after_its_bad_run(tmp_path, monkeypatch):
 def syncs_per_iteration(tmp_path, name, impl, log_every=4):
     counts = []
     for iterations in (log_every, 3 * log_every):
-        c = config(tmp_path, f"{name}-{iterations}", iterations=iterations, log_every=log_every,
-                   checkpoint_every=1000, impl=impl)
+        c = config(
+            tmp_path,
+            f"{name}-{iterations}",
+            iterations=iterations,
+            log_every=log_every,
+            checkpoint_every=1000,
+            impl=impl,
+        )
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             train_module.train(c, progress=False, say=lambda line: None)
         counts.append(sum(sync_ops(prof.events()).values()))
@@ -362,8 +403,9 @@ def test_resume_takes_this_machines_settings_and_refuses_the_others():
 
 def test_a_resumed_run_takes_new_machine_settings(tmp_path):
     run = train_module.train(config(tmp_path, "m", iterations=3), progress=False)
-    train_module.train(resume=run, iterations=4, progress=False,
-                       machine={"eval_batch": 3, "graph": False})
+    train_module.train(
+        resume=run, iterations=4, progress=False, machine={"eval_batch": 3, "graph": False}
+    )
     stored = ckpt.load_checkpoint(run)["config"]
     assert stored["eval_batch"] == 3 and stored["graph"] is False and stored["lr"] == 1e-3
 
@@ -385,8 +427,13 @@ def test_threads_follow_the_cores_other_processes_leave_free(monkeypatch):
     import missingglow.training.threads as threads_module
 
     ticks = threads_module._TICKS
-    looks = iter([(0.0, 0, 0.0), (1.0, 1.9 * ticks, 1.0),   # others 0.9 core: one thread
-                  (2.0, 2.9 * ticks, 1.8)])                  # then 0.2 of a core: two
+    looks = iter(
+        [
+            (0.0, 0, 0.0),
+            (1.0, 1.9 * ticks, 1.0),  # others 0.9 core: one thread
+            (2.0, 2.9 * ticks, 1.8),
+        ]
+    )  # then 0.2 of a core: two
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads_module, "allowed_cores", lambda: [0, 1])
     monkeypatch.setattr(threads_module, "_snapshot", lambda cores: next(looks))
@@ -394,8 +441,10 @@ def test_threads_follow_the_cores_other_processes_leave_free(monkeypatch):
     try:
         threads = Threads(None, "cpu", said.append, look=0)
         assert threads.count == 1 and torch.get_num_threads() == 1
-        assert said == ["other processes keep 1 of this process's 2 cores busy: training with 1 "
-                        "thread and following the load (--threads N to fix it)"]
+        assert said == [
+            "other processes keep 1 of this process's 2 cores busy: training with 1 "
+            "thread and following the load (--threads N to fix it)"
+        ]
         assert threads.update() == 2 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

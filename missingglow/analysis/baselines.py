@@ -5,6 +5,7 @@ scikit-image's biharmonic inpainting and OpenCV's Telea and Navier–Stokes meth
 imported only here and only when asked for. `available()` says which ones can run and why the
 others cannot; our own harmonic fill (pure PyTorch) is always there.
 """
+
 import torch
 
 CLASSICAL = {  # name → (package to import, what to install)

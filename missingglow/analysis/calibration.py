@@ -28,6 +28,7 @@ observed pixels pasted back from the truth (GlowIP's protocol). SSIM is Wang et 
 moments; near the border the window is cut at the image's edge and renormalised, so the map has a
 value at every pixel (a hole at the border included) without inventing pixels by padding.
 """
+
 import math
 
 import torch
@@ -104,7 +105,7 @@ def sample_scores(samples, truth, missing, levels=LEVELS):
 
 
 def psnr(mse, data_range=1.0):
-    return 10 * torch.log10(data_range ** 2 / mse)
+    return 10 * torch.log10(data_range**2 / mse)
 
 
 def point_scores(completion, truth, missing, data_range=1.0):
@@ -116,14 +117,18 @@ def point_scores(completion, truth, missing, data_range=1.0):
     whole = ((pasted - truth) ** 2).mean((1, 2, 3))
     hole = missing[:, 0].double()
     ssim = (ssim_map(completion, truth, data_range) * hole).sum((1, 2)) / hole.sum((1, 2))
-    return {"rmse": mse.sqrt(), "psnr": psnr(mse, data_range), "ssim": ssim,
-            "psnr_whole": psnr(whole, data_range)}
+    return {
+        "rmse": mse.sqrt(),
+        "psnr": psnr(mse, data_range),
+        "ssim": ssim,
+        "psnr_whole": psnr(whole, data_range),
+    }
 
 
 def gaussian_window(size=SSIM_WINDOW, sigma=SSIM_SIGMA, dtype=torch.float64):
     """The 1-D Gaussian weights (size,), summing to 1; the 2-D window is their outer product."""
     x = torch.arange(size, dtype=dtype) - (size - 1) / 2
-    w = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    w = torch.exp(-(x**2) / (2 * sigma**2))
     return w / w.sum()
 
 
@@ -146,9 +151,10 @@ def ssim_map(a, b, data_range=1.0):
     window = gaussian_window().to(a.device)
     c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
     mu_a, mu_b = _local_mean(a, window), _local_mean(b, window)
-    var_a = _local_mean(a * a, window) - mu_a ** 2
-    var_b = _local_mean(b * b, window) - mu_b ** 2
+    var_a = _local_mean(a * a, window) - mu_a**2
+    var_b = _local_mean(b * b, window) - mu_b**2
     cov = _local_mean(a * b, window) - mu_a * mu_b
-    ssim = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)
-            / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2)))
+    ssim = (
+        (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    )
     return ssim.mean(1)

@@ -28,6 +28,7 @@ Methods:
 Holes other than the training square are filled with the split's grey, and every family is scored
 on the same held-out images.
 """
+
 import collections
 import math
 import os
@@ -47,10 +48,10 @@ from .invert import DEFAULTS as INVERT_DEFAULTS
 BASELINES = ("grey fill", "mean-colour fill", "harmonic fill")
 INVERT = "invert"
 POSTERIOR = "posterior (MALA)"
-POINT_SCORES = ("rmse_hole", "psnr_hole", "ssim_hole", "psnr_whole")   # point_scores' per image
+POINT_SCORES = ("rmse_hole", "psnr_hole", "ssim_hole", "psnr_whole")  # point_scores' per image
 SAMPLER_SCORES = ("coverage_50", "width_50", "coverage_90", "width_90", "crps", "best_rmse")
 NEW_SCORES = (*POINT_SCORES, *SAMPLER_SCORES)
-INTERVALS = ("coverage_50", "width_50", "coverage_90", "width_90")   # None for a point method
+INTERVALS = ("coverage_50", "width_50", "coverage_90", "width_90")  # None for a point method
 # sized for -n 100 on four families on a CPU in minutes (docs/imputation.md); impute's sampler
 # runs longer
 SAMPLING_DEFAULTS = dict(SAMPLING, warmup=40, steps=40)
@@ -70,7 +71,7 @@ class _Pool:
     def __init__(self):
         self.sse_in = self.n_in = self.sse_out = self.n_out = self.bad = self.images = 0
         self.seconds = 0.0
-        self.scores = collections.defaultdict(list)   # per-image scores of finite results
+        self.scores = collections.defaultdict(list)  # per-image scores of finite results
         self.samples = 1
 
     def add(self, errors, count, seconds=0.0):
@@ -100,14 +101,22 @@ class _Pool:
     def row(self, method, alpha):
         rmse_in = math.sqrt(self.sse_in / self.n_in) if self.n_in else float("nan")
         rmse_out = math.sqrt(self.sse_out / self.n_out) if self.n_out else float("nan")
-        row = {"method": method, "alpha": alpha, "rmse_in": rmse_in, "psnr_in": _psnr(rmse_in),
-               "rmse_out": rmse_out, "psnr_out": _psnr(rmse_out), "nonfinite": self.bad,
-               "images": self.images, "seconds_per_image": self.seconds / max(self.images, 1)}
+        row = {
+            "method": method,
+            "alpha": alpha,
+            "rmse_in": rmse_in,
+            "psnr_in": _psnr(rmse_in),
+            "rmse_out": rmse_out,
+            "psnr_out": _psnr(rmse_out),
+            "nonfinite": self.bad,
+            "images": self.images,
+            "seconds_per_image": self.seconds / max(self.images, 1),
+        }
         for key in NEW_SCORES:
             values = torch.cat(self.scores[key]) if self.scores[key] else torch.zeros(0)
             row[key] = values.mean().item() if values.numel() else float("nan")
         for key in INTERVALS if self.samples == 1 else ():
-            row[key] = None   # one sample has no interval
+            row[key] = None  # one sample has no interval
         row["samples"] = self.samples
         return row
 
@@ -125,8 +134,21 @@ def methods(iterations):
     return names
 
 
-def evaluate(run, n, alphas, iterations=1, seed=0, batch=50, say=None, invert_options=None,
-             classical=True, on_batch=None, masks=("square",), samples=0, posterior_options=None):
+def evaluate(
+    run,
+    n,
+    alphas,
+    iterations=1,
+    seed=0,
+    batch=50,
+    say=None,
+    invert_options=None,
+    classical=True,
+    on_batch=None,
+    masks=("square",),
+    samples=0,
+    posterior_options=None,
+):
     """Scores and bits/dim on the first n held-out images of the checkpoint's dataset.
 
     `invert_options`: keyword arguments of `invert` (None: its defaults). `classical`: also score
@@ -145,26 +167,36 @@ def evaluate(run, n, alphas, iterations=1, seed=0, batch=50, say=None, invert_op
     masks = tuple(masks)
     unknown = [m for m in masks if m not in FAMILIES]
     if unknown or not masks or len(set(masks)) != len(masks):
-        raise UserError(f"mask families are distinct names from {','.join(FAMILIES)}, not "
-                        f"{','.join(masks) or 'nothing'}")
+        raise UserError(
+            f"mask families are distinct names from {','.join(FAMILIES)}, not "
+            f"{','.join(masks) or 'nothing'}"
+        )
     if samples < 0:
         raise UserError(f"samples must be 0 (no sampler) or more, not {samples}")
     sampling = {**SAMPLING_DEFAULTS, **(posterior_options or {})}
     gamma = {**INVERT_DEFAULTS, **(invert_options or {})}["gamma"]
-    if samples and not (gamma > 0 and sampling["temperature"] > 0 and sampling["warmup"] >= 0
-                        and sampling["steps"] >= 0):
-        raise UserError(f"the posterior needs gamma and temperature above 0 and no negative "
-                        f"step counts, not gamma={gamma}, {sampling}")
+    if samples and not (
+        gamma > 0
+        and sampling["temperature"] > 0
+        and sampling["warmup"] >= 0
+        and sampling["steps"] >= 0
+    ):
+        raise UserError(
+            f"the posterior needs gamma and temperature above 0 and no negative "
+            f"step counts, not gamma={gamma}, {sampling}"
+        )
     run.need_dataset()
     c = run.config
     cache = dataset_of(c, run.image_size)
-    heldout = MaskedImages(cache, c["square"], c.get("squares", 1), c.get("seed", 0),
-                           split="heldout")
+    heldout = MaskedImages(
+        cache, c["square"], c.get("squares", 1), c.get("seed", 0), split="heldout"
+    )
     whole = n >= len(heldout)
     n = min(n, len(heldout))
     extra, skipped = baselines.available() if classical else ([], {})
-    scorer = _Scorer(run, alphas, iterations, extra, invert_options or {}, samples,
-                     dict(sampling, gamma=gamma))
+    scorer = _Scorer(
+        run, alphas, iterations, extra, invert_options or {}, samples, dict(sampling, gamma=gamma)
+    )
     families = {family: _Family() for family in masks}
     for start in range(0, n, batch):
         js = list(range(start, min(start + batch, n)))
@@ -182,18 +214,30 @@ def evaluate(run, n, alphas, iterations=1, seed=0, batch=50, say=None, invert_op
         rows = [state.pools[key].row(*key) for key in names]
         for r in rows:
             r["family"] = family
-        out[family] = {"rows": rows, "hole_share": state.hole_share(),
-                       "examples": state.examples}
+        out[family] = {"rows": rows, "hole_share": state.hole_share(), "examples": state.examples}
     bpd = heldout_bits_per_dim(run.model, heldout, run.n_bits, seed, n, batch)
     first = "square" if "square" in out else masks[0]
     posterior = None
     if samples:
-        posterior = dict(sampling, samples=samples, gamma=gamma,
-                         acceptance={f: s.acceptance() for f, s in families.items()})
-    return {"rows": out["square"]["rows"] if "square" in out else [], "families": out,
-            "masks": list(masks), "posterior": posterior, "bpd": bpd, "images": n,
-            "square": c["square"], "count": c.get("squares", 1), "whole_split": whole,
-            "skipped": skipped, "examples": out[first]["examples"]}
+        posterior = dict(
+            sampling,
+            samples=samples,
+            gamma=gamma,
+            acceptance={f: s.acceptance() for f, s in families.items()},
+        )
+    return {
+        "rows": out["square"]["rows"] if "square" in out else [],
+        "families": out,
+        "masks": list(masks),
+        "posterior": posterior,
+        "bpd": bpd,
+        "images": n,
+        "square": c["square"],
+        "count": c.get("squares", 1),
+        "whole_split": whole,
+        "skipped": skipped,
+        "examples": out[first]["examples"],
+    }
 
 
 def _family_batch(family, heldout, js, seed):
@@ -264,8 +308,10 @@ class _Scorer:
             state.examples.setdefault("input", ref_out[:8])
             state.examples.setdefault("original", truth[:8])
         timed(("grey fill", None), lambda: ref_out)
-        timed(("mean-colour fill", None),
-              lambda: torch.where(mask, observed_mean(ref_out, mask), ref_out))
+        timed(
+            ("mean-colour fill", None),
+            lambda: torch.where(mask, observed_mean(ref_out, mask), ref_out),
+        )
         timed(("harmonic fill", None), lambda: harmonic_fill(ref_out, mask))
         for name in self.extra:
             timed((name, None), lambda: baselines.inpaint(name, ref_out, mask))
@@ -274,8 +320,10 @@ class _Scorer:
             timed((names[0], alpha), lambda: restore(run.model, masked, [alpha], bits)[0])
             timed((names[1], alpha), lambda: restore(run.model, masked, [alpha], bits, mask)[0])
             if self.iterations > 1:
-                timed((names[2], alpha), lambda: restore(run.model, masked, [alpha], bits, mask,
-                                                         self.iterations)[0])
+                timed(
+                    (names[2], alpha),
+                    lambda: restore(run.model, masked, [alpha], bits, mask, self.iterations)[0],
+                )
         began = time.perf_counter()
         best, _, latent = invert(run.model, x0, mask, return_latent=True, **self.invert_options)
         map_seconds = time.perf_counter() - began
@@ -285,13 +333,21 @@ class _Scorer:
 
             began = time.perf_counter()
             draws, diagnostics = posterior_samples(
-                run.model, x0, mask, self.samples, gamma=self.sampling["gamma"],
-                temperature=self.sampling["temperature"], warmup=self.sampling["warmup"],
-                steps=self.sampling["steps"], generator=gen, start=latent[0])
+                run.model,
+                x0,
+                mask,
+                self.samples,
+                gamma=self.sampling["gamma"],
+                temperature=self.sampling["temperature"],
+                warmup=self.sampling["warmup"],
+                steps=self.sampling["steps"],
+                generator=gen,
+                start=latent[0],
+            )
             seconds = map_seconds + time.perf_counter() - began
             draws = from_model(draws.flatten(0, 1), bits).view(self.samples, *truth.shape)
             state.accepted.append(diagnostics.acceptance.flatten())
-            mean = torch.where(mask, draws.mean(0), ref_out)   # observed pixels exact
+            mean = torch.where(mask, draws.mean(0), ref_out)  # observed pixels exact
             add((POSTERIOR, None), mean, seconds, draws)
             if first:
                 for k in range(min(2, self.samples)):
@@ -330,19 +386,28 @@ def _label(row):
 
 
 # (key, heading, width, format) of the per-family tables
-_COLUMNS = (("rmse_hole", "RMSE", 8, ".4f"), ("psnr_hole", "PSNR", 7, ".2f"),
-            ("ssim_hole", "SSIM", 7, ".3f"), ("psnr_whole", "PSNR whole", 11, ".2f"),
-            ("crps", "CRPS", 8, ".4f"), ("coverage_50", "cov 50", 8, ".3f"),
-            ("coverage_90", "cov 90", 8, ".3f"), ("best_rmse", "best of N", 10, ".4f"))
+_COLUMNS = (
+    ("rmse_hole", "RMSE", 8, ".4f"),
+    ("psnr_hole", "PSNR", 7, ".2f"),
+    ("ssim_hole", "SSIM", 7, ".3f"),
+    ("psnr_whole", "PSNR whole", 11, ".2f"),
+    ("crps", "CRPS", 8, ".4f"),
+    ("coverage_50", "cov 50", 8, ".3f"),
+    ("coverage_90", "cov 90", 8, ".3f"),
+    ("best_rmse", "best of N", 10, ".4f"),
+)
 
 
 def _family_table(family, part):
-    lines = [f"holes: {family}, {100 * part['hole_share']:.1f} % of each image missing on "
-             f"average; per image, then averaged over finite results (α methods at their best α)",
-             f"{'method':<36}" + "".join(f"{h:>{w}}" for _, h, w, _ in _COLUMNS)]
+    lines = [
+        f"holes: {family}, {100 * part['hole_share']:.1f} % of each image missing on "
+        f"average; per image, then averaged over finite results (α methods at their best α)",
+        f"{'method':<36}" + "".join(f"{h:>{w}}" for _, h, w, _ in _COLUMNS),
+    ]
     for r in _best_rows(part["rows"]):
-        cells = "".join(f"{'—' if r.get(k) is None else format(r[k], f):>{w}}"
-                        for k, _, w, f in _COLUMNS)
+        cells = "".join(
+            f"{'—' if r.get(k) is None else format(r[k], f):>{w}}" for k, _, w, f in _COLUMNS
+        )
         lines.append(f"{_label(r):<36}{cells}")
     return lines
 
@@ -350,8 +415,10 @@ def _family_table(family, part):
 def format_report(result):
     rows = result["rows"]
     whole = " (the whole held-out split)" if result.get("whole_split") else ""
-    lines = [f"held-out images: {result['images']}{whole}, {result['count']} square(s) of "
-             f"{result['square']} px each; RMSE/PSNR on [0, 1] pixels, pooled over finite results"]
+    lines = [
+        f"held-out images: {result['images']}{whole}, {result['count']} square(s) of "
+        f"{result['square']} px each; RMSE/PSNR on [0, 1] pixels, pooled over finite results"
+    ]
     if rows:
         lines += _square_table(rows)
     for family, part in result.get("families", {}).items():
@@ -359,47 +426,65 @@ def format_report(result):
     p = result.get("posterior")
     if p:
         accepted = ", ".join(f"{f} {a:.2f}" for f, a in p["acceptance"].items())
-        lines.append(f"{POSTERIOR}: {p['samples']} draws per image from invert's solution, "
-                     f"t = {p['temperature']:g}, γ = {p['gamma']:g}, {p['warmup']} warm-up + "
-                     f"{p['steps']} kept steps; its point scores are the draws' mean; "
-                     f"acceptance {accepted}")
+        lines.append(
+            f"{POSTERIOR}: {p['samples']} draws per image from invert's solution, "
+            f"t = {p['temperature']:g}, γ = {p['gamma']:g}, {p['warmup']} warm-up + "
+            f"{p['steps']} kept steps; its point scores are the draws' mean; "
+            f"acceptance {accepted}"
+        )
     b = result["bpd"]
     bad = f", {b['nonfinite']} image pairs with non-finite log p left out" if b["nonfinite"] else ""
-    lines.append(f"held-out bits/dim: masked {b['masked']:.4f}, clean {b['clean']:.4f}, "
-                 f"gap (masked − clean) {b['gap']:+.4f}{bad}")
+    lines.append(
+        f"held-out bits/dim: masked {b['masked']:.4f}, clean {b['clean']:.4f}, "
+        f"gap (masked − clean) {b['gap']:+.4f}{bad}"
+    )
     return "\n".join(lines)
 
 
 def _square_table(rows):
     """The training square's table, pooled RMSE and PSNR per method and α."""
-    lines = [f"{'method':<30}{'alpha':>6}{'RMSE in':>10}{'PSNR in':>9}{'RMSE out':>10}"
-             f"{'PSNR out':>10}{'non-finite':>12}{'s/image':>10}"]
+    lines = [
+        f"{'method':<30}{'alpha':>6}{'RMSE in':>10}{'PSNR in':>9}{'RMSE out':>10}"
+        f"{'PSNR out':>10}{'non-finite':>12}{'s/image':>10}"
+    ]
     for r in rows:
         alpha = f"{r['alpha']:g}" if r["alpha"] is not None else "—"
-        lines.append(f"{r['method']:<30}{alpha:>6}{r['rmse_in']:>10.4f}{r['psnr_in']:>9.2f}"
-                     f"{r['rmse_out']:>10.4f}{r['psnr_out']:>10.2f}{r['nonfinite']:>12d}"
-                     f"{r['seconds_per_image']:>10.4f}")
+        lines.append(
+            f"{r['method']:<30}{alpha:>6}{r['rmse_in']:>10.4f}{r['psnr_in']:>9.2f}"
+            f"{r['rmse_out']:>10.4f}{r['psnr_out']:>10.2f}{r['nonfinite']:>12d}"
+            f"{r['seconds_per_image']:>10.4f}"
+        )
     baselines = {r["method"]: r for r in rows if r["alpha"] is None}
     for method in dict.fromkeys(r["method"] for r in rows if r["alpha"] is not None):
         best = best_alpha(rows, method)
         if best:
-            lines.append(f"best alpha for {method}: {best['alpha']:g} (RMSE in the square "
-                         f"{best['rmse_in']:.4f}; grey fill "
-                         f"{baselines['grey fill']['rmse_in']:.4f}, "
-                         f"mean-colour fill {baselines['mean-colour fill']['rmse_in']:.4f})")
+            lines.append(
+                f"best alpha for {method}: {best['alpha']:g} (RMSE in the square "
+                f"{best['rmse_in']:.4f}; grey fill "
+                f"{baselines['grey fill']['rmse_in']:.4f}, "
+                f"mean-colour fill {baselines['mean-colour fill']['rmse_in']:.4f})"
+            )
     return lines
 
 
-_CSV_KEYS = ("method", "alpha", "rmse_in", "psnr_in", "rmse_out", "psnr_out", "nonfinite",
-             "images", "seconds_per_image")
+_CSV_KEYS = (
+    "method",
+    "alpha",
+    "rmse_in",
+    "psnr_in",
+    "rmse_out",
+    "psnr_out",
+    "nonfinite",
+    "images",
+    "seconds_per_image",
+)
 _DECIMALS = {"rmse_in": 6, "psnr_in": 4, "rmse_out": 6, "psnr_out": 4, "seconds_per_image": 6}
 
 
 def _all_rows(result):
     """Every family's rows, square first as in "rows"; results from before families: "rows"."""
     families = result.get("families")
-    return [r for part in families.values() for r in part["rows"]] if families \
-        else result["rows"]
+    return [r for part in families.values() for r in part["rows"]] if families else result["rows"]
 
 
 def report_csv(path, result):
@@ -416,13 +501,16 @@ def report_csv(path, result):
         return f"{v:.6f}" if isinstance(v, float) else v
 
     header = [*_CSV_KEYS, "family", *NEW_SCORES, "samples"]
-    body = [[r["method"], "" if r["alpha"] is None else r["alpha"],
-             *(cell(r, k) for k in header[2:])] for r in _all_rows(result)]
+    body = [
+        [r["method"], "" if r["alpha"] is None else r["alpha"], *(cell(r, k) for k in header[2:])]
+        for r in _all_rows(result)
+    ]
     b = result["bpd"]
     pad = [""] * (len(header) - len(_CSV_KEYS))
-    body += [[f"bits/dim {k}", "", f"{b[key]:.6f}", "", "", "", b["nonfinite"], b["images"], "",
-              *pad] for k, key in (("masked", "masked"), ("clean", "clean"),
-                                   ("gap (masked - clean)", "gap"))]
+    body += [
+        [f"bits/dim {k}", "", f"{b[key]:.6f}", "", "", "", b["nonfinite"], b["images"], "", *pad]
+        for k, key in (("masked", "masked"), ("clean", "clean"), ("gap (masked - clean)", "gap"))
+    ]
     return write_csv(path, header, body)
 
 
@@ -440,18 +528,29 @@ def report_json(path, result):
     def rows(rs):
         return [{k: _clean(r.get(k)) for k in keys} for r in rs]
 
-    families = {f: {"rows": rows(part["rows"]), "hole_share": _clean(part["hole_share"])}
-                for f, part in result.get("families", {}).items()}
+    families = {
+        f: {"rows": rows(part["rows"]), "hole_share": _clean(part["hole_share"])}
+        for f, part in result.get("families", {}).items()
+    }
     posterior = result.get("posterior")
     if posterior:
-        posterior = {k: ({f: _clean(a) for f, a in v.items()} if isinstance(v, dict)
-                         else _clean(v)) for k, v in posterior.items()}
-    return write_json(path, {"rows": rows(result["rows"]),
-                             "bpd": {k: _clean(v) for k, v in result["bpd"].items()},
-                             "images": result["images"], "square": result["square"],
-                             "skipped": result.get("skipped", {}),
-                             "masks": result.get("masks", ["square"]), "families": families,
-                             "posterior": posterior})
+        posterior = {
+            k: ({f: _clean(a) for f, a in v.items()} if isinstance(v, dict) else _clean(v))
+            for k, v in posterior.items()
+        }
+    return write_json(
+        path,
+        {
+            "rows": rows(result["rows"]),
+            "bpd": {k: _clean(v) for k, v in result["bpd"].items()},
+            "images": result["images"],
+            "square": result["square"],
+            "skipped": result.get("skipped", {}),
+            "masks": result.get("masks", ["square"]),
+            "families": families,
+            "posterior": posterior,
+        },
+    )
 
 
 def comparison_sheet(result, min_tile=48, family=None):
@@ -487,17 +586,33 @@ def report_plot(result):
     flows = list(dict.fromkeys(r["method"] for r in rows if r["alpha"] is not None))
     alphas = sorted({r["alpha"] for r in rows if r["alpha"] is not None})
     panels = []
-    for key, title in (("rmse_in", f"RMSE inside the hole ({which}; vs the clean original)"),
-                       ("rmse_out", f"RMSE outside the hole ({which}; vs the input)")):
-        series = [Series(m, [r["alpha"] for r in rows if r["method"] == m],
-                         [r[key] for r in rows if r["method"] == m]) for m in flows]
+    for key, title in (
+        ("rmse_in", f"RMSE inside the hole ({which}; vs the clean original)"),
+        ("rmse_out", f"RMSE outside the hole ({which}; vs the input)"),
+    ):
+        series = [
+            Series(
+                m,
+                [r["alpha"] for r in rows if r["method"] == m],
+                [r[key] for r in rows if r["method"] == m],
+            )
+            for m in flows
+        ]
         for b in dict.fromkeys(r["method"] for r in rows if r["alpha"] is None):
             value = next(r[key] for r in rows if r["method"] == b)
-            series.append(Series(b, [alphas[0], alphas[-1]], [value, value], dashed=True,
-                                 markers=False))
+            series.append(
+                Series(b, [alphas[0], alphas[-1]], [value, value], dashed=True, markers=False)
+            )
         bad = sum(r["nonfinite"] for r in rows)
-        panels.append(line_chart(series, title=title, xlabel="alpha", ylabel="RMSE",
-                                 note=f"{bad} non-finite results left out" if bad else None))
+        panels.append(
+            line_chart(
+                series,
+                title=title,
+                xlabel="alpha",
+                ylabel="RMSE",
+                note=f"{bad} non-finite results left out" if bad else None,
+            )
+        )
     if result.get("posterior"):
         panels.append(coverage_chart(result))
     return stack(panels)
@@ -514,10 +629,14 @@ def coverage_chart(result):
         row = next(r for r in part["rows"] if r["method"] == POSTERIOR)
         series.append(Series(family, levels, [row["coverage_50"], row["coverage_90"]]))
     p = result["posterior"]
-    return line_chart(series, title=f"{POSTERIOR}: coverage of the central intervals "
-                                    f"({p['samples']} draws, t = {p['temperature']:g})",
-                      xlabel="nominal level", ylabel="share of true hole values inside",
-                      ylim=(0.0, 1.0))
+    return line_chart(
+        series,
+        title=f"{POSTERIOR}: coverage of the central intervals "
+        f"({p['samples']} draws, t = {p['temperature']:g})",
+        xlabel="nominal level",
+        ylabel="share of true hole values inside",
+        ylim=(0.0, 1.0),
+    )
 
 
 def write_report(result, out, json_path=None):
@@ -526,8 +645,10 @@ def write_report(result, out, json_path=None):
     JSON too; returns the paths written."""
     from ..render.images import save_png
 
-    paths = [report_csv(os.path.join(out, "evaluation.csv"), result),
-             save_png(report_plot(result), os.path.join(out, "evaluation.png"))]
+    paths = [
+        report_csv(os.path.join(out, "evaluation.csv"), result),
+        save_png(report_plot(result), os.path.join(out, "evaluation.png")),
+    ]
     families = result.get("families") or {"square": None}
     for family in families:
         name = "comparison.png" if family == "square" else f"comparison-{family}.png"

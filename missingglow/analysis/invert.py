@@ -12,6 +12,7 @@ grey), and ends by putting every observed pixel back exactly. With several sampl
 its own small Gaussian perturbation of the latent, so the completions show what the model is unsure
 of.
 """
+
 import torch
 
 OPTIMISERS = ("adam", "sgd")
@@ -35,8 +36,12 @@ def harmonic_fill(images, missing, iterations=None):
     x = torch.where(missing, observed_mean(images, missing), images)
     for _ in range(iterations or 4 * images.shape[-1]):
         padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")
-        average = (padded[..., :-2, 1:-1] + padded[..., 2:, 1:-1]
-                   + padded[..., 1:-1, :-2] + padded[..., 1:-1, 2:]) / 4
+        average = (
+            padded[..., :-2, 1:-1]
+            + padded[..., 2:, 1:-1]
+            + padded[..., 1:-1, :-2]
+            + padded[..., 1:-1, 2:]
+        ) / 4
         x = torch.where(missing, average, images)
     return x
 
@@ -49,10 +54,23 @@ def objective(model, z, x, observed, gamma):
 
 
 @torch.enable_grad()  # callers may run under no_grad (evaluate does); the search needs gradients
-def invert(model, x, missing, *, gamma=DEFAULTS["gamma"], steps=DEFAULTS["steps"],
-           lr=DEFAULTS["lr"], alpha=DEFAULTS["alpha"], start=DEFAULTS["start"],
-           optimiser=DEFAULTS["optimiser"], samples=1, spread=0.1, generator=None, on_step=None,
-           return_latent=False):
+def invert(
+    model,
+    x,
+    missing,
+    *,
+    gamma=DEFAULTS["gamma"],
+    steps=DEFAULTS["steps"],
+    lr=DEFAULTS["lr"],
+    alpha=DEFAULTS["alpha"],
+    start=DEFAULTS["start"],
+    optimiser=DEFAULTS["optimiser"],
+    samples=1,
+    spread=0.1,
+    generator=None,
+    on_step=None,
+    return_latent=False,
+):
     """Complete preprocessed images x (B, C, S, S) where `missing` (B, 1, S, S) is True.
 
     Returns (samples, B, C, S, S) completions in model space, observed pixels exactly as in x, and
@@ -77,8 +95,11 @@ def invert(model, x, missing, *, gamma=DEFAULTS["gamma"], steps=DEFAULTS["steps"
         z0 = z0 + spread * noise
     xs, obs = x.repeat(samples, 1, 1, 1), observed.repeat(samples, 1, 1, 1)
     z = z0.clone().requires_grad_(True)
-    opt = (torch.optim.Adam([z], lr=lr) if optimiser == "adam"
-           else torch.optim.SGD([z], lr=lr, momentum=0.9))
+    opt = (
+        torch.optim.Adam([z], lr=lr)
+        if optimiser == "adam"
+        else torch.optim.SGD([z], lr=lr, momentum=0.9)
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         p.requires_grad_(False)

@@ -6,6 +6,7 @@ the norm concentrates near √D; the table prints it beside the statistics.
 All variants use the same images and the same dequantisation noise, so they differ only by their
 squares. Non-finite norms are counted and left out of the statistics.
 """
+
 import math
 import os
 
@@ -26,8 +27,11 @@ def variants(square, count, image_size):
         size = 0 if k == 0 else min(image_size, max(1, round(k * image_size / 64)))
         if any(v[1] == size for v in out):
             continue
-        label = ("no square" if size == 0
-                 else f"{size}×{size}" + (" (trained)" if size == square else ""))
+        label = (
+            "no square"
+            if size == 0
+            else f"{size}×{size}" + (" (trained)" if size == square else "")
+        )
         out.append((label, size, count if size else 0, "sizes"))
     for c in PAPER_COUNTS:
         trained = " (trained)" if c == count else ""
@@ -53,7 +57,7 @@ def latent_norms(run, n, seed=0, batch=50):
             continue
         items = MaskedImages(cache, size, k, c.get("seed", 0), split="heldout")
         m = min(n, len(items))
-        gen = generator(seed, "latent-norms-noise")   # the same noise for every variant
+        gen = generator(seed, "latent-norms-noise")  # the same noise for every variant
         out = []
         for start in range(0, m, batch):
             masked, _, _ = items.batch(list(range(start, min(start + batch, m))))
@@ -61,7 +65,7 @@ def latent_norms(run, n, seed=0, batch=50):
             x = dequantize(quantize(masked, run.n_bits), run.n_bits, generator=gen)
             out.append(run.model.encode(x).norm(dim=1))
         norms[label] = done[(size, k)] = torch.cat(out)
-    dims = run.model.in_channels * run.image_size ** 2
+    dims = run.model.in_channels * run.image_size**2
     return {"norms": norms, "variants": specs, "dims": dims}
 
 
@@ -70,28 +74,51 @@ def summary_rows(result):
     for label, values in result["norms"].items():
         ok = values[torch.isfinite(values)]
         if len(ok):
-            q = torch.quantile(ok.double(),
-                               torch.tensor([0.25, 0.5, 0.75], dtype=torch.double)).tolist()
+            q = torch.quantile(
+                ok.double(), torch.tensor([0.25, 0.5, 0.75], dtype=torch.double)
+            ).tolist()
             std = ok.std(unbiased=False).item()
-            rows.append({"label": label, "n": len(values), "mean": ok.mean().item(), "std": std,
-                         "q25": q[0], "median": q[1], "q75": q[2],
-                         "nonfinite": len(values) - len(ok)})
+            rows.append(
+                {
+                    "label": label,
+                    "n": len(values),
+                    "mean": ok.mean().item(),
+                    "std": std,
+                    "q25": q[0],
+                    "median": q[1],
+                    "q75": q[2],
+                    "nonfinite": len(values) - len(ok),
+                }
+            )
         else:
             nan = float("nan")
-            rows.append({"label": label, "n": len(values), "mean": nan, "std": nan, "q25": nan,
-                         "median": nan, "q75": nan, "nonfinite": len(values)})
+            rows.append(
+                {
+                    "label": label,
+                    "n": len(values),
+                    "mean": nan,
+                    "std": nan,
+                    "q25": nan,
+                    "median": nan,
+                    "q75": nan,
+                    "nonfinite": len(values),
+                }
+            )
     return rows
 
 
 def format_table(result):
     rows = summary_rows(result)
-    lines = [f"‖Φ(x)‖ on held-out images (D = {result['dims']}, "
-             f"√D = {math.sqrt(result['dims']):.1f})",
-             f"{'squares':<26}{'n':>5}{'mean':>10}{'std':>9}{'q25':>10}{'median':>10}{'q75':>10}"
-             f"{'non-finite':>12}"]
+    lines = [
+        f"‖Φ(x)‖ on held-out images (D = {result['dims']}, √D = {math.sqrt(result['dims']):.1f})",
+        f"{'squares':<26}{'n':>5}{'mean':>10}{'std':>9}{'q25':>10}{'median':>10}{'q75':>10}"
+        f"{'non-finite':>12}",
+    ]
     for r in rows:
-        lines.append(f"{r['label']:<26}{r['n']:>5d}{r['mean']:>10.2f}{r['std']:>9.2f}{r['q25']:>10.2f}"
-                     f"{r['median']:>10.2f}{r['q75']:>10.2f}{r['nonfinite']:>12d}")
+        lines.append(
+            f"{r['label']:<26}{r['n']:>5d}{r['mean']:>10.2f}{r['std']:>9.2f}{r['q25']:>10.2f}"
+            f"{r['median']:>10.2f}{r['q75']:>10.2f}{r['nonfinite']:>12d}"
+        )
     return "\n".join(lines)
 
 
@@ -99,8 +126,19 @@ def norms_csv(path, result):
     from ..atomic import write_csv
 
     header = ["squares", "n", "mean", "std", "q25", "median", "q75", "nonfinite"]
-    body = [[r["label"], r["n"], f"{r['mean']:.4f}", f"{r['std']:.4f}", f"{r['q25']:.4f}",
-             f"{r['median']:.4f}", f"{r['q75']:.4f}", r["nonfinite"]] for r in summary_rows(result)]
+    body = [
+        [
+            r["label"],
+            r["n"],
+            f"{r['mean']:.4f}",
+            f"{r['std']:.4f}",
+            f"{r['q25']:.4f}",
+            f"{r['median']:.4f}",
+            f"{r['q75']:.4f}",
+            r["nonfinite"],
+        ]
+        for r in summary_rows(result)
+    ]
     return write_csv(path, header, body)
 
 
@@ -108,13 +146,16 @@ def norms_plot(result):
     from ..render.plot import histogram_chart, stack
 
     panels = []
-    for panel, title in (("sizes", "‖Φ(x)‖ by square size"),
-                         ("counts", "‖Φ(x)‖ by number of squares")):
+    for panel, title in (
+        ("sizes", "‖Φ(x)‖ by square size"),
+        ("counts", "‖Φ(x)‖ by number of squares"),
+    ):
         labels = list(dict.fromkeys(label for label, _, _, p in result["variants"] if p == panel))
         groups = [(label, result["norms"][label].tolist()) for label in labels]
         bad = sum(int((~torch.isfinite(result["norms"][label])).sum()) for label in labels)
-        note = (f"√D = {math.sqrt(result['dims']):.1f}"
-                + (f"; {bad} non-finite norms left out" if bad else ""))
+        note = f"√D = {math.sqrt(result['dims']):.1f}" + (
+            f"; {bad} non-finite norms left out" if bad else ""
+        )
         panels.append(histogram_chart(groups, title=title, xlabel="‖Φ(x)‖", note=note))
     return stack(panels)
 
@@ -123,5 +164,7 @@ def write_latent_norms(result, out):
     """The summary CSV and the histograms into folder `out`; returns the paths written."""
     from ..render.images import save_png
 
-    return [norms_csv(os.path.join(out, "latent-norms.csv"), result),
-            save_png(norms_plot(result), os.path.join(out, "latent-norms.png"))]
+    return [
+        norms_csv(os.path.join(out, "latent-norms.csv"), result),
+        save_png(norms_plot(result), os.path.join(out, "latent-norms.png")),
+    ]

@@ -22,6 +22,7 @@ model's samples have (noise, a tint on the squares, blur, or all three), to be s
 `faint()` gives crops of any size with faint squares (square_bank.blend): grey laid over at an
 opacity, edges feathered.
 """
+
 import ast
 import importlib.util
 import math
@@ -41,11 +42,30 @@ SIZE = 64
 SQUARES = (8, 12, 16, 20)
 GAP = 2
 EDGE = 0.04
-COLOUR = ("astronaut.png", "chelsea.png", "coffee.png", "hubble_deep_field.jpg", "ihc.png",
-          "motorcycle_left.png", "retina.jpg", "rocket.jpg")
-GREYSCALE = ("camera.png", "coins.png", "moon.png", "page.png", "text.png", "brick.png",
-             "grass.png", "gravel.png", "cell.png", "microaneurysms.png", "clock_motion.png",
-             "lfw_subset.npy")
+COLOUR = (
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "motorcycle_left.png",
+    "retina.jpg",
+    "rocket.jpg",
+)
+GREYSCALE = (
+    "camera.png",
+    "coins.png",
+    "moon.png",
+    "page.png",
+    "text.png",
+    "brick.png",
+    "grass.png",
+    "gravel.png",
+    "cell.png",
+    "microaneurysms.png",
+    "clock_motion.png",
+    "lfw_subset.npy",
+)
 LOOKS = ("colour", "grey", "converted")
 PLACES = ("anywhere", "border", "dark", "grey")
 DEGRADATIONS = ("noise", "tint", "blur", "blur+noise+tint")
@@ -62,8 +82,9 @@ def folder():
 
 def available():
     path = folder()
-    return path is not None and all(os.path.isfile(os.path.join(path, f))
-                                    for f in COLOUR + GREYSCALE)
+    return path is not None and all(
+        os.path.isfile(os.path.join(path, f)) for f in COLOUR + GREYSCALE
+    )
 
 
 def _npy(path):
@@ -73,7 +94,7 @@ def _npy(path):
     major = data[6]
     length = int.from_bytes(data[8:10] if major == 1 else data[8:12], "little")
     start = (10 if major == 1 else 12) + length
-    header = ast.literal_eval(data[start - length:start].decode("latin1"))
+    header = ast.literal_eval(data[start - length : start].decode("latin1"))
     if header["descr"] != "<f8" or header["fortran_order"]:
         raise ValueError(f"unexpected .npy layout in {path}: {header}")
     return torch.frombuffer(bytearray(data[start:]), dtype=torch.float64).view(header["shape"])
@@ -90,8 +111,9 @@ def photos():
             faces = _npy(os.path.join(path, name))[:100]
             for i, face in enumerate(faces):
                 pixels = (face.clamp(0, 1) * 255).round().to(torch.uint8)
-                out[f"lfw-{i}"] = Image.frombytes("L", (pixels.shape[1], pixels.shape[0]),
-                                                  bytes(pixels.flatten().tolist()))
+                out[f"lfw-{i}"] = Image.frombytes(
+                    "L", (pixels.shape[1], pixels.shape[0]), bytes(pixels.flatten().tolist())
+                )
             continue
         with Image.open(os.path.join(path, name)) as img:
             out[name] = img.convert("RGB" if name in COLOUR else "L")
@@ -114,15 +136,17 @@ def _ring(image, t, l, k):
     """The pixels (C, n) just outside box (t, l, k), within the image."""
     size = image.shape[-1]
     inside = torch.zeros(size, size, dtype=torch.bool)
-    inside[max(t - 1, 0):t + k + 1, max(l - 1, 0):l + k + 1] = True
-    inside[t:t + k, l:l + k] = False
+    inside[max(t - 1, 0) : t + k + 1, max(l - 1, 0) : l + k + 1] = True
+    inside[t : t + k, l : l + k] = False
     return image[:, inside]
 
 
 def _apart(box, boxes, gap):
     t, l, k = box
-    return all(t + k + gap <= bt or bt + bk + gap <= t or l + k + gap <= bl or bl + bk + gap <= l
-               for bt, bl, bk in boxes)
+    return all(
+        t + k + gap <= bt or bt + bk + gap <= t or l + k + gap <= bl or bl + bk + gap <= l
+        for bt, bl, bk in boxes
+    )
 
 
 def place(rng, image, k, count, tries=60, gap=GAP, edge=EDGE):
@@ -139,7 +163,7 @@ def place(rng, image, k, count, tries=60, gap=GAP, edge=EDGE):
             if way == "border":
                 t, l = rng.randrange(span + 1), rng.choice((0, span))
                 t, l = (t, l) if rng.random() < 0.5 else (l, t)
-                if rng.random() < 0.3:                                 # a corner
+                if rng.random() < 0.3:  # a corner
                     t = rng.choice((0, span))
             else:
                 t, l = rng.randrange(span + 1), rng.randrange(span + 1)
@@ -153,8 +177,10 @@ def place(rng, image, k, count, tries=60, gap=GAP, edge=EDGE):
         if way == "dark":
             box = min(options, key=lambda b: _ring(image, *b).mean().item())
         elif way == "grey":
+
             def near_grey(b):
                 return ((_ring(image, *b) - GREY).abs().amax(0) <= 0.06).float().mean().item()
+
             box = max(options, key=near_grey)
         else:
             box = options[0]
@@ -166,7 +192,7 @@ def place(rng, image, k, count, tries=60, gap=GAP, edge=EDGE):
 def paste(image, boxes, fill=None):
     out = image.clone()
     for t, l, k in boxes:
-        out[:, t:t + k, l:l + k] = GREY if fill is None else fill
+        out[:, t : t + k, l : l + k] = GREY if fill is None else fill
     return out
 
 
@@ -189,8 +215,9 @@ def bank(seed=0, per_cell=2, free=None):
     cells = [(look, k, n) for look in LOOKS for k in SQUARES for n in (1, 2, 3)]
     free = len(LOOKS) * len(SQUARES) * per_cell if free is None else free
     jobs = [c for c in cells for _ in range(per_cell)]
-    jobs += [(LOOKS[i % len(LOOKS)], SQUARES[i // len(LOOKS) % len(SQUARES)], 0)
-             for i in range(free)]
+    jobs += [
+        (LOOKS[i % len(LOOKS)], SQUARES[i // len(LOOKS) % len(SQUARES)], 0) for i in range(free)
+    ]
     for look, k, n in jobs:
         while True:
             name = _pick(rng, look)
@@ -210,12 +237,12 @@ def degrade(image, boxes, how, rng, grey):
     """What a model's samples have: Gaussian noise (0.03), a tint on the squares (±0.06 per
     channel; the same on all three in a grayscale image), a Gaussian blur (radius 0.7). Noise on a
     grayscale image is the same on its three channels."""
-    g = torch.Generator().manual_seed(rng.randrange(2 ** 31))
+    g = torch.Generator().manual_seed(rng.randrange(2**31))
     out = image.clone()
     if "tint" in how:
         for t, l, k in boxes:
             shift = (torch.rand(1 if grey else 3, 1, 1, generator=g) - 0.5) * 0.12
-            out[:, t:t + k, l:l + k] = GREY + shift.expand(3, 1, 1)
+            out[:, t : t + k, l : l + k] = GREY + shift.expand(3, 1, 1)
     if "blur" in how:
         out = from_pil(to_pil(out).filter(ImageFilter.GaussianBlur(0.7)))
     if "noise" in how:
@@ -227,7 +254,7 @@ def degrade(image, boxes, how, rng, grey):
 def degraded(seed=0, per_cell=2, free=None, images=None):
     """The images of bank(seed, …), each with one degradation (in turn): info gains 'degradation'.
     Quantised to 8 bits, as a saved sample would be. `images`: that bank, if already built."""
-    rng = random.Random(seed + 10 ** 6)
+    rng = random.Random(seed + 10**6)
     for i, (image, boxes, info) in enumerate(images or bank(seed, per_cell, free)):
         how = DEGRADATIONS[i % len(DEGRADATIONS)]
         out = degrade(image, boxes, how, rng, info["look"] != "colour")
@@ -255,8 +282,9 @@ def faint_crops(seed=0, size=SIZE, square=12, images=48, free=0):
             if placed is not None:
                 break
         boxes, ways = placed
-        out.append((base, boxes, {"photo": name, "look": look, "K": square, "count": count,
-                                  "ways": ways}))
+        out.append(
+            (base, boxes, {"photo": name, "look": look, "K": square, "count": count, "ways": ways})
+        )
     return out
 
 
@@ -266,8 +294,11 @@ def faint(seed=0, opacity=1.0, feather=0, size=SIZE, square=12, images=48, free=
     Yields (image, truth boxes, info). The crops and the boxes do not depend on opacity or
     feather, so every setting scores the same squares."""
     for base, boxes, info in faint_crops(seed, size, square, images, free):
-        yield blend(base, boxes, opacity, feather), boxes, \
-            {**info, "opacity": opacity, "feather": feather}
+        yield (
+            blend(base, boxes, opacity, feather),
+            boxes,
+            {**info, "opacity": opacity, "feather": feather},
+        )
 
 
 def score(detect_fn, images):
@@ -292,16 +323,21 @@ def score(detect_fn, images):
     free = [r for r in rows if not r[1]]
     tp, fp, fn = (sum(r[i] for r in rows) for i in (3, 4, 5))
     return {
-        "images": len(rows), "exact": exact(rows),
-        "under": sum(r[2] < r[1] for r in rows), "over": sum(r[2] > r[1] for r in rows),
+        "images": len(rows),
+        "exact": exact(rows),
+        "under": sum(r[2] < r[1] for r in rows),
+        "over": sum(r[2] > r[1] for r in rows),
         "with_squares": exact(with_squares),
         "free_fired": (sum(r[2] > 0 for r in free), len(free)),
         "by_look": {look: exact(r for r in rows if r[0]["look"] == look) for look in LOOKS},
         "by_K": {k: exact(r for r in rows if r[0]["K"] == k) for k in SQUARES},
-        "by_degradation": {d: exact(r for r in rows if r[0].get("degradation") == d)
-                           for d in DEGRADATIONS if any(r[0].get("degradation") == d
-                                                        for r in rows)},
+        "by_degradation": {
+            d: exact(r for r in rows if r[0].get("degradation") == d)
+            for d in DEGRADATIONS
+            if any(r[0].get("degradation") == d for r in rows)
+        },
         "found_by_way": {w: tuple(v) for w, v in ways.items()},
-        "precision": tp / max(tp + fp, 1), "recall": tp / max(tp + fn, 1),
+        "precision": tp / max(tp + fp, 1),
+        "recall": tp / max(tp + fn, 1),
         "misses": [(r[0], r[1], r[2]) for r in rows if r[1] != r[2]],
     }

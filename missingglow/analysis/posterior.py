@@ -19,6 +19,7 @@ side by side. Each chain adapts its own step size during warm-up (dual averaging
 for the kept steps, so those come from one valid kernel. Only `model.decode` (and `model.encode`
 to start from images) is used; model parameters get no gradients.
 """
+
 from typing import NamedTuple
 
 import torch
@@ -34,9 +35,10 @@ _FIRST_STEP_TRIES = 40  # doublings or halvings when looking for a first step si
 
 class Diagnostics(NamedTuple):
     """What a run of chains says about itself; (n, B) per chain unless stated."""
-    acceptance: torch.Tensor      # share of the kept steps accepted (NaN with steps = 0)
-    step_size: torch.Tensor       # the fixed step size of the kept steps
-    latent: torch.Tensor          # (n, B, D) each chain's last state (to go on from it)
+
+    acceptance: torch.Tensor  # share of the kept steps accepted (NaN with steps = 0)
+    step_size: torch.Tensor  # the fixed step size of the kept steps
+    latent: torch.Tensor  # (n, B, D) each chain's last state (to go on from it)
     noise_variance: torch.Tensor  # (B,) σ² of each image's observation model
 
 
@@ -48,12 +50,25 @@ def noise_variance(gamma, observed_values, dim):
 def energy(model, z, x, observed, sigma2, temperature):
     """U per chain: Σ over observed values of (decode(z) − x)² / 2σ² + ½‖z‖² / t²."""
     fit = ((model.decode(z) - x) ** 2 * observed).sum((1, 2, 3))
-    return fit / (2 * sigma2) + 0.5 * (z * z).sum(1) / temperature ** 2
+    return fit / (2 * sigma2) + 0.5 * (z * z).sum(1) / temperature**2
 
 
 @torch.enable_grad()  # callers may run under no_grad; the Langevin step needs ∇U
-def posterior_samples(model, x, missing, n, *, gamma, temperature=1.0, steps, warmup, generator,
-                      start=None, step_size=None, on_step=None):
+def posterior_samples(
+    model,
+    x,
+    missing,
+    n,
+    *,
+    gamma,
+    temperature=1.0,
+    steps,
+    warmup,
+    generator,
+    start=None,
+    step_size=None,
+    on_step=None,
+):
     """Draw n completions per image of x (B, C, S, S) in model space, `missing` (B, 1, S, S).
 
     Returns (completions (n, B, C, S, S) with every observed pixel exactly as in x, Diagnostics).
@@ -71,8 +86,10 @@ def posterior_samples(model, x, missing, n, *, gamma, temperature=1.0, steps, wa
     if temperature <= 0:
         raise UserError(f"temperature must be positive, not {temperature}")
     if n < 1 or steps < 0 or warmup < 0:
-        raise UserError(f"need at least one chain and no negative step counts (n={n}, "
-                        f"steps={steps}, warmup={warmup})")
+        raise UserError(
+            f"need at least one chain and no negative step counts (n={n}, "
+            f"steps={steps}, warmup={warmup})"
+        )
     b = x.shape[0]
     observed = (~missing).to(x.dtype)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -93,7 +110,7 @@ def posterior_samples(model, x, missing, n, *, gamma, temperature=1.0, steps, wa
         if not torch.isfinite(chain.u).all():
             raise UserError("the start decodes to non-finite pixels; start from other latents")
         if step_size is None:
-            eps = chain.first_step_size(temperature ** 2)
+            eps = chain.first_step_size(temperature**2)
         else:
             eps = torch.as_tensor(step_size, dtype=z.dtype).to(z.device)
             eps = eps.reshape(-1).expand(n * b).clone() if eps.numel() in (1, n * b) else None
@@ -118,8 +135,7 @@ def posterior_samples(model, x, missing, n, *, gamma, temperature=1.0, steps, wa
             p.requires_grad_(True)
     out = torch.where(missing.repeat(n, 1, 1, 1), out, xs)
     rate = accepted / steps if steps else torch.full_like(eps, float("nan"))
-    diagnostics = Diagnostics(rate.view(n, b), eps.view(n, b), chain.z.view(n, b, -1),
-                              sigma2)
+    diagnostics = Diagnostics(rate.view(n, b), eps.view(n, b), chain.z.view(n, b, -1), sigma2)
     return out.view(n, b, *x.shape[1:]), diagnostics
 
 
@@ -131,8 +147,10 @@ def _start(model, x, missing, n, start):
     if start.dim() in (4, 5):
         images = start if start.dim() == 5 else start.unsqueeze(0)
         if images.shape[1:] != x.shape or images.shape[0] not in (1, n):
-            raise ValueError(f"start images must be (B, C, S, S) or (n, B, C, S, S) like x, "
-                             f"not {tuple(start.shape)}")
+            raise ValueError(
+                f"start images must be (B, C, S, S) or (n, B, C, S, S) like x, "
+                f"not {tuple(start.shape)}"
+            )
         with torch.no_grad():
             start = model.encode(images.flatten(0, 1)).view(images.shape[0], b, -1)
     elif start.dim() == 2:
@@ -150,8 +168,9 @@ class _Chain:
         self.u, self.g = target(z)
 
     def _normal(self):
-        return torch.randn(self.z.shape, generator=self.generator,
-                           dtype=self.z.dtype).to(self.z.device)
+        return torch.randn(self.z.shape, generator=self.generator, dtype=self.z.dtype).to(
+            self.z.device
+        )
 
     def _propose(self, eps, noise):
         """(proposal, U, ∇U, acceptance probability) of a Langevin step from the current state."""
@@ -159,8 +178,7 @@ class _Chain:
         z = self.z - e * self.g + (2 * e).sqrt() * noise
         u, g = self.target(z)
         back = self.z - z + e * g  # the reverse move's drift-corrected displacement
-        log_ratio = (self.u - u - (back * back).sum(1) / (4 * eps)
-                     + 0.5 * (noise * noise).sum(1))
+        log_ratio = self.u - u - (back * back).sum(1) / (4 * eps) + 0.5 * (noise * noise).sum(1)
         ok = torch.isfinite(log_ratio) & torch.isfinite(g).all(1)
         accept = torch.where(ok, log_ratio.clamp(max=0).exp(), torch.zeros_like(log_ratio))
         return z, u, g, accept
@@ -168,8 +186,7 @@ class _Chain:
     def step(self, eps):
         """One kernel step of every chain: (acceptance probability, accepted 0/1)."""
         z, u, g, prob = self._propose(eps, self._normal())
-        uniform = torch.rand(prob.shape, generator=self.generator,
-                             dtype=prob.dtype).to(prob.device)
+        uniform = torch.rand(prob.shape, generator=self.generator, dtype=prob.dtype).to(prob.device)
         take = uniform < prob
         self.z = torch.where(take.unsqueeze(1), z, self.z)
         self.u = torch.where(take, u, self.u)
@@ -209,8 +226,8 @@ class _DualAveraging:
         self.m += 1
         m = self.m
         self.h = (1 - 1 / (m + _OFFSET)) * self.h + (TARGET_ACCEPTANCE - prob) / (m + _OFFSET)
-        log_eps = self.mu - m ** 0.5 / _SHRINKAGE * self.h
-        weight = m ** -_DECAY
+        log_eps = self.mu - m**0.5 / _SHRINKAGE * self.h
+        weight = m**-_DECAY
         self.log_bar = weight * log_eps + (1 - weight) * self.log_bar
         return log_eps.exp()
 

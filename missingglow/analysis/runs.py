@@ -12,6 +12,7 @@ Non-finite outputs (a Glow's inverse can overflow at high temperature) stay NaN 
 they are counted, drawn as a checkerboard by `images.grid`, and left out of every statistic, with
 the count printed beside it.
 """
+
 import math
 import os
 from dataclasses import dataclass
@@ -29,19 +30,24 @@ from ..training.checkpoint import load_model
 @dataclass
 class Run:
     model: torch.nn.Module
-    config: dict            # the training config ({} for an imported rosinality checkpoint)
+    config: dict  # the training config ({} for an imported rosinality checkpoint)
     path: str
     image_size: int
     n_bits: int
-    square: int = None      # trained square side (None when unknown)
+    square: int = None  # trained square side (None when unknown)
 
     def need_dataset(self):
         missing = [k for k in ("data", "square") if k not in self.config]
         if missing:
-            what = "no training config (an imported checkpoint)" if not self.config else \
-                f"a training config without {' and '.join(missing)}"
-            raise UserError(f"{self.path} carries {what}, so its dataset and squares are unknown; "
-                            "use a checkpoint written by `missingglow train`")
+            what = (
+                "no training config (an imported checkpoint)"
+                if not self.config
+                else f"a training config without {' and '.join(missing)}"
+            )
+            raise UserError(
+                f"{self.path} carries {what}, so its dataset and squares are unknown; "
+                "use a checkpoint written by `missingglow train`"
+            )
 
     def with_dataset(self, data, square):
         """This run, its held-out dataset known: a missingglow run's own, or for an imported
@@ -49,23 +55,28 @@ class Run:
         would. The CLI's --data and --square."""
         if self.config:
             if data is not None or square is not None:
-                raise UserError(f"--data and --square are for an imported checkpoint; {self.path} "
-                                "was trained by `missingglow train` on its own dataset and "
-                                "squares, which are used: leave both out")
+                raise UserError(
+                    f"--data and --square are for an imported checkpoint; {self.path} "
+                    "was trained by `missingglow train` on its own dataset and "
+                    "squares, which are used: leave both out"
+                )
             self.need_dataset()
             return self
         if square is None:
-            raise UserError(f"{self.path} is an imported checkpoint without a training config, so "
-                            "its dataset and squares are unknown; give the square side with "
-                            "--square K (and its images with --data DIR; default: the synthetic "
-                            "faces)")
+            raise UserError(
+                f"{self.path} is an imported checkpoint without a training config, so "
+                "its dataset and squares are unknown; give the square side with "
+                "--square K (and its images with --data DIR; default: the synthetic "
+                "faces)"
+            )
         if square < 1:
             raise UserError(f"--square must be at least 1, not {square}")
         if square > self.image_size:
-            raise UserError(f"--square {square} does not fit the checkpoint's {self.image_size}×"
-                            f"{self.image_size} images; give at most {self.image_size}")
-        self.config.update(data=data, square=square, squares=1, seed=0,
-                           image_size=self.image_size)
+            raise UserError(
+                f"--square {square} does not fit the checkpoint's {self.image_size}×"
+                f"{self.image_size} images; give at most {self.image_size}"
+            )
+        self.config.update(data=data, square=square, squares=1, seed=0, image_size=self.image_size)
         self.square = square
         return self
 
@@ -104,9 +115,12 @@ def newest_run(root="runs"):
             if os.path.isfile(pointer):
                 runs.append((os.path.getmtime(pointer), os.path.join(root, name)))
     if not runs:
-        raise UserError(f"no --checkpoint given and no trained run under ./{root}/; train one with "
-                        "`missingglow train` or pass --checkpoint RUN")
+        raise UserError(
+            f"no --checkpoint given and no trained run under ./{root}/; train one with "
+            "`missingglow train` or pass --checkpoint RUN"
+        )
     return max(runs)[1]
+
 
 def sample_sheet(run, temperatures, n, seed, columns=None, min_tile=32):
     """Samples per temperature as one labelled grid: a row per temperature (n per row) when
@@ -118,6 +132,6 @@ def sample_sheet(run, temperatures, n, seed, columns=None, min_tile=32):
         bad.append((t, int((~finite_mask(images)).sum())))
         per_row = n if len(temperatures) > 1 else (columns or max(1, math.ceil(math.sqrt(n))))
         for i in range(0, n, per_row):
-            rows.append(images[i:i + per_row])
+            rows.append(images[i : i + per_row])
             labels.append(f"t={t:g}" if i == 0 else "")
     return labelled_grid(rows, labels, min_tile)[0], bad

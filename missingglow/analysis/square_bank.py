@@ -14,6 +14,7 @@ square:
 
     for image, truth, info in faint(seed=0, opacity=0.7, feather=2, size=64, square=20):
 """
+
 import math
 import random
 
@@ -30,29 +31,35 @@ DEGRADATIONS = ("none", "blur", "noise", "tint", "quantize", "blur+noise+tint")
 
 
 def picture(kind, rng, size, index):
-    g = torch.Generator().manual_seed(rng.randrange(2 ** 31))
+    g = torch.Generator().manual_seed(rng.randrange(2**31))
     if kind == "face":
         return from_pil(draw_face(rng.randrange(1000), index, size))
     ys, xs = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
     if kind == "gradient":
         corners = torch.rand(4, 3, 1, 1, generator=g)
-        return (corners[0] * (1 - ys) * (1 - xs) + corners[1] * (1 - ys) * xs
-                + corners[2] * ys * (1 - xs) + corners[3] * ys * xs)
+        return (
+            corners[0] * (1 - ys) * (1 - xs)
+            + corners[1] * (1 - ys) * xs
+            + corners[2] * ys * (1 - xs)
+            + corners[3] * ys * xs
+        )
     if kind == "texture":
         out = torch.zeros(3, size, size) + 0.5
         for _ in range(4):
             f, phase = rng.uniform(2, 12), rng.uniform(0, 6.3)
             angle = rng.uniform(0, math.pi)
-            wave = torch.sin(2 * math.pi * f * (xs * math.cos(angle) + ys * math.sin(angle))
-                             + phase)
+            wave = torch.sin(
+                2 * math.pi * f * (xs * math.cos(angle) + ys * math.sin(angle)) + phase
+            )
             out = out + 0.15 * wave * torch.rand(3, 1, 1, generator=g)
         return out.clamp(0, 1)
     if kind == "noise":
         return torch.rand(3, size, size, generator=g)
     if kind == "smooth":
         low = torch.rand(1, 3, 5, 5, generator=g)
-        return torch.nn.functional.interpolate(low, size=(size, size), mode="bicubic",
-                                               align_corners=True)[0].clamp(0, 1)
+        return torch.nn.functional.interpolate(
+            low, size=(size, size), mode="bicubic", align_corners=True
+        )[0].clamp(0, 1)
     if kind == "scene":
         img = Image.new("RGB", (size, size), tuple(rng.randrange(256) for _ in range(3)))
         draw = ImageDraw.Draw(img)
@@ -72,20 +79,25 @@ def place(rng, size, square, count, gap=2, tries=200):
         if len(boxes) == count:
             break
         t, l = rng.randrange(size - square + 1), rng.randrange(size - square + 1)
-        if all(t + square + gap <= bt or bt + square + gap <= t or l + square + gap <= bl
-               or bl + square + gap <= l for bt, bl, _ in boxes):
+        if all(
+            t + square + gap <= bt
+            or bt + square + gap <= t
+            or l + square + gap <= bl
+            or bl + square + gap <= l
+            for bt, bl, _ in boxes
+        ):
             boxes.append((t, l, square))
     return boxes
 
 
 def degrade(image, boxes, how, rng):
-    g = torch.Generator().manual_seed(rng.randrange(2 ** 31))
+    g = torch.Generator().manual_seed(rng.randrange(2**31))
     out = image.clone()
     for t, l, k in boxes:
         fill = torch.full((3, 1, 1), GREY)
         if "tint" in how:
             fill = fill + (torch.rand(3, 1, 1, generator=g) - 0.5) * 0.12
-        out[:, t:t + k, l:l + k] = fill
+        out[:, t : t + k, l : l + k] = fill
     if "blur" in how:
         out = from_pil(to_pil(out).filter(ImageFilter.GaussianBlur(0.7)))
     if "noise" in how:
@@ -120,15 +132,16 @@ def grey_content(seed=0, size=64, square=12):
         # a grey background: everything outside the face's own colours becomes grey
         bg = torch.full_like(face, GREY)
         yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-        head = (((yy - size * 0.55) / (size * 0.45)) ** 2
-                + ((xx - size * 0.5) / (size * 0.3)) ** 2 < 1)
+        head = ((yy - size * 0.55) / (size * 0.45)) ** 2 + (
+            (xx - size * 0.5) / (size * 0.3)
+        ) ** 2 < 1
         out.append((torch.where(head, face, bg), "face on a grey background"))
         rect = face.clone()
         t, l = rng.randrange(size - k), rng.randrange(size - 2 * k)
-        rect[:, t:t + k, l:l + 2 * k] = GREY
+        rect[:, t : t + k, l : l + 2 * k] = GREY
         out.append((rect, f"grey {k}×{2 * k} rectangle on a face"))
         band = face.clone()
-        band[:, rng.randrange(size - k):][:, :k] = GREY
+        band[:, rng.randrange(size - k) :][:, :k] = GREY
         out.append((band, f"grey band {k} px high across the image"))
         disc = face.clone()
         r = 0.75 * k
@@ -140,11 +153,16 @@ def grey_content(seed=0, size=64, square=12):
         half = face.clone()
         half[:, :, : size // 2] = GREY + 0.02 * torch.randn((3, size, size // 2), generator=g)
         out.append((half.clamp(0, 1), "left half noisy grey"))
-        blotch = GREY + 0.04 * torch.nn.functional.interpolate(
-            torch.randn(1, 3, 8, 8, generator=g), size=(size, size), mode="bilinear")[0]
+        blotch = (
+            GREY
+            + 0.04
+            * torch.nn.functional.interpolate(
+                torch.randn(1, 3, 8, 8, generator=g), size=(size, size), mode="bilinear"
+            )[0]
+        )
         out.append((blotch.clamp(0, 1), "blotchy grey texture"))
         big = face.clone()
-        big[:, 2:2 + 3 * k, 2:2 + 3 * k] = GREY
+        big[:, 2 : 2 + 3 * k, 2 : 2 + 3 * k] = GREY
         out.append((big, f"grey {3 * k}×{3 * k} square (not K×K)"))
     return out
 
@@ -170,14 +188,24 @@ def score(detect_fn, seed=0, size=64, square=12, per_cell=2):
     grey = grey_content(seed, size, square)
     false_on_grey = [(desc, len(detect_fn(img))) for img, desc in grey if detect_fn(img)]
     return {
-        "precision": tp / max(tp + fp, 1), "recall": tp / max(tp + fn, 1),
-        "count_accuracy": exact / total, "images": total, "tp": tp, "fp": fp, "fn": fn,
-        "by_kind": {k: (v[0] / max(v[0] + v[1], 1), v[0] / max(v[0] + v[2], 1))
-                    for k, v in by_kind.items()},
-        "grey_images": len(grey), "false_on_grey": false_on_grey, "misses": misses,
+        "precision": tp / max(tp + fp, 1),
+        "recall": tp / max(tp + fn, 1),
+        "count_accuracy": exact / total,
+        "images": total,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "by_kind": {
+            k: (v[0] / max(v[0] + v[1], 1), v[0] / max(v[0] + v[2], 1)) for k, v in by_kind.items()
+        },
+        "grey_images": len(grey),
+        "false_on_grey": false_on_grey,
+        "misses": misses,
     }
 
+
 # --- scoring: detected boxes against the true ones ----------------------------------------------
+
 
 def match(found, truth, min_iou=0.5):
     """Greedy one-to-one matching of detected boxes to true (top, left, size) boxes by IoU.
@@ -207,7 +235,7 @@ def iou(a, b):
 
 OPACITIES = (0.3, 0.5, 0.7, 0.85, 1.0)
 FEATHERS = (0, 1, 2)
-VISIBLE_STEP = 0.04   # a step this large (on some channel) is clearly visible
+VISIBLE_STEP = 0.04  # a step this large (on some channel) is clearly visible
 
 
 def feather_profile(start, square, feather, size):
@@ -242,16 +270,16 @@ def sides_visible(image, box, edge):
     edge to a person either."""
     t, l, k = box
     size = image.shape[-1]
-    off = (image - GREY).abs().amax(0) > edge                      # (S, S)
+    off = (image - GREY).abs().amax(0) > edge  # (S, S)
     strips = []
     if t > 0:
-        strips.append(off[t - 1, l:l + k])
+        strips.append(off[t - 1, l : l + k])
     if t + k < size:
-        strips.append(off[t + k, l:l + k])
+        strips.append(off[t + k, l : l + k])
     if l > 0:
-        strips.append(off[t:t + k, l - 1])
+        strips.append(off[t : t + k, l - 1])
     if l + k < size:
-        strips.append(off[t:t + k, l + k])
+        strips.append(off[t : t + k, l + k])
     return all(s.float().mean().item() >= 0.5 for s in strips)
 
 
@@ -264,7 +292,7 @@ def faint_visible(image, box):
     return sides_visible(image, box, FAINT_EDGE)
 
 
-FAINT_GAP = 2 + 2 * max(FEATHERS)   # squares' feathered borders neither touch nor overlap
+FAINT_GAP = 2 + 2 * max(FEATHERS)  # squares' feathered borders neither touch nor overlap
 
 
 def faint_faces(seed=0, size=64, square=12, images=48, free=0):
@@ -293,8 +321,11 @@ def faint(seed=0, opacity=1.0, feather=0, size=64, square=12, images=48, free=0)
     blended over each box (blend). Yields (image, truth boxes, info). The faces and the boxes do
     not depend on opacity or feather, so every setting scores the same squares."""
     for base, boxes, info in faint_faces(seed, size, square, images, free):
-        yield blend(base, boxes, opacity, feather), boxes, \
-            {**info, "opacity": opacity, "feather": feather}
+        yield (
+            blend(base, boxes, opacity, feather),
+            boxes,
+            {**info, "opacity": opacity, "feather": feather},
+        )
 
 
 def _apart(a, b, gap):
@@ -309,8 +340,10 @@ def faint_score(find, images, batch=32):
     found = missed = extra = fired = free = 0
     images = list(images)
     for start in range(0, len(images), batch):
-        part = images[start:start + batch]
-        for squares, (_, boxes, _) in zip(find(torch.stack([p[0] for p in part])), part, strict=True):
+        part = images[start : start + batch]
+        for squares, (_, boxes, _) in zip(
+            find(torch.stack([p[0] for p in part])), part, strict=True
+        ):
             tp, fp, fn = match(squares, boxes)
             found, missed = found + tp, missed + fn
             if boxes:
@@ -318,9 +351,14 @@ def faint_score(find, images, batch=32):
             else:
                 free += 1
                 fired += bool(squares)
-    return {"squares": found + missed, "found": found, "missed": missed,
-            "recall": found / max(found + missed, 1), "extra": extra,
-            "free_fired": (fired, free)}
+    return {
+        "squares": found + missed,
+        "found": found,
+        "missed": missed,
+        "recall": found / max(found + missed, 1),
+        "extra": extra,
+        "free_fired": (fired, free),
+    }
 
 
 def faint_scores(find, bases, opacities=OPACITIES, feathers=FEATHERS):
@@ -333,6 +371,10 @@ def faint_scores(find, bases, opacities=OPACITIES, feathers=FEATHERS):
     for opacity in opacities:
         for feather in feathers:
             scores[opacity, feather] = faint_score(
-                find, [(blend(image, boxes, opacity, feather), boxes, info)
-                       for image, boxes, info in with_squares])
+                find,
+                [
+                    (blend(image, boxes, opacity, feather), boxes, info)
+                    for image, boxes, info in with_squares
+                ],
+            )
     return scores

@@ -4,6 +4,7 @@ Each file is counted at the size the detector should see it: the size asked for 
 image size), else the file's shorter side, through the training images' geometry. A file that
 cannot be read is reported beside the others' counts, never instead of them.
 """
+
 import os
 from dataclasses import dataclass
 
@@ -16,8 +17,8 @@ from .squares import detect, detector_sizes_for
 @dataclass
 class FileCount:
     path: str
-    found: list = None   # the squares found (best first); None when the file failed
-    error: str = None    # what is wrong with the file and what to do
+    found: list = None  # the squares found (best first); None when the file failed
+    error: str = None  # what is wrong with the file and what to do
 
 
 def shorter_side(path):
@@ -28,8 +29,9 @@ def shorter_side(path):
         with Image.open(path) as img:
             return min(img.size)
     except Exception:  # noqa: BLE001 - any decoding failure is the user's file
-        raise UserError(f"cannot read {path} as an image; pass a PNG, JPEG, BMP or WebP "
-                        "file") from None
+        raise UserError(
+            f"cannot read {path} as an image; pass a PNG, JPEG, BMP or WebP file"
+        ) from None
 
 
 def count_in_files(paths, square=None, image_size=None):
@@ -52,5 +54,7 @@ def format_count(count):
     """'photo.png: 1 square at (top,left,size) (8,7,10)' for a file that was counted."""
     n = len(count.found)
     where = ", ".join(f"({s.top},{s.left},{s.size})" for s in count.found)
-    return (f"{count.path}: {n} square{'s' if n != 1 else ''}"
-            f"{' at (top,left,size) ' + where if count.found else ''}")
+    return (
+        f"{count.path}: {n} square{'s' if n != 1 else ''}"
+        f"{' at (top,left,size) ' + where if count.found else ''}"
+    )

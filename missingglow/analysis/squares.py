@@ -37,6 +37,7 @@ overlap less count as two; two squares that touch are one grey rectangle, and ne
 When every size searched is below `blob_below`, a second pass also counts ragged grey blobs shaped
 like a square (a model's smallest squares); on larger searches grey blobs in photos are too common.
 """
+
 import itertools
 from dataclasses import dataclass
 
@@ -47,31 +48,31 @@ from ..data.masks import GREY
 
 @dataclass(frozen=True)
 class Settings:
-    tint: float = 0.10       # max |channel mean − grey| inside
-    spread: float = 0.05     # max pooled std inside
-    level: float = 0.01      # max |quarter's mean − inside mean| (no shading, no gradient) ...
-    level_z: float = 3.0     # ... or this many standard errors of a quarter's mean, if more
-    contrast: float = 0.03   # an outside value is off the square when it differs by more than this
-    noise_z: float = 6.0     # ... and by more than this many times the inside's spread
+    tint: float = 0.10  # max |channel mean − grey| inside
+    spread: float = 0.05  # max pooled std inside
+    level: float = 0.01  # max |quarter's mean − inside mean| (no shading, no gradient) ...
+    level_z: float = 3.0  # ... or this many standard errors of a quarter's mean, if more
+    contrast: float = 0.03  # an outside value is off the square when it differs by more than this
+    noise_z: float = 6.0  # ... and by more than this many times the inside's spread
     side_share: float = 0.5  # min share of off values along each side that is not on the border
     mean_share: float = 0.7  # ... and on average over those sides (a disc is half off on each)
-    step: float = 0.05       # or: each third of the side steps from the inside by this RMS ...
+    step: float = 0.05  # or: each third of the side steps from the inside by this RMS ...
     step_ratio: float = 3.0  # ... and this many times the inside's spread (2×2 or 3×3 blocks)
     pixel_step_ratio: float = 2.0  # ... or its pixels' (below `scale2_from`)
     parts: int = 3
-    flat: float = 1.0        # values just inside a side within this many off thresholds ...
+    flat: float = 1.0  # values just inside a side within this many off thresholds ...
     flat_share: float = 0.9  # ... along this share of a side for its steps to count
-    exact: float = 0.006     # an inside this close to grey in mean and std is the mask's own grey
+    exact: float = 0.006  # an inside this close to grey in mean and std is the mask's own grey
     exact_contrast: float = 0.02  # ... and then its outside pixels need only differ this much
-    margin_from: int = 8     # windows this size and larger ignore a 1-px band inside their edge
-    scale2_from: int = 10    # windows this size and larger compare 2×2 blocks ...
-    scale3_from: int = 14    # ... and from this size 3×3 blocks
-    overlap: float = 0.5     # windows overlapping a cluster's seed by more than this join it
+    margin_from: int = 8  # windows this size and larger ignore a 1-px band inside their edge
+    scale2_from: int = 10  # windows this size and larger compare 2×2 blocks ...
+    scale3_from: int = 14  # ... and from this size 3×3 blocks
+    overlap: float = 0.5  # windows overlapping a cluster's seed by more than this join it
     # the second pass, for a model's ragged squares: blobs of grey-looking pixels
-    blob_below: int = 8      # only when every size searched is below this (larger squares keep
+    blob_below: int = 8  # only when every size searched is below this (larger squares keep
     #                          straight edges, and on photos grey blobs are everywhere)
     blob_tint: float = 0.10  # a pixel looks grey when every channel is this close to grey
-    blob_fill: float = 0.6   # min share of its bounding box a blob covers
+    blob_fill: float = 0.6  # min share of its bounding box a blob covers
     blob_ring: float = 0.15  # min mean distance from grey of the pixels around the blob
     blob_spread: float = 0.08  # max pooled std of the blob's pixels
 
@@ -114,8 +115,12 @@ def _rect(ii, top, left, h, w):
     """Sums over rectangles [top, top+h) × [left, left+w) for index tensors top, left: (N, C, P)."""
     flat, row = ii.flatten(2), ii.shape[-1]
     a, b = top * row, (top + h) * row
-    return flat[:, :, b + left + w] - flat[:, :, a + left + w] - flat[:, :, b + left] \
+    return (
+        flat[:, :, b + left + w]
+        - flat[:, :, a + left + w]
+        - flat[:, :, b + left]
         + flat[:, :, a + left]
+    )
 
 
 class _single_thread:
@@ -137,15 +142,19 @@ class _Tables:
     def __init__(self, images, scales):
         x = images.double()
         self.size = x.shape[-1]
-        self.ii1, self.ii2 = _integral(x), _integral(x ** 2)
+        self.ii1, self.ii2 = _integral(x), _integral(x**2)
         self.sums = {}
         for b in scales:
             blocks = torch.nn.functional.avg_pool2d(x, b, 1) if b > 1 else x
-            self.sums[b] = (_integral(blocks), _integral(blocks ** 2)) if b > 1 else \
-                (self.ii1, self.ii2)
+            self.sums[b] = (
+                (_integral(blocks), _integral(blocks**2)) if b > 1 else (self.ii1, self.ii2)
+            )
         # the same, flat and channels last, for gathering per candidate window
-        self.flat = {id(ii): (ii.flatten(2).transpose(1, 2).contiguous(), ii.shape[-1])
-                     for pair in self.sums.values() for ii in pair}
+        self.flat = {
+            id(ii): (ii.flatten(2).transpose(1, 2).contiguous(), ii.shape[-1])
+            for pair in self.sums.values()
+            for ii in pair
+        }
 
     def mean(self, image, top, left, h, w, ii=None):
         """Mean colour of rectangles [top, top+h) × [left, left+w) of image[i] for index tensors
@@ -172,14 +181,18 @@ def _sides(tables, image, t, l, k, m, b):
     def fixed(v):
         return v[:, None].expand(-1, n)
 
-    out = [tables.mean(image, fixed(t) - above, cols, above, b),
-           tables.mean(image, fixed(t + k), cols, below, b),
-           tables.mean(image, rows, fixed(l) - before, b, before),
-           tables.mean(image, rows, fixed(l + k), b, after)]
-    ins = [tables.mean(image, fixed(t + m), cols, b, b),
-           tables.mean(image, fixed(t + k - m - b), cols, b, b),
-           tables.mean(image, rows, fixed(l + m), b, b),
-           tables.mean(image, rows, fixed(l + k - m - b), b, b)]
+    out = [
+        tables.mean(image, fixed(t) - above, cols, above, b),
+        tables.mean(image, fixed(t + k), cols, below, b),
+        tables.mean(image, rows, fixed(l) - before, b, before),
+        tables.mean(image, rows, fixed(l + k), b, after),
+    ]
+    ins = [
+        tables.mean(image, fixed(t + m), cols, b, b),
+        tables.mean(image, fixed(t + k - m - b), cols, b, b),
+        tables.mean(image, rows, fixed(l + m), b, b),
+        tables.mean(image, rows, fixed(l + k - m - b), b, b),
+    ]
     border = torch.stack([t == 0, t + k == size, l == 0, l + k == size], 1)
     return border, torch.stack(out, 1), torch.stack(ins, 1)
 
@@ -191,15 +204,15 @@ def _strength(tables, image, t, l, k, m, b, mu, spread, need, settings):
     Returns border (Q, 4), strength (Q, 4) and the RMS difference outside (Q, 4)."""
     border, values, inside = _sides(tables, image, t, l, k, m, b)
     n = values.shape[2]
-    diff = (values - mu[:, None, None, :]).abs().amax(3)               # (Q, 4, n)
+    diff = (values - mu[:, None, None, :]).abs().amax(3)  # (Q, 4, n)
     # the edge is where the window puts it: the values just inside are the inside colour
     flat = (inside - mu[:, None, None, :]).abs().amax(3) <= need[:, None, None] * settings.flat
-    share = ((diff > need[:, None, None]) & flat).double().mean(2)     # (Q, 4)
+    share = ((diff > need[:, None, None]) & flat).double().mean(2)  # (Q, 4)
     parts = max(1, min(settings.parts, n // 2))
     cuts = [round(n * p / parts) for p in range(parts + 1)]
-    steps = (values - inside).pow(2).mean(3)                           # (Q, 4, n)
+    steps = (values - inside).pow(2).mean(3)  # (Q, 4, n)
     weakest = torch.stack([steps[:, :, a:c].mean(2) for a, c in itertools.pairwise(cuts)], 2)
-    weakest = weakest.amin(2).sqrt()                                   # (Q, 4)
+    weakest = weakest.amin(2).sqrt()  # (Q, 4)
     ratio = settings.step_ratio if b > 1 else settings.pixel_step_ratio
     stepped = weakest >= torch.clamp(ratio * spread, min=settings.step)[:, None]
     stepped &= flat.double().mean(2) >= settings.flat_share
@@ -228,14 +241,14 @@ def _windows(tables, k, settings):
     area = inner * inner
     s1 = _rect(tables.ii1, top + m, left + m, inner, inner)
     s2 = _rect(tables.ii2, top + m, left + m, inner, inner)
-    mean = s1 / area                                                   # (N, 3, P)
-    std = (s2 / area - mean ** 2).clamp_min(0).mean(1).sqrt()          # (N, P)
+    mean = s1 / area  # (N, 3, P)
+    std = (s2 / area - mean**2).clamp_min(0).mean(1).sqrt()  # (N, P)
     ok = ((mean - GREY).abs().amax(1) <= settings.tint) & (std <= settings.spread)
     image, index = ok.nonzero(as_tuple=True)
     t, l = top[index], left[index]
-    mu, sd = mean[image, :, index], std[image, index]                 # (Q, 3), (Q,)
+    mu, sd = mean[image, :, index], std[image, index]  # (Q, 3), (Q,)
 
-    def box(ii, dt, dl, h, w):   # mean over [t+dt, +h) × [l+dl, +w) of each candidate: (Q, 3)
+    def box(ii, dt, dl, h, w):  # mean over [t+dt, +h) × [l+dl, +w) of each candidate: (Q, 3)
         return tables.mean(image, (t + dt)[:, None], (l + dl)[:, None], h, w, ii)[:, 0]
 
     # a flat patch has the same mean in each quarter, and in each corner; a smooth natural region
@@ -252,7 +265,7 @@ def _windows(tables, k, settings):
     # the inside's spread at scale b
     ii1, ii2 = tables.sums[b]
     v1, v2 = box(ii1, m, m, n, n), box(ii2, m, m, n, n)
-    spread = (v2 - v1 ** 2).clamp_min(0).mean(1).sqrt()                # (Q,)
+    spread = (v2 - v1**2).clamp_min(0).mean(1).sqrt()  # (Q,)
     need = torch.clamp(settings.noise_z * spread, min=settings.contrast)
     border, strength, rms = _strength(tables, image, t, l, k, m, b, mu, spread, need, settings)
     # a noise-free inside: nothing to average away, so compare pixels one by one on the line just
@@ -262,19 +275,32 @@ def _windows(tables, k, settings):
     exact = clean & ((mu - GREY).abs().amax(1) <= settings.exact)
     if m:
         w1, w2 = box(tables.ii1, 0, 0, k, k), box(tables.ii2, 0, 0, k, k)
-        wsd = (w2 - w1 ** 2).clamp_min(0).mean(1).sqrt()
+        wsd = (w2 - w1**2).clamp_min(0).mean(1).sqrt()
         exact &= ((w1 - GREY).abs().amax(1) <= settings.exact) & (wsd <= settings.exact)
-    for pick, margin, contrast in ((clean & ~exact, m, settings.contrast),
-                                   (exact, 0, settings.exact_contrast)):
+    for pick, margin, contrast in (
+        (clean & ~exact, m, settings.contrast),
+        (exact, 0, settings.exact_contrast),
+    ):
         pick = pick.nonzero().flatten()
         if len(pick):
             _, strength[pick], rms[pick] = _strength(
-                tables, image[pick], t[pick], l[pick], k, margin, 1, mu[pick], sd[pick],
-                torch.full_like(sd[pick], contrast), settings)
+                tables,
+                image[pick],
+                t[pick],
+                l[pick],
+                k,
+                margin,
+                1,
+                mu[pick],
+                sd[pick],
+                torch.full_like(sd[pick], contrast),
+                settings,
+            )
     sides = (~border).sum(1)
     average = torch.where(border, torch.zeros_like(strength), strength).sum(1) / sides.clamp(min=1)
-    accept = (strength.amin(1) >= settings.side_share) & (average >= settings.mean_share) & \
-        (sides > 0)
+    accept = (
+        (strength.amin(1) >= settings.side_share) & (average >= settings.mean_share) & (sides > 0)
+    )
     # score: how clearly the weakest inside side stands off, over the inside's spread
     edge = torch.where(border, torch.full_like(rms, float("inf")), rms).amin(1).clamp(max=1.0)
     score = average * edge / (spread + 0.01)
@@ -297,20 +323,30 @@ def detect(images, sizes, settings=DEFAULT, blobs=True):
     found = [[] for _ in range(batch.shape[0])]
     with _single_thread(), torch.no_grad():
         finite = torch.isfinite(batch.flatten(1)).all(1)
-        clean = torch.where(finite[:, None, None, None], batch.detach().float().cpu(),
-                            torch.zeros(()))
+        clean = torch.where(
+            finite[:, None, None, None], batch.detach().float().cpu(), torch.zeros(())
+        )
         ks = [k for k in sorted(set(int(k) for k in sizes)) if 1 <= k <= size]
         tables = _Tables(clean, {1} | {_scale(k, settings) for k in ks})
         for k in ks:
             image, top, left, score, exact = _windows(tables, k, settings)
-            for i, t, l, s, e in zip(image.tolist(), top.tolist(), left.tolist(), score.tolist(),
-                                     exact.tolist(), strict=True):
+            for i, t, l, s, e in zip(
+                image.tolist(),
+                top.tolist(),
+                left.tolist(),
+                score.tolist(),
+                exact.tolist(),
+                strict=True,
+            ):
                 found[i].append((s, t, l, k, e))
         out = [_cluster(c, settings.overlap, size) for c in found]
         if blobs and sizes and max(sizes) < settings.blob_below:
-            for squares, extra in zip(out, _blobs(clean, min(sizes), max(sizes), settings), strict=True):
-                squares += [b for b in extra if all(_overlap(b.box(), q.box()) <= 0.3
-                                                    for q in squares)]
+            for squares, extra in zip(
+                out, _blobs(clean, min(sizes), max(sizes), settings), strict=True
+            ):
+                squares += [
+                    b for b in extra if all(_overlap(b.box(), q.box()) <= 0.3 for q in squares)
+                ]
     out = [squares if ok else None for squares, ok in zip(out, finite.tolist(), strict=True)]
     return out[0] if single else out
 
@@ -320,13 +356,17 @@ def _labels(mask):
     index + 1 of the component's pixels."""
     n, size = mask.shape[0], mask.shape[-1]
     big = size * size + 1
-    labels = torch.where(mask,
-                         torch.arange(1, size * size + 1).view(1, size, size).expand(n, -1, -1),
-                         torch.full((), big))
+    labels = torch.where(
+        mask,
+        torch.arange(1, size * size + 1).view(1, size, size).expand(n, -1, -1),
+        torch.full((), big),
+    )
     while True:
         p = torch.nn.functional.pad(labels, (1, 1, 1, 1), value=big)
-        low = torch.minimum(torch.minimum(p[:, :-2, 1:-1], p[:, 2:, 1:-1]),
-                            torch.minimum(p[:, 1:-1, :-2], p[:, 1:-1, 2:]))
+        low = torch.minimum(
+            torch.minimum(p[:, :-2, 1:-1], p[:, 2:, 1:-1]),
+            torch.minimum(p[:, 1:-1, :-2], p[:, 1:-1, 2:]),
+        )
         new = torch.where(mask, torch.minimum(labels, low), labels)
         if torch.equal(new, labels):
             return torch.where(mask, labels, torch.zeros((), dtype=labels.dtype))
@@ -339,7 +379,7 @@ def _blobs(images, smallest, largest, settings):
     `blob_fill` of it and, from 8 px up, at least three of its four corners (a disc does not),
     uniform, with a clear ring around)."""
     size = images.shape[-1]
-    greyness = (images - GREY).abs().amax(1)                        # (N, S, S)
+    greyness = (images - GREY).abs().amax(1)  # (N, S, S)
     labels = _labels(greyness <= settings.blob_tint)
     lo, hi = 0.75 * smallest, 1.3 * largest
     out = []
@@ -356,8 +396,12 @@ def _blobs(images, smallest, largest, settings):
             if not (lo <= h <= hi and lo <= w <= hi) or area < settings.blob_fill * h * w:
                 continue
             qh, qw = max(1, h // 4), max(1, w // 4)
-            corners = [comp[t:t + qh, l:l + qw], comp[t:t + qh, r - qw:r],
-                       comp[b - qh:b, l:l + qw], comp[b - qh:b, r - qw:r]]
+            corners = [
+                comp[t : t + qh, l : l + qw],
+                comp[t : t + qh, r - qw : r],
+                comp[b - qh : b, l : l + qw],
+                comp[b - qh : b, r - qw : r],
+            ]
             if min(h, w) >= 8 and sum(c.float().mean().item() >= 0.5 for c in corners) < 3:
                 continue
             pixels = images[i][:, comp]
@@ -407,8 +451,7 @@ def _cluster(candidates, overlap, size):
         top, left = _median([m[0] for m in group]), _median([m[1] for m in group])
         bottom, right = _median([m[2] for m in group]), _median([m[3] for m in group])
         side = min(max(1, round(((bottom - top) + (right - left)) / 2)), size)
-        squares.append(Square(min(top, size - side), min(left, size - side), side,
-                              round(score, 4)))
+        squares.append(Square(min(top, size - side), min(left, size - side), side, round(score, 4)))
     return squares
 
 

@@ -1,11 +1,12 @@
 """The paper's Table 1: grey squares counted in samples at each temperature, against t².
 
-    rows = square_table(run, [0.1, 0.2, …, 1.5], n=50, seed=0)
-    print(format_table1(rows))
-    recall = detector_recall(run)                  # how many faint squares the counter finds
-    print(format_recall(recall))
-    write_table1(rows, table1_folder("runs/X"), recall)   # table1.csv, table1.png, contact sheet
+rows = square_table(run, [0.1, 0.2, …, 1.5], n=50, seed=0)
+print(format_table1(rows))
+recall = detector_recall(run)                  # how many faint squares the counter finds
+print(format_recall(recall))
+write_table1(rows, table1_folder("runs/X"), recall)   # table1.csv, table1.png, contact sheet
 """
+
 import os
 
 from ..atomic import write_csv
@@ -20,8 +21,8 @@ BUCKETS = ("0", "1", "2", "3", "4+")
 # and with feathered edges, on synthetic faces at the run's image and square size.
 RECALL_OPACITIES = (1.0, 0.85, 0.7, 0.5)
 RECALL_FEATHERS = (0, 2)
-RECALL_SEED = 7     # a seed no tuning of the counter has seen
-RECALL_FACES = 24   # faces with 1–3 squares each, and half as many with none
+RECALL_SEED = 7  # a seed no tuning of the counter has seen
+RECALL_FACES = 24  # faces with 1–3 squares each, and half as many with none
 
 
 def detector_sizes(run, image_size=None):
@@ -37,9 +38,13 @@ def tally(found):
     for c in counts:
         buckets[min(c, len(BUCKETS) - 1)] += 1
     finite = len(counts)
-    return {"finite": finite, "nonfinite": len(found) - finite, "counts": buckets,
-            "shares": [100 * b / finite if finite else float("nan") for b in buckets],
-            "E": sum(counts) / finite if finite else float("nan")}
+    return {
+        "finite": finite,
+        "nonfinite": len(found) - finite,
+        "counts": buckets,
+        "shares": [100 * b / finite if finite else float("nan") for b in buckets],
+        "E": sum(counts) / finite if finite else float("nan"),
+    }
 
 
 def square_table(run, temperatures, n, seed, batch=64, keep=16, say=None):
@@ -51,11 +56,21 @@ def square_table(run, temperatures, n, seed, batch=64, keep=16, say=None):
     for t in temperatures:
         images = sample_images(run, n, t, seed, batch)
         found = detect(images, sizes)
-        rows.append({"t": t, "n": n, **tally(found), "theory": t * t,
-                     "images": images[:keep], "found": found[:keep]})
+        rows.append(
+            {
+                "t": t,
+                "n": n,
+                **tally(found),
+                "theory": t * t,
+                "images": images[:keep],
+                "found": found[:keep],
+            }
+        )
         if say:
-            say(f"t={t:g}: {rows[-1]['finite']}/{n} finite samples, mean {rows[-1]['E']:.2f} "
-                "squares")
+            say(
+                f"t={t:g}: {rows[-1]['finite']}/{n} finite samples, mean {rows[-1]['E']:.2f} "
+                "squares"
+            )
     return rows
 
 
@@ -65,10 +80,14 @@ def format_table1(rows):
     lines = [head, "frequency (% of finite samples)"]
     for i, name in enumerate(BUCKETS):
         label = f"{name} square{'s' if name != '1' else ''}"
-        lines.append(f"{label:<22}" + "".join(
-            f"{r['shares'][i]:>7.0f}" if r["finite"] else f"{'—':>7}" for r in rows))
-    lines.append(f"{'empirical E':<22}" + "".join(
-        f"{r['E']:>7.2f}" if r["finite"] else f"{'—':>7}" for r in rows))
+        lines.append(
+            f"{label:<22}"
+            + "".join(f"{r['shares'][i]:>7.0f}" if r["finite"] else f"{'—':>7}" for r in rows)
+        )
+    lines.append(
+        f"{'empirical E':<22}"
+        + "".join(f"{r['E']:>7.2f}" if r["finite"] else f"{'—':>7}" for r in rows)
+    )
     lines.append(f"{'theoretical E = t²':<22}" + "".join(f"{r['theory']:>7.2f}" for r in rows))
     lines.append(f"{'non-finite samples':<22}" + "".join(f"{r['nonfinite']:>7d}" for r in rows))
     lines.append(f"{'samples per t':<22}" + "".join(f"{r['n']:>7d}" for r in rows))
@@ -90,12 +109,18 @@ def detector_recall(run, image_size=None):
     square = recall_square(run, size)
     sizes = detector_sizes(run, size)
     faces = faint_faces(RECALL_SEED, size, square, RECALL_FACES, RECALL_FACES // 2)
-    scores = faint_scores(lambda batch: detect(batch, sizes), faces, RECALL_OPACITIES,
-                          RECALL_FEATHERS)
+    scores = faint_scores(
+        lambda batch: detect(batch, sizes), faces, RECALL_OPACITIES, RECALL_FEATHERS
+    )
     free = scores.pop((None, None))
-    return {"size": size, "square": square, "square_given": bool(run.square),
-            "squares": scores[1.0, 0]["squares"], "free_fired": free["free_fired"],
-            "recall": {key: r["recall"] for key, r in scores.items()}}
+    return {
+        "size": size,
+        "square": square,
+        "square_given": bool(run.square),
+        "squares": scores[1.0, 0]["squares"],
+        "free_fired": free["free_fired"],
+        "recall": {key: r["recall"] for key, r in scores.items()},
+    }
 
 
 def _feather_label(feather):
@@ -106,44 +131,70 @@ def format_recall(recall):
     """The recall lines printed under Table 1, laid out like it."""
     k = recall["square"]
     what = f"K = {k}" if recall["square_given"] else f"K = {k}, all sizes searched"
-    lines = [f"share of faint squares the counter finds (synthetic faces, {recall['size']} px, "
-             f"{what}, {recall['squares']} squares, seed {RECALL_SEED})",
-             f"{'opacity':<22}" + "".join(f"{f'{100 * o:.0f} %':>7}" for o in RECALL_OPACITIES)]
+    lines = [
+        f"share of faint squares the counter finds (synthetic faces, {recall['size']} px, "
+        f"{what}, {recall['squares']} squares, seed {RECALL_SEED})",
+        f"{'opacity':<22}" + "".join(f"{f'{100 * o:.0f} %':>7}" for o in RECALL_OPACITIES),
+    ]
     for feather in RECALL_FEATHERS:
-        lines.append(f"{_feather_label(feather):<22}" + "".join(
-            f"{recall['recall'][o, feather]:>7.2f}" for o in RECALL_OPACITIES))
+        lines.append(
+            f"{_feather_label(feather):<22}"
+            + "".join(f"{recall['recall'][o, feather]:>7.2f}" for o in RECALL_OPACITIES)
+        )
     fired, faces = recall["free_fired"]
-    lines += [f"square-free faces with a false square: {fired} of {faces}",
-              "faint squares in samples are counted only as often as this says "
-              "(docs/detector.md)"]
+    lines += [
+        f"square-free faces with a false square: {fired} of {faces}",
+        "faint squares in samples are counted only as often as this says (docs/detector.md)",
+    ]
     return "\n".join(lines)
 
 
 def recall_columns(recall):
     """Table 1's CSV columns for the recall (the same on every row): header and values."""
     keys = [(o, f) for f in RECALL_FEATHERS for o in RECALL_OPACITIES]
-    header = ["recall_square", "recall_squares"] + \
-        [f"recall_{100 * o:.0f}pct_feather{f}" for o, f in keys] + \
-        ["recall_free_faces", "recall_free_fired"]
+    header = (
+        ["recall_square", "recall_squares"]
+        + [f"recall_{100 * o:.0f}pct_feather{f}" for o, f in keys]
+        + ["recall_free_faces", "recall_free_fired"]
+    )
     fired, faces = recall["free_fired"]
-    values = [recall["square"], recall["squares"]] + \
-        [f"{recall['recall'][key]:.4f}" for key in keys] + [faces, fired]
+    values = (
+        [recall["square"], recall["squares"]]
+        + [f"{recall['recall'][key]:.4f}" for key in keys]
+        + [faces, fired]
+    )
     return header, values
 
 
 def recall_note(recall):
     """One line for the plot: the recall with hard edges at each opacity."""
     cells = " · ".join(f"{100 * o:.0f} % {recall['recall'][o, 0]:.2f}" for o in RECALL_OPACITIES)
-    return f"share of faint squares counted at {recall['size']} px, K {recall['square']}, by " \
+    return (
+        f"share of faint squares counted at {recall['size']} px, K {recall['square']}, by "
         f"opacity: {cells}"
+    )
 
 
 def table1_csv(path, rows, recall=None):
-    header = ["t", "samples", "finite", "nonfinite"] + [f"count_{b}" for b in BUCKETS] + \
-             [f"share_{b}_pct" for b in BUCKETS] + ["empirical_E", "theoretical_E"]
-    body = [[r["t"], r["n"], r["finite"], r["nonfinite"], *r["counts"],
-             *(f"{s:.2f}" for s in r["shares"]), f"{r['E']:.4f}", f"{r['theory']:.4f}"]
-            for r in rows]
+    header = (
+        ["t", "samples", "finite", "nonfinite"]
+        + [f"count_{b}" for b in BUCKETS]
+        + [f"share_{b}_pct" for b in BUCKETS]
+        + ["empirical_E", "theoretical_E"]
+    )
+    body = [
+        [
+            r["t"],
+            r["n"],
+            r["finite"],
+            r["nonfinite"],
+            *r["counts"],
+            *(f"{s:.2f}" for s in r["shares"]),
+            f"{r['E']:.4f}",
+            f"{r['theory']:.4f}",
+        ]
+        for r in rows
+    ]
     if recall is not None:
         extra, values = recall_columns(recall)
         header, body = header + extra, [row + values for row in body]
@@ -158,15 +209,27 @@ def table1_plot(rows, recall=None):
     ts = [r["t"] for r in rows]
     bad = sum(r["nonfinite"] for r in rows)
     note = f"{bad} non-finite samples left out" if bad else None
-    top = line_chart([Series("empirical E", ts, [r["E"] for r in rows]),
-                      Series("theoretical E = t²", ts, [r["theory"] for r in rows], dashed=True)],
-                     title="Grey squares per sample", xlabel="temperature t",
-                     ylabel="mean squares per sample", note=note)
-    bottom = line_chart([Series(f"{b} square{'s' if b != '1' else ''}", ts,
-                                [r["shares"][i] for r in rows]) for i, b in enumerate(BUCKETS)],
-                        title="Share of samples by number of squares", xlabel="temperature t",
-                        ylabel="% of finite samples", ylim=(0, 100),
-                        note=None if recall is None else recall_note(recall))
+    top = line_chart(
+        [
+            Series("empirical E", ts, [r["E"] for r in rows]),
+            Series("theoretical E = t²", ts, [r["theory"] for r in rows], dashed=True),
+        ],
+        title="Grey squares per sample",
+        xlabel="temperature t",
+        ylabel="mean squares per sample",
+        note=note,
+    )
+    bottom = line_chart(
+        [
+            Series(f"{b} square{'s' if b != '1' else ''}", ts, [r["shares"][i] for r in rows])
+            for i, b in enumerate(BUCKETS)
+        ],
+        title="Share of samples by number of squares",
+        xlabel="temperature t",
+        ylabel="% of finite samples",
+        ylim=(0, 100),
+        note=None if recall is None else recall_note(recall),
+    )
     return stack([top, bottom])
 
 
@@ -183,8 +246,11 @@ def write_table1(rows, out, recall=None):
     from ..render.images import save_png
     from ..render.sheets import contact_sheet
 
-    sheet, _ = contact_sheet([(r["images"], r["found"]) for r in rows],
-                             [f"t={r['t']:g}" for r in rows])
-    return [table1_csv(os.path.join(out, "table1.csv"), rows, recall),
-            save_png(table1_plot(rows, recall), os.path.join(out, "table1.png")),
-            save_png(sheet, os.path.join(out, "contact-sheet.png"))]
+    sheet, _ = contact_sheet(
+        [(r["images"], r["found"]) for r in rows], [f"t={r['t']:g}" for r in rows]
+    )
+    return [
+        table1_csv(os.path.join(out, "table1.csv"), rows, recall),
+        save_png(table1_plot(rows, recall), os.path.join(out, "table1.png")),
+        save_png(sheet, os.path.join(out, "contact-sheet.png")),
+    ]

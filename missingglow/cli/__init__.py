@@ -1,4 +1,5 @@
 """The `missingglow` command line: parse, call, print. No logic a test would want to call."""
+
 import sys
 
 import click
@@ -13,8 +14,16 @@ def cli():
     """Glow normalizing flows trained on images with missing squares."""
 
 
-for command in (training.prepare, training.check, training.train, analysis.sample, analysis.squares,
-                analysis.impute, analysis.latent_norms_command, analysis.evaluate):
+for command in (
+    training.prepare,
+    training.check,
+    training.train,
+    analysis.sample,
+    analysis.squares,
+    analysis.impute,
+    analysis.latent_norms_command,
+    analysis.evaluate,
+):
     cli.add_command(command)
 
 

@@ -1,5 +1,6 @@
 """The analysis commands (`sample`, `squares`, `impute`, `latent-norms`, `evaluate`): parse, call,
 print."""
+
 import sys
 
 import click
@@ -36,24 +37,43 @@ CHECKPOINT_HELP = "Run folder or checkpoint file [the newest run under ./runs/].
 def dataset_options(f):
     """--data and --square: the held-out images of a checkpoint that carries no training config
     (one imported from rosinality/glow-pytorch). `evaluate` and `latent-norms`."""
-    f = click.option("--square", "square", type=COUNT, default=None,
-                     help="Imported checkpoints only: the grey squares' side K in pixels (a "
-                          "missingglow run uses its own).")(f)
-    return click.option("--data", "data", default=None,
-                        help="Imported checkpoints only: the image folder (or .mgcache) whose "
-                             "held-out split to use [the synthetic faces].")(f)
+    f = click.option(
+        "--square",
+        "square",
+        type=COUNT,
+        default=None,
+        help="Imported checkpoints only: the grey squares' side K in pixels (a "
+        "missingglow run uses its own).",
+    )(f)
+    return click.option(
+        "--data",
+        "data",
+        default=None,
+        help="Imported checkpoints only: the image folder (or .mgcache) whose "
+        "held-out split to use [the synthetic faces].",
+    )(f)
 
 
 @click.command()
 @click.option("--checkpoint", default=None, help=CHECKPOINT_HELP)
-@click.option("-t", "--temperature", "temperatures", type=TEMPERATURES, multiple=True,
-              default=["0.7"],
-              help="Temperature(s): 0.7, a list 0.5,0.7 or a range 0.1:1.5:0.1; repeatable. [0.7]")
-@click.option("-n", "n", type=COUNT, default=None,
-              help="Samples per temperature [64 for one temperature, 8 for several].")
+@click.option(
+    "-t",
+    "--temperature",
+    "temperatures",
+    type=TEMPERATURES,
+    multiple=True,
+    default=["0.7"],
+    help="Temperature(s): 0.7, a list 0.5,0.7 or a range 0.1:1.5:0.1; repeatable. [0.7]",
+)
+@click.option(
+    "-n",
+    "n",
+    type=COUNT,
+    default=None,
+    help="Samples per temperature [64 for one temperature, 8 for several].",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--columns", type=COUNT, default=None,
-              help="Grid columns for one temperature [√n].")
+@click.option("--columns", type=COUNT, default=None, help="Grid columns for one temperature [√n].")
 @click.option("--out", default="samples.png", show_default=True, help="PNG file to write.")
 def sample(checkpoint, temperatures, n, seed, columns, out):
     """Sample a grid PNG: ε ~ N(0, t²·I), x = Φ⁻¹(ε); several temperatures give a row each."""
@@ -67,35 +87,62 @@ def sample(checkpoint, temperatures, n, seed, columns, out):
     save_png(image, out)
     for t, count in bad:
         if count:
-            click.echo(f"t={t:g}: {count} of {n} samples non-finite (drawn as magenta/black "
-                       "checkerboards)")
+            click.echo(
+                f"t={t:g}: {count} of {n} samples non-finite (drawn as magenta/black checkerboards)"
+            )
     total = sum(c for _, c in bad)
     click.echo(f"wrote {out}: {n * len(ts)} samples, {total} non-finite")
 
 
 # Said after counting squares of any size (no --square, no checkpoint to take it from).
-SQUARE_HINT = ("giving --square K (the trained square size) counts more reliably; see "
-               "docs/phenomenon.md")
+SQUARE_HINT = (
+    "giving --square K (the trained square size) counts more reliably; see docs/phenomenon.md"
+)
 
 
 @click.command()
 @click.argument("images", nargs=-1)
-@click.option("--checkpoint", default=None,
-              help="Run folder or checkpoint: sample it and print Table 1 [the newest run under "
-                   "./runs/ when no IMAGES are given].")
-@click.option("-t", "--temperature", "temperatures", type=TEMPERATURES, multiple=True,
-              default=["0.1:1.5:0.1"],
-              help="Temperatures (list or START:STOP:STEP); repeatable. [0.1:1.5:0.1]")
-@click.option("-n", "n", type=COUNT, default=50, show_default=True,
-              help="Samples per temperature (the paper counted 50 by hand).")
+@click.option(
+    "--checkpoint",
+    default=None,
+    help="Run folder or checkpoint: sample it and print Table 1 [the newest run under "
+    "./runs/ when no IMAGES are given].",
+)
+@click.option(
+    "-t",
+    "--temperature",
+    "temperatures",
+    type=TEMPERATURES,
+    multiple=True,
+    default=["0.1:1.5:0.1"],
+    help="Temperatures (list or START:STOP:STEP); repeatable. [0.1:1.5:0.1]",
+)
+@click.option(
+    "-n",
+    "n",
+    type=COUNT,
+    default=50,
+    show_default=True,
+    help="Samples per temperature (the paper counted 50 by hand).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--square", "square", type=COUNT, default=None,
-              help="Square side to look for [the checkpoint's; for images without one: any 4…S/2].")
-@click.option("--size", "image_size", type=COUNT, default=None,
-              help="Resize given images to this side [the checkpoint's, else each image's "
-                   "shorter side].")
-@click.option("--out", default=None,
-              help="Output folder for Table 1 [<run folder>/table1 or ./table1].")
+@click.option(
+    "--square",
+    "square",
+    type=COUNT,
+    default=None,
+    help="Square side to look for [the checkpoint's; for images without one: any 4…S/2].",
+)
+@click.option(
+    "--size",
+    "image_size",
+    type=COUNT,
+    default=None,
+    help="Resize given images to this side [the checkpoint's, else each image's shorter side].",
+)
+@click.option(
+    "--out", default=None, help="Output folder for Table 1 [<run folder>/table1 or ./table1]."
+)
 def squares(images, checkpoint, temperatures, n, seed, square, image_size, out):
     """Count grey squares: in samples per temperature (the paper's Table 1), or in IMAGES."""
     from ..analysis.runs import open_run
@@ -130,21 +177,26 @@ def squares(images, checkpoint, temperatures, n, seed, square, image_size, out):
         try:
             checkpoint = _checkpoint(None)
         except UserError:
-            raise UserError("give image files to count squares in, or --checkpoint RUN (or train "
-                            "a run under ./runs/) to sample it and print Table 1") from None
+            raise UserError(
+                "give image files to count squares in, or --checkpoint RUN (or train "
+                "a run under ./runs/) to sample it and print Table 1"
+            ) from None
     run = open_run(checkpoint, square)
     rows = square_table(run, _flat(temperatures), n, seed, say=echo)
     click.echo(format_table1(rows))
     bad = sum(r["nonfinite"] for r in rows)
     if bad:
-        click.echo(f"{bad} of {n * len(rows)} samples were non-finite (the flow's inverse "
-                   "overflowed); shares and E are over the finite ones")
+        click.echo(
+            f"{bad} of {n * len(rows)} samples were non-finite (the flow's inverse "
+            "overflowed); shares and E are over the finite ones"
+        )
     echo("measuring the counter's recall on faint squares (synthetic faces at the run's size)")
     recall = detector_recall(run)
     click.echo(format_recall(recall))
-    _wrote(write_table1(rows, out or table1_folder(checkpoint), recall),
-           f" (contact sheet: the first {min(n, 16)} samples per t, detected squares outlined in "
-           "red)")
+    _wrote(
+        write_table1(rows, out or table1_folder(checkpoint), recall),
+        f" (contact sheet: the first {min(n, 16)} samples per t, detected squares outlined in red)",
+    )
 
 
 def invert_options(f):
@@ -153,85 +205,168 @@ def invert_options(f):
 
     d = inv.DEFAULTS
     options = [
-        click.option("--gamma", type=FiniteRange(min=0), default=d["gamma"], show_default=True,
-                     help="Weight of ‖z‖²/D against the fit to the observed pixels; with "
-                          "--samples it also sets the posterior's noise, σ² = γ·M/D."),
-        click.option("--steps", type=COUNT, default=d["steps"], show_default=True,
-                     help="Optimiser steps."),
-        click.option("--lr", type=FiniteRange(min=0, min_open=True), default=d["lr"],
-                     show_default=True, help="Optimiser step size."),
-        click.option("--optimiser", type=click.Choice(inv.OPTIMISERS), default=d["optimiser"],
-                     show_default=True),
-        click.option("--start", type=click.Choice(inv.STARTS), default=d["start"],
-                     show_default=True,
-                     help="Start from α·Φ of the input with its hole harmonically filled, or of "
-                          "the input as it is."),
+        click.option(
+            "--gamma",
+            type=FiniteRange(min=0),
+            default=d["gamma"],
+            show_default=True,
+            help="Weight of ‖z‖²/D against the fit to the observed pixels; with "
+            "--samples it also sets the posterior's noise, σ² = γ·M/D.",
+        ),
+        click.option(
+            "--steps", type=COUNT, default=d["steps"], show_default=True, help="Optimiser steps."
+        ),
+        click.option(
+            "--lr",
+            type=FiniteRange(min=0, min_open=True),
+            default=d["lr"],
+            show_default=True,
+            help="Optimiser step size.",
+        ),
+        click.option(
+            "--optimiser",
+            type=click.Choice(inv.OPTIMISERS),
+            default=d["optimiser"],
+            show_default=True,
+        ),
+        click.option(
+            "--start",
+            type=click.Choice(inv.STARTS),
+            default=d["start"],
+            show_default=True,
+            help="Start from α·Φ of the input with its hole harmonically filled, or of "
+            "the input as it is.",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
     return f
 
 
-NOISE_NEEDS_GAMMA = ("--samples needs --gamma above 0: it sets the posterior's observation "
-                     "noise (σ² = γ·M/D)")
+NOISE_NEEDS_GAMMA = (
+    "--samples needs --gamma above 0: it sets the posterior's observation noise (σ² = γ·M/D)"
+)
 
 
 def sampler_options(defaults, note=""):
     """The posterior sampler's temperature and chain length (`impute` and `evaluate`, each with
     its own defaults); `note` ends the warm-up's help."""
     options = [
-        click.option("--temperature", type=FiniteRange(min=0, min_open=True),
-                     default=defaults["temperature"], show_default=True,
-                     help="The posterior's prior temperature t: N(0, t²·I) on the latent."),
-        click.option("--posterior-warmup", "sampler_warmup", type=click.IntRange(min=0),
-                     default=defaults["warmup"], show_default=True,
-                     help=f"MALA steps that adapt each chain's step size, not kept.{note}"),
-        click.option("--posterior-steps", "sampler_steps", type=click.IntRange(min=0),
-                     default=defaults["steps"], show_default=True,
-                     help="MALA steps at the adapted step size; a draw is each chain's last "
-                          "state."),
+        click.option(
+            "--temperature",
+            type=FiniteRange(min=0, min_open=True),
+            default=defaults["temperature"],
+            show_default=True,
+            help="The posterior's prior temperature t: N(0, t²·I) on the latent.",
+        ),
+        click.option(
+            "--posterior-warmup",
+            "sampler_warmup",
+            type=click.IntRange(min=0),
+            default=defaults["warmup"],
+            show_default=True,
+            help=f"MALA steps that adapt each chain's step size, not kept.{note}",
+        ),
+        click.option(
+            "--posterior-steps",
+            "sampler_steps",
+            type=click.IntRange(min=0),
+            default=defaults["steps"],
+            show_default=True,
+            help="MALA steps at the adapted step size; a draw is each chain's last state.",
+        ),
     ]
 
     def decorate(f):
         for option in reversed(options):
             f = option(f)
         return f
+
     return decorate
 
 
 @click.command()
 @click.argument("images", nargs=-1, required=True)
 @click.option("--checkpoint", default=None, help=CHECKPOINT_HELP)
-@click.option("--method", type=click.Choice(["invert", "alpha"]), default=None,
-              help="invert: fit the observed pixels with a small latent (needs the hole); alpha: "
-                   "the paper's x' = Φ⁻¹(α·Φ(x)). [alpha when --alpha is given, else invert]")
-@click.option("--alpha", "alphas", type=ALPHAS, default=None,
-              help="Scale(s) of the latent in (0, 1]: 0.6, a list 0.2,0.6,1.0 or a range "
-                   "0.1:1.0:0.1. Alone it asks for the paper's α-imputation (several: its Fig. 2 "
-                   "strips); with --method invert, one value, the start's scale. [0.6]")
-@click.option("--mask", "masks", multiple=True,
-              help="Mask image (non-zero = missing), one per image file in order, or one for "
-                   "all; repeatable. Else: an image's alpha channel (one opaque everywhere marks "
-                   "nothing), the dataset's squares for heldout:N, or the detector.")
-@click.option("--samples", type=click.IntRange(min=0), default=0, show_default=True,
-              help="invert: completions per image drawn from the posterior given the observed "
-                   "pixels (MALA, started at the restored image), written beside it with their "
-                   "per-pixel spread.")
+@click.option(
+    "--method",
+    type=click.Choice(["invert", "alpha"]),
+    default=None,
+    help="invert: fit the observed pixels with a small latent (needs the hole); alpha: "
+    "the paper's x' = Φ⁻¹(α·Φ(x)). [alpha when --alpha is given, else invert]",
+)
+@click.option(
+    "--alpha",
+    "alphas",
+    type=ALPHAS,
+    default=None,
+    help="Scale(s) of the latent in (0, 1]: 0.6, a list 0.2,0.6,1.0 or a range "
+    "0.1:1.0:0.1. Alone it asks for the paper's α-imputation (several: its Fig. 2 "
+    "strips); with --method invert, one value, the start's scale. [0.6]",
+)
+@click.option(
+    "--mask",
+    "masks",
+    multiple=True,
+    help="Mask image (non-zero = missing), one per image file in order, or one for "
+    "all; repeatable. Else: an image's alpha channel (one opaque everywhere marks "
+    "nothing), the dataset's squares for heldout:N, or the detector.",
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="invert: completions per image drawn from the posterior given the observed "
+    "pixels (MALA, started at the restored image), written beside it with their "
+    "per-pixel spread.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the posterior draws.")
-@click.option("--keep-observed", is_flag=True,
-              help="alpha: restore only the hole; keep every other pixel of the input.")
-@click.option("--iterations", type=COUNT, default=1, show_default=True,
-              help="alpha: repeat 'scale the latent, put the observed pixels back' N times "
-                   "(more than 1 implies --keep-observed).")
-@click.option("--square", "square", type=SQUARE_PLACE, default=None,
-              help="The square's place by hand, for every input (else: the mask, the alpha "
-                   "channel, the dataset's for heldout:N, else the detector's).")
+@click.option(
+    "--keep-observed",
+    is_flag=True,
+    help="alpha: restore only the hole; keep every other pixel of the input.",
+)
+@click.option(
+    "--iterations",
+    type=COUNT,
+    default=1,
+    show_default=True,
+    help="alpha: repeat 'scale the latent, put the observed pixels back' N times "
+    "(more than 1 implies --keep-observed).",
+)
+@click.option(
+    "--square",
+    "square",
+    type=SQUARE_PLACE,
+    default=None,
+    help="The square's place by hand, for every input (else: the mask, the alpha "
+    "channel, the dataset's for heldout:N, else the detector's).",
+)
 @invert_options
 @sampler_options(SAMPLING)
 @click.option("--out", default="imputed", show_default=True, help="Output folder.")
-def impute(images, checkpoint, method, alphas, masks, samples, seed, keep_observed, iterations,
-           square, gamma, steps, lr, optimiser, start, temperature, sampler_warmup, sampler_steps,
-           out):
+def impute(
+    images,
+    checkpoint,
+    method,
+    alphas,
+    masks,
+    samples,
+    seed,
+    keep_observed,
+    iterations,
+    square,
+    gamma,
+    steps,
+    lr,
+    optimiser,
+    start,
+    temperature,
+    sampler_warmup,
+    sampler_steps,
+    out,
+):
     """Restore IMAGES (files, or heldout:N for held-out dataset items).
 
     `impute img.png` restores by latent-norm inversion; `impute --alpha 0.6 img.png` by the
@@ -241,8 +376,15 @@ def impute(images, checkpoint, method, alphas, masks, samples, seed, keep_observ
     from ..analysis.runs import open_run
     from ..progress import progress_bar
 
-    plan = plan_impute(method, alphas, masks=masks, square=square, samples=samples,
-                       keep_observed=keep_observed, iterations=iterations)
+    plan = plan_impute(
+        method,
+        alphas,
+        masks=masks,
+        square=square,
+        samples=samples,
+        keep_observed=keep_observed,
+        iterations=iterations,
+    )
     if plan.samples and gamma <= 0:
         raise UserError(NOISE_NEEDS_GAMMA)
     run = open_run(_checkpoint(checkpoint))
@@ -254,9 +396,16 @@ def impute(images, checkpoint, method, alphas, masks, samples, seed, keep_observ
         sampling = dict(temperature=temperature, warmup=sampler_warmup, steps=sampler_steps)
         total = steps + (sampler_warmup + sampler_steps if plan.samples else 0)
         with progress_bar(total, "inverting", show=plan.method == "invert") as bar:
-            done = restore_inputs(run, items, plan, out, seed, options,
-                                  on_step=(lambda i: bar.update(1)) if bar is not None else None,
-                                  sampling=sampling)
+            done = restore_inputs(
+                run,
+                items,
+                plan,
+                out,
+                seed,
+                options,
+                on_step=(lambda i: bar.update(1)) if bar is not None else None,
+                sampling=sampling,
+            )
         for line in done.lines:
             click.echo(line)
         bad = f" ({done.nonfinite} non-finite)" if done.nonfinite else ""
@@ -267,10 +416,12 @@ def impute(images, checkpoint, method, alphas, masks, samples, seed, keep_observ
 
 @click.command("latent-norms")
 @click.option("--checkpoint", default=None, help=CHECKPOINT_HELP)
-@click.option("-n", "n", type=COUNT, default=100, show_default=True,
-              help="Held-out images per variant.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seeds the dequantisation noise.")
+@click.option(
+    "-n", "n", type=COUNT, default=100, show_default=True, help="Held-out images per variant."
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seeds the dequantisation noise."
+)
 @dataset_options
 @click.option("--out", default="latent-norms", show_default=True, help="Output folder.")
 def latent_norms_command(checkpoint, n, seed, data, square, out):
@@ -299,34 +450,85 @@ def _families(ctx, param, value):
 @click.command()
 @click.option("--checkpoint", default=None, help=CHECKPOINT_HELP)
 @click.option("-n", "n", type=COUNT, default=100, show_default=True, help="Held-out images.")
-@click.option("--alpha", "alphas", type=ALPHAS, default="0.1:1.0:0.1", show_default=True,
-              help="Alphas to score.")
-@click.option("--iterations", type=COUNT, default=3, show_default=True,
-              help="Also score keep-observed repeated N times (1: skip).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seeds the dequantisation noise, the holes of every family but square, and "
-                   "the posterior draws.")
-@click.option("--masks", default="square,centre,rectangles,pixels", show_default=True,
-              callback=_families,
-              help="Hole families to score every method on, the same images for each: square "
-                   "(the training square), centre (a centred S/2 square), rectangles (10–40 % "
-                   "of the image), pixels (half the pixels at random).")
-@click.option("--samples", type=click.IntRange(min=0), default=SAMPLES, show_default=True,
-              help="Posterior draws per image, scored as a sampler (0: skip the posterior). 19 "
-                   "is the fewest whose central 50 % and 90 % intervals sit on whole ranks.")
-@click.option("--classical/--no-classical", default=True, show_default=True,
-              help="Also score scikit-image's and OpenCV's inpainting, where installed.")
+@click.option(
+    "--alpha",
+    "alphas",
+    type=ALPHAS,
+    default="0.1:1.0:0.1",
+    show_default=True,
+    help="Alphas to score.",
+)
+@click.option(
+    "--iterations",
+    type=COUNT,
+    default=3,
+    show_default=True,
+    help="Also score keep-observed repeated N times (1: skip).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seeds the dequantisation noise, the holes of every family but square, and "
+    "the posterior draws.",
+)
+@click.option(
+    "--masks",
+    default="square,centre,rectangles,pixels",
+    show_default=True,
+    callback=_families,
+    help="Hole families to score every method on, the same images for each: square "
+    "(the training square), centre (a centred S/2 square), rectangles (10–40 % "
+    "of the image), pixels (half the pixels at random).",
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(min=0),
+    default=SAMPLES,
+    show_default=True,
+    help="Posterior draws per image, scored as a sampler (0: skip the posterior). 19 "
+    "is the fewest whose central 50 % and 90 % intervals sit on whole ranks.",
+)
+@click.option(
+    "--classical/--no-classical",
+    default=True,
+    show_default=True,
+    help="Also score scikit-image's and OpenCV's inpainting, where installed.",
+)
 @invert_options
-@sampler_options(SAMPLING_DEFAULTS, note=" With --posterior-steps sized for -n 100 on four "
-                                         "families in about a quarter of an hour of one CPU "
-                                         "thread; longer chains cover closer to nominal "
-                                         "(docs/imputation.md).")
+@sampler_options(
+    SAMPLING_DEFAULTS,
+    note=" With --posterior-steps sized for -n 100 on four "
+    "families in about a quarter of an hour of one CPU "
+    "thread; longer chains cover closer to nominal "
+    "(docs/imputation.md).",
+)
 @dataset_options
 @click.option("--json", "json_path", default=None, help="Also write every row to this JSON file.")
 @click.option("--out", default="evaluation", show_default=True, help="Output folder.")
-def evaluate(checkpoint, n, alphas, iterations, seed, masks, samples, classical, gamma, steps, lr,
-             optimiser, start, temperature, sampler_warmup, sampler_steps, data, square,
-             json_path, out):
+def evaluate(
+    checkpoint,
+    n,
+    alphas,
+    iterations,
+    seed,
+    masks,
+    samples,
+    classical,
+    gamma,
+    steps,
+    lr,
+    optimiser,
+    start,
+    temperature,
+    sampler_warmup,
+    sampler_steps,
+    data,
+    square,
+    json_path,
+    out,
+):
     """Every imputation method on the same held-out images and hole families (RMSE, PSNR, SSIM,
     seconds; the posterior's coverage and CRPS), and bits/dim."""
     from ..analysis.evaluate import evaluate as run_evaluation
@@ -340,10 +542,19 @@ def evaluate(checkpoint, n, alphas, iterations, seed, masks, samples, classical,
     options = dict(gamma=gamma, steps=steps, lr=lr, optimiser=optimiser, start=start)
     sampling = dict(temperature=temperature, warmup=sampler_warmup, steps=sampler_steps)
     with progress_bar(n * len(masks), "evaluating") as bar:
-        result = run_evaluation(run, n, alphas, iterations, seed, invert_options=options,
-                                classical=classical, masks=masks, samples=samples,
-                                posterior_options=sampling,
-                                on_batch=(lambda k: bar.update(k)) if bar is not None else None)
+        result = run_evaluation(
+            run,
+            n,
+            alphas,
+            iterations,
+            seed,
+            invert_options=options,
+            classical=classical,
+            masks=masks,
+            samples=samples,
+            posterior_options=sampling,
+            on_batch=(lambda k: bar.update(k)) if bar is not None else None,
+        )
     for name, why in result["skipped"].items():
         echo(f"skipped {name}: not installed ({why})")
     click.echo(format_report(result))

@@ -4,6 +4,7 @@ alphas and temperatures, counts, finite numbers in a range, and a square's place
 A bad value is click's `BadParameter`; `missingglow.cli.main` turns it into the one `error:` line
 every other bad input gets, instead of click's usage block.
 """
+
 import math
 
 import click
@@ -43,8 +44,12 @@ class Values(click.ParamType):
     def convert(self, value, param, ctx):
         values = list(value) if isinstance(value, (list, tuple)) else parse_values(value)
         if values is None:
-            self.fail(f"{self.what} must be a number, a list like 0.1,0.5 or a range like "
-                      f"0.1:1.0:0.1 (start:stop:step), not {str(value).strip()!r}", param, ctx)
+            self.fail(
+                f"{self.what} must be a number, a list like 0.1,0.5 or a range like "
+                f"0.1:1.0:0.1 (start:stop:step), not {str(value).strip()!r}",
+                param,
+                ctx,
+            )
         for v in values:
             if not (math.isfinite(v) and self.allowed(v)):
                 self.fail(f"{self.what} {self.rule}, not {v:g}", param, ctx)

@@ -1,4 +1,5 @@
 """`prepare`, `check` and `train`: parse, call, print."""
+
 import sys
 from dataclasses import fields
 
@@ -9,28 +10,54 @@ from ..training.config import TrainConfig, preset_values, resolve_config, value_
 
 
 @click.command()
-@click.option("--data", "data_dir", type=click.Path(), default=None,
-              help="Image folder (searched recursively). Default: the built-in synthetic faces.")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(),
+    default=None,
+    help="Image folder (searched recursively). Default: the built-in synthetic faces.",
+)
 @click.option("--size", type=int, default=64, show_default=True, help="Image side S in pixels.")
-@click.option("--cache", "cache_dir", type=click.Path(), default=None,
-              help="Cache folder. Default: $MISSINGGLOW_CACHE or ~/.cache/missingglow.")
+@click.option(
+    "--cache",
+    "cache_dir",
+    type=click.Path(),
+    default=None,
+    help="Cache folder. Default: $MISSINGGLOW_CACHE or ~/.cache/missingglow.",
+)
 @click.option("--workers", type=int, default=None, help="Decoding processes. Default: all cores.")
-@click.option("--synthetic-count", type=int, default=10_000, show_default=True,
-              help="How many synthetic faces, when no --data is given.")
+@click.option(
+    "--synthetic-count",
+    type=int,
+    default=10_000,
+    show_default=True,
+    help="How many synthetic faces, when no --data is given.",
+)
 @click.option("--synthetic-seed", type=int, default=0, show_default=True)
-@click.option("--synthetic-detail", type=click.Choice(["full", "low"]), default="full",
-              show_default=True,
-              help="Synthetic faces as drawn, or drawn at half size and enlarged (the small "
-                   "preset's).")
+@click.option(
+    "--synthetic-detail",
+    type=click.Choice(["full", "low"]),
+    default="full",
+    show_default=True,
+    help="Synthetic faces as drawn, or drawn at half size and enlarged (the small preset's).",
+)
 @click.option("--rebuild", is_flag=True, help="Decode again even if a good cache exists.")
-def prepare(data_dir, size, cache_dir, workers, synthetic_count, synthetic_seed, synthetic_detail,
-            rebuild):
+def prepare(
+    data_dir, size, cache_dir, workers, synthetic_count, synthetic_seed, synthetic_detail, rebuild
+):
     """Decode an image folder once into the memory-mapped cache (reused when up to date)."""
     from ..data.cache import open_dataset
 
-    cache = open_dataset(data_dir, size, cache_dir=cache_dir, workers=workers, rebuild=rebuild,
-                         synthetic_count=synthetic_count, synthetic_seed=synthetic_seed,
-                         synthetic_detail=synthetic_detail)
+    cache = open_dataset(
+        data_dir,
+        size,
+        cache_dir=cache_dir,
+        workers=workers,
+        rebuild=rebuild,
+        synthetic_count=synthetic_count,
+        synthetic_seed=synthetic_seed,
+        synthetic_detail=synthetic_detail,
+    )
     click.echo(cache.path)
 
 
@@ -107,23 +134,31 @@ def refuse_settings_beside_resume(settings):
     """A resumed run keeps its stored settings: one given beside --resume would be ignored, so it
     is refused instead (all but --iterations, which extends the run, and the settings of how this
     machine trains, which replace the stored ones)."""
-    ignored = [flag_of(f) for f in fields(TrainConfig)
-               if settings[f.name] is not None and f.name != "iterations"
-               and not f.metadata["machine"]]
+    ignored = [
+        flag_of(f)
+        for f in fields(TrainConfig)
+        if settings[f.name] is not None and f.name != "iterations" and not f.metadata["machine"]
+    ]
     if ignored:
-        machine = ", ".join(flag_of(f).split("/")[0] for f in fields(TrainConfig)
-                            if f.metadata["machine"])
-        raise UserError(f"--resume continues a run with its stored settings: of the others, only "
-                        f"--iterations applies, not {', '.join(ignored)} (this machine's "
-                        f"{machine} may be given too)")
+        machine = ", ".join(
+            flag_of(f).split("/")[0] for f in fields(TrainConfig) if f.metadata["machine"]
+        )
+        raise UserError(
+            f"--resume continues a run with its stored settings: of the others, only "
+            f"--iterations applies, not {', '.join(ignored)} (this machine's "
+            f"{machine} may be given too)"
+        )
 
 
 @click.command()
 @setting_options
-@click.option("--resume", default=None,
-              help="Continue the run in this folder (or from this checkpoint file) with its "
-                   "stored settings; of the options above only --iterations and this machine's "
-                   "--graph, --threads and --eval-batch apply.")
+@click.option(
+    "--resume",
+    default=None,
+    help="Continue the run in this folder (or from this checkpoint file) with its "
+    "stored settings; of the options above only --iterations and this machine's "
+    "--graph, --threads and --eval-batch apply.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(resume, quiet, **settings):
     """Train a Glow on images with grey squares (progress, checkpoints, resume, torchrun)."""
@@ -138,8 +173,13 @@ def train(resume, quiet, **settings):
         if note:
             click.echo(note, err=True)
     try:
-        run_dir = run_training(config, resume=resume, iterations=settings["iterations"],
-                               progress=not quiet, machine=machine)
+        run_dir = run_training(
+            config,
+            resume=resume,
+            iterations=settings["iterations"],
+            progress=not quiet,
+            machine=machine,
+        )
     except KeyboardInterrupt:
         sys.exit(130)
     click.echo(run_dir)

@@ -18,6 +18,7 @@ reader sees a whole file or none; a file whose header or length does not match i
 (`CacheMismatch` says why). The temporary file of a build that was killed is removed by the next
 `open_dataset` on that folder once its writer is gone (atomic.py).
 """
+
 import hashlib
 import json
 import multiprocessing
@@ -60,13 +61,14 @@ def read_header(path):
     if len(head) < HEADER_BYTES:
         raise CacheMismatch("truncated (shorter than its header)")
     try:
-        header = json.loads(head[len(MAGIC):].decode("utf-8"))
+        header = json.loads(head[len(MAGIC) :].decode("utf-8"))
     except ValueError:
         raise CacheMismatch("damaged (its header is not valid JSON)") from None
     version = header.get("format_version")
     if version != FORMAT_VERSION:
-        raise CacheMismatch(f"from another format version ({version}, this version reads "
-                            f"{FORMAT_VERSION})")
+        raise CacheMismatch(
+            f"from another format version ({version}, this version reads {FORMAT_VERSION})"
+        )
     try:
         n, s, t = int(header["count"]), int(header["size"]), int(header["trailer_bytes"])
     except (KeyError, TypeError, ValueError):
@@ -122,8 +124,8 @@ class ImageCache:
         Caches written before this was recorded are scanned once."""
         if "grayscale" not in self.header:
             self.header["grayscale"] = self.count > 0 and all(
-                bool((part[..., :1] == part[..., 1:]).all())
-                for part in self.images.split(1024))
+                bool((part[..., :1] == part[..., 1:]).all()) for part in self.images.split(1024)
+            )
         return bool(self.header["grayscale"])
 
     @property
@@ -173,20 +175,22 @@ def write_cache(path, *, source, digest, size, items, extra=None):
             grey = grey and data[0::3] == data[1::3] == data[2::3]
         trailer = json.dumps({"names": names, "skipped": skipped}).encode("utf-8")
         f.write(trailer)
-        header.update({
-            "format_version": FORMAT_VERSION,
-            "source": source,
-            "digest": digest,
-            "size": size,
-            "count": len(names),
-            "layout": "N,S,S,3 uint8 RGB after a 4096-byte header",
-            "trailer_bytes": len(trailer),
-            "skipped": len(skipped),
-            "upscaled": upscaled,
-            "grayscale": bool(names) and grey,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            **(extra or {}),
-        })
+        header.update(
+            {
+                "format_version": FORMAT_VERSION,
+                "source": source,
+                "digest": digest,
+                "size": size,
+                "count": len(names),
+                "layout": "N,S,S,3 uint8 RGB after a 4096-byte header",
+                "trailer_bytes": len(trailer),
+                "skipped": len(skipped),
+                "upscaled": upscaled,
+                "grayscale": bool(names) and grey,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                **(extra or {}),
+            }
+        )
         head = MAGIC + json.dumps(header).encode("utf-8")
         if len(head) > HEADER_BYTES:
             raise ValueError("cache header longer than 4096 bytes")
@@ -196,10 +200,12 @@ def write_cache(path, *, source, digest, size, items, extra=None):
     try:
         atomic_write(path, write)
     except WriteError as err:
-        raise UserError(f"cannot write the image cache {path} ({err.reason}); free some "
-                        "space or pass --cache DIR / set MISSINGGLOW_CACHE to another folder"
-                        ) from None
+        raise UserError(
+            f"cannot write the image cache {path} ({err.reason}); free some "
+            "space or pass --cache DIR / set MISSINGGLOW_CACHE to another folder"
+        ) from None
     return ImageCache(path, header)
+
 
 def default_cache_dir():
     """$MISSINGGLOW_CACHE, else $XDG_CACHE_HOME/missingglow, else ~/.cache/missingglow."""
@@ -221,7 +227,7 @@ def cache_path(source, size, cache_dir=None):
     folder does not leave stale multi-gigabyte files behind.
     """
     if source.startswith("folder:"):
-        slug = os.path.basename(source[len("folder:"):].rstrip("/")) or "root"
+        slug = os.path.basename(source[len("folder:") :].rstrip("/")) or "root"
     else:
         slug = source.split(",v=")[0].replace(":", "-").replace(",", "-").replace("=", "")
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", slug)[:40]
@@ -234,13 +240,24 @@ def open_cache(path):
     try:
         return ImageCache(path)
     except CacheMismatch as why:
-        raise UserError(f"the image cache {path} is {why}; delete it and run `missingglow prepare "
-                        "--data DIR --size S` to rebuild it") from None
+        raise UserError(
+            f"the image cache {path} is {why}; delete it and run `missingglow prepare "
+            "--data DIR --size S` to rebuild it"
+        ) from None
 
 
-def open_dataset(data=None, size=64, *, cache_dir=None, workers=None, rebuild=False,
-                 synthetic_count=SYNTHETIC_COUNT, synthetic_seed=0, synthetic_detail="full",
-                 quiet=False):
+def open_dataset(
+    data=None,
+    size=64,
+    *,
+    cache_dir=None,
+    workers=None,
+    rebuild=False,
+    synthetic_count=SYNTHETIC_COUNT,
+    synthetic_seed=0,
+    synthetic_detail="full",
+    quiet=False,
+):
     """The cache of `data` (an image folder, a `.mgcache` file, or None for the synthetic faces)
     at `size`×`size`, built if missing or stale, else reused at once. Returns an ImageCache.
 
@@ -252,16 +269,20 @@ def open_dataset(data=None, size=64, *, cache_dir=None, workers=None, rebuild=Fa
     if data is not None and os.path.isfile(data) and str(data).endswith(SUFFIX):
         cache = open_cache(data)
         if cache.size != size:
-            raise UserError(f"the image cache {data} holds {cache.size}-pixel images, not {size}; "
-                            f"pass --size {cache.size} or the image folder instead")
+            raise UserError(
+                f"the image cache {data} holds {cache.size}-pixel images, not {size}; "
+                f"pass --size {cache.size} or the image folder instead"
+            )
         return cache
     say = (lambda msg: None) if quiet else echo
     if data is None:
         if synthetic_count < 1:
             raise UserError(f"the synthetic set needs at least 1 image, not {synthetic_count}")
         if synthetic_detail not in synthetic.DETAILS:
-            raise UserError(f"synthetic detail must be {' or '.join(synthetic.DETAILS)}, "
-                            f"not {synthetic_detail!r}")
+            raise UserError(
+                f"synthetic detail must be {' or '.join(synthetic.DETAILS)}, "
+                f"not {synthetic_detail!r}"
+            )
         source = synthetic_source(synthetic_seed, synthetic_count, synthetic_detail)
         digest = hashlib.sha256(source.encode()).hexdigest()
         items = [(synthetic_seed, i, size, synthetic_detail) for i in range(synthetic_count)]
@@ -270,17 +291,23 @@ def open_dataset(data=None, size=64, *, cache_dir=None, workers=None, rebuild=Fa
     else:
         root = os.path.abspath(os.path.expanduser(os.fspath(data)))
         if not os.path.exists(root):
-            raise UserError(f"image folder {data} does not exist; pass --data with a folder of "
-                            "images, or leave it out to use the synthetic faces")
+            raise UserError(
+                f"image folder {data} does not exist; pass --data with a folder of "
+                "images, or leave it out to use the synthetic faces"
+            )
         if not os.path.isdir(root):
-            raise UserError(f"{data} is a file, not a folder; pass --data with a folder of images "
-                            f"(or a {SUFFIX} cache file)")
+            raise UserError(
+                f"{data} is a file, not a folder; pass --data with a folder of images "
+                f"(or a {SUFFIX} cache file)"
+            )
         names, ignored = imagefolder.find_images(root)
         if not names:
             what = f"{ignored} other files ignored" if ignored else "the folder is empty"
-            raise UserError(f"no images ({', '.join(e[1:] for e in imagefolder.EXTENSIONS)}) found "
-                            f"in {data}, searched recursively ({what}); pass --data with a folder "
-                            "of images")
+            raise UserError(
+                f"no images ({', '.join(e[1:] for e in imagefolder.EXTENSIONS)}) found "
+                f"in {data}, searched recursively ({what}); pass --data with a folder "
+                "of images"
+            )
         source = f"folder:{root}"
         digest = imagefolder.file_list_digest(root, names)
         items = [(root, name, size) for name in names]
@@ -297,8 +324,10 @@ def open_dataset(data=None, size=64, *, cache_dir=None, workers=None, rebuild=Fa
     cache = write_cache(path, source=source, digest=digest, size=size, items=results, extra=extra)
     say(_summary(cache, len(items), time.perf_counter() - start, path))
     if cache.count == 0:
-        raise UserError(f"none of the {len(items)} image files in {data} could be read; "
-                        "see the line above for why")
+        raise UserError(
+            f"none of the {len(items)} image files in {data} could be read; "
+            "see the line above for why"
+        )
     return cache
 
 
@@ -306,8 +335,11 @@ def _reusable(path, source, digest, size, say):
     """The cache at `path` if it is whole and made from these sources, else None (and why)."""
     try:
         header = read_header(path)
-        if (header.get("source"), header.get("digest"), header.get("size")) != (source, digest,
-                                                                               size):
+        if (header.get("source"), header.get("digest"), header.get("size")) != (
+            source,
+            digest,
+            size,
+        ):
             raise CacheMismatch("for other source files (the folder changed since it was built)")
     except CacheMismatch as why:
         if str(why) != "missing":
@@ -325,8 +357,10 @@ def _remove_abandoned(folder, say):
     removed = remove_abandoned_temp_files(folder)
     if removed:
         megabytes = sum(size for _, size in removed) / 1e6
-        say(f"removed {len(removed)} temporary files ({megabytes:.1f} MB) left in {folder} by "
-            "interrupted builds")
+        say(
+            f"removed {len(removed)} temporary files ({megabytes:.1f} MB) left in {folder} by "
+            "interrupted builds"
+        )
 
 
 def _decode_item(args):
@@ -365,8 +399,10 @@ def _run(job, items, workers, label):
 
 def _summary(cache, n_items, seconds, path):
     rate = n_items / seconds if seconds > 0 else float("inf")
-    line = (f"prepared {cache.count} images, {cache.size}×{cache.size}, in {seconds:.1f} s "
-            f"({rate:.0f} images/s) into {path}")
+    line = (
+        f"prepared {cache.count} images, {cache.size}×{cache.size}, in {seconds:.1f} s "
+        f"({rate:.0f} images/s) into {path}"
+    )
     skipped = cache.skipped
     if skipped:
         shown = ", ".join(f"{name} ({why})" for name, why in skipped[:5])
@@ -380,4 +416,5 @@ def _summary(cache, n_items, seconds, path):
 
 def _pillow_version():
     import PIL
+
     return PIL.__version__

@@ -8,6 +8,7 @@ Squares come from (seed, i) (see `masks`), so any square size and count reads th
 The held-out split depends only on the image names and `split_seed`, not on the training seed:
 every run holds out the same images.
 """
+
 import hashlib
 
 import torch
@@ -22,9 +23,13 @@ MIN_HELDOUT = 16
 
 def dataset_of(config, size=None, quiet=True):
     """The dataset a training config names (its image folder, or its synthetic faces)."""
-    return open_dataset(config.get("data"), size or config["image_size"],
-                        synthetic_count=config.get("synthetic_count", SYNTHETIC_COUNT),
-                        synthetic_detail=config.get("synthetic_detail", "full"), quiet=quiet)
+    return open_dataset(
+        config.get("data"),
+        size or config["image_size"],
+        synthetic_count=config.get("synthetic_count", SYNTHETIC_COUNT),
+        synthetic_detail=config.get("synthetic_detail", "full"),
+        quiet=quiet,
+    )
 
 
 def heldout_indices(names, fraction=HELDOUT_FRACTION, split_seed=0, minimum=MIN_HELDOUT):
@@ -38,8 +43,10 @@ def heldout_indices(names, fraction=HELDOUT_FRACTION, split_seed=0, minimum=MIN_
     k = min(n // 2 if n > 1 else 0, max(round(fraction * n), min(minimum, n // 2)))
     if fraction <= 0:
         k = 0
-    keys = [hashlib.sha256(f"{split_seed}:{name}".encode("utf-8", "surrogateescape")).digest()
-            for name in names]
+    keys = [
+        hashlib.sha256(f"{split_seed}:{name}".encode("utf-8", "surrogateescape")).digest()
+        for name in names
+    ]
     return sorted(sorted(range(n), key=keys.__getitem__)[:k])
 
 
@@ -54,8 +61,17 @@ class MaskedImages(torch.utils.data.Dataset):
     split: "train" (never the held-out images), "heldout", or "all".
     """
 
-    def __init__(self, cache, square=0, count=1, seed=0, split="train",
-                 heldout_fraction=HELDOUT_FRACTION, split_seed=0, fill=GREY):
+    def __init__(
+        self,
+        cache,
+        square=0,
+        count=1,
+        seed=0,
+        split="train",
+        heldout_fraction=HELDOUT_FRACTION,
+        split_seed=0,
+        fill=GREY,
+    ):
         check_squares(square, count, cache.size)
         if split not in ("train", "heldout", "all"):
             raise UserError(f"split must be train, heldout or all, not {split!r}")
@@ -71,8 +87,10 @@ class MaskedImages(torch.utils.data.Dataset):
                 held_set = set(held)
                 self.indices = [i for i in range(len(cache)) if i not in held_set]
         if not self.indices:
-            raise UserError(f"the {split} split of {cache.source} is empty ({len(cache)} images); "
-                            "use a folder with more images")
+            raise UserError(
+                f"the {split} split of {cache.source} is empty ({len(cache)} images); "
+                "use a folder with more images"
+            )
 
     def __len__(self):
         return len(self.indices)
@@ -100,11 +118,14 @@ class MaskedImages(torch.utils.data.Dataset):
         pixels = self.cache.images.index_select(0, rows)  # (B, S, S, 3) uint8
         clean = torch.empty((len(rows), 3, self.cache.size, self.cache.size))
         clean.copy_(pixels.permute(0, 3, 1, 2)).div_(255)
-        positions = torch.stack([self.positions(j) for j in js]) if len(js) else \
-            torch.zeros((0, 0, 2), dtype=torch.int64)
+        positions = (
+            torch.stack([self.positions(j) for j in js])
+            if len(js)
+            else torch.zeros((0, 0, 2), dtype=torch.int64)
+        )
         masked = clean.clone()
         k = self.square
         for b, pos in enumerate(positions.tolist()):
             for top, left in pos:
-                masked[b, :, top:top + k, left:left + k] = self.fill
+                masked[b, :, top : top + k, left : left + k] = self.fill
         return masked, clean, positions

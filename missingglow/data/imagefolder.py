@@ -3,6 +3,7 @@
 Pillow only (no torch, no NumPy), so that decoding workers stay light. `load_square` never raises
 for a bad file: it returns the reason instead, and the caller counts and names the skipped files.
 """
+
 import hashlib
 import os
 import warnings
@@ -122,8 +123,10 @@ def load_square(path, size):
 
 def _reason(err):
     if isinstance(err, Image.DecompressionBombError):
-        return (f"more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, refused as a possible "
-                "decompression bomb")
+        return (
+            f"more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, refused as a possible "
+            "decompression bomb"
+        )
     if isinstance(err, OSError) and err.strerror:  # e.g. a broken link, no permission
         return err.strerror
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

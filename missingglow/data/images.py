@@ -4,6 +4,7 @@ An image file meets the model as the cached training images did (docs/convention
 shorter side resized, centre crop. A mask (a file, or an image's alpha channel) goes through the
 same geometry, so its hole lands on the same model pixels.
 """
+
 import os
 
 import torch
@@ -31,8 +32,9 @@ def load_image(path, size):
         raise UserError(f"image {path} not found")
     data, note = load_square(path, size)
     if data is None:
-        raise UserError(f"cannot read {path} as an image ({note}); "
-                        "pass a PNG, JPEG, BMP or WebP file")
+        raise UserError(
+            f"cannot read {path} as an image ({note}); pass a PNG, JPEG, BMP or WebP file"
+        )
     pixels = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(size, size, 3)
     return pixels.permute(2, 0, 1).float().div(255)
 
@@ -74,11 +76,15 @@ def load_mask(path, image_size, size):
             img.load()
             grey = img.convert("L")
     except Exception as err:  # noqa: BLE001 - any decoding failure is the user's file
-        raise UserError(f"cannot read mask {path} as an image ({type(err).__name__}); pass a PNG "
-                        "whose non-zero pixels mark what is missing") from None
+        raise UserError(
+            f"cannot read mask {path} as an image ({type(err).__name__}); pass a PNG "
+            "whose non-zero pixels mark what is missing"
+        ) from None
     if grey.size != tuple(image_size):
-        raise UserError(f"mask {path} is {grey.size[0]}×{grey.size[1]} but its image is "
-                        f"{image_size[0]}×{image_size[1]}; pass a mask of the image's size")
+        raise UserError(
+            f"mask {path} is {grey.size[0]}×{grey.size[1]} but its image is "
+            f"{image_size[0]}×{image_size[1]}; pass a mask of the image's size"
+        )
     return _hole_from(grey.point(lambda v: 255 if v else 0), size, f"mask {path}")
 
 
@@ -87,9 +93,9 @@ def alpha_mask(img, size, path):
     when it marks nothing: no alpha channel, or one that is opaque wherever the crop keeps (a logo
     saved as RGBA has no hole; the mask, the square or the detector decide for it instead)."""
     if "transparency" in img.info and img.mode in ("P", "L", "RGB"):
-        img = img.convert("RGBA")   # a transparent colour (or palette entry) is an alpha channel
+        img = img.convert("RGBA")  # a transparent colour (or palette entry) is an alpha channel
     if img.mode not in ("RGBA", "LA", "PA", "RGBa", "La"):
         return None
-    alpha = img.getchannel(img.getbands()[-1])   # "A", or "a" for premultiplied modes
+    alpha = img.getchannel(img.getbands()[-1])  # "A", or "a" for premultiplied modes
     alpha = alpha.point(lambda v: 255 if v < 128 else 0)
     return _hole_from(alpha, size, f"the alpha channel of {path}", none_is_no_hole=True)

@@ -13,6 +13,7 @@ scores the same holes.
   the image (and never 40 %), so the shares are spread as drawn.
 - `pixels`: ⌊S²/2⌋ pixels missing, chosen uniformly at random (half of them when S² is even).
 """
+
 import math
 
 import torch
@@ -56,12 +57,12 @@ def centre_mask(size):
     side = size // 2
     top = (size - side) // 2
     mask = torch.zeros((1, size, size), dtype=torch.bool)
-    mask[:, top:top + side, top:top + side] = True
+    mask[:, top : top + side, top : top + side] = True
     return mask
 
 
 def pixels_mask(size, gen):
-    chosen = torch.randperm(size * size, generator=gen)[:size * size // 2]
+    chosen = torch.randperm(size * size, generator=gen)[: size * size // 2]
     mask = torch.zeros(size * size, dtype=torch.bool)
     mask[chosen] = True
     return mask.view(1, size, size)
@@ -84,7 +85,7 @@ def rectangles_mask(size, gen):
         top = torch.randint(0, size - h + 1, (), generator=gen).item()
         left = torch.randint(0, size - w + 1, (), generator=gen).item()
         grown = mask.clone()
-        grown[top:top + h, left:left + w] = True
+        grown[top : top + h, left : left + w] = True
         if int(grown.sum()) > cap:
             misses += 1
             if misses == _GIVE_UP_AFTER:

@@ -9,6 +9,7 @@ may overlap; they always lie wholly inside the image (0 <= top, left <= S-K).
 Users' own holes (a mask file, an image's alpha channel) are read beside their images, in
 data/images.py.
 """
+
 import hashlib
 
 import torch
@@ -23,8 +24,10 @@ def check_squares(square, count, size):
     if square < 0 or count < 0:
         raise UserError(f"square size ({square}) and count ({count}) must be 0 or more")
     if square > size:
-        raise UserError(f"a {square}-pixel square does not fit in a {size}×{size} image; "
-                        f"choose a square size of at most {size} (or a larger --size)")
+        raise UserError(
+            f"a {square}-pixel square does not fit in a {size}×{size} image; "
+            f"choose a square size of at most {size} (or a larger --size)"
+        )
 
 
 def square_positions(seed, index, square, count, size):
@@ -44,7 +47,7 @@ def apply_squares(image, positions, square, fill=GREY):
     """A copy of `image` (C, S, S) with each square filled with `fill`."""
     out = image.clone()
     for top, left in positions.tolist():
-        out[..., top:top + square, left:left + square] = fill
+        out[..., top : top + square, left : left + square] = fill
     return out
 
 
@@ -55,5 +58,5 @@ def square_mask(positions, square, size):
         return torch.stack([square_mask(p, square, size) for p in positions])
     mask = torch.zeros((1, size, size), dtype=torch.bool)
     for top, left in positions.tolist():
-        mask[:, top:top + square, left:left + square] = True
+        mask[:, top : top + square, left : left + square] = True
     return mask

@@ -11,6 +11,7 @@ All randomness comes from `random.Random` seeded with sha256("missingglow-face:{
 so a face does not depend on the process, the platform or the order faces are drawn in.
 Pillow only (no torch, no NumPy): cheap to run in decoding workers.
 """
+
 import colorsys
 import hashlib
 import math
@@ -25,8 +26,14 @@ VERSION = 1  # bump when the drawing changes: it is part of the cache's source s
 # several times sooner on these than on the full-detail faces; the CPU preset uses them.
 DETAILS = ("full", "low")
 
-SKIN = [(255, 224, 196), (241, 194, 160), (226, 178, 136), (198, 140, 100), (160, 108, 72),
-        (112, 74, 52)]
+SKIN = [
+    (255, 224, 196),
+    (241, 194, 160),
+    (226, 178, 136),
+    (198, 140, 100),
+    (160, 108, 72),
+    (112, 74, 52),
+]
 HAIR = [(24, 18, 14), (58, 38, 24), (104, 70, 40), (186, 148, 88), (150, 66, 32), (172, 168, 164)]
 IRIS = [(70, 44, 24), (40, 28, 20), (70, 110, 150), (80, 110, 70), (120, 90, 50)]
 
@@ -55,8 +62,10 @@ def _random_colour(rng, sat=(0.15, 0.6), val=(0.35, 0.95)):
 
 def _ellipse(cx, cy, rx, ry, a0=0.0, a1=2 * math.pi, n=40):
     """Points on an ellipse (y down) from angle a0 to a1."""
-    return [(cx + rx * math.cos(a0 + (a1 - a0) * k / n), cy + ry * math.sin(a0 + (a1 - a0) * k / n))
-            for k in range(n + 1)]
+    return [
+        (cx + rx * math.cos(a0 + (a1 - a0) * k / n), cy + ry * math.sin(a0 + (a1 - a0) * k / n))
+        for k in range(n + 1)
+    ]
 
 
 def draw_face(seed, index, size):
@@ -107,13 +116,22 @@ def draw_face(seed, index, size):
     if style == "long":
         poly(_ellipse(cx, cy + 0.35 * ry, rx * volume * 1.12, ry * 1.3), hair)
     neck = _shade(skin, 0.82)
-    poly([(cx - 0.45 * rx, cy + 0.5 * ry), (cx + 0.45 * rx, cy + 0.5 * ry),
-          (cx + 0.5 * rx, cy + ry + 0.12), (cx - 0.5 * rx, cy + ry + 0.12)], neck)
+    poly(
+        [
+            (cx - 0.45 * rx, cy + 0.5 * ry),
+            (cx + 0.45 * rx, cy + 0.5 * ry),
+            (cx + 0.5 * rx, cy + ry + 0.12),
+            (cx - 0.5 * rx, cy + ry + 0.12),
+        ],
+        neck,
+    )
 
     # ears, then the head with soft shading towards the light
     for side in (-1, 1):
-        poly(_ellipse(cx + side * rx * 0.97, cy + 0.05 * ry, rx * 0.16, ry * 0.2, n=16),
-             _shade(skin, 0.88))
+        poly(
+            _ellipse(cx + side * rx * 0.97, cy + 0.05 * ry, rx * 0.16, ry * 0.2, n=16),
+            _shade(skin, 0.88),
+        )
     light = rng.uniform(-1, 1)
     rings = 6
     for k in range(rings):
@@ -157,16 +175,25 @@ def draw_face(seed, index, size):
         poly(_ellipse(ex + gaze, eye_y, r * 0.5, r * 0.5, n=12), (12, 10, 10))
         line(_ellipse(ex, eye_y, ew, eh, math.pi, 2 * math.pi, n=12), _shade(skin, 0.45), 0.006)
         by = eye_y - brow_lift
-        line([(ex - side * ew * 0.9, by + 0.2 * eh), (ex, by - brow_arch),
-              (ex + side * ew * 1.1, by + 0.3 * eh)], brow_colour, brow_w)
+        line(
+            [
+                (ex - side * ew * 0.9, by + 0.2 * eh),
+                (ex, by - brow_arch),
+                (ex + side * ew * 1.1, by + 0.3 * eh),
+            ],
+            brow_colour,
+            brow_w,
+        )
 
     # nose: a soft wedge and two nostrils
     nose_y = cy + ry * rng.uniform(0.22, 0.34)
     nose_w = rx * rng.uniform(0.18, 0.28)
     poly([(cx, eye_y + eh), (cx + nose_w, nose_y), (cx - nose_w, nose_y)], _shade(skin, 0.9))
     for side in (-1, 1):
-        poly(_ellipse(cx + side * nose_w * 0.45, nose_y - 0.2 * eh, nose_w * 0.28, eh * 0.3, n=10),
-             _shade(skin, 0.6))
+        poly(
+            _ellipse(cx + side * nose_w * 0.45, nose_y - 0.2 * eh, nose_w * 0.28, eh * 0.3, n=10),
+            _shade(skin, 0.6),
+        )
 
     # mouth: two lip curves around a smile line, sometimes open
     my = cy + ry * rng.uniform(0.5, 0.62)
@@ -183,8 +210,14 @@ def draw_face(seed, index, size):
     lower = [(x, y + lower_th * math.sqrt(1 - t * t)) for (x, y), t in zip(mid, ts, strict=True)]
     poly(upper + lower[::-1], lip)
     if open_mouth:
-        inner_up = [(x, y - 0.25 * upper_th * math.sqrt(1 - t * t)) for (x, y), t in zip(mid, ts, strict=True)]
-        inner_lo = [(x, y + 0.6 * lower_th * math.sqrt(1 - t * t)) for (x, y), t in zip(mid, ts, strict=True)]
+        inner_up = [
+            (x, y - 0.25 * upper_th * math.sqrt(1 - t * t))
+            for (x, y), t in zip(mid, ts, strict=True)
+        ]
+        inner_lo = [
+            (x, y + 0.6 * lower_th * math.sqrt(1 - t * t))
+            for (x, y), t in zip(mid, ts, strict=True)
+        ]
         poly(inner_up[2:-2] + inner_lo[2:-2][::-1], (60, 20, 24))
     else:
         line(mid, _shade(lip, 0.6), 0.006)

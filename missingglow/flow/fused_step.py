@@ -25,6 +25,7 @@ csrc/flow_step.cpp), forward and inverse, with the 1×1 conv's matrix and the lo
 batched pass. Additive steps, bf16 steps and memory-saving training's backward use the ops one by
 one.
 """
+
 import torch
 from torch.nn import functional as F
 
@@ -58,8 +59,15 @@ def coupling_net(x_a, w1, b1, w2, b2, w3, b3, s3):
 def coupling_net_params(coupling):
     """The coupling network's (w1, b1, w2, b2, w3, b3, s3), in the order the ops take them."""
     net = coupling.net
-    return (net[0].weight, net[0].bias, net[2].weight, net[2].bias, net[4].conv.weight,
-            net[4].conv.bias, net[4].scale)
+    return (
+        net[0].weight,
+        net[0].bias,
+        net[2].weight,
+        net[2].bias,
+        net[4].conv.weight,
+        net[4].conv.bias,
+        net[4].scale,
+    )
 
 
 def channel_gemm(x, weight, bias):
@@ -76,8 +84,11 @@ def prepared_coupling_net(x_a, params):
     dtype (x_a is copied dense and cast in one go), the zero-conv in x_a's."""
     dtype, cl = x_a.dtype, torch.channels_last
     # x_a is a slice: copied dense (`to` with an unchanged dtype would return the slice itself)
-    x_a = x_a.contiguous(memory_format=cl) if dtype == params.w1.dtype else x_a.to(
-        params.w1.dtype, memory_format=cl)
+    x_a = (
+        x_a.contiguous(memory_format=cl)
+        if dtype == params.w1.dtype
+        else x_a.to(params.w1.dtype, memory_format=cl)
+    )
     hidden = F.relu(F.conv2d(x_a, params.w1, params.b1, padding=1), inplace=True)
     hidden = F.relu(F.conv2d(hidden, params.w2, params.b2), inplace=True)
     return F.conv2d(hidden.to(dtype), params.w3, None, padding=1).add_(params.border)
@@ -126,8 +137,11 @@ class FusedFlowStep(FlowStep):
 
     def uses_driver(self, device):
         """Whether this step runs tensors on `device` through the C++ driver (see `driver`)."""
-        return (self.driver_for(device, self.driver) and self.coupling.affine
-                and self.precision == "fp32")
+        return (
+            self.driver_for(device, self.driver)
+            and self.coupling.affine
+            and self.precision == "fp32"
+        )
 
     def forward(self, x):
         return run_steps([self], x)
@@ -139,8 +153,13 @@ class FusedFlowStep(FlowStep):
         """(y, the coupling's logdet or None when additive) of channels-last x, from this step's
         StepParams: ActNorm's and the 1×1 conv's logdets are the caller's."""
         if self.uses_driver(x.device):
-            return ops.flow_step(x, self.actnorm.loc, self.actnorm.scale, params.matrix,
-                                 *coupling_net_params(self.coupling))
+            return ops.flow_step(
+                x,
+                self.actnorm.loc,
+                self.actnorm.scale,
+                params.matrix,
+                *coupling_net_params(self.coupling),
+            )
         out = channel_gemm(x, params.gemm_weight, params.gemm_bias)
         half = out.shape[1] // 2
         h = prepared_coupling_net(out[:, :half], params)
@@ -151,9 +170,14 @@ class FusedFlowStep(FlowStep):
     def reverse_prepared(self, y, params):
         """This step's input from its channels-last output y, from its inverse StepParams."""
         if self.uses_driver(y.device):
-            return ops.flow_step_inverse(y, self.actnorm.loc, self.actnorm.scale, params.matrix,
-                                         *coupling_net_params(self.coupling))[0]
-        h = prepared_coupling_net(y[:, :y.shape[1] // 2], params)
+            return ops.flow_step_inverse(
+                y,
+                self.actnorm.loc,
+                self.actnorm.scale,
+                params.matrix,
+                *coupling_net_params(self.coupling),
+            )[0]
+        h = prepared_coupling_net(y[:, : y.shape[1] // 2], params)
         return channel_gemm(self._coupling_inverse(y, h), params.gemm_weight, params.gemm_bias)
 
     def _coupling_inverse(self, y, h):
@@ -182,8 +206,11 @@ class FusedFlowStep(FlowStep):
             else:
                 grad_out = grad_y.clone(memory_format=torch.channels_last)
                 grad_h = grad_out[:, half:]
-            x = channel_gemm(self._coupling_inverse(y, h.detach()), inverse_params.gemm_weight,
-                             inverse_params.gemm_bias)
+            x = channel_gemm(
+                self._coupling_inverse(y, h.detach()),
+                inverse_params.gemm_weight,
+                inverse_params.gemm_bias,
+            )
         net = [name for name in _NETWORK_FIELDS if getattr(params, name).requires_grad]
         grads = torch.autograd.grad(h, [y_a] + [getattr(params, name) for name in net], grad_h)
         result = dict(zip(net, grads[1:], strict=True))

@@ -7,6 +7,7 @@ per-sample logdet of shape (N,), and whose `reverse(y)` undoes it. The coupling'
 zero-conv's math is the reference ops' (ops_reference.py), so a layer and the fast op that
 replaces it in fused_step.py compute one formula.
 """
+
 import math
 
 import torch
@@ -179,6 +180,7 @@ class FlowStep(nn.Module):
 
 
 # --- the multi-scale architecture's reshapes and priors ------------------------------------------
+
 
 def squeeze2x2(x):
     """(N, C, H, W) → (N, 4C, H/2, W/2), channel c·4 + 2·dy + dx holding pixel (2h+dy, 2w+dx)."""

@@ -6,6 +6,7 @@ inverse and recomputes that step to get its gradients (the flow is invertible), 
 memory does not grow with the number of steps. Fused steps do their parameter-only work once for
 the whole list, forward and backward, as they do without memory saving (step_params.py).
 """
+
 import torch
 
 from .fused_step import FusedFlowStep, run_steps
@@ -66,11 +67,11 @@ def _fused_backward(flows, y, grad_out, grad_logdet, need_x, need_params):
         inverse = prepare_steps(flows, height, width, inverse=True)
     outputs, grads = [], []
     for i in reversed(range(len(flows))):
-        leaves = StepParams(*(t.detach().requires_grad_(t.requires_grad)
-                              for t in forward.steps[i]))
+        leaves = StepParams(*(t.detach().requires_grad_(t.requires_grad) for t in forward.steps[i]))
         # the first step's input gradient goes to the caller alone, who may not want it
         y, grad_out, by_field = flows[i].backward_from_output(
-            y, grad_out, grad_logdet, leaves, inverse.steps[i], need_x=need_x or i > 0)
+            y, grad_out, grad_logdet, leaves, inverse.steps[i], need_x=need_x or i > 0
+        )
         for name, grad in by_field.items():
             outputs.append(getattr(forward.steps[i], name))
             grads.append(grad)
@@ -82,7 +83,9 @@ def _fused_backward(flows, y, grad_out, grad_logdet, need_x, need_params):
     if wanted and outputs:
         found = torch.autograd.grad(outputs, wanted, grads, allow_unused=True)
         by_param = dict(zip(wanted, found, strict=True))
-    return grad_out, [by_param.get(p) if need else None for p, need in zip(params, need_params, strict=True)]
+    return grad_out, [
+        by_param.get(p) if need else None for p, need in zip(params, need_params, strict=True)
+    ]
 
 
 def _per_step_backward(flows, y, grad_out, grad_logdet, need_x, need_params):
@@ -91,7 +94,7 @@ def _per_step_backward(flows, y, grad_out, grad_logdet, need_x, need_params):
     needs, start = [], 0  # per flow, which of its parameters want a gradient
     for flow in flows:
         count = len(list(flow.parameters()))
-        needs.append(need_params[start:start + count])
+        needs.append(need_params[start : start + count])
         start += count
     param_grads = []
     for i in reversed(range(len(flows))):
@@ -111,12 +114,15 @@ def _per_step_backward(flows, y, grad_out, grad_logdet, need_x, need_params):
             inputs = ([x] if x_wanted else []) + wanted
             # det is a constant where no unfrozen parameter reaches the step's logdet
             used = [(t, g) for t, g in ((out, grad_out), (det, grad_logdet)) if t.requires_grad]
-            grads = torch.autograd.grad([t for t, _ in used], inputs, [g for _, g in used],
-                                        allow_unused=True)
+            grads = torch.autograd.grad(
+                [t for t, _ in used], inputs, [g for _, g in used], allow_unused=True
+            )
         if x_wanted:
             grad_out, grads = grads[0], grads[1:]
         by_param = dict(zip(wanted, grads, strict=True))
-        param_grads.append([by_param.get(p) if w else None for p, w in zip(params, need, strict=True)])
+        param_grads.append(
+            [by_param.get(p) if w else None for p, w in zip(params, need, strict=True)]
+        )
         y = x.detach()
     ordered = [g for step in reversed(param_grads) for g in step]
     return (grad_out if need_x else None), ordered

@@ -5,6 +5,7 @@
 flattened in (C, H, W) order and concatenated from the first split to the last block. Sampling,
 imputation and the latent-norm study all work in this space, where the data should look N(0, I).
 """
+
 import warnings
 from typing import NamedTuple
 
@@ -22,14 +23,17 @@ IMPLS = ("fused", "reference")
 
 
 def resolve_impl(impl):
-    """"fused" when the compiled ops loaded (the default), else "reference" with one warning."""
+    """ "fused" when the compiled ops loaded (the default), else "reference" with one warning."""
     if impl is None:
         impl = "fused"
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "fused" and not ops.AVAILABLE:
-        warnings.warn("fused ops unavailable, running the pure-PyTorch reference: "
-                      f"{ops.WHY_UNAVAILABLE}", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"fused ops unavailable, running the pure-PyTorch reference: {ops.WHY_UNAVAILABLE}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         impl = "reference"
     return impl
 
@@ -44,19 +48,29 @@ class Block(nn.Module):
     each computed on their own, in the model's dtype.
     """
 
-    def __init__(self, in_channels, flows, hidden, affine, lu, split, impl="reference",
-                 memory_saving=False, precision="fp32"):
+    def __init__(
+        self,
+        in_channels,
+        flows,
+        hidden,
+        affine,
+        lu,
+        split,
+        impl="reference",
+        memory_saving=False,
+        precision="fp32",
+    ):
         super().__init__()
         channels = in_channels * 4
         self.split = split
         self.memory_saving = memory_saving
         self.fused = resolve_impl(impl) == "fused"
         if self.fused:
-            self.flows = nn.ModuleList(FusedFlowStep(channels, hidden, affine, lu, precision)
-                                       for _ in range(flows))
+            self.flows = nn.ModuleList(
+                FusedFlowStep(channels, hidden, affine, lu, precision) for _ in range(flows)
+            )
         else:
-            self.flows = nn.ModuleList(FlowStep(channels, hidden, affine, lu)
-                                       for _ in range(flows))
+            self.flows = nn.ModuleList(FlowStep(channels, hidden, affine, lu) for _ in range(flows))
         if split:
             self.prior = ZeroConv2d(in_channels * 2, in_channels * 4)
         else:
@@ -106,10 +120,10 @@ class Block(nn.Module):
 
 
 class Encoded(NamedTuple):
-    log_p: torch.Tensor   # (N,) Σ log N(z_i; mean_i, sd_i)
+    log_p: torch.Tensor  # (N,) Σ log N(z_i; mean_i, sd_i)
     logdet: torch.Tensor  # (N,) log|det ∂z/∂x| of the flow (before standardisation)
-    z: list               # raw latents per level
-    eps: list             # standardised latents per level
+    z: list  # raw latents per level
+    eps: list  # standardised latents per level
 
 
 class Glow(nn.Module):
@@ -126,38 +140,72 @@ class Glow(nn.Module):
     steps, stay in the model's dtype. A config without it (an older checkpoint's) means "fp32".
     """
 
-    def __init__(self, blocks=4, flows=32, hidden=512, affine=True, lu=True, in_channels=3,
-                 image_size=64, impl=None, memory_saving=False, precision="fp32"):
+    def __init__(
+        self,
+        blocks=4,
+        flows=32,
+        hidden=512,
+        affine=True,
+        lu=True,
+        in_channels=3,
+        image_size=64,
+        impl=None,
+        memory_saving=False,
+        precision="fp32",
+    ):
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if impl == "reference" and precision != "fp32":
-            raise ValueError(f"precision {precision!r} runs on the fused steps; the reference is "
-                             "the full-precision ground truth")
+            raise ValueError(
+                f"precision {precision!r} runs on the fused steps; the reference is "
+                "the full-precision ground truth"
+            )
         impl = resolve_impl(impl)
         if impl == "reference" and precision != "fp32":  # the fused ops did not load
-            warnings.warn(f"precision {precision!r} needs the fused ops: the reference runs "
-                          "in full precision", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"precision {precision!r} needs the fused ops: the reference runs "
+                "in full precision",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             precision = "fp32"
         lu_per_block = list(lu) if isinstance(lu, (list, tuple)) else [bool(lu)] * blocks
         if len(lu_per_block) != blocks:
             raise ValueError(f"lu has {len(lu_per_block)} flags for {blocks} blocks")
-        if image_size % 2 ** blocks:
-            raise ValueError(f"image_size {image_size} is not divisible by "
-                             f"2^blocks = {2 ** blocks}")
-        self.config = dict(blocks=blocks, flows=flows, hidden=hidden, affine=affine,
-                           lu=lu if isinstance(lu, bool) else lu_per_block,
-                           in_channels=in_channels, image_size=image_size, impl=impl,
-                           memory_saving=memory_saving, precision=precision)
+        if image_size % 2**blocks:
+            raise ValueError(f"image_size {image_size} is not divisible by 2^blocks = {2**blocks}")
+        self.config = dict(
+            blocks=blocks,
+            flows=flows,
+            hidden=hidden,
+            affine=affine,
+            lu=lu if isinstance(lu, bool) else lu_per_block,
+            in_channels=in_channels,
+            image_size=image_size,
+            impl=impl,
+            memory_saving=memory_saving,
+            precision=precision,
+        )
         self.in_channels = in_channels
         self.image_size = image_size
         self.blocks = nn.ModuleList()
         channels = in_channels
         for i in range(blocks):
             last = i == blocks - 1
-            self.blocks.append(Block(channels, flows, hidden, affine, lu_per_block[i],
-                                     split=not last, impl=impl, memory_saving=memory_saving,
-                                     precision=precision))
+            self.blocks.append(
+                Block(
+                    channels,
+                    flows,
+                    hidden,
+                    affine,
+                    lu_per_block[i],
+                    split=not last,
+                    impl=impl,
+                    memory_saving=memory_saving,
+                    precision=precision,
+                )
+            )
             channels *= 2
 
     # --- shapes -----------------------------------------------------------------------------------
@@ -177,8 +225,10 @@ class Glow(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected (N, {self.in_channels}, S, S) images, got {tuple(x.shape)}")
         if x.shape[2] != x.shape[3] or x.shape[2] % 2 ** len(self.blocks):
-            raise ValueError(f"image side must be square and divisible by {2 ** len(self.blocks)}, "
-                             f"got {tuple(x.shape[2:])}")
+            raise ValueError(
+                f"image side must be square and divisible by {2 ** len(self.blocks)}, "
+                f"got {tuple(x.shape[2:])}"
+            )
 
     # --- the flow ---------------------------------------------------------------------------------
 
@@ -214,7 +264,7 @@ class Glow(nn.Module):
         levels, start = [], 0
         for shape in self.latent_shapes(size):
             count = shape[0] * shape[1] * shape[2]
-            levels.append(latents[:, start:start + count].reshape(-1, *shape))
+            levels.append(latents[:, start : start + count].reshape(-1, *shape))
             start += count
         out = None
         for block, level in zip(reversed(self.blocks), reversed(levels), strict=True):
@@ -237,8 +287,10 @@ class Glow(nn.Module):
     def _size_for_dim(self, dim):
         size = round((dim / self.in_channels) ** 0.5)
         if self.in_channels * size * size != dim or size % 2 ** len(self.blocks):
-            raise ValueError(f"a latent of {dim} numbers does not fit {self.in_channels}-channel "
-                             f"square images for {len(self.blocks)} blocks")
+            raise ValueError(
+                f"a latent of {dim} numbers does not fit {self.in_channels}-channel "
+                f"square images for {len(self.blocks)} blocks"
+            )
         return size
 
 

@@ -7,16 +7,19 @@ for an input that needs none. Each function here has a pure-PyTorch reference of
 and signature in ops_reference.py. Without the compiled extension, `AVAILABLE` is False,
 `WHY_UNAVAILABLE` says why, and the model falls back to the reference layers with one warning.
 """
+
 import torch
 
 try:
     from .. import _C  # noqa: F401  (loading it registers the ops)
+
     AVAILABLE, WHY_UNAVAILABLE = True, None
 except ImportError as err:  # not built, or built against another torch
     AVAILABLE, WHY_UNAVAILABLE = False, f"missingglow._C could not be loaded ({err})"
 
 
 # --- ActNorm + invertible 1×1 conv ---------------------------------------------------------------
+
 
 def actnorm_conv(x, loc, scale, weight):
     """y = W·(scale ⊙ (x + loc)) over channels: one GEMM, W·diag(scale) and its bias folded in.
@@ -41,6 +44,7 @@ def actnorm_conv_backward(grad_y, x, loc, scale, weight):
 
 # --- the affine coupling -------------------------------------------------------------------------
 
+
 def coupling_step(x, h):
     """(y, logdet) of the affine coupling on whole tensors.
 
@@ -52,8 +56,7 @@ def coupling_step(x, h):
 
 
 def coupling_step_inverse(y, h):
-    """(x, logdet): x = [y_a, y_b / sigmoid(log_s + 2) − t], logdet = −Σ log sigmoid(log_s + 2).
-    """
+    """(x, logdet): x = [y_a, y_b / sigmoid(log_s + 2) − t], logdet = −Σ log sigmoid(log_s + 2)."""
     return torch.ops.missingglow.coupling_step_inverse.default(y, h)
 
 
@@ -65,6 +68,7 @@ def coupling_step_backward(grad_y, grad_logdet, y, h):
 
 # --- a whole flow step ---------------------------------------------------------------------------
 
+
 def flow_step(x, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3):
     """(y, logdet) of a whole affine flow step in one op (csrc/flow_step.cpp).
 
@@ -74,14 +78,16 @@ def flow_step(x, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3):
     ActNorm's and the 1×1 conv's. y is channels-last; gradients flow to x and all ten parameters.
     """
     y, logdet, _, _, _ = torch.ops.missingglow.flow_step_forward.default(
-        x, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3)
+        x, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3
+    )
     return y, logdet
 
 
 def flow_step_inverse(y, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3):
     """(x, logdet): the inverse of `flow_step`, logdet = minus the coupling's logdet."""
     return torch.ops.missingglow.flow_step_inverse.default(
-        y, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3)
+        y, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3
+    )
 
 
 def coupling_simd(name=None):
@@ -94,6 +100,7 @@ def coupling_simd(name=None):
 # --- what the C++ ops refuse, for the fake kernels -----------------------------------------------
 # Each check is one torch._check per condition, so that a symbolic size under torch.compile
 # becomes a guard or a runtime assertion rather than a Python bool.
+
 
 def _check_shape(t, shape, op, message):
     torch._check(t.dim() == len(shape), lambda: f"{op}: {message}")
@@ -112,65 +119,107 @@ def _check_like(x, others, names, op):
 
 def _check_actnorm_conv_args(x, loc, scale, weight, op):
     """csrc/actnorm_conv.cpp, check_actnorm_conv_args."""
-    torch._check(x.dim() >= 2,
-                 lambda: f"{op}: expected (N, C, ...) activations, got {x.dim()} dims")
+    torch._check(
+        x.dim() >= 2, lambda: f"{op}: expected (N, C, ...) activations, got {x.dim()} dims"
+    )
     c = x.shape[1]
-    torch._check(loc.numel() == c, lambda: f"{op}: loc and scale need {c} entries (one per "
-                                           f"channel), got {loc.numel()} and {scale.numel()}")
-    torch._check(scale.numel() == c, lambda: f"{op}: loc and scale need {c} entries (one per "
-                                             f"channel), got {loc.numel()} and {scale.numel()}")
-    torch._check(weight.dim() >= 2, lambda: f"{op}: weight must be (C, C) or (C, C, 1, 1) with "
-                                            f"C = {c}, got {tuple(weight.shape)}")
+    torch._check(
+        loc.numel() == c,
+        lambda: (
+            f"{op}: loc and scale need {c} entries (one per "
+            f"channel), got {loc.numel()} and {scale.numel()}"
+        ),
+    )
+    torch._check(
+        scale.numel() == c,
+        lambda: (
+            f"{op}: loc and scale need {c} entries (one per "
+            f"channel), got {loc.numel()} and {scale.numel()}"
+        ),
+    )
+    torch._check(
+        weight.dim() >= 2,
+        lambda: (
+            f"{op}: weight must be (C, C) or (C, C, 1, 1) with C = {c}, got {tuple(weight.shape)}"
+        ),
+    )
     for ok in (weight.numel() == c * c, weight.shape[0] == c, weight.shape[1] == c):
-        torch._check(ok, lambda: f"{op}: weight must be (C, C) or (C, C, 1, 1) with C = {c}, "
-                                 f"got {tuple(weight.shape)}")
+        torch._check(
+            ok,
+            lambda: (
+                f"{op}: weight must be (C, C) or (C, C, 1, 1) with C = {c}, "
+                f"got {tuple(weight.shape)}"
+            ),
+        )
     _check_like(x, (loc, scale, weight), "x, loc, scale and weight", op)
 
 
 def _check_coupling_step_args(x, h, op):
     """csrc/flow.h, check_coupling_step_args."""
-    torch._check(x.dim() >= 2,
-                 lambda: f"{op}: expected (N, C, ...) activations, got {x.dim()} dims")
-    torch._check(x.shape[1] % 2 == 0,
-                 lambda: f"{op}: the channel count must be even, got {x.shape[1]}")
-    _check_shape(h, x.shape, op, "x and the network output h must have one shape, got "
-                                 f"{tuple(x.shape)} and {tuple(h.shape)}")
+    torch._check(
+        x.dim() >= 2, lambda: f"{op}: expected (N, C, ...) activations, got {x.dim()} dims"
+    )
+    torch._check(
+        x.shape[1] % 2 == 0, lambda: f"{op}: the channel count must be even, got {x.shape[1]}"
+    )
+    _check_shape(
+        h,
+        x.shape,
+        op,
+        "x and the network output h must have one shape, got "
+        f"{tuple(x.shape)} and {tuple(h.shape)}",
+    )
     _check_like(x, (h,), "x and h", op)
 
 
 def _check_backward_grads(grad_y, grad_logdet, like, op, like_name):
     """csrc/flow.h, check_backward_grads."""
     _check_shape(grad_y, like.shape, op, f"grad_y must match {like_name}'s shape")
-    torch._check(grad_logdet.dim() == 1,
-                 lambda: f"{op}: grad_logdet must have one entry per sample")
-    torch._check(grad_logdet.shape[0] == like.shape[0],
-                 lambda: f"{op}: grad_logdet must have one entry per sample")
+    torch._check(
+        grad_logdet.dim() == 1, lambda: f"{op}: grad_logdet must have one entry per sample"
+    )
+    torch._check(
+        grad_logdet.shape[0] == like.shape[0],
+        lambda: f"{op}: grad_logdet must have one entry per sample",
+    )
 
 
 def _check_flow_step_args(x, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3, op):
     """csrc/flow_step.cpp, check_flow_step_args, and the actnorm_conv op it calls."""
-    torch._check(x.dim() == 4,
-                 lambda: f"{op}: expected (N, C, H, W) activations, got {x.dim()} dims")
+    torch._check(
+        x.dim() == 4, lambda: f"{op}: expected (N, C, H, W) activations, got {x.dim()} dims"
+    )
     c = x.shape[1]
     torch._check(c % 2 == 0, lambda: f"{op}: the channel count must be even, got {c}")
     hidden = w1.shape[0] if w1.dim() else 0
-    _check_shape(w1, (hidden, c // 2, 3, 3), op,
-                 f"w1 must be (hidden, C/2, 3, 3) with C = {c}, got {tuple(w1.shape)}")
-    _check_shape(w2, (hidden, hidden, 1, 1), op,
-                 f"w2 must be ({hidden}, {hidden}, 1, 1), got {tuple(w2.shape)}")
-    _check_shape(w3, (c, hidden, 3, 3), op,
-                 f"w3 must be ({c}, {hidden}, 3, 3), got {tuple(w3.shape)}")
+    _check_shape(
+        w1,
+        (hidden, c // 2, 3, 3),
+        op,
+        f"w1 must be (hidden, C/2, 3, 3) with C = {c}, got {tuple(w1.shape)}",
+    )
+    _check_shape(
+        w2,
+        (hidden, hidden, 1, 1),
+        op,
+        f"w2 must be ({hidden}, {hidden}, 1, 1), got {tuple(w2.shape)}",
+    )
+    _check_shape(
+        w3, (c, hidden, 3, 3), op, f"w3 must be ({c}, {hidden}, 3, 3), got {tuple(w3.shape)}"
+    )
     for b, want in ((b1, hidden), (b2, hidden), (b3, c), (s3, c)):
-        torch._check(b.numel() == want,
-                     lambda: f"{op}: b1 and b2 need {hidden} entries, b3 and s3 need {c}")
-    _check_like(x, (loc, scale, weight, w1, b1, w2, b2, w3, b3, s3),
-                "x and every parameter", op)
+        torch._check(
+            b.numel() == want, lambda: f"{op}: b1 and b2 need {hidden} entries, b3 and s3 need {c}"
+        )
+    _check_like(x, (loc, scale, weight, w1, b1, w2, b2, w3, b3, s3), "x and every parameter", op)
     _check_actnorm_conv_args(x, loc, scale, weight, op)
 
 
 def _grads_wanted(ctx, grads):
     """The gradients of the inputs that need one, None for the others."""
-    return tuple(g if wanted else None for g, wanted in zip(grads, ctx.needs_input_grad, strict=True))
+    return tuple(
+        g if wanted else None for g, wanted in zip(grads, ctx.needs_input_grad, strict=True)
+    )
 
 
 def _zeros_for_none(grad_y, grad_logdet, y):
@@ -181,13 +230,17 @@ def _zeros_for_none(grad_y, grad_logdet, y):
 
 
 if AVAILABLE:
+
     def _per_sample(x):
         return x.new_empty(x.shape[:1])
 
     def _layout(x):
         """The layout the C++ ops return (csrc/flow.h, layout_is_channels_last)."""
-        channels_last = (x.dim() == 4 and not x.is_contiguous()
-                         and x.is_contiguous(memory_format=torch.channels_last))
+        channels_last = (
+            x.dim() == 4
+            and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)
+        )
         return torch.channels_last if channels_last else torch.contiguous_format
 
     # --- ActNorm + 1×1 conv ---------------------------------------------------------------------
@@ -207,10 +260,12 @@ if AVAILABLE:
         _check_actnorm_conv_args(x, loc, scale, weight, "actnorm_conv_backward")
         _check_shape(grad_y, x.shape, "actnorm_conv_backward", "grad_y must match x's shape")
         dense = torch.contiguous_format
-        return (torch.empty_like(x, memory_format=_layout(x)),
-                torch.empty_like(loc, memory_format=dense),
-                torch.empty_like(scale, memory_format=dense),
-                torch.empty_like(weight, memory_format=dense))
+        return (
+            torch.empty_like(x, memory_format=_layout(x)),
+            torch.empty_like(loc, memory_format=dense),
+            torch.empty_like(scale, memory_format=dense),
+            torch.empty_like(weight, memory_format=dense),
+        )
 
     def _actnorm_conv_setup(ctx, inputs, output):
         ctx.save_for_backward(*inputs)
@@ -219,8 +274,11 @@ if AVAILABLE:
         # the op computes all four gradients in one pass; only the wanted ones go back
         return _grads_wanted(ctx, actnorm_conv_backward(grad_y, *ctx.saved_tensors))
 
-    torch.library.register_autograd("missingglow::actnorm_conv_forward", _actnorm_conv_backward,
-                                    setup_context=_actnorm_conv_setup)
+    torch.library.register_autograd(
+        "missingglow::actnorm_conv_forward",
+        _actnorm_conv_backward,
+        setup_context=_actnorm_conv_setup,
+    )
 
     def _actnorm_conv_inverse_backward(ctx, grad_x):
         # x = V'·y − loc with V' = diag(1/scale)·V and V = W⁻¹. Sampling never needs this; the
@@ -241,14 +299,16 @@ if AVAILABLE:
                 grad_v = grad_v_scaled / s[:, None]
                 grad_weight = (-v.T @ grad_v @ v.T).reshape(weight.shape)
             if need_scale:
-                grad_scale = (-(grad_v_scaled * v).sum(1) / s ** 2).reshape(scale.shape)
+                grad_scale = (-(grad_v_scaled * v).sum(1) / s**2).reshape(scale.shape)
         if need_loc:
             grad_loc = -grad_x.transpose(0, 1).reshape(c, -1).sum(1).reshape(loc.shape)
         return grad_y, grad_loc, grad_scale, grad_weight
 
-    torch.library.register_autograd("missingglow::actnorm_conv_inverse",
-                                    _actnorm_conv_inverse_backward,
-                                    setup_context=_actnorm_conv_setup)
+    torch.library.register_autograd(
+        "missingglow::actnorm_conv_inverse",
+        _actnorm_conv_inverse_backward,
+        setup_context=_actnorm_conv_setup,
+    )
 
     # --- the affine coupling --------------------------------------------------------------------
 
@@ -277,8 +337,11 @@ if AVAILABLE:
         grad_y, grad_logdet = _zeros_for_none(grad_y, grad_logdet, y)
         return _grads_wanted(ctx, coupling_step_backward(grad_y, grad_logdet, y, h))
 
-    torch.library.register_autograd("missingglow::coupling_step_forward", _coupling_step_backward,
-                                    setup_context=_coupling_step_setup)
+    torch.library.register_autograd(
+        "missingglow::coupling_step_forward",
+        _coupling_step_backward,
+        setup_context=_coupling_step_setup,
+    )
 
     def _coupling_step_inverse_setup(ctx, inputs, output):
         ctx.save_for_backward(*inputs)
@@ -303,9 +366,11 @@ if AVAILABLE:
             grad_h = torch.cat([grad_log_s, -grad_b], 1)
         return grad_y, grad_h
 
-    torch.library.register_autograd("missingglow::coupling_step_inverse",
-                                    _coupling_step_inverse_backward,
-                                    setup_context=_coupling_step_inverse_setup)
+    torch.library.register_autograd(
+        "missingglow::coupling_step_inverse",
+        _coupling_step_inverse_backward,
+        setup_context=_coupling_step_inverse_setup,
+    )
 
     # --- a whole flow step ----------------------------------------------------------------------
 
@@ -316,16 +381,23 @@ if AVAILABLE:
 
     @torch.library.register_fake("missingglow::flow_step_forward")
     def _(x, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3):
-        _check_flow_step_args(x, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3,
-                              "flow_step_forward")
+        _check_flow_step_args(
+            x, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3, "flow_step_forward"
+        )
         cl = torch.channels_last
-        return (torch.empty_like(x, memory_format=cl), _per_sample(x), _hidden_like(x, w1),
-                _hidden_like(x, w1), torch.empty_like(x, memory_format=cl))
+        return (
+            torch.empty_like(x, memory_format=cl),
+            _per_sample(x),
+            _hidden_like(x, w1),
+            _hidden_like(x, w1),
+            torch.empty_like(x, memory_format=cl),
+        )
 
     @torch.library.register_fake("missingglow::flow_step_inverse")
     def _(y, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3):
-        _check_flow_step_args(y, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3,
-                              "flow_step_inverse")
+        _check_flow_step_args(
+            y, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3, "flow_step_inverse"
+        )
         return torch.empty_like(y, memory_format=torch.channels_last), _per_sample(y)
 
     @torch.library.register_fake("missingglow::flow_step_backward")
@@ -337,8 +409,9 @@ if AVAILABLE:
             _check_shape(t, x.shape, op, "y and h must match x's shape")
         n, _, height, width = x.shape
         for t in (h1, h2):
-            _check_shape(t, (n, params[3].shape[0], height, width), op,
-                         "h1 and h2 must be (N, hidden, H, W)")
+            _check_shape(
+                t, (n, params[3].shape[0], height, width), op, "h1 and h2 must be (N, hidden, H, W)"
+            )
         grads = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in params]
         return (torch.empty_like(x, memory_format=torch.channels_last), *grads)
 
@@ -355,8 +428,9 @@ if AVAILABLE:
         grads = torch.ops.missingglow.flow_step_backward.default(grad_y, grad_logdet, x, y, *rest)
         return _grads_wanted(ctx, grads)
 
-    torch.library.register_autograd("missingglow::flow_step_forward", _flow_step_backward,
-                                    setup_context=_flow_step_setup)
+    torch.library.register_autograd(
+        "missingglow::flow_step_forward", _flow_step_backward, setup_context=_flow_step_setup
+    )
 
     def _flow_step_inverse_setup(ctx, inputs, output):
         ctx.save_for_backward(*inputs)
@@ -368,8 +442,10 @@ if AVAILABLE:
         # inputs that want one.
         from .fused_step import coupling_net  # fused_step imports this module: not at the top
 
-        inputs = [t.detach().requires_grad_(wanted)
-                  for t, wanted in zip(ctx.saved_tensors, ctx.needs_input_grad, strict=True)]
+        inputs = [
+            t.detach().requires_grad_(wanted)
+            for t, wanted in zip(ctx.saved_tensors, ctx.needs_input_grad, strict=True)
+        ]
         y, loc, scale, weight, *net = inputs
         with torch.enable_grad():
             half = y.shape[1] // 2
@@ -383,5 +459,8 @@ if AVAILABLE:
         grads = iter(torch.autograd.grad([t for t, _ in used], wanted, [g for _, g in used]))
         return tuple(next(grads) if t.requires_grad else None for t in inputs)
 
-    torch.library.register_autograd("missingglow::flow_step_inverse", _flow_step_inverse_backward,
-                                    setup_context=_flow_step_inverse_setup)
+    torch.library.register_autograd(
+        "missingglow::flow_step_inverse",
+        _flow_step_inverse_backward,
+        setup_context=_flow_step_inverse_setup,
+    )

@@ -7,10 +7,12 @@ functions are those gradients in the backward ops' calling convention. `zero_con
 `coupling_net` have their fast versions in fused_step.py, where the fused step runs the coupling
 network on ATen.
 """
+
 import torch
 from torch.nn import functional as F
 
 # --- ActNorm + invertible 1×1 conv ---------------------------------------------------------------
+
 
 def actnorm_conv(x, loc, scale, weight):
     """y = W·(scale ⊙ (x + loc)): ActNorm followed by the invertible 1×1 convolution."""
@@ -24,14 +26,15 @@ def actnorm_conv_inverse(y, loc, scale, weight):
 
 
 def actnorm_conv_backward(grad_y, x, loc, scale, weight):
-    """(grad_x, grad_loc, grad_scale, grad_weight) of Σ grad_y·actnorm_conv(x, loc, scale, weight).
-    """
+    """(grad_x, grad_loc, grad_scale, grad_weight) of Σ grad_y·actnorm_conv(x, loc, scale,
+    weight)."""
     inputs = [t.detach().requires_grad_() for t in (x, loc, scale, weight)]
     with torch.enable_grad():
         return torch.autograd.grad(actnorm_conv(*inputs), inputs, grad_y)
 
 
 # --- the affine coupling -------------------------------------------------------------------------
+
 
 def coupling_step(x, h):
     """(y, logdet) of the affine coupling: x = [x_a, x_b] and h = [log_s, t] along channels give
@@ -63,6 +66,7 @@ def coupling_step_backward(grad_y, grad_logdet, y, h):
 
 # --- the coupling network ------------------------------------------------------------------------
 
+
 def zero_conv(x, weight, bias, scale):
     """ZeroConv2d: a 3×3 convolution of x padded with ones, scaled by exp(3·scale)."""
     return F.conv2d(F.pad(x, [1, 1, 1, 1], value=1), weight, bias) * torch.exp(scale * 3)
@@ -78,16 +82,17 @@ def coupling_net(x_a, w1, b1, w2, b2, w3, b3, s3):
 
 # --- a whole flow step ---------------------------------------------------------------------------
 
+
 def flow_step(x, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3):
     """(y, logdet) of an affine flow step: `actnorm_conv`, then `coupling_step` with the network
     `coupling_net` run on the first half. logdet is the coupling's alone (ActNorm's and the 1×1
     conv's are the caller's)."""
     out = actnorm_conv(x, loc, scale, weight)
-    return coupling_step(out, coupling_net(out[:, :out.shape[1] // 2], w1, b1, w2, b2, w3, b3, s3))
+    return coupling_step(out, coupling_net(out[:, : out.shape[1] // 2], w1, b1, w2, b2, w3, b3, s3))
 
 
 def flow_step_inverse(y, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3):
     """(x, logdet): the inverse of `flow_step`, logdet = minus the coupling's logdet."""
-    h = coupling_net(y[:, :y.shape[1] // 2], w1, b1, w2, b2, w3, b3, s3)
+    h = coupling_net(y[:, : y.shape[1] // 2], w1, b1, w2, b2, w3, b3, s3)
     out, logdet = coupling_step_inverse(y, h)
     return actnorm_conv_inverse(out, loc, scale, weight), logdet

@@ -10,6 +10,7 @@ each bin's centre to the bin's representative 8-bit value (`from_model`, `bin_re
 Both ways are exact on quantised images and on the grid of centres, so an image written as a PNG,
 read back and encoded again lands on the same point, at every n_bits.
 """
+
 import math
 
 import torch
@@ -22,7 +23,7 @@ def quantize(images, n_bits=5):
     Rounding to the 8-bit value first keeps k/255 in its bin however the float was made: a product
     such as (k/255)·255 can land a hair below k, and flooring it would drop a whole bin."""
     levels = torch.round(images * 255)
-    return torch.floor(levels / 2 ** (8 - n_bits)) / 2 ** n_bits - 0.5
+    return torch.floor(levels / 2 ** (8 - n_bits)) / 2**n_bits - 0.5
 
 
 def bin_representatives(n_bits):
@@ -32,14 +33,15 @@ def bin_representatives(n_bits):
     holds exactly, and it sits at least half a level inside its bin, so float error in a flow's
     round trip cannot carry it into another."""
     w = 2 ** (8 - n_bits)
-    return torch.arange(2 ** n_bits) * w + w // 2
+    return torch.arange(2**n_bits) * w + w // 2
 
 
 def dequantize(quantized, n_bits=5, generator=None):
     """Add U(0, 1/2^b) noise: the continuous input the flow is trained on."""
-    noise = torch.rand(quantized.shape, generator=generator, dtype=quantized.dtype,
-                       device=quantized.device)
-    return quantized + noise / 2 ** n_bits
+    noise = torch.rand(
+        quantized.shape, generator=generator, dtype=quantized.dtype, device=quantized.device
+    )
+    return quantized + noise / 2**n_bits
 
 
 def to_unit_range(x):
@@ -50,15 +52,17 @@ def to_unit_range(x):
 
 def bits_per_dim(log_prob, n_bits, dims):
     """(−log p(x) + D·log 2^b) / (D·log 2): the cost of the discretised image in bits per number."""
-    return (-log_prob + dims * math.log(2 ** n_bits)) / (dims * math.log(2))
+    return (-log_prob + dims * math.log(2**n_bits)) / (dims * math.log(2))
 
 
 def luma(images):
     """RGB [0, 1] images (..., 3, S, S) → grey (..., 1, S, S) on 8-bit values, rounded as Pillow's
     convert("L") rounds: a grey image (R = G = B) keeps its exact values."""
     v = (images.double() * 255).round()
-    y = torch.floor((v[..., 0:1, :, :] * 19595 + v[..., 1:2, :, :] * 38470
-                     + v[..., 2:3, :, :] * 7471 + 32768) / 65536)
+    y = torch.floor(
+        (v[..., 0:1, :, :] * 19595 + v[..., 1:2, :, :] * 38470 + v[..., 2:3, :, :] * 7471 + 32768)
+        / 65536
+    )
     return (y / 255).to(images.dtype)
 
 
@@ -78,7 +82,7 @@ def match_channels(images, channels):
 def to_model(images, n_bits, channels=None):
     """[0, 1] images → model space, at the centre of each quantisation bin; `channels`: the
     model's (RGB images meet a one-channel model as their luma)."""
-    return quantize(match_channels(images, channels), n_bits) + 0.5 / 2 ** n_bits
+    return quantize(match_channels(images, channels), n_bits) + 0.5 / 2**n_bits
 
 
 def from_model(x, n_bits):

@@ -9,6 +9,7 @@ computes every step's tensors in one batched pass and hands each step its slice 
 Gradients flow back through the stacks into each step's own parameters, so parameter names,
 state dicts and checkpoints are those of layers.FlowStep.
 """
+
 from typing import NamedTuple
 
 import torch
@@ -21,23 +22,24 @@ PRECISIONS = ("fp32", "bf16")
 
 class StepParams(NamedTuple):
     """One fused step's parameter-derived tensors, for the forward or for the inverse."""
+
     gemm_weight: torch.Tensor  # (C, C) A of the channel GEMM x·A + b that is ActNorm + 1×1 conv:
-    gemm_bias: torch.Tensor    # forward A = (W·diag(scale))ᵀ, b = W·diag(scale)·loc (C,);
-                               # inverse A = (diag(1/scale)·W⁻¹)ᵀ, b = −loc
-    matrix: torch.Tensor       # (C, C) W itself, for the C++ driver (ops.flow_step)
-    w1: torch.Tensor           # the hidden 3×3 conv in its compute dtype, channels-last
+    gemm_bias: torch.Tensor  # forward A = (W·diag(scale))ᵀ, b = W·diag(scale)·loc (C,);
+    # inverse A = (diag(1/scale)·W⁻¹)ᵀ, b = −loc
+    matrix: torch.Tensor  # (C, C) W itself, for the C++ driver (ops.flow_step)
+    w1: torch.Tensor  # the hidden 3×3 conv in its compute dtype, channels-last
     b1: torch.Tensor
-    w2: torch.Tensor           # the hidden 1×1 conv in its compute dtype
+    w2: torch.Tensor  # the hidden 1×1 conv in its compute dtype
     b2: torch.Tensor
-    w3: torch.Tensor           # the zero-conv's weights times exp(3·scale), channels-last
-    border: torch.Tensor       # (1, C_out, H, W): its bias times exp(3·scale) plus what the
-                               # padding with ones contributes
+    w3: torch.Tensor  # the zero-conv's weights times exp(3·scale), channels-last
+    border: torch.Tensor  # (1, C_out, H, W): its bias times exp(3·scale) plus what the
+    # padding with ones contributes
 
 
 class BlockParams(NamedTuple):
-    steps: list                # one StepParams per step, in order
-    logdet: torch.Tensor       # scalar: Σ over the steps of ActNorm's and the 1×1 conv's logdets
-                               # of one image (None for the inverse)
+    steps: list  # one StepParams per step, in order
+    logdet: torch.Tensor  # scalar: Σ over the steps of ActNorm's and the 1×1 conv's logdets
+    # of one image (None for the inverse)
 
 
 def hidden_dtype(precision, dtype):
@@ -52,10 +54,13 @@ def prepare_steps(steps, height, width, inverse=False):
     first = steps[0]
     lu = isinstance(first.invconv, InvConv2dLU)
     for step in steps:
-        if (isinstance(step.invconv, InvConv2dLU) != lu or step.precision != first.precision
-                or step.coupling.affine != first.coupling.affine):
+        if (
+            isinstance(step.invconv, InvConv2dLU) != lu
+            or step.precision != first.precision
+            or step.coupling.affine != first.coupling.affine
+        ):
             raise ValueError("prepare_steps needs steps of one kind (lu, affine, precision)")
-    loc = _stack(steps, lambda s: s.actnorm.loc.reshape(-1))        # (F, C)
+    loc = _stack(steps, lambda s: s.actnorm.loc.reshape(-1))  # (F, C)
     scale = _stack(steps, lambda s: s.actnorm.scale.reshape(-1))
     matrix, conv_logdet = _lu_matrices(steps) if lu else _full_matrices(steps)
     logdet = None
@@ -63,12 +68,16 @@ def prepare_steps(steps, height, width, inverse=False):
         gemm_weight = (torch.linalg.inv(matrix) / scale[:, :, None]).transpose(1, 2)
         gemm_bias = -loc
     else:
-        folded = matrix * scale[:, None, :]                           # W·diag(scale)
+        folded = matrix * scale[:, None, :]  # W·diag(scale)
         gemm_weight = folded.transpose(1, 2)
         gemm_bias = torch.bmm(folded, loc[:, :, None])[:, :, 0]
         logdet = (torch.log(torch.abs(scale)).sum() + conv_logdet) * (height * width)
-    per_step = [gemm_weight.unbind(0), gemm_bias.unbind(0), matrix.unbind(0),
-                *_network(steps, height, width)]
+    per_step = [
+        gemm_weight.unbind(0),
+        gemm_bias.unbind(0),
+        matrix.unbind(0),
+        *_network(steps, height, width),
+    ]
     return BlockParams([StepParams(*fields) for fields in zip(*per_step, strict=True)], logdet)
 
 
@@ -103,17 +112,24 @@ def _network(steps, height, width):
     nets = [step.coupling.net for step in steps]
     dtype = hidden_dtype(steps[0].precision, nets[0][0].weight.dtype)
     w1 = torch.stack([net[0].weight.permute(0, 2, 3, 1) for net in nets]).to(dtype)
-    hidden = [[net[0].bias for net in nets], [net[2].weight for net in nets],
-              [net[2].bias for net in nets]]
+    hidden = [
+        [net[0].bias for net in nets],
+        [net[2].weight for net in nets],
+        [net[2].bias for net in nets],
+    ]
     if dtype != nets[0][0].weight.dtype:  # a cast: one for every step at once
         hidden = [torch.stack(kind).to(dtype).unbind(0) for kind in hidden]
-    gain = torch.exp(torch.stack([net[4].scale.reshape(-1) for net in nets]) * 3)   # (F, C_out)
+    gain = torch.exp(torch.stack([net[4].scale.reshape(-1) for net in nets]) * 3)  # (F, C_out)
     w3 = torch.stack([net[4].conv.weight.permute(0, 2, 3, 1) for net in nets])
     w3 = w3 * gain[:, :, None, None, None]
     bias = torch.stack([net[4].conv.bias for net in nets]) * gain
     border = _padding_term(w3.sum(4), height, width) + bias[:, :, None, None]
-    return (w1.permute(0, 1, 4, 2, 3).unbind(0), *hidden, w3.permute(0, 1, 4, 2, 3).unbind(0),
-            border[:, None].unbind(0))
+    return (
+        w1.permute(0, 1, 4, 2, 3).unbind(0),
+        *hidden,
+        w3.permute(0, 1, 4, 2, 3).unbind(0),
+        border[:, None].unbind(0),
+    )
 
 
 def _padding_term(weight_sum, height, width):

@@ -4,6 +4,7 @@ Non-finite pixels (a Glow's inverse can overflow at high temperature) are never 
 were an image: `grid` draws such tiles as a magenta/black checkerboard and returns how many there
 were, so callers can count and report them.
 """
+
 import torch
 from PIL import Image
 
@@ -43,7 +44,7 @@ def grid(rows, padding=2, background=1.0):
         for j, image in enumerate(row):
             tile = image.clamp(0, 1) if ok[j] else invalid_tile(size)
             top, left = padding + i * step, padding + j * step
-            canvas[:, top:top + size, left:left + size] = tile
+            canvas[:, top : top + size, left : left + size] = tile
     return canvas, bad
 
 

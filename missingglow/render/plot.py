@@ -8,14 +8,25 @@ labelled image grids, and panels stacked into one PNG.
 Non-finite values are left out of a line (it breaks there) and of a histogram (callers report how
 many there were): a chart never shows a NaN as if it were a number.
 """
+
 import itertools
 import math
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
 
-PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189),
-           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+PALETTE = [
+    (31, 119, 180),
+    (214, 39, 40),
+    (44, 160, 44),
+    (255, 127, 14),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+]
 
 
 @dataclass
@@ -28,8 +39,18 @@ class Series:
     colour: tuple = None
 
 
-_ASCII = {"α": "alpha", "²": "^2", "‖": "||", "Φ": "Phi", "×": "x", "√": "sqrt ", "ε": "eps",
-          "—": "-", "−": "-", "…": "..."}
+_ASCII = {
+    "α": "alpha",
+    "²": "^2",
+    "‖": "||",
+    "Φ": "Phi",
+    "×": "x",
+    "√": "sqrt ",
+    "ε": "eps",
+    "—": "-",
+    "−": "-",
+    "…": "...",
+}
 _FONTS = {}
 
 
@@ -111,8 +132,9 @@ class _Axes:
             d.line([(left, y), (right, y)], fill=(232, 232, 232))
             label = _fmt(t)
             w, h = _text_size(d, label, small)
-            d.text((left - 6 - w, y - h / 2 - 2), _spell(label, small), fill=(60, 60, 60),
-                   font=small)
+            d.text(
+                (left - 6 - w, y - h / 2 - 2), _spell(label, small), fill=(60, 60, 60), font=small
+            )
         for t in self.xt:
             x, _ = self.px(t, self.y0)
             d.line([(x, top), (x, bottom)], fill=(240, 240, 240))
@@ -124,8 +146,12 @@ class _Axes:
         w, _ = _text_size(d, title, big)
         d.text(((left + right) / 2 - w / 2, top - 26), _spell(title, big), fill=(0, 0, 0), font=big)
         w, _ = _text_size(d, xlabel, small)
-        d.text(((left + right) / 2 - w / 2, bottom + 24), _spell(xlabel, small), fill=(0, 0, 0),
-               font=small)
+        d.text(
+            ((left + right) / 2 - w / 2, bottom + 24),
+            _spell(xlabel, small),
+            fill=(0, 0, 0),
+            font=small,
+        )
         # the y label, rotated, left of the tick labels
         w, h = _text_size(d, ylabel, small)
         label = Image.new("RGBA", (w + 4, h + 6), (255, 255, 255, 0))
@@ -146,15 +172,20 @@ class _Axes:
 
         def covered(corner):
             x0, y0 = corner
-            return sum(x0 - 4 <= x <= x0 + width + 4 and y0 - 4 <= y <= y0 + height + 4
-                       for x, y in points)
+            return sum(
+                x0 - 4 <= x <= x0 + width + 4 and y0 - 4 <= y <= y0 + height + 4 for x, y in points
+            )
 
-        corners = [(right_edge - width - 8, top_edge + 8),
-                   (right_edge - width - 8, bottom_edge - height - 8),
-                   (left_edge + 8, top_edge + 8), (left_edge + 8, bottom_edge - height - 8)]
+        corners = [
+            (right_edge - width - 8, top_edge + 8),
+            (right_edge - width - 8, bottom_edge - height - 8),
+            (left_edge + 8, top_edge + 8),
+            (left_edge + 8, bottom_edge - height - 8),
+        ]
         left, top = min(corners, key=covered)
-        d.rectangle([left, top, left + width, top + height], fill=(255, 255, 255),
-                    outline=(180, 180, 180))
+        d.rectangle(
+            [left, top, left + width, top + height], fill=(255, 255, 255), outline=(180, 180, 180)
+        )
         for i, (label, colour, dashed) in enumerate(entries):
             y = top + 6 + i * line_h + 6
             _line(d, [(left + 6, y), (left + 28, y)], colour, dashed)
@@ -170,8 +201,14 @@ def _line(draw, points, colour, dashed, width=2):
         steps = max(int(length // 6), 1)
         for k in range(0, steps, 2):
             a, b = k / steps, min((k + 1) / steps, 1)
-            draw.line([(xa + (xb - xa) * a, ya + (yb - ya) * a),
-                       (xa + (xb - xa) * b, ya + (yb - ya) * b)], fill=colour, width=width)
+            draw.line(
+                [
+                    (xa + (xb - xa) * a, ya + (yb - ya) * a),
+                    (xa + (xb - xa) * b, ya + (yb - ya) * b),
+                ],
+                fill=colour,
+                width=width,
+            )
 
 
 def _canvas(width, height):
@@ -187,7 +224,7 @@ def line_chart(series, *, title, xlabel, ylabel, width=720, height=440, ylim=Non
     if ylim is None:
         lo, hi = min(min(ys), 0.0), max(ys)
         ylim = (lo, hi + ((hi - lo) * 0.05 or 0.5))
-    bottom = height - (66 if note else 50)   # a note gets its own line under the x label
+    bottom = height - (66 if note else 50)  # a note gets its own line under the x label
     axes = _Axes(draw, (70, 44, width - 20, bottom), (min(xs), max(xs)), ylim)
     axes.frame(title, xlabel, ylabel)
     entries, points = [], []
@@ -234,7 +271,7 @@ def histogram_chart(groups, *, title, xlabel, bins=30, width=720, height=440, no
     top = max((max(c) for c in counts if c), default=1.0) or 1.0
     image = Image.new("RGBA", (width, height), (255, 255, 255, 255))
     draw = ImageDraw.Draw(image)
-    bottom = height - (66 if note else 50)   # a note gets its own line under the x label
+    bottom = height - (66 if note else 50)  # a note gets its own line under the x label
     axes = _Axes(draw, (70, 44, width - 20, bottom), (lo, hi), (0.0, top * 1.08))
     axes.frame(title, xlabel, "share of images")
     entries, points = [], []
@@ -249,8 +286,12 @@ def histogram_chart(groups, *, title, xlabel, bins=30, width=720, height=440, no
             if share > 0:
                 ldraw.rectangle([xa, ya, xb, y0], fill=colour + (40,))
             outline += [(xa, ya), (xb, ya)]
-            points += [(xa + (xb - xa) * f / 4, ya + (y0 - ya) * g / 4) for f in range(5)
-                       for g in range(5) if share > 0]
+            points += [
+                (xa + (xb - xa) * f / 4, ya + (y0 - ya) * g / 4)
+                for f in range(5)
+                for g in range(5)
+                if share > 0
+            ]
         image.alpha_composite(layer)
         draw = ImageDraw.Draw(image)
         draw.line(outline, fill=colour, width=2)
@@ -282,8 +323,11 @@ def label_rows(image, labels, top, step, width=None, header=None):
     """Put a text label left of each row of a grid image (rows start at `top`, every `step` px)."""
     fnt = font(12)
     probe = ImageDraw.Draw(image)
-    width = width or max([_text_size(probe, t, fnt)[0]
-                          for t in labels + ([header] if header else [])] + [0]) + 12
+    width = (
+        width
+        or max([_text_size(probe, t, fnt)[0] for t in labels + ([header] if header else [])] + [0])
+        + 12
+    )
     head = 18 if header else 0
     out = Image.new("RGB", (image.size[0] + width, image.size[1] + head), (255, 255, 255))
     out.paste(image.convert("RGB"), (width, head))

@@ -3,6 +3,7 @@
 Tiles smaller than `min_tile` pixels are enlarged by a whole factor (nearest neighbour, so every
 model pixel stays a sharp block) and non-finite images are drawn as checkerboards.
 """
+
 import torch
 
 from .images import grid, to_pil
@@ -14,8 +15,9 @@ def labelled_grid(rows, labels, min_tile):
     size = rows[0].shape[-1]
     scale = max(1, -(-min_tile // size))
     if scale > 1:
-        rows = [torch.nn.functional.interpolate(r, scale_factor=scale, mode="nearest")
-                for r in rows]
+        rows = [
+            torch.nn.functional.interpolate(r, scale_factor=scale, mode="nearest") for r in rows
+        ]
     canvas, bad = grid(rows)
     return label_rows(to_pil(canvas), labels, 2, size * scale + 2), bad
 
@@ -26,17 +28,19 @@ def column_sheet(columns, labels, min_tile):
     depth = max(c.shape[0] for c in columns)
     labels = list(labels) + (["original"] if depth > len(labels) else [])
     blank = torch.ones(columns[0].shape[1:])
-    rows = [torch.stack([c[r] if r < c.shape[0] else blank for c in columns])
-            for r in range(depth)]
+    rows = [torch.stack([c[r] if r < c.shape[0] else blank for c in columns]) for r in range(depth)]
     return labelled_grid(rows, labels, min_tile)[0]
 
 
 def contact_sheet(rows, labels, min_tile=48):
     """Samples with their detected squares outlined: one row per entry of `rows` [(images, found)];
     non-finite samples as checkerboards. Returns (PIL image, non-finite count)."""
-    tiles = [torch.stack([outline(im, f) if f else im for im, f in zip(images, found, strict=True)])
-             for images, found in rows]
+    tiles = [
+        torch.stack([outline(im, f) if f else im for im, f in zip(images, found, strict=True)])
+        for images, found in rows
+    ]
     return labelled_grid(tiles, labels, min_tile)
+
 
 def outline(image, squares, colour=(1.0, 0.0, 0.0)):
     """A copy of a (3, S, S) image with a one-pixel frame drawn just outside each square (a

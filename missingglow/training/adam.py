@@ -13,6 +13,7 @@ implementations read the step count and the learning rate as numbers), so `step(
 gradients zeroed and its coefficients turned into exact no-ops. The state, its dict and the
 checkpoints are torch Adam's, so runs move freely between the two and older checkpoints load.
 """
+
 import torch
 
 
@@ -29,8 +30,9 @@ class GuardedAdam(torch.optim.Adam):
         fused = device.type == "cuda" if fused is None else fused
         super().__init__(params, lr=lr, fused=fused or None, capturable=fused)
         # float32 for the fused kernel; the twin computes its rates in float64
-        self.lr_tensor = torch.tensor(float(lr), device=device,
-                                      dtype=torch.float32 if fused else torch.float64)
+        self.lr_tensor = torch.tensor(
+            float(lr), device=device, dtype=torch.float32 if fused else torch.float64
+        )
         self.found_inf = torch.zeros((), device=device)  # 1.0: skip this step (GradScaler's flag)
         self._staged = float(lr)
         # eager steps (torchrun, --no-graph, the warm-up) are meant: no "capturable" warning
@@ -59,8 +61,18 @@ class GuardedAdam(torch.optim.Adam):
             self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, [], steps)
             if params:
                 beta1, beta2 = group["betas"]
-                masked_adam_(params, grads, exp_avgs, exp_avg_sqs, steps, self.lr_tensor,
-                             beta1, beta2, group["eps"], self.found_inf)
+                masked_adam_(
+                    params,
+                    grads,
+                    exp_avgs,
+                    exp_avg_sqs,
+                    steps,
+                    self.lr_tensor,
+                    beta1,
+                    beta2,
+                    group["eps"],
+                    self.found_inf,
+                )
 
     def _fused_step(self):
         """torch's fused step, reading the tensor learning rate and the skip flag."""
@@ -89,14 +101,17 @@ def masked_adam_(params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, 
     # a bad step's gradients may be non-finite: zero them in one pass, so that the masked
     # arithmetic below leaves every tensor exactly as it was
     flat = torch.nan_to_num(torch.cat([g.reshape(-1) for g in grads]), 0.0, 0.0, 0.0).mul_(ok)
-    grads = [part.view(g.shape) for part, g in zip(flat.split([g.numel() for g in grads]), grads, strict=True)]
+    grads = [
+        part.view(g.shape)
+        for part, g in zip(flat.split([g.numel() for g in grads]), grads, strict=True)
+    ]
 
     # the step count (put back on a bad step) and the bias corrections in float64, as the fused
     # kernel computes them; at least 1 step in them, so a bad first step divides by no zero
     torch._foreach_add_(steps, [ok] * n)
     t = torch.stack(steps).double().clamp_min(1)
-    rate = ((-lr.double() * ok) / (1 - beta1 ** t)).to(ok.dtype)   # −lr/(1 − β1^t), 0 when bad
-    correction2 = torch.sqrt(1 - beta2 ** t).to(ok.dtype)          # √(1 − β2^t)
+    rate = ((-lr.double() * ok) / (1 - beta1**t)).to(ok.dtype)  # −lr/(1 − β1^t), 0 when bad
+    correction2 = torch.sqrt(1 - beta2**t).to(ok.dtype)  # √(1 − β2^t)
 
     # the moments: m ← β1·m + (1 − β1)·g and v ← β2·v + (1 − β2)·g², or unchanged when bad
     torch._foreach_mul_(exp_avgs, [1 - (1 - beta1) * ok] * n)

@@ -6,6 +6,7 @@ of them, every step. Keeping the memory in the process saves those faults, for t
 reference model alike (bench/train_speed.py measures it; bench/RESULTS.md has the numbers). The
 cost: the process keeps its peak heap until it exits, which a training run reaches every step.
 """
+
 import ctypes
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3

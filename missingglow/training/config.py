@@ -8,6 +8,7 @@ docs/phenomenon.md. With no GPU and no architecture given, `train` picks `small`
 command's options are generated from the fields. A run stores its config as a plain dict
 (`to_dict`), which `from_dict` reads back, also from runs written before a setting existed.
 """
+
 import math
 import types
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
@@ -25,14 +26,34 @@ PRESETS = {
     # (synthetic.DETAILS) are the scale study's best lever: squares appear in samples at high t and
     # not at low t within the preset's iterations, where the full-detail faces need several times
     # as many (docs/phenomenon.md has the measurements).
-    "small": dict(image_size=16, blocks=3, flows=8, hidden=64, batch=64, iterations=6_000,
-                  lr=1e-3, warmup=200, synthetic_detail="low"),
+    "small": dict(
+        image_size=16,
+        blocks=3,
+        flows=8,
+        hidden=64,
+        batch=64,
+        iterations=6_000,
+        lr=1e-3,
+        warmup=200,
+        synthetic_detail="low",
+    ),
     "paper": {},  # TrainConfig's defaults are the paper's
 }
 
 
-def setting(default, help, *, flag=None, at_least=None, at_most=None, above=None, choices=None,
-            shown=None, if_missing=MISSING, machine=False):
+def setting(
+    default,
+    help,
+    *,
+    flag=None,
+    at_least=None,
+    at_most=None,
+    above=None,
+    choices=None,
+    shown=None,
+    if_missing=MISSING,
+    machine=False,
+):
     """A TrainConfig field. `flag`: the command line's spelling when it is not --field-name (for a
     bool, "--on/--off" or a lone "--on"). `shown`: the default as the command line should show it,
     where the value alone would mislead (None meaning "decided at run time"). `if_missing`: the
@@ -40,8 +61,16 @@ def setting(default, help, *, flag=None, at_least=None, at_most=None, above=None
     the setting existed). `machine`: a setting of how this machine runs the training, not of what
     it trains (same results either way): it may be given beside --resume and replaces the stored
     value."""
-    meta = dict(help=help, flag=flag, at_least=at_least, at_most=at_most, above=above,
-                choices=choices, shown=shown, machine=machine)
+    meta = dict(
+        help=help,
+        flag=flag,
+        at_least=at_least,
+        at_most=at_most,
+        above=above,
+        choices=choices,
+        shown=shown,
+        machine=machine,
+    )
     if if_missing is not MISSING:
         meta["if_missing"] = if_missing
     return field(default=default, metadata=meta)
@@ -52,58 +81,98 @@ class TrainConfig:
     """Every setting of a training run. Build one with `resolve_config` (presets, square scaling)
     or directly; `validate` checks a config built by hand."""
 
-    preset: str = setting("paper", "Defaults for the settings below.", choices=tuple(PRESETS),
-                          shown="paper with a GPU or an architecture given, else small")
-    data: str | None = setting(None, "Image folder (searched recursively) or .mgcache file.",
-                               shown="synthetic faces")
-    synthetic_count: int = setting(10_000, "Synthetic faces to draw, when no --data is given.",
-                                   at_least=1)
+    preset: str = setting(
+        "paper",
+        "Defaults for the settings below.",
+        choices=tuple(PRESETS),
+        shown="paper with a GPU or an architecture given, else small",
+    )
+    data: str | None = setting(
+        None, "Image folder (searched recursively) or .mgcache file.", shown="synthetic faces"
+    )
+    synthetic_count: int = setting(
+        10_000, "Synthetic faces to draw, when no --data is given.", at_least=1
+    )
     synthetic_detail: str = setting(
-        "full", "Synthetic faces as drawn, or drawn at half size and enlarged.", choices=DETAILS)
-    image_size: int = setting(64, "Image side S in pixels; divisible by 2^blocks.", flag="--size",
-                              at_least=2)
-    square: int = setting(20, "Grey square side K in pixels (0: none); at 64-px scale, and scaled "
-                              "to the image, when the size comes from a preset.", at_least=0)
+        "full", "Synthetic faces as drawn, or drawn at half size and enlarged.", choices=DETAILS
+    )
+    image_size: int = setting(
+        64, "Image side S in pixels; divisible by 2^blocks.", flag="--size", at_least=2
+    )
+    square: int = setting(
+        20,
+        "Grey square side K in pixels (0: none); at 64-px scale, and scaled "
+        "to the image, when the size comes from a preset.",
+        at_least=0,
+    )
     squares: int = setting(1, "Grey squares per image.", at_least=0)
     blocks: int = setting(4, "Blocks (latent levels) of the flow.", at_least=1)
     flows: int = setting(32, "Flow steps per block.", at_least=1)
     hidden: int = setting(512, "Coupling network width.", at_least=1)
     n_bits: int = setting(5, "Bits per colour channel.", flag="--bits", at_least=1, at_most=8)
-    channels: int | None = setting(None, "Model input channels.", choices=(1, 3),
-                                   shown="1 for a dataset of grey images, else 3", if_missing=3)
+    channels: int | None = setting(
+        None,
+        "Model input channels.",
+        choices=(1, 3),
+        shown="1 for a dataset of grey images, else 3",
+        if_missing=3,
+    )
     affine: bool = setting(True, "Coupling type.", flag="--affine/--additive")
     lu: bool = setting(True, "LU-parametrised 1×1 convolutions.", flag="--lu/--no-lu")
     batch: int = setting(16, "Global batch size (split over torchrun's processes).", at_least=1)
-    iterations: int = setting(200_000, "Total iterations (with --resume: extend the run to this).",
-                              at_least=0)
+    iterations: int = setting(
+        200_000, "Total iterations (with --resume: extend the run to this).", at_least=0
+    )
     lr: float = setting(1e-4, "Adam learning rate.", above=0)
     warmup: int = setting(0, "Iterations of linear learning-rate warm-up.", at_least=0)
     grad_clip: float = setting(50.0, "Gradient-norm clip (0: none).", at_least=0)
     max_bad_steps: int = setting(
-        5, "Non-finite steps in a row that roll the run back to its last checkpoint with the "
-           "learning rate halved.", at_least=1)
+        5,
+        "Non-finite steps in a row that roll the run back to its last checkpoint with the "
+        "learning rate halved.",
+        at_least=1,
+    )
     seed: int = setting(0, "Seeds the weights, data order, noise and squares.")
-    impl: str | None = setting(None, "Flow implementation.", choices=("fused", "reference"),
-                               shown="fused when missingglow._C loads")
+    impl: str | None = setting(
+        None,
+        "Flow implementation.",
+        choices=("fused", "reference"),
+        shown="fused when missingglow._C loads",
+    )
     memory_saving: bool = setting(
-        False, "Rebuild activations in the backward pass instead of storing them.",
-        flag="--memory-saving")
-    precision: str = setting("fp32", "Arithmetic of the fused coupling networks' hidden "
-                                     "convolutions.", choices=("fp32", "bf16"))
+        False,
+        "Rebuild activations in the backward pass instead of storing them.",
+        flag="--memory-saving",
+    )
+    precision: str = setting(
+        "fp32",
+        "Arithmetic of the fused coupling networks' hidden convolutions.",
+        choices=("fp32", "bf16"),
+    )
     graph: bool = setting(
-        True, "Run each training step as one CUDA graph (one GPU; steps run eagerly under "
-              "torchrun and on the CPU).", flag="--graph/--no-graph", machine=True)
+        True,
+        "Run each training step as one CUDA graph (one GPU; steps run eagerly under "
+        "torchrun and on the CPU).",
+        flag="--graph/--no-graph",
+        machine=True,
+    )
     threads: int | None = setting(
-        None, "CPU threads for training.", at_least=1, machine=True,
-        shown="$OMP_NUM_THREADS if set, else the cores other processes leave free")
+        None,
+        "CPU threads for training.",
+        at_least=1,
+        machine=True,
+        shown="$OMP_NUM_THREADS if set, else the cores other processes leave free",
+    )
     sample_every: int = setting(1000, "Sample grid every N iterations.", at_least=1)
     eval_every: int = setting(500, "Held-out bits/dim every N iterations.", at_least=1)
     checkpoint_every: int = setting(500, "Checkpoint every N iterations.", at_least=1)
-    log_every: int = setting(50, "Training bits/dim, lr and speed to metrics.jsonl every N "
-                                 "iterations.", at_least=1)
+    log_every: int = setting(
+        50, "Training bits/dim, lr and speed to metrics.jsonl every N iterations.", at_least=1
+    )
     heldout_images: int = setting(256, "Held-out images each evaluation measures.", at_least=1)
-    eval_batch: int = setting(128, "Held-out images per forward pass of an evaluation.",
-                              at_least=1, machine=True)
+    eval_batch: int = setting(
+        128, "Held-out images per forward pass of an evaluation.", at_least=1, machine=True
+    )
     temperature: float = setting(0.7, "Temperature of the sample grids.", at_least=0)
     out: str | None = setting(None, "Run folder.", shown="runs/<preset>-<time>")
 
@@ -116,8 +185,9 @@ class TrainConfig:
         """The config of a stored dict. A key the dict lacks (a run written before the setting
         existed) takes its `if_missing` value, else the default; keys this version does not know
         are left out (`unknown` names them)."""
-        values = {f.name: f.metadata["if_missing"] for f in fields(cls)
-                  if "if_missing" in f.metadata}
+        values = {
+            f.name: f.metadata["if_missing"] for f in fields(cls) if "if_missing" in f.metadata
+        }
         names = cls.names()
         values.update((k, v) for k, v in stored.items() if k in names)
         return cls(**values)
@@ -162,25 +232,33 @@ def resolve_config(options, has_gpu=None):
     if name is None:
         if has_gpu is None:
             import torch
+
             has_gpu = torch.cuda.is_available()
         name = "paper" if has_gpu or any(k in given for k in ARCHITECTURE) else "small"
     config = replace(preset_config(name), **given)
     note = None
     size = config.image_size
     if not chosen and name == "small":
-        faces = ", low-detail synthetic faces" if config.data is None and \
-            config.synthetic_detail == "low" else ""
-        note = (f"no GPU and no architecture given: using the `small` preset "
-                f"({size}×{size}{faces}, {config.blocks} blocks × {config.flows} "
-                f"flows, hidden {config.hidden}, batch {config.batch}, "
-                f"{config.iterations:,} iterations)")
+        faces = (
+            ", low-detail synthetic faces"
+            if config.data is None and config.synthetic_detail == "low"
+            else ""
+        )
+        note = (
+            f"no GPU and no architecture given: using the `small` preset "
+            f"({size}×{size}{faces}, {config.blocks} blocks × {config.flows} "
+            f"flows, hidden {config.hidden}, batch {config.batch}, "
+            f"{config.iterations:,} iterations)"
+        )
     if "square" not in given or ("image_size" not in given and size != PAPER_SIZE):
         paper_square = config.square
         square = max(1, round(paper_square * size / PAPER_SIZE)) if paper_square else 0
         if square != paper_square:
             config = replace(config, square=square)
-            scaled = f"square {paper_square} px at {PAPER_SIZE}×{PAPER_SIZE} is {square} px at " \
-                     f"{size}×{size}"
+            scaled = (
+                f"square {paper_square} px at {PAPER_SIZE}×{PAPER_SIZE} is {square} px at "
+                f"{size}×{size}"
+            )
             note = f"{note}; {scaled}" if note else scaled
     validate(config)
     return config, note
@@ -196,14 +274,18 @@ def validate(config):
             name = f"{f.name} ({flag})" if flag and "/" not in flag else f.name
             raise UserError(f"{name} {problem}")
     size, blocks = config.image_size, config.blocks
-    if size % 2 ** blocks:
-        raise UserError(f"image size {size} must be divisible by 2^blocks = {2 ** blocks}")
+    if size % 2**blocks:
+        raise UserError(f"image size {size} must be divisible by 2^blocks = {2**blocks}")
     if config.precision != "fp32" and config.impl == "reference":
-        raise UserError(f"--precision {config.precision} runs on the fused flow steps; the "
-                        "reference is full precision: drop --impl reference")
+        raise UserError(
+            f"--precision {config.precision} runs on the fused flow steps; the "
+            "reference is full precision: drop --impl reference"
+        )
     if config.square > size:
-        raise UserError(f"a {config.square}-px square does not fit a {size}×{size} image; "
-                        f"choose --square ≤ {size}")
+        raise UserError(
+            f"a {config.square}-px square does not fit a {size}×{size} image; "
+            f"choose --square ≤ {size}"
+        )
 
 
 def value_type(f):

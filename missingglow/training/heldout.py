@@ -7,6 +7,7 @@ evaluations differ only by the model; training prepares the inputs once (`Heldou
 evaluation is then forwards only. Images whose log-density is non-finite are counted and left out
 of both means.
 """
+
 import torch
 
 from ..flow.preprocess import bits_per_dim, match_channels, quantize
@@ -25,9 +26,10 @@ class HeldoutEval:
         for start in range(0, n, max(batch, 1)):
             masked, clean, _ = heldout.batch(list(range(start, min(start + batch, n))))
             masked, clean = (match_channels(x, channels) for x in (masked, clean))
-            noise = torch.rand(masked.shape, generator=noise_gen) / 2 ** n_bits
-            self.batches.append(tuple((quantize(images, n_bits) + noise).to(device)
-                                      for images in (masked, clean)))
+            noise = torch.rand(masked.shape, generator=noise_gen) / 2**n_bits
+            self.batches.append(
+                tuple((quantize(images, n_bits) + noise).to(device) for images in (masked, clean))
+            )
 
     @torch.no_grad()
     def __call__(self, model):
@@ -39,8 +41,10 @@ class HeldoutEval:
                 values[key].append(bits_per_dim(model.log_prob(x), self.n_bits, dims))
         masked, clean = (torch.cat(values[key]).cpu() for key in ("masked", "clean"))
         ok = torch.isfinite(masked) & torch.isfinite(clean)
-        out = {key: v[ok].double().mean().item() if ok.any() else float("nan")
-               for key, v in (("masked", masked), ("clean", clean))}
+        out = {
+            key: v[ok].double().mean().item() if ok.any() else float("nan")
+            for key, v in (("masked", masked), ("clean", clean))
+        }
         out["gap"] = out["masked"] - out["clean"]
         out["nonfinite"] = int((~ok).sum())
         out["images"] = self.images

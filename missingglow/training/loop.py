@@ -9,6 +9,7 @@ The steps do not wait for the device (step.py): the loop queues them, and reads 
 every `log_every` iterations and before every evaluation, sample and checkpoint. A skipped step
 uses up its batch; the guard's rollback happens at the read after its run of bad steps.
 """
+
 import contextlib
 import json
 import math
@@ -43,9 +44,15 @@ METRICS = "metrics.jsonl"
 
 def model_config(config):
     """Glow keyword arguments from a training config."""
-    out = dict(blocks=config.blocks, flows=config.flows, hidden=config.hidden,
-               affine=config.affine, lu=config.lu, image_size=config.image_size,
-               in_channels=config.channels or 3)
+    out = dict(
+        blocks=config.blocks,
+        flows=config.flows,
+        hidden=config.hidden,
+        affine=config.affine,
+        lu=config.lu,
+        image_size=config.image_size,
+        in_channels=config.channels or 3,
+    )
     if config.impl is not None:
         out["impl"] = config.impl
     out["memory_saving"] = config.memory_saving
@@ -120,8 +127,9 @@ class Distributed:
         if not wanted or self.device.type != "cuda":
             return False
         if self.world > 1 or why_not:
-            speak(f"{why_not or 'under torchrun'} the training steps run eagerly, not as a CUDA "
-                  f"graph")
+            speak(
+                f"{why_not or 'under torchrun'} the training steps run eagerly, not as a CUDA graph"
+            )
             return False
         return True
 
@@ -151,7 +159,7 @@ class Batches:
         noise = torch.rand(shape, generator=generator(c.seed, "noise", iteration))
         masked, _, _ = self.images.batch(self.order(iteration)[part])
         x = quantize(match_channels(masked, c.channels), c.n_bits)
-        return x + noise[part] / 2 ** c.n_bits
+        return x + noise[part] / 2**c.n_bits
 
 
 class Metrics:
@@ -176,9 +184,15 @@ class Metrics:
     def log_step(self, iteration, batch, **record):
         now = time.perf_counter()
         steps, seconds = max(iteration - self.since, 1), max(now - self.since_time, 1e-9)
-        self.append({"iter": iteration, "bpd": self.mean_bpd, **record,
-                     "images_per_s": (iteration - self.since) * batch / seconds,
-                     "s_per_iter": seconds / steps})
+        self.append(
+            {
+                "iter": iteration,
+                "bpd": self.mean_bpd,
+                **record,
+                "images_per_s": (iteration - self.since) * batch / seconds,
+                "s_per_iter": seconds / steps,
+            }
+        )
         self.since, self.since_time, self.bpd_sum, self.bpd_count = iteration, now, 0.0, 0
 
 
@@ -188,7 +202,7 @@ def sample_grid(model, config, path, n=32, columns=8):
     non-finite."""
     images = model.sample(n, config.temperature, generator=generator(config.seed, "samples"))
     images = from_model(images.cpu(), config.n_bits)  # non-finite ones stay NaN, to be counted
-    rows = [images[i:i + columns] for i in range(0, n, columns)]
+    rows = [images[i : i + columns] for i in range(0, n, columns)]
     canvas, bad = grid(rows)
     save_png(canvas, path)
     return bad
@@ -215,35 +229,47 @@ def open_run(config, resume, iterations, speak, hold=None, machine=None):
     if (config is None) == (resume is None):
         raise TypeError("train() takes a TrainConfig for a new run or a run to resume, not both")
     if config is not None and not isinstance(config, TrainConfig):
-        raise TypeError(f"train() takes a TrainConfig (training/config.py), not "
-                        f"{type(config).__name__}")
-    run_dir = new_run_dir(config) if resume is None else (
-        resume if os.path.isdir(resume) else os.path.dirname(os.path.dirname(resume)))
+        raise TypeError(
+            f"train() takes a TrainConfig (training/config.py), not {type(config).__name__}"
+        )
+    run_dir = (
+        new_run_dir(config)
+        if resume is None
+        else (resume if os.path.isdir(resume) else os.path.dirname(os.path.dirname(resume)))
+    )
     if hold is not None:
         hold.enter_context(RunLock(run_dir))
         remove_temp_files(run_dir)
     if resume is None:
         if os.path.exists(os.path.join(run_dir, ckpt.LATEST)):
-            raise UserError(f"run folder {run_dir} already holds a run; pass --resume "
-                            f"{run_dir} to continue it, or another --out")
+            raise UserError(
+                f"run folder {run_dir} already holds a run; pass --resume "
+                f"{run_dir} to continue it, or another --out"
+            )
         config = replace(config, out=run_dir, **(machine or {}))
-        return (config if iterations is None else replace(config, iterations=iterations),
-                run_dir, None)
+        return (
+            config if iterations is None else replace(config, iterations=iterations),
+            run_dir,
+            None,
+        )
     payload = ckpt.load_checkpoint(resume)
     stored = payload["config"]
     unknown = TrainConfig.unknown(stored)
     if unknown:
-        speak(f"{run_dir} was trained with settings this missingglow does not know "
-              f"({', '.join(unknown)}); going on without them")
+        speak(
+            f"{run_dir} was trained with settings this missingglow does not know "
+            f"({', '.join(unknown)}); going on without them"
+        )
     config = replace(TrainConfig.from_dict(stored), out=run_dir, **(machine or {}))
     if iterations is not None:
         config = replace(config, iterations=iterations)
     if payload["iteration"] >= config.iterations:
-        speak(f"{run_dir} has finished its {config.iterations:,} iterations; pass "
-              "--iterations N (more) to train it further")
+        speak(
+            f"{run_dir} has finished its {config.iterations:,} iterations; pass "
+            "--iterations N (more) to train it further"
+        )
     else:
-        speak(f"resuming {run_dir} at iteration {payload['iteration']:,} of "
-              f"{config.iterations:,}")
+        speak(f"resuming {run_dir} at iteration {payload['iteration']:,} of {config.iterations:,}")
     return config, run_dir, payload
 
 
@@ -265,8 +291,10 @@ def open_images(config, env, progress, speak):
             speak(f"every image of {cache.source} is grayscale: training a one-channel model")
     if config.batch % env.world:
         raise UserError(f"batch {config.batch} does not split evenly over {env.world} processes")
-    train_images, heldout = (MaskedImages(cache, config.square, config.squares, config.seed, split)
-                             for split in ("train", "heldout"))
+    train_images, heldout = (
+        MaskedImages(cache, config.square, config.squares, config.seed, split)
+        for split in ("train", "heldout")
+    )
     return config, train_images, heldout
 
 
@@ -283,8 +311,9 @@ def train(config=None, resume=None, progress=True, say=None, iterations=None, ma
         hold.callback(env.close)
 
         # the run folder, locked by the writing process; a resumed run brings its config
-        config, run_dir, payload = open_run(config, resume, iterations, speak,
-                                            hold if env.main else None, machine)
+        config, run_dir, payload = open_run(
+            config, resume, iterations, speak, hold if env.main else None, machine
+        )
         hold.enter_context(name_the_last_checkpoint(run_dir))
         threads = Threads(config.threads, env.device, speak)
 
@@ -292,7 +321,7 @@ def train(config=None, resume=None, progress=True, say=None, iterations=None, ma
         torch.manual_seed(config.seed)
         config, train_images, heldout = open_images(config, env, progress, speak)
         batches = Batches(train_images, config, env)
-        bits, dims = config.n_bits, config.channels * config.image_size ** 2
+        bits, dims = config.n_bits, config.channels * config.image_size**2
 
         # the model and optimiser: new, with ActNorm initialised on the whole first global batch,
         # or as the checkpoint left them
@@ -318,12 +347,17 @@ def train(config=None, resume=None, progress=True, say=None, iterations=None, ma
 
         def save(iteration):
             if env.main:
-                writer.save({
-                    "config": config.to_dict(), "model_config": model_config(config),
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "iteration": iteration, "state": dict(state),
-                    "rng": {"torch": torch.get_rng_state()},
-                })
+                writer.save(
+                    {
+                        "config": config.to_dict(),
+                        "model_config": model_config(config),
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "iteration": iteration,
+                        "state": dict(state),
+                        "rng": {"torch": torch.get_rng_state()},
+                    }
+                )
             env.barrier()
 
         # the run's files: config.json, the metrics log, and a checkpoint of iteration 0 (a
@@ -333,8 +367,11 @@ def train(config=None, resume=None, progress=True, say=None, iterations=None, ma
         if env.main:
             os.makedirs(run_dir, exist_ok=True)
             write_json(os.path.join(run_dir, "config.json"), config.to_dict())
-            metrics.append({"event": "start", "config": config.to_dict()} if payload is None
-                           else {"event": "resume", "iter": start})
+            metrics.append(
+                {"event": "start", "config": config.to_dict()}
+                if payload is None
+                else {"event": "resume", "iter": start}
+            )
         if payload is None:
             save(0)
 
@@ -348,20 +385,40 @@ def train(config=None, resume=None, progress=True, say=None, iterations=None, ma
         shape = (batches.local, config.channels, config.image_size, config.image_size)
         step = TrainStep(loss_of, params, optimizer, shape, env.device, clip, env)
         feed = Feed(batches, step.x)
-        why_not = ("with the reference flow (its ActNorm reads a flag every call)"
-                   if model.config["impl"] == "reference" else
-                   "with memory saving (its inverses check for errors on the host)"
-                   if config.memory_saving else None)
+        why_not = (
+            "with the reference flow (its ActNorm reads a flag every call)"
+            if model.config["impl"] == "reference"
+            else "with memory saving (its inverses check for errors on the host)"
+            if config.memory_saving
+            else None
+        )
         stepper = Stepper(step, env.graph(config.graph, speak, why_not), speak)
-        evaluate = HeldoutEval(heldout, bits, config.seed, config.heldout_images,
-                               config.eval_batch, env.device, model.in_channels) \
-            if env.main else None
+        evaluate = (
+            HeldoutEval(
+                heldout,
+                bits,
+                config.seed,
+                config.heldout_images,
+                config.eval_batch,
+                env.device,
+                model.in_channels,
+            )
+            if env.main
+            else None
+        )
 
         # the loop; Ctrl-C saves a checkpoint where it stopped
         iteration = read_at = start
-        bar = hold.enter_context(progress_bar(config.iterations, "training",
-                                              env.main and progress, start, show_pos=True,
-                                              item_show_func=lambda s: s))
+        bar = hold.enter_context(
+            progress_bar(
+                config.iterations,
+                "training",
+                env.main and progress,
+                start,
+                show_pos=True,
+                item_show_func=lambda s: s,
+            )
+        )
         try:
             while iteration < config.iterations:
                 # one step on this rank's slice of global batch `iteration`, queued on the device
@@ -370,9 +427,15 @@ def train(config=None, resume=None, progress=True, say=None, iterations=None, ma
                 stepper()
                 iteration += 1
                 done = iteration == config.iterations
-                due = {name: iteration % every == 0 or done for name, every in (
-                    ("log", config.log_every), ("eval", config.eval_every),
-                    ("sample", config.sample_every), ("checkpoint", config.checkpoint_every))}
+                due = {
+                    name: iteration % every == 0 or done
+                    for name, every in (
+                        ("log", config.log_every),
+                        ("eval", config.eval_every),
+                        ("sample", config.sample_every),
+                        ("checkpoint", config.checkpoint_every),
+                    )
+                }
                 if not any(due.values()):
                     continue
 
@@ -386,8 +449,9 @@ def train(config=None, resume=None, progress=True, say=None, iterations=None, ma
                 account(sums, state, metrics, speak)
                 if sums["worst"] >= config.max_bad_steps:
                     writer.wait()
-                    iteration = read_at = roll_back(run_dir, model, optimizer, state, speak, env,
-                                                    metrics)
+                    iteration = read_at = roll_back(
+                        run_dir, model, optimizer, state, speak, env, metrics
+                    )
                     step.log.clear()
                     stepper.reset()
                     if bar is not None:
@@ -398,14 +462,25 @@ def train(config=None, resume=None, progress=True, say=None, iterations=None, ma
 
                 # log, evaluate on held-out images, sample, checkpoint
                 if due["log"]:
-                    metrics.log_step(iteration, config.batch, lr=lr, grad_norm=sums["grad_norm"],
-                                     skipped=state["skipped"])
+                    metrics.log_step(
+                        iteration,
+                        config.batch,
+                        lr=lr,
+                        grad_norm=sums["grad_norm"],
+                        skipped=state["skipped"],
+                    )
                 if env.main and due["eval"]:
                     model.eval()
                     result = evaluate(model)
                     model.train()
-                    metrics.append({"iter": iteration, "heldout_bpd_masked": result["masked"],
-                                    "heldout_bpd_clean": result["clean"], "gap": result["gap"]})
+                    metrics.append(
+                        {
+                            "iter": iteration,
+                            "heldout_bpd_masked": result["masked"],
+                            "heldout_bpd_clean": result["clean"],
+                            "gap": result["gap"],
+                        }
+                    )
                 if env.main and due["sample"]:
                     path = os.path.join(run_dir, "samples", f"iter_{iteration:08d}.png")
                     bad = sample_grid(model, config, path)
@@ -417,8 +492,10 @@ def train(config=None, resume=None, progress=True, say=None, iterations=None, ma
             writer.close()
             save(iteration)
             writer.wait()
-            speak(f"interrupted: checkpoint at iteration {iteration:,} in {run_dir}; "
-                  f"continue with --resume {run_dir}")
+            speak(
+                f"interrupted: checkpoint at iteration {iteration:,} in {run_dir}; "
+                f"continue with --resume {run_dir}"
+            )
             raise
         writer.wait()
         return run_dir
@@ -431,12 +508,16 @@ def account(sums, state, metrics, speak):
         return
     state["skipped"] += sums["bad"]
     if sums["bad"] == 1:
-        speak(f"iteration {sums['last_bad']}: non-finite loss or gradient, step skipped "
-              f"({sums['run_at_last']} in a row, {state['skipped']} in all)")
+        speak(
+            f"iteration {sums['last_bad']}: non-finite loss or gradient, step skipped "
+            f"({sums['run_at_last']} in a row, {state['skipped']} in all)"
+        )
     else:
-        speak(f"iterations {sums['first_bad']}–{sums['last_bad']}: {sums['bad']} non-finite "
-              f"losses or gradients, steps skipped (at most {sums['worst']} in a row, "
-              f"{state['skipped']} in all)")
+        speak(
+            f"iterations {sums['first_bad']}–{sums['last_bad']}: {sums['bad']} non-finite "
+            f"losses or gradients, steps skipped (at most {sums['worst']} in a row, "
+            f"{state['skipped']} in all)"
+        )
 
 
 def remove_temp_files(run_dir):
@@ -465,8 +546,10 @@ def name_the_last_checkpoint(run_dir):
         if last is None:
             then = f"no checkpoint was written yet: {fix} and start the run again"
         else:
-            then = (f"the last good checkpoint, {last}, is intact: {fix} and continue with "
-                    f"`missingglow train --resume {run_dir}`")
+            then = (
+                f"the last good checkpoint, {last}, is intact: {fix} and continue with "
+                f"`missingglow train --resume {run_dir}`"
+            )
         raise UserError(f"cannot write {err.path} ({err.reason}); {then}") from None
 
 
@@ -478,9 +561,12 @@ def roll_back(run_dir, model, optimizer, state, speak, env, metrics):
     optimizer.load_state_dict(payload["optimizer"])
     state["lr_scale"] *= 0.5
     state["rollbacks"] += 1
-    speak(f"too many non-finite steps in a row: rolled back to iteration "
-          f"{payload['iteration']:,} with the learning rate halved (×{state['lr_scale']:g})")
-    metrics.append({"event": "rollback", "iter": payload["iteration"],
-                    "lr_scale": state["lr_scale"]})
+    speak(
+        f"too many non-finite steps in a row: rolled back to iteration "
+        f"{payload['iteration']:,} with the learning rate halved (×{state['lr_scale']:g})"
+    )
+    metrics.append(
+        {"event": "rollback", "iter": payload["iteration"], "lr_scale": state["lr_scale"]}
+    )
     metrics.since, metrics.since_time = payload["iteration"], time.perf_counter()
     return payload["iteration"]

@@ -4,6 +4,7 @@ The lock is fcntl's advisory lock on an open file, so the operating system drops
 holder exits, however it exits (SIGKILL included): a lock left by a killed process never blocks a
 resume. The holder's pid is written into the file so a second writer can say who holds it.
 """
+
 import fcntl
 import os
 
@@ -32,8 +33,10 @@ class RunLock:
             self.file.seek(0)
             holder = self.file.read().strip() or "another process"
             self.file.close()
-            raise UserError(f"{os.path.dirname(self.path)} is being trained by process {holder}; "
-                            "wait for it to finish (or stop it), then --resume it") from None
+            raise UserError(
+                f"{os.path.dirname(self.path)} is being trained by process {holder}; "
+                "wait for it to finish (or stop it), then --resume it"
+            ) from None
         self.file.seek(0)
         self.file.truncate()
         self.file.write(f"{os.getpid()}\n")

@@ -7,6 +7,7 @@ flight at a time: the next save, `wait()` and the end of the run wait for the pr
 write that failed raises its WriteError there (or at `check()`), in the thread that trains, so the
 run stops with the usual one line naming the last good checkpoint.
 """
+
 import threading
 
 import torch
@@ -31,8 +32,9 @@ class CheckpointWriter:
         if self.from_cuda:  # the copies are queued behind the steps: the thread waits for them
             copied = torch.cuda.Event()
             copied.record()
-        self.thread = threading.Thread(target=self._write, args=(snapshot, copied),
-                                       name="missingglow-checkpoint", daemon=True)
+        self.thread = threading.Thread(
+            target=self._write, args=(snapshot, copied), name="missingglow-checkpoint", daemon=True
+        )
         self.thread.start()
 
     def _write(self, snapshot, copied):

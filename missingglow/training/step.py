@@ -11,14 +11,24 @@ progress bar learn what happened.
 `synced_step` is the step as the loop ran it before: it reads the loss and the guard's verdict on
 the host every step. It is the reference the tests and bench/gpu_step.py compare against.
 """
+
 import contextlib
 
 import torch
 
 # StepLog's sums, one float64 each; `run` (bad steps in a row) and `grad_norm` (of the last good
 # step) carry over a read, the others restart
-FIELDS = ("loss_sum", "good", "bad", "run", "worst", "first_bad", "last_bad", "run_at_last",
-          "grad_norm")
+FIELDS = (
+    "loss_sum",
+    "good",
+    "bad",
+    "run",
+    "worst",
+    "first_bad",
+    "last_bad",
+    "run_at_last",
+    "grad_norm",
+)
 CARRIED = ("run", "grad_norm")
 
 
@@ -27,27 +37,30 @@ class StepLog:
 
     def __init__(self, device):
         self.sums = torch.zeros(len(FIELDS), dtype=torch.float64, device=device)
-        self.keep = torch.tensor([float(f in CARRIED) for f in FIELDS], dtype=torch.float64,
-                                 device=device)
+        self.keep = torch.tensor(
+            [float(f in CARRIED) for f in FIELDS], dtype=torch.float64, device=device
+        )
 
     def add(self, loss, grad_norm, ok):
         """One step's loss, gradient norm and verdict (bool tensor); device ops only.
         `first_bad`/`last_bad` count steps since the read from 1, 0 meaning none."""
         s, ok, bad = self.sums, ok.reshape(()), ~ok.reshape(())
         okd = ok.double()
-        index = s[1] + s[2] + 1                                  # this step, counted from 1
+        index = s[1] + s[2] + 1  # this step, counted from 1
         run = (s[3] + 1) * bad.double()
-        new = torch.stack([
-            s[0] + torch.where(ok, loss.detach().double(), 0.0),
-            s[1] + okd,
-            s[2] + (1 - okd),
-            run,
-            torch.maximum(s[4], run),
-            torch.where(bad & (s[5] == 0), index, s[5]),
-            torch.where(bad, index, s[6]),
-            torch.where(bad, run, s[7]),
-            torch.where(ok, grad_norm.detach().double(), s[8]),
-        ])
+        new = torch.stack(
+            [
+                s[0] + torch.where(ok, loss.detach().double(), 0.0),
+                s[1] + okd,
+                s[2] + (1 - okd),
+                run,
+                torch.maximum(s[4], run),
+                torch.where(bad & (s[5] == 0), index, s[5]),
+                torch.where(bad, index, s[6]),
+                torch.where(bad, run, s[7]),
+                torch.where(ok, grad_norm.detach().double(), s[8]),
+            ]
+        )
         s.copy_(new)
 
     def read(self, first_iteration):
@@ -128,8 +141,10 @@ class Stepper:
             except Exception as err:  # any failure: the eager step is always there
                 self.graph = False
                 reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
-                self.say(f"the training step cannot run as a CUDA graph "
-                         f"({type(err).__name__}: {reason[:200]}); running it eagerly")
+                self.say(
+                    f"the training step cannot run as a CUDA graph "
+                    f"({type(err).__name__}: {reason[:200]}); running it eagerly"
+                )
         if self.replay is not None:
             self.replay()
             return
@@ -160,8 +175,9 @@ class Feed:
         self.batches, self.target = batches, target
         self.cuda = target.is_cuda
         if self.cuda:
-            self.host = [torch.empty(target.shape, dtype=target.dtype, pin_memory=True)
-                         for _ in range(2)]
+            self.host = [
+                torch.empty(target.shape, dtype=target.dtype, pin_memory=True) for _ in range(2)
+            ]
             self.copied = [None, None]
             self.turn = 0
 

@@ -6,15 +6,31 @@ wait for nothing, but they are where a step on a GPU would stop, so the CPU's co
 GPU's. Ops called from inside other ops (the compiled `_C` ops' own ATen calls included) are in
 the trace; a sync-like op inside another (`item` calls `_local_scalar_dense`) counts once.
 """
+
 from collections import Counter
 
-SYNC_OPS = ("aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::nonzero",
-            "aten::equal", "aten::allclose", "aten::unique", "aten::_unique", "aten::_unique2",
-            "aten::unique_consecutive", "aten::masked_select", "aten::repeat_interleave")
+SYNC_OPS = (
+    "aten::_local_scalar_dense",
+    "aten::item",
+    "aten::is_nonzero",
+    "aten::nonzero",
+    "aten::equal",
+    "aten::allclose",
+    "aten::unique",
+    "aten::_unique",
+    "aten::_unique2",
+    "aten::unique_consecutive",
+    "aten::masked_select",
+    "aten::repeat_interleave",
+)
 
 # CUDA runtime calls that block the host (with ProfilerActivity.CUDA in the trace)
-CUDA_WAITS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize",
-              "cudaMemcpy")
+CUDA_WAITS = (
+    "cudaStreamSynchronize",
+    "cudaDeviceSynchronize",
+    "cudaEventSynchronize",
+    "cudaMemcpy",
+)
 
 
 def sync_ops(events):

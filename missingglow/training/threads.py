@@ -10,6 +10,7 @@ before the first step, and again at every read of the loop, since other jobs com
 counts as free when others use under a quarter of it: a thread too many costs far more than one
 too few.
 """
+
 import os
 import time
 
@@ -31,9 +32,11 @@ class Threads:
         time.sleep(look)
         self.update()
         if self.count < len(self.cores) and torch.device(device).type == "cpu":
-            speak(f"other processes keep {len(self.cores) - self.count} of this process's "
-                  f"{len(self.cores)} cores busy: training with {self.count} "
-                  f"thread{'s' * (self.count > 1)} and following the load (--threads N to fix it)")
+            speak(
+                f"other processes keep {len(self.cores) - self.count} of this process's "
+                f"{len(self.cores)} cores busy: training with {self.count} "
+                f"thread{'s' * (self.count > 1)} and following the load (--threads N to fix it)"
+            )
 
     def update(self):
         """Set the threads from what other processes used since the last look; returns them."""
