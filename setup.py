@@ -51,7 +51,7 @@ setup(
     install_requires=["torch>=2.4", "pillow", "click"],
     extras_require={  # evaluation only, imported lazily: the core never needs NumPy
         "baselines": ["scikit-image", "opencv-python-headless"],
-        "lint": ["ruff"],
+        "lint": ["ruff", "clang-format==23.1.5"],
     },
     ext_modules=[extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
