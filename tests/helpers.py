@@ -133,3 +133,30 @@ def error_line(code, out, err, ignore=("Warning",)):
     assert len(lines) == 1, err
     assert lines[0].startswith("error: "), lines[0]
     return lines[0]
+
+
+# The training tests' tiny setting: an 8-px model that trains in a fraction of a second a step.
+TINY = dict(
+    image_size=8,
+    blocks=2,
+    flows=2,
+    hidden=8,
+    batch=8,
+    synthetic_count=48,
+    square=3,
+    iterations=6,
+    lr=1e-3,
+    warmup=2,
+    eval_every=1000,
+    sample_every=1000,
+    checkpoint_every=3,
+    log_every=1,
+    heldout_images=8,
+)
+
+
+def tiny_config(tmp_path, name, **overrides):
+    """The tiny setting as a TrainConfig writing to tmp_path/name, with overrides."""
+    from missingglow.training.config import resolve_config
+
+    return resolve_config(dict(TINY, out=str(tmp_path / name), **overrides), has_gpu=False)[0]

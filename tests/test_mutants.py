@@ -23,6 +23,8 @@ from missingglow.training import loop as train_module
 from missingglow.training.config import resolve_config
 from missingglow.training.heldout import heldout_bits_per_dim
 
+import helpers
+
 # --- the evaluation's pooling -----------------------------------------------------------------
 
 
@@ -354,24 +356,7 @@ def test_load_model_falls_back_like_load_checkpoint(tmp_path):
 
 # --- the training loop's non-finite guard -----------------------------------------------------
 
-TINY = dict(
-    image_size=8,
-    blocks=2,
-    flows=2,
-    hidden=8,
-    batch=8,
-    synthetic_count=48,
-    square=3,
-    iterations=6,
-    lr=1e-3,
-    warmup=2,
-    eval_every=1000,
-    sample_every=1000,
-    checkpoint_every=3,
-    log_every=1,
-    heldout_images=8,
-    max_bad_steps=2,
-)
+TINY = dict(helpers.TINY, max_bad_steps=2)
 
 
 @pytest.fixture

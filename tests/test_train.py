@@ -17,24 +17,9 @@ from missingglow.training import loop as train_module
 from missingglow.training.config import TrainConfig, resolve_config
 from missingglow.training.loop import train
 
+from helpers import TINY, tiny_config
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(
-    image_size=8,
-    blocks=2,
-    flows=2,
-    hidden=8,
-    batch=8,
-    synthetic_count=48,
-    square=3,
-    iterations=6,
-    lr=1e-3,
-    warmup=2,
-    eval_every=1000,
-    sample_every=1000,
-    checkpoint_every=3,
-    log_every=1,
-    heldout_images=8,
-)
 TINY_ARGS = [
     "--size",
     "8",
@@ -66,10 +51,7 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MISSINGGLOW_CACHE", str(tmp_path / "cache"))
 
 
-def config(tmp_path, name, **overrides):
-    options = dict(TINY, out=str(tmp_path / name))
-    options.update(overrides)
-    return resolve_config(options, has_gpu=False)[0]
+config = tiny_config
 
 
 def final_params(run_dir):

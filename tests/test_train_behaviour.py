@@ -18,29 +18,12 @@ import torch
 from missingglow.errors import UserError
 from missingglow.training import checkpoint as ckpt
 from missingglow.training import loop as train_module
-from missingglow.training.config import PRESETS, TrainConfig, resolve_config, validate
+from missingglow.training.config import PRESETS, TrainConfig, validate
 from missingglow.training.loop import open_images, set_lr, train
 
-from helpers import run_in_process
+from helpers import TINY, run_in_process, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(
-    image_size=8,
-    blocks=2,
-    flows=2,
-    hidden=8,
-    batch=8,
-    synthetic_count=48,
-    square=3,
-    iterations=6,
-    lr=1e-3,
-    warmup=2,
-    eval_every=1000,
-    sample_every=1000,
-    checkpoint_every=3,
-    log_every=1,
-    heldout_images=8,
-)
 
 
 @pytest.fixture(autouse=True)
@@ -48,8 +31,7 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MISSINGGLOW_CACHE", str(tmp_path / "cache"))
 
 
-def config(tmp_path, name, **overrides):
-    return resolve_config(dict(TINY, out=str(tmp_path / name), **overrides), has_gpu=False)[0]
+config = tiny_config
 
 
 def logged(run, key):

@@ -22,29 +22,13 @@ from missingglow.training import checkpoint as ckpt
 from missingglow.training import loop as train_module
 from missingglow.training import step as step_module
 from missingglow.training.adam import GuardedAdam
-from missingglow.training.config import TrainConfig, resolve_config
+from missingglow.training.config import TrainConfig
 from missingglow.training.saver import CheckpointWriter
 from missingglow.training.step import StepLog, Stepper, TrainStep, synced_step
 from missingglow.training.syncs import sync_ops
 from missingglow.training.threads import Threads, busy_elsewhere
 
-TINY = dict(
-    image_size=8,
-    blocks=2,
-    flows=2,
-    hidden=8,
-    batch=8,
-    synthetic_count=48,
-    square=3,
-    iterations=6,
-    lr=1e-3,
-    warmup=2,
-    eval_every=1000,
-    sample_every=1000,
-    checkpoint_every=3,
-    log_every=1,
-    heldout_images=8,
-)
+from helpers import tiny_config
 
 
 @pytest.fixture(autouse=True)
@@ -52,8 +36,7 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MISSINGGLOW_CACHE", str(tmp_path / "cache"))
 
 
-def config(tmp_path, name, **overrides):
-    return resolve_config(dict(TINY, out=str(tmp_path / name), **overrides), has_gpu=False)[0]
+config = tiny_config
 
 
 def metrics(run):
