@@ -20,8 +20,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from missingglow.analysis import baselines  # noqa: E402
-from missingglow.analysis.invert import DEFAULTS, harmonic_fill, invert  # noqa: E402
 from missingglow.analysis.runs import open_run  # noqa: E402
+from missingglow.completion.invert import DEFAULTS, harmonic_fill, invert  # noqa: E402
 from missingglow.data.datasets import MaskedImages, dataset_of  # noqa: E402
 from missingglow.data.masks import square_mask  # noqa: E402
 from missingglow.flow.preprocess import from_model, to_model  # noqa: E402

@@ -168,8 +168,8 @@ class Flow:
         `samples=None` gives one deterministic completion per image, (N, C, S, S); `samples=k`
         gives k per image, (k, N, C, S, S), the first the deterministic one and the others from
         seeded perturbations of its start. `options`: gamma, steps, lr, alpha, start ("fill" or
-        "input"), optimiser ("adam" or "sgd"), spread (analysis/invert.py's defaults)."""
-        from .analysis.invert import invert
+        "input"), optimiser ("adam" or "sgd"), spread (completion/invert.py's defaults)."""
+        from .completion.invert import invert
 
         unknown = sorted(set(options) - INVERT_OPTIONS)
         if unknown:

@@ -8,7 +8,7 @@
 # (analysis/evaluate.py); heldout = training/heldout.py; checkpoint = training/checkpoint.py;
 # guard = the non-finite guard: the device-side verdict and sums of training/step.py (StepLog,
 # TrainStep), the masked update of training/adam.py, and training/loop.py's account, roll_back
-# and Distributed.all_finite; restore = analysis/invert.py; masks = data/masks.py and the image
+# and Distributed.all_finite; restore = completion/invert.py; masks = data/masks.py and the image
 # and mask reading of data/images.py; quantise = flow/preprocess.py but bits_per_dim;
 # counter = analysis/squares.py.
 #
@@ -77,7 +77,7 @@ TARGETS = {  # name: (files, mutant-name globs; they match the function's own na
                "missingglow.training.loop.xǁDistributedǁall_finite*",
                "missingglow.training.step.xǁStepLogǁ*", "missingglow.training.step.xǁTrainStepǁ*",
                "missingglow.training.adam.*"]),
-    "restore": (["missingglow/analysis/invert.py"], ["missingglow.analysis.invert.*"]),
+    "restore": (["missingglow/completion/invert.py"], ["missingglow.completion.invert.*"]),
     "masks": (["missingglow/data/masks.py", "missingglow/data/images.py"],
               ["missingglow.data.masks.*", "missingglow.data.images.*"]),
     "quantise": (["missingglow/flow/preprocess.py"],
@@ -141,7 +141,7 @@ def run(names):
 
 began = time.time()
 print("in the copy,", "undecorated:", *(undecorate(f) for f in (
-    "missingglow/training/heldout.py", "missingglow/analysis/invert.py")))
+    "missingglow/training/heldout.py", "missingglow/completion/invert.py")))
 seconds = {}
 for t in [t for t in TARGETS if t in wanted]:
     # the first run generates every mutant and records which tests call which function

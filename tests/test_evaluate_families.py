@@ -21,8 +21,8 @@ from missingglow.analysis.evaluate import (
     write_report,
 )
 from missingglow.analysis.impute import SAMPLING
-from missingglow.analysis.invert import harmonic_fill
 from missingglow.analysis.runs import open_run
+from missingglow.completion.invert import harmonic_fill
 from missingglow.data.mask_families import FAMILIES, family_masks
 
 from helpers import tiny_run

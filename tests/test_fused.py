@@ -235,7 +235,7 @@ def test_memory_saving_keeps_no_activations_inside_the_flow(gen):
     ],
 )
 def test_memory_saving_gives_only_the_gradients_asked_for(gen, impl, affine, lu):
-    """Frozen parameters (as analysis/invert.py freezes them): ∂log p/∂x as without memory saving.
+    """Frozen parameters (as completion/invert.py freezes them): ∂log p/∂x as without memory saving.
     An input that needs no gradient (an image batch): the parameters' gradients exactly as when
     it needs one, and the flow's backward returns None for it."""
     standard, saving = _pair(

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from missingglow.analysis import baselines
-from missingglow.analysis.invert import harmonic_fill, invert, objective
+from missingglow.completion.invert import harmonic_fill, invert, objective
 from missingglow.data.images import alpha_mask, load_mask
 from missingglow.errors import UserError
 from missingglow.flow.model import Glow

@@ -15,6 +15,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 LAYERS = [
     {"errors", "atomic", "seeding", "progress", "_C"},
     {"flow"},
+    {"completion"},
     {"data"},
     {"render"},
     {"training"},
@@ -26,6 +27,7 @@ LAYERS = [
 ONLY_IN = {"click": {"cli", "progress"}}
 NEVER_IN = {
     "flow": {"click", "PIL", "numpy"},
+    "completion": {"click", "PIL", "numpy"},
     "data": {"numpy"},
     "render": {"numpy"},
     "training": {"numpy"},

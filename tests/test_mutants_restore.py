@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from missingglow.analysis.invert import harmonic_fill, invert, objective, observed_mean
+from missingglow.completion.invert import harmonic_fill, invert, objective, observed_mean
 from missingglow.data import masks
 from missingglow.data.images import alpha_mask, from_pil, load_image, load_mask
 from missingglow.errors import UserError

@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from missingglow.analysis.posterior import TARGET_ACCEPTANCE, noise_variance, posterior_samples
+from missingglow.completion.posterior import TARGET_ACCEPTANCE, noise_variance, posterior_samples
 from missingglow.errors import UserError
 
 C, S = 3, 3
@@ -234,8 +234,8 @@ def test_the_same_generator_gives_the_same_completions(gen):
 
 def test_noise_variance_makes_the_map_inverts_optimum(gen):
     """U·2γ/D is invert's objective at t = 1: σ² = γ·M/D, M the observed values."""
-    from missingglow.analysis.invert import objective
-    from missingglow.analysis.posterior import energy
+    from missingglow.completion.invert import objective
+    from missingglow.completion.posterior import energy
 
     model, x, missing = problem(gen)
     observed = (~missing).double()

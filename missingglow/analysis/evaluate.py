@@ -21,9 +21,9 @@ Methods:
 - baselines: grey fill (the input itself), mean-colour fill, our harmonic fill, and the classical
   inpainting of scikit-image (biharmonic) and OpenCV (Telea, Navier–Stokes) when installed;
 - the flow: Φ⁻¹(α·Φ(x)) alone, keeping the observed pixels, and that repeated `iterations` times;
-- `invert`: latent-norm inversion (analysis/invert.py) at the given settings;
+- `invert`: latent-norm inversion (completion/invert.py) at the given settings;
 - `posterior (MALA)`, with samples: draws from the posterior over latents given the observed
-  pixels (analysis/posterior.py), started at invert's solution; its time includes invert's.
+  pixels (completion/posterior.py), started at invert's solution; its time includes invert's.
 
 Holes other than the training square are filled with the split's grey, and every family is scored
 on the same held-out images.
@@ -36,6 +36,7 @@ import time
 
 import torch
 
+from ..completion.invert import DEFAULTS as INVERT_DEFAULTS
 from ..errors import UserError
 from ..flow.preprocess import from_model, to_model
 from ..render.images import finite_mask
@@ -43,7 +44,6 @@ from ..seeding import generator
 from ..training.heldout import heldout_bits_per_dim
 from .calibration import point_scores, sample_scores
 from .impute import SAMPLING
-from .invert import DEFAULTS as INVERT_DEFAULTS
 
 BASELINES = ("grey fill", "mean-colour fill", "harmonic fill")
 INVERT = "invert"
@@ -282,9 +282,9 @@ class _Scorer:
         return keys + ([(POSTERIOR, None)] if self.samples else [])
 
     def score(self, state, masked, clean, mask, gen, first):
+        from ..completion.invert import harmonic_fill, invert, observed_mean
         from . import baselines
         from .impute import restore
-        from .invert import harmonic_fill, invert, observed_mean
 
         run, bits, channels = self.run, self.run.n_bits, self.run.model.in_channels
         x0 = to_model(masked, bits, channels)
@@ -329,7 +329,7 @@ class _Scorer:
         map_seconds = time.perf_counter() - began
         add((INVERT, None), from_model(best[0], bits), map_seconds)
         if self.samples:
-            from .posterior import posterior_samples
+            from ..completion.posterior import posterior_samples
 
             began = time.perf_counter()
             draws, diagnostics = posterior_samples(

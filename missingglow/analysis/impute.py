@@ -1,9 +1,9 @@
 """Giving people their images back: inputs, their holes, and the restored PNGs.
 
-Two methods. `invert` (analysis/invert.py) searches the latent for an image that fits every
+Two methods. `invert` (completion/invert.py) searches the latent for an image that fits every
 observed pixel while keeping ‖z‖ small, then keeps the observed pixels exactly; it needs to know
 where the hole is. With samples it also draws completions from the posterior over latents given
-the observed pixels (analysis/posterior.py, MALA started at invert's solution, which is that
+the observed pixels (completion/posterior.py, MALA started at invert's solution, which is that
 posterior's mode at temperature 1), so their spread is the model's uncertainty. `alpha` is the
 paper's Fig. 2, x' = Φ⁻¹(α·Φ(x)), optionally keeping every observed pixel and restoring only the
 hole, repeated `iterations` times:
@@ -85,7 +85,7 @@ def plan_impute(
     --alpha alone means the paper's α-imputation (several alphas draw its Fig. 2 strips); with no
     --alpha, latent-norm inversion is the default, and `--method invert --alpha A` starts it from
     A·Φ(x)."""
-    from .invert import DEFAULTS
+    from ..completion.invert import DEFAULTS
 
     explicit = method is not None
     method = method or ("alpha" if alphas else "invert")
@@ -341,8 +341,8 @@ def map_and_draws(model, x, missing, samples, generator, on_step=None, sampling=
     from its latent, in model space, with invert's objective per step and the sampler's
     Diagnostics (None without samples). `options`: invert's; its γ sets the posterior's
     observation noise. `on_step(i)` counts invert's steps, then the sampler's."""
-    from .invert import DEFAULTS, invert
-    from .posterior import posterior_samples
+    from ..completion.invert import DEFAULTS, invert
+    from ..completion.posterior import posterior_samples
 
     best, history, latent = invert(
         model, x, missing, on_step=on_step, return_latent=True, **options

@@ -201,7 +201,7 @@ def squares(images, checkpoint, temperatures, n, seed, square, image_size, out):
 
 def invert_options(f):
     """The latent-norm inversion's settings, shared by `impute` and `evaluate`."""
-    from ..analysis import invert as inv
+    from ..completion import invert as inv
 
     d = inv.DEFAULTS
     options = [

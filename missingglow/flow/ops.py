@@ -282,7 +282,7 @@ if AVAILABLE:
 
     def _actnorm_conv_inverse_backward(ctx, grad_x):
         # x = V'·y − loc with V' = diag(1/scale)·V and V = W⁻¹. Sampling never needs this; the
-        # latent search of analysis/invert.py does, for y alone (its parameters are frozen).
+        # latent search of completion/invert.py does, for y alone (its parameters are frozen).
         y, loc, scale, weight = ctx.saved_tensors
         need_y, need_loc, need_scale, need_weight = ctx.needs_input_grad
         c = y.shape[1]
@@ -349,7 +349,7 @@ if AVAILABLE:
     def _coupling_step_inverse_backward(ctx, grad_x, grad_logdet):
         # x = [y_a, y_b/s − t] and logdet = −Σ log s, with s = sigmoid(log_s + 2) and
         # ds/dlog_s = s(1 − s). Sampling never needs this; the latent search of
-        # analysis/invert.py does, for y alone (its parameters are frozen).
+        # completion/invert.py does, for y alone (its parameters are frozen).
         y, h = ctx.saved_tensors
         need_y, need_h = ctx.needs_input_grad
         grad_x, grad_logdet = _zeros_for_none(grad_x, grad_logdet, y)
@@ -436,7 +436,7 @@ if AVAILABLE:
         ctx.save_for_backward(*inputs)
 
     def _flow_step_inverse_backward(ctx, grad_x, grad_logdet):
-        # Sampling never needs this; the latent search of analysis/invert.py does, for y alone.
+        # Sampling never needs this; the latent search of completion/invert.py does, for y alone.
         # The inverse again from the differentiable pieces (the fused step's own, so the
         # gradient is that of what the op computes), and its vector-Jacobian product for the
         # inputs that want one.
