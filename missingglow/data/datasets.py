@@ -15,7 +15,7 @@ import torch
 
 from ..errors import UserError
 from .cache import SYNTHETIC_COUNT, open_dataset
-from .masks import GREY, apply_squares, check_squares, square_positions
+from .masks import GREY, apply_squares, check_squares, square_mask, square_positions
 
 HELDOUT_FRACTION = 0.05
 MIN_HELDOUT = 16
@@ -99,6 +99,13 @@ class MaskedImages(torch.utils.data.Dataset):
         """Squares of item j: int64 (count, 2) of (top, left)."""
         i, s = self.indices[j], self.cache.size
         return square_positions(self.seed, i, self.square, self.count, s)
+
+    def missing(self, js):
+        """Where items js have holes: bool (B, 1, S, S), True on a missing pixel."""
+        s = self.cache.size
+        if not len(js):
+            return torch.zeros((0, 1, s, s), dtype=torch.bool)
+        return torch.stack([square_mask(self.positions(j), self.square, s) for j in js])
 
     def clean(self, j):
         """Image j without squares: float32 (3, S, S) in [0, 1], contiguous."""

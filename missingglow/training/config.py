@@ -36,6 +36,7 @@ PRESETS = {
         lr=1e-3,
         warmup=200,
         synthetic_detail="low",
+        refill_every=1_500,
     ),
     "paper": {},  # TrainConfig's defaults are the paper's
 }
@@ -106,6 +107,29 @@ class TrainConfig:
         at_least=0,
     )
     squares: int = setting(1, "Grey squares per image.", at_least=0)
+    masks: str | None = setting(
+        None,
+        "The training images' own holes instead of squares: a folder of mask images matched to "
+        "--data's images by file name (non-zero: missing), or `alpha` for each image's "
+        "transparency.",
+        shown="grey squares",
+    )
+    complete: bool = setting(
+        False,
+        "Treat the holes as missing values: start from a smooth fill and re-fill them from the "
+        "model as it trains (observed pixels never change), instead of training on grey holes.",
+        flag="--complete",
+    )
+    refill_every: int = setting(
+        50_000,
+        "With --complete: re-fill every training image's holes every N iterations.",
+        at_least=1,
+    )
+    refill_steps: int = setting(
+        5,
+        "With --complete: latent-inversion steps per re-fill, warm-started from the last fill.",
+        at_least=1,
+    )
     blocks: int = setting(4, "Blocks (latent levels) of the flow.", at_least=1)
     flows: int = setting(32, "Flow steps per block.", at_least=1)
     hidden: int = setting(512, "Coupling network width.", at_least=1)
@@ -280,6 +304,14 @@ def validate(config):
         raise UserError(
             f"--precision {config.precision} runs on the fused flow steps; the "
             "reference is full precision: drop --impl reference"
+        )
+    if config.masks is not None and config.data is None:
+        raise UserError(
+            "--masks gives the holes of an image folder's images: pass that folder with --data"
+        )
+    if config.complete and config.masks is None and not (config.square and config.squares):
+        raise UserError(
+            "--complete fills holes, and these images have none: give --square K (or --masks)"
         )
     if config.square > size:
         raise UserError(
