@@ -33,6 +33,7 @@ from . import checkpoint as ckpt
 from .adam import GuardedAdam
 from .allocator import keep_freed_memory
 from .config import TrainConfig
+from .fills import Fills
 from .heldout import HeldoutEval
 from .runlock import RunLock
 from .saver import CheckpointWriter
@@ -142,10 +143,11 @@ class Batches:
     """Global batch t of the training images, with its seeded dequantisation noise, in host memory.
 
     `batch(t)` is this rank's slice; `whole(t)` the whole global batch (ActNorm's initialisation).
+    With `fills` (train --complete) the holes hold the current fills instead of grey.
     """
 
-    def __init__(self, images, config, env):
-        self.images, self.config = images, config
+    def __init__(self, images, config, env, fills=None):
+        self.images, self.config, self.fills = images, config, fills
         self.order = BatchOrder(len(images), config.batch, config.seed)
         self.local = config.batch // env.world
         self.part = slice(env.rank * self.local, (env.rank + 1) * self.local)
@@ -157,7 +159,8 @@ class Batches:
         c, part = self.config, self.part if part is None else part
         shape = (c.batch, c.channels, c.image_size, c.image_size)
         noise = torch.rand(shape, generator=generator(c.seed, "noise", iteration))
-        masked, _, _ = self.images.batch(self.order(iteration)[part])
+        js = self.order(iteration)[part]
+        masked = self.fills.batch(js) if self.fills is not None else self.images.batch(js)[0]
         x = quantize(match_channels(masked, c.channels), c.n_bits)
         return x + noise[part] / 2**c.n_bits
 
@@ -320,8 +323,16 @@ def train(config=None, resume=None, progress=True, say=None, iterations=None, ma
         # the images, and global batch t with its noise as a pure function of (seed, t)
         torch.manual_seed(config.seed)
         config, train_images, heldout = open_images(config, env, progress, speak)
-        batches = Batches(train_images, config, env)
         bits, dims = config.n_bits, config.channels * config.image_size**2
+
+        # with --complete the holes are missing values: a smooth fill at first, re-fitted from
+        # the model every refill_every iterations (fills.py); else the images as they are
+        fills = (
+            Fills(train_images, config.channels, bits, config.eval_batch)
+            if config.complete
+            else None
+        )
+        batches = Batches(train_images, config, env, fills)
 
         # the model and optimiser: new, with ActNorm initialised on the whole first global batch,
         # or as the checkpoint left them
@@ -337,6 +348,8 @@ def train(config=None, resume=None, progress=True, say=None, iterations=None, ma
             optimizer.load_state_dict(payload["optimizer"])
             state.update(payload["state"])
             start = payload["iteration"]
+            if fills is not None:
+                fills.load_state_dict(payload["fills"])
         net = LogProb(model)
         if env.world > 1:
             net = nn.parallel.DistributedDataParallel(net)
@@ -356,6 +369,7 @@ def train(config=None, resume=None, progress=True, say=None, iterations=None, ma
                         "iteration": iteration,
                         "state": dict(state),
                         "rng": {"torch": torch.get_rng_state()},
+                        **({"fills": fills.state_dict()} if fills is not None else {}),
                     }
                 )
             env.barrier()
@@ -373,6 +387,8 @@ def train(config=None, resume=None, progress=True, say=None, iterations=None, ma
                 else {"event": "resume", "iter": start}
             )
         if payload is None:
+            if fills is not None:
+                metrics.append({"event": "fills", "iter": 0, "fill_rmse": fills.error()})
             save(0)
 
         # the step: a static input fed from host memory, the guard and the sums on the device,
@@ -436,6 +452,9 @@ def train(config=None, resume=None, progress=True, say=None, iterations=None, ma
                         ("checkpoint", config.checkpoint_every),
                     )
                 }
+                due["refill"] = (
+                    fills is not None and iteration % config.refill_every == 0 and not done
+                )
                 if not any(due.values()):
                     continue
 
@@ -450,7 +469,7 @@ def train(config=None, resume=None, progress=True, say=None, iterations=None, ma
                 if sums["worst"] >= config.max_bad_steps:
                     writer.wait()
                     iteration = read_at = roll_back(
-                        run_dir, model, optimizer, state, speak, env, metrics
+                        run_dir, model, optimizer, state, speak, env, metrics, fills
                     )
                     step.log.clear()
                     stepper.reset()
@@ -459,6 +478,10 @@ def train(config=None, resume=None, progress=True, say=None, iterations=None, ma
                     continue
                 if bar is not None:
                     bar.update(steps_read, f"bpd {metrics.mean_bpd:.3f}")
+
+                # --complete: re-fit every hole from the model as it is now
+                if due["refill"]:
+                    refill(fills, model, env, config, iteration, bar, speak, metrics)
 
                 # log, evaluate on held-out images, sample, checkpoint
                 if due["log"]:
@@ -553,12 +576,43 @@ def name_the_last_checkpoint(run_dir):
         raise UserError(f"cannot write {err.path} ({err.reason}); {then}") from None
 
 
-def roll_back(run_dir, model, optimizer, state, speak, env, metrics):
-    """Reload the last checkpoint and halve the learning rate; returns its iteration."""
+def refill(fills, model, env, config, iteration, bar, speak, metrics):
+    """Re-fit the training images' holes from the model on rank 0 and give every rank the same
+    fills; the progress bar's label counts the images."""
+    n, done = len(fills.values), 0
+
+    def show(count):
+        nonlocal done
+        done += count
+        if bar is not None:
+            bar.update(0, f"re-filling holes {done:,}/{n:,}")
+
+    if env.main:
+        result = fills.refill(model, env.device, config.refill_steps, show)
+    if env.world > 1:
+        values = fills.values.to(env.device)
+        dist.broadcast(values, 0)
+        fills.values.copy_(values.cpu())
+        if not env.main:
+            fills.refills += 1
+            return
+    speak(
+        f"iteration {iteration:,}: re-filled the holes of {n:,} training images from the model "
+        f"({config.refill_steps} inversion steps, {result['seconds']:.0f} s; mean change "
+        f"{result['changed']:.3f}, RMSE to the clean pixels {result['fill_rmse']:.3f})"
+    )
+    metrics.append({"event": "refill", "iter": iteration, **result})
+
+
+def roll_back(run_dir, model, optimizer, state, speak, env, metrics, fills=None):
+    """Reload the last checkpoint (and its fills) and halve the learning rate; returns its
+    iteration."""
     env.barrier()
     payload = ckpt.load_checkpoint(run_dir)
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
+    if fills is not None:
+        fills.load_state_dict(payload["fills"])
     state["lr_scale"] *= 0.5
     state["rollbacks"] += 1
     speak(

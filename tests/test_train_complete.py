@@ -1,0 +1,193 @@
+"""train --complete: the holes start as a harmonic fill and are re-fitted from the model, the
+observed pixels never change, the fills are checkpointed and a resumed run continues exactly."""
+
+import pytest
+import torch
+
+from missingglow.completion.invert import harmonic_fill
+from missingglow.data.cache import open_dataset
+from missingglow.data.datasets import MaskedImages
+from missingglow.errors import UserError
+from missingglow.flow.model import Glow
+from missingglow.flow.preprocess import quantize
+from missingglow.training import checkpoint as ckpt
+from missingglow.training import loop as train_module
+from missingglow.training.fills import Fills, to_bytes
+from missingglow.training.loop import train
+
+from helpers import error_line, randomize, run_in_process, tiny_config
+
+COMPLETE = dict(complete=True, refill_every=2, refill_steps=2)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MISSINGGLOW_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def images(tmp_path):
+    cache = open_dataset(None, 8, cache_dir=str(tmp_path / "c"), synthetic_count=40, quiet=True)
+    return MaskedImages(cache, square=3, count=2, seed=1, split="train")
+
+
+@pytest.fixture
+def model():
+    net = Glow(blocks=2, flows=2, hidden=8, image_size=8)
+    randomize(net)
+    with torch.no_grad():
+        net.log_prob(torch.rand(16, 3, 8, 8) - 0.5)
+    return net
+
+
+def test_fills_start_harmonic_and_keep_the_observed_pixels(images):
+    fills = Fills(images, channels=3, n_bits=5, batch=7)  # chunks that do not divide the split
+    js = list(range(len(images)))
+    masked, clean, _ = images.batch(js)
+    missing = images.missing(js)
+    assert missing.any() and (~missing).any()
+    assert torch.equal(fills.values, to_bytes(harmonic_fill(masked, missing)))
+    filled = fills.batch(js)
+    observed = (~missing).expand_as(filled)
+    assert torch.equal(filled[observed], masked[observed])
+    assert torch.equal(filled[observed], clean[observed])
+    # the grey is gone from the holes: each is its own smooth fill, not 128/255
+    assert not torch.equal(filled[~observed], masked[~observed])
+
+
+def test_a_refill_moves_the_holes_only(images, model):
+    fills = Fills(images, channels=3, n_bits=5, batch=16)
+    js = list(range(len(images)))
+    before = fills.batch(js)
+    result = fills.refill(model, "cpu", steps=3)
+    after = fills.batch(js)
+    observed = (~images.missing(js)).expand_as(after)
+    assert torch.equal(after[observed], before[observed])
+    assert not torch.equal(after[~observed], before[~observed])
+    assert result["changed"] > 0 and result["fill_rmse"] == fills.error()
+    assert model.training  # put back as it was
+    assert fills.refills == 1
+
+
+def test_a_non_finite_completion_keeps_its_old_fill(images, model, monkeypatch):
+    fills = Fills(images, channels=3, n_bits=5, batch=64)
+    old = fills.values.clone()
+    import missingglow.training.fills as fills_module
+
+    def broken(model, x, missing, **options):
+        out = x.clone().unsqueeze(0)
+        out[0, 0] = float("nan")  # image 0 fails, the others come back as their input
+        return out, None
+
+    monkeypatch.setattr(fills_module, "invert", broken)
+    fills.refill(model, "cpu", steps=1)
+    assert torch.equal(fills.values[0], old[0])
+
+
+def test_fills_round_trip_through_a_state_dict(images, model):
+    fills = Fills(images, channels=3, n_bits=5)
+    fills.refill(model, "cpu", steps=2)
+    state = fills.state_dict()
+    assert state["holes"].numel() == int(fills.holes().sum()) < fills.values.numel()
+    other = Fills(images, channels=3, n_bits=5)
+    assert not torch.equal(other.values, fills.values)
+    other.load_state_dict(state)
+    assert torch.equal(other.values, fills.values) and other.refills == 1
+    with pytest.raises(ValueError, match="fills hold"):
+        other.load_state_dict({"holes": state["holes"][:-1], "refills": 1})
+
+
+def test_training_batches_differ_from_the_naive_ones_only_in_the_holes(tmp_path, monkeypatch):
+    """What the step is fed: the naive batch with its holes' grey replaced, same noise, same
+    observed pixels."""
+    fed, real = {}, train_module.Batches.batch
+
+    def recording(name):
+        def batch(self, iteration, part=None):
+            out = real(self, iteration, part)
+            fed.setdefault(name, {})[iteration] = out.clone()
+            return out
+
+        return batch
+
+    for name, extra in (("naive", {}), ("complete", COMPLETE)):
+        monkeypatch.setattr(train_module.Batches, "batch", recording(name))
+        train(tiny_config(tmp_path, name, iterations=5, **extra), progress=False)
+    cfg = tiny_config(tmp_path, "x")
+    images = MaskedImages(
+        open_dataset(None, 8, synthetic_count=48, quiet=True), cfg.square, cfg.squares, cfg.seed
+    )
+    order = train_module.BatchOrder(len(images), cfg.batch, cfg.seed)
+    changed_after_refill = False
+    for t in range(5):
+        naive, complete = fed["naive"][t], fed["complete"][t]
+        hole = images.missing(order(t)).expand_as(naive)
+        assert torch.equal(naive[~hole], complete[~hole]), t
+        assert not torch.equal(naive[hole], complete[hole]), t
+        changed_after_refill |= t > 2 and not torch.equal(fed["complete"][t], naive)
+    assert changed_after_refill
+
+
+def test_a_resumed_complete_run_ends_where_an_uninterrupted_one_does(tmp_path):
+    whole = train(tiny_config(tmp_path, "whole", **COMPLETE), progress=False)
+    part = train(tiny_config(tmp_path, "part", iterations=3, **COMPLETE), progress=False)
+    train(resume=part, iterations=6, progress=False)
+    a, b = ckpt.load_checkpoint(whole), ckpt.load_checkpoint(part)
+    assert a["iteration"] == b["iteration"] == 6
+    assert torch.equal(a["fills"]["holes"], b["fills"]["holes"])
+    assert a["fills"]["refills"] == b["fills"]["refills"] == 2  # at 2 and 4, not at the end
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    # the re-fills moved the holes away from where they started
+    first = torch.load(
+        f"{whole}/checkpoints/ckpt-00000000.pt", weights_only=True, map_location="cpu"
+    )
+    assert not torch.equal(first["fills"]["holes"], a["fills"]["holes"])
+
+
+def test_a_rollback_reloads_the_checkpoints_fills(tmp_path, monkeypatch):
+    real, count = train_module.bits_per_dim, iter(range(10**9))
+
+    def loss(*args):  # steps 4 and 5 (0-based calls 4, 5) non-finite: a rollback at the read
+        out = real(*args)
+        return out * float("nan") if next(count) in {4, 5} else out
+
+    monkeypatch.setattr(train_module, "bits_per_dim", loss)
+    loaded = []
+    real_load = Fills.load_state_dict
+    monkeypatch.setattr(
+        Fills, "load_state_dict", lambda self, s: loaded.append(s) or real_load(self, s)
+    )
+    run = train(tiny_config(tmp_path, "roll", max_bad_steps=2, **COMPLETE), progress=False)
+    assert ckpt.load_checkpoint(run)["state"]["rollbacks"] >= 1
+    assert loaded, "the rollback did not reload the fills"
+
+
+def test_complete_needs_holes(tmp_path):
+    with pytest.raises(UserError, match="--complete fills holes"):
+        tiny_config(tmp_path, "none", square=0, complete=True)
+    code, out, err = (lambda r: (r.returncode, r.stdout, r.stderr))(
+        run_in_process(
+            [
+                "train",
+                "--size",
+                "8",
+                "--blocks",
+                "2",
+                "--square",
+                "0",
+                "--complete",
+                "--out",
+                str(tmp_path / "cli"),
+            ]
+        )
+    )
+    assert "--square" in error_line(code, out, err)
+
+
+def test_quantised_fills_are_what_the_model_sees(images):
+    """Fills stored as 8-bit values lose nothing the model sees: the 5-bit bins of a fill and of
+    its float completion agree."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(4, 3, 8, 8, generator=gen)
+    assert torch.equal(quantize(to_bytes(x).float() / 255, 5), quantize(x, 5))
