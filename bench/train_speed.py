@@ -11,7 +11,9 @@ ratio holds even on a busy machine; medians over the timed steps.
                                                        # and beside a busy process, 3 rounds
 
 Like `missingglow train`, it keeps freed heap memory (missingglow/training/allocator.py) unless
-told not to. `--threads auto` sets the threads as training does (training/threads.py).
+told not to. `--threads auto` sets the threads as training does (training/threads.py): it looks
+at the load after the `--busy` processes have started and again every few iterations, and the
+threads each timed step ran with are printed (a range when they changed).
 `--shared-cpu` runs this script in a fresh process per setting (OpenMP reads OMP_WAIT_POLICY when
 it starts), the settings interleaved round by round, so that the ratios hold on a loaded machine.
 """
@@ -36,6 +38,8 @@ from missingglow.training.config import PRESETS, preset_config  # noqa: E402
 from missingglow.training.threads import Threads  # noqa: E402
 
 BUSY = "while True: pass"
+SETTLE = 0.3  # seconds the busy processes run before `--threads auto` looks
+LOOK_EVERY = 5  # iterations between looks at the load under `--threads auto`
 
 
 def make(p, impl):
@@ -102,7 +106,7 @@ def shared_cpu(args):
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
             line = next(x for x in out.splitlines() if x.startswith("fused "))
             used = next(x for x in out.splitlines() if x.startswith("preset "))
-            run = (float(line.split()[1]), int(used.split(" threads")[0].split()[-1]))
+            run = (float(line.split()[1]), used.split(" threads")[0].split()[-1])
             times[(threads, policy, busy)].append(run)
             with open("/proc/loadavg") as f:
                 load = f.read().split()[0]
@@ -123,13 +127,13 @@ def shared_cpu(args):
     for (threads, policy, busy), runs in times.items():
         used = sorted({n for _, n in runs})
         print(
-            f"| {busy} | {threads} | {policy or 'default'} | {'/'.join(map(str, used))} | "
+            f"| {busy} | {threads} | {policy or 'default'} | {'/'.join(used)} | "
             f"{statistics.median(t for t, _ in runs):.3f} | "
             f"{' '.join(f'{t:.3f}' for t, _ in runs)} |"
         )
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small", choices=sorted(PRESETS))
     parser.add_argument("--steps", type=int, default=20)
@@ -159,15 +163,57 @@ def main():
         help="compare thread settings and wait policies, idle and beside a busy "
         "process (fused only)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.shared_cpu:
         shared_cpu(args)
         return
     kept = args.allocator == "keep" and keep_freed_memory()
-    if args.threads == "auto":
-        Threads(None, args.device, lambda line: None)
-    elif args.threads:
-        torch.set_num_threads(int(args.threads))
+    # the busy processes run before `--threads auto` looks at the load, as another user's job
+    # would be running when training starts
+    others = busy_processes(args.busy)
+    try:
+        if others:
+            time.sleep(SETTLE)
+        threads = set_threads(args.threads, args.device)
+        runs, used = timed_steps(args, threads)
+    finally:
+        for proc in others:
+            proc.kill()
+            proc.wait()
+    p = preset_config(args.preset)
+    print(
+        f"preset {args.preset}: {p.image_size}x{p.image_size}, {p.blocks} blocks x "
+        f"{p.flows} flows, hidden {p.hidden}, batch {p.batch}, "
+        f"{args.device}, {thread_range(used)} threads, {args.steps} timed steps (median), "
+        f"{'freed heap kept' if kept else 'glibc default allocator'}"
+        f"{f', beside {args.busy} busy processes' if args.busy else ''}"
+    )
+    if min(used) != max(used):
+        print(f"threads followed the load: {min(used)} to {max(used)} during the timed steps")
+    print(f"{'impl':<10} {'s/iter':>8} {'images/s':>9}")
+    medians = {}
+    for impl, (_, _, times) in runs.items():
+        medians[impl] = statistics.median(times)
+        print(f"{impl:<10} {medians[impl]:8.3f} {p.batch / medians[impl]:9.1f}")
+    if len(medians) == 2:
+        print(f"fused speed-up: {medians['reference'] / medians['fused']:.2f}x")
+    return medians, used
+
+
+def set_threads(setting, device):
+    """torch's threads from `--threads`: a count, or `auto` followed as training follows it (a
+    Threads, returned to be updated), or None for torch's own."""
+    if setting == "auto":
+        return Threads(None, device, lambda line: None)
+    if setting:
+        torch.set_num_threads(int(setting))
+    return None
+
+
+def timed_steps(args, threads):
+    """({impl: (model, optimizer, seconds of each timed step)}, threads of each timed step). The
+    threads are looked at again every LOOK_EVERY iterations, between steps, as training looks at
+    every log."""
     p = preset_config(args.preset)
     x = (torch.rand(p.batch, 3, p.image_size, p.image_size) - 0.5).to(args.device)
     runs = {}
@@ -177,31 +223,23 @@ def main():
         with torch.no_grad():
             model.log_prob(x)  # ActNorm init
         runs[impl] = (model, torch.optim.Adam(model.parameters(), lr=1e-4), [])
-    others = busy_processes(args.busy)
-    try:
-        for i in range(args.warmup + args.steps):
-            for _impl, (model, optimizer, times) in runs.items():
-                t = step(model, optimizer, x, p.n_bits)
-                if i >= args.warmup:
-                    times.append(t)
-    finally:
-        for proc in others:
-            proc.kill()
-            proc.wait()
-    print(
-        f"preset {args.preset}: {p.image_size}x{p.image_size}, {p.blocks} blocks x "
-        f"{p.flows} flows, hidden {p.hidden}, batch {p.batch}, "
-        f"{args.device}, {torch.get_num_threads()} threads, {args.steps} timed steps (median), "
-        f"{'freed heap kept' if kept else 'glibc default allocator'}"
-        f"{f', beside {args.busy} busy processes' if args.busy else ''}"
-    )
-    print(f"{'impl':<10} {'s/iter':>8} {'images/s':>9}")
-    medians = {}
-    for impl, (_, _, times) in runs.items():
-        medians[impl] = statistics.median(times)
-        print(f"{impl:<10} {medians[impl]:8.3f} {p.batch / medians[impl]:9.1f}")
-    if len(medians) == 2:
-        print(f"fused speed-up: {medians['reference'] / medians['fused']:.2f}x")
+    used = []
+    for i in range(args.warmup + args.steps):
+        if threads is not None and i and i % LOOK_EVERY == 0:
+            threads.update()
+        for _impl, (model, optimizer, times) in runs.items():
+            t = step(model, optimizer, x, p.n_bits)
+            if i >= args.warmup:
+                times.append(t)
+        if i >= args.warmup:
+            used.append(torch.get_num_threads())
+    return runs, used
+
+
+def thread_range(used):
+    """The thread count as printed: one number, or low-high when it changed while timed."""
+    low, high = min(used), max(used)
+    return str(low) if low == high else f"{low}-{high}"
 
 
 if __name__ == "__main__":

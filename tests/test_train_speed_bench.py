@@ -1,0 +1,80 @@
+"""bench/train_speed.py at tiny shapes on the CPU: `--threads auto` must look at the load only once
+the `--busy` processes run (else it counts the cores they are about to take as free), look again
+while timing, and print the threads the timed steps actually used."""
+
+import importlib.util
+import os
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = SimpleNamespace(blocks=2, flows=2, hidden=8, image_size=8, batch=4, n_bits=5)
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location(
+        "train_speed", os.path.join(ROOT, "bench", "train_speed.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def torch_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_auto_threads_look_after_the_busy_processes_start(monkeypatch, capsys, torch_threads):
+    bench = load_bench()
+    monkeypatch.setattr(bench, "preset_config", lambda name: TINY)
+    monkeypatch.setattr(bench, "LOOK_EVERY", 3)
+    # the order is tested, not the load
+    monkeypatch.setattr(bench, "BUSY", "import time; time.sleep(60)")
+    busy, looks = [], []
+    real_busy = bench.busy_processes
+
+    def start_busy(n):
+        busy.extend(real_busy(n))
+        busy.append(time.monotonic())
+        return busy[:-1]
+
+    class Looking:
+        """Threads as the bench uses it: records what each look saw, 1 thread then 2."""
+
+        def __init__(self, setting, device, speak):
+            assert setting is None
+            looks.append((time.monotonic() - busy[-1], [p.poll() is None for p in busy[:-1]]))
+            torch.set_num_threads(1)
+
+        def update(self):
+            looks.append((time.monotonic() - busy[-1], [p.poll() is None for p in busy[:-1]]))
+            torch.set_num_threads(2)
+
+    monkeypatch.setattr(bench, "busy_processes", start_busy)
+    monkeypatch.setattr(bench, "Threads", Looking)
+    argv = "--impl fused --steps 4 --warmup 1 --threads auto --busy 1 --device cpu".split()
+    medians, used = bench.main(argv)
+    first, *later = looks
+    assert first[0] >= bench.SETTLE and first[1] == [True]  # the busy process ran, and long enough
+    assert len(later) == 1 and later[0][1] == [True]  # iteration 3 of 0..4
+    assert used == [1, 1, 2, 2]  # timed iterations 1..4: the count each actually ran with
+    assert all(p.poll() is not None for p in busy[:-1])  # killed at the end
+    out = capsys.readouterr().out
+    assert "cpu, 1-2 threads," in out and "threads followed the load: 1 to 2" in out
+    assert set(medians) == {"fused"} and medians["fused"] > 0
+
+
+def test_a_fixed_thread_count_is_printed_plainly(monkeypatch, capsys, torch_threads):
+    bench = load_bench()
+    monkeypatch.setattr(bench, "preset_config", lambda name: TINY)
+    _, used = bench.main("--impl both --steps 2 --warmup 0 --threads 1 --device cpu".split())
+    assert used == [1, 1]
+    out = capsys.readouterr().out
+    assert "cpu, 1 threads," in out and "followed the load" not in out
+    assert "fused speed-up" in out
