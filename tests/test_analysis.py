@@ -493,3 +493,25 @@ def test_latent_norms(run, tmp_path):
     assert [os.path.basename(p) for p in paths] == ["latent-norms.csv", "latent-norms.png"]
     with open(paths[0]) as f:
         assert len(f.read().splitlines()) == 1 + len(norms)
+
+
+def test_a_run_trained_without_squares_is_scored_on_the_squares_asked_for(run, tmp_path):
+    """The clean upper bound of a comparison: --square K gives its held-out images the squares a
+    run with its seed and that K would have; a run with squares of its own keeps them."""
+    from missingglow.analysis.runs import Run
+    from missingglow.data.masks import square_positions
+    from missingglow.errors import UserError
+
+    clean = Run(run.model, dict(run.config, square=0), run.path, run.image_size, run.n_bits)
+    clean.with_dataset(None, 3)
+    assert clean.square == 3 and clean.config["square"] == 3
+    assert torch.equal(
+        square_positions(clean.config["seed"], 0, 3, clean.config["squares"], run.image_size),
+        square_positions(run.config.get("seed", 0), 0, 3, 1, run.image_size),
+    )
+    with pytest.raises(UserError, match="does not fit"):
+        Run(run.model, dict(run.config, square=0), run.path, run.image_size, 5).with_dataset(
+            None, run.image_size + 1
+        )
+    with pytest.raises(UserError, match="leave both out"):
+        Run(run.model, dict(run.config), run.path, run.image_size, 5).with_dataset(None, 3)

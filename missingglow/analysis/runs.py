@@ -52,7 +52,18 @@ class Run:
     def with_dataset(self, data, square):
         """This run, its held-out dataset known: a missingglow run's own, or for an imported
         checkpoint `data` with one K×K square per image (K = `square`), placed as training
-        would. The CLI's --data and --square."""
+        would. The CLI's --data and --square. A run trained without squares (the clean upper
+        bound of a comparison) takes --square too: its held-out images get the squares a run with
+        its seed and that K would have drawn."""
+        if self.config and square is not None and data is None and self.config.get("square") == 0:
+            if not 0 < square <= self.image_size:
+                raise UserError(
+                    f"--square {square} does not fit the run's {self.image_size}×"
+                    f"{self.image_size} images; give 1 to {self.image_size}"
+                )
+            self.config.update(square=square, squares=self.config.get("squares") or 1)
+            self.square = square
+            return self
         if self.config:
             if data is not None or square is not None:
                 raise UserError(
