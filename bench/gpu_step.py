@@ -1,9 +1,11 @@
 """One training step in its variants, timed in one process at the paper's and the small preset's
 shapes: the step as the loop ran it before (host reads every step, blocking batch copies), the
-sync-free step (training/step.py) run eagerly, the same step as one CUDA graph, and bf16 when
-Glow takes a `precision`. For each: wall time per step, and from torch.profiler the kernel time,
-kernel launches and host waits per step, the GPU's busy share, and the sync-like ops per step
-(training/syncs.py). It checks that graph replays end where eager steps do, and estimates what
+sync-free step (training/step.py) run eagerly, the same step as one CUDA graph, that step through
+the C++ flow-step driver (`FusedFlowStep.driver`, opt-in: timed beside the default so a GPU run
+can confirm or reverse that choice), and bf16 when Glow takes a `precision`. For each: wall time
+per step, and from torch.profiler the kernel time, kernel launches and host waits per step, the
+GPU's busy share, the sync-like ops per step (training/syncs.py) and how many flow steps ran
+through the driver. It checks that graph replays end where eager steps do, and estimates what
 held-out evaluation and checkpoints add to a step at their default intervals.
 
     python bench/gpu_step.py --out gpu_step.json                # CUDA: paper and small
@@ -32,6 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from missingglow.flow.fused_step import FusedFlowStep  # noqa: E402
 from missingglow.flow.model import Glow  # noqa: E402
 from missingglow.flow.preprocess import bits_per_dim  # noqa: E402
 from missingglow.training.adam import GuardedAdam  # noqa: E402
@@ -73,8 +76,9 @@ def has_precision():
     return "precision" in inspect.signature(Glow).parameters
 
 
-def build(shape, device, host, precision=None):
-    """A fused Glow at `shape` with ActNorm initialised on the first batch, and its loss."""
+def build(shape, device, host, precision=None, driver=None):
+    """A fused Glow at `shape` with ActNorm initialised on the first batch, and its loss; its flow
+    steps set to `driver` (None: the default)."""
     torch.manual_seed(0)
     extra = {"precision": precision} if precision else {}
     model = Glow(
@@ -85,6 +89,10 @@ def build(shape, device, host, precision=None):
         impl="fused",
         **extra,
     ).to(device)
+    if driver is not None:
+        for module in model.modules():
+            if isinstance(module, FusedFlowStep):
+                module.driver = driver
     with torch.no_grad():
         model.log_prob(host[0].to(device))
     dims = host[0][0].numel()
@@ -123,9 +131,9 @@ def synced_variant(shape, device, host):
     return SimpleNamespace(one=one, finish=lambda: sync(device), model=model, optimizer=optimizer)
 
 
-def sync_free_variant(shape, device, host, graph, precision=None):
+def sync_free_variant(shape, device, host, graph, precision=None, driver=None):
     """The loop's step: pinned double-buffered copies, the guard on the device, maybe a graph."""
-    model, params, loss_of = build(shape, device, host, precision)
+    model, params, loss_of = build(shape, device, host, precision, driver)
     optimizer = GuardedAdam(params, DEFAULTS.lr, device)
     step = TrainStep(loss_of, params, optimizer, host[0].shape, device, DEFAULTS.grad_clip, ONE)
     feed = Feed(host, step.x)
@@ -197,6 +205,9 @@ def measure(name, make, device, args):
     row.update(profile_steps(variant, device, args.profile_steps))
     if "kernel_ms_per_step" in row:
         row["gpu_busy"] = row["kernel_ms_per_step"] / row["wall_ms_per_step"]
+    row["driver_steps"] = sum(
+        isinstance(m, FusedFlowStep) and m.uses_driver(device) for m in variant.model.modules()
+    )
     if getattr(variant, "stepper", None) is not None:
         row["captured"] = variant.stepper.captures > 0
         row["notes"] = variant.notes
@@ -351,6 +362,12 @@ def run_preset(name, device, args):
     else:
         variants["graph"] = {"skipped": "a CUDA graph needs a CUDA device"}
         result["graph_matches_eager"] = {"skipped": "a CUDA graph needs a CUDA device"}
+    variants["driver"], _ = measure(
+        "C++ driver" + (", CUDA graph" if cuda else ", eager"),
+        lambda: sync_free_variant(shape, device, host, cuda, driver=True),
+        device,
+        args,
+    )
     if has_precision():
         variants["bf16"], _ = measure(
             "bf16" + (", CUDA graph" if cuda else ", eager"),

@@ -205,14 +205,14 @@ def test_fused_step_gradients_match_reference(gen, device, driver, shape, monkey
         )
 
 
-def test_the_driver_runs_affine_steps_on_cuda_only_by_default(gen):
-    assert fused_step.FusedFlowStep.driver is None
+def test_the_driver_is_off_by_default_on_every_device(gen):
+    assert fused_step.FusedFlowStep.driver is False
     _, step = _steps(gen, 6)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")  # no GPU needed to ask
-    assert not step.uses_driver(cpu) and step.uses_driver(cuda)
+    assert not step.uses_driver(cpu) and not step.uses_driver(cuda)
     step.driver = True
-    assert step.uses_driver(cpu)
-    step.driver = False
+    assert step.uses_driver(cpu) and step.uses_driver(cuda)
+    step.driver = None  # the class's setting
     assert not step.uses_driver(cuda)
     _, additive = _steps(gen, 6)
     additive.coupling.affine, additive.driver = False, True

@@ -19,11 +19,13 @@ convolutions run fastest in); the values are the reference's, only the strides d
 zero-conv, the coupling, the 1×1 conv and every logdet stay in the model's dtype. The inverse
 computes the network on the same half the forward saw, so it stays exact up to that rounding.
 
-Through the C++ driver (`FusedFlowStep.driver`: by default on CUDA, off on the CPU;
-bench/RESULTS.md) an affine float step runs as one op driven from C++ (ops.flow_step,
-csrc/flow_step.cpp), forward and inverse, with the 1×1 conv's matrix and the logdets from the
-batched pass. Additive steps, bf16 steps and memory-saving training's backward use the ops one by
-one.
+Through the C++ driver (`FusedFlowStep.driver = True`, off by default on every device) an affine
+float step runs as one op driven from C++ (ops.flow_step, csrc/flow_step.cpp), forward and
+inverse, with the 1×1 conv's matrix and the logdets from the batched pass. It is opt-in because
+it still folds its parameters per step, so it dispatches more kernels per step than the ops one by
+one with their folds done once per block, and with training one CUDA graph the kernel count, not
+the host's dispatch, should set a GPU step's pace (unmeasured on a GPU: bench/RESULTS.md).
+Additive steps, bf16 steps and memory-saving training's backward always use the ops one by one.
 """
 
 import torch
@@ -99,11 +101,11 @@ class FusedFlowStep(FlowStep):
 
     `driver` (a class attribute; set it on an instance to change one step) picks how an affine
     float step runs: True, the whole step as one op driven from C++ (ops.flow_step,
-    csrc/flow_step.cpp); False, the ops above called one by one from Python; None (the default),
-    the driver for CUDA tensors and the ops one by one on the CPU. Same values either way.
+    csrc/flow_step.cpp); False (the default, on every device), the ops above called one by one
+    from Python; None on an instance, the class's setting. Same values either way.
     """
 
-    driver = None
+    driver = False
 
     def __init__(self, channels, hidden=512, affine=True, lu=True, precision="fp32"):
         super().__init__(channels, hidden, affine, lu)
@@ -131,9 +133,11 @@ class FusedFlowStep(FlowStep):
 
     @classmethod
     def driver_for(cls, device, driver=None):
-        """Whether `driver` (default: the class's) means the C++ driver for tensors on `device`."""
+        """Whether `driver` (default: the class's) means the C++ driver for tensors on `device`.
+        The same on every device: `device` stays for callers that ask per device (bench/flows.py),
+        so a per-device default could return without changing them."""
         driver = cls.driver if driver is None else driver
-        return torch.device(device).type == "cuda" if driver is None else bool(driver)
+        return bool(driver)
 
     def uses_driver(self, device):
         """Whether this step runs tensors on `device` through the C++ driver (see `driver`)."""
