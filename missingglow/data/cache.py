@@ -7,16 +7,19 @@ sources are unchanged.
 Layout of one cache file (format version 1):
 
     bytes [0, 4096)            b"MGLOWCACHE\\n" then a UTF-8 JSON header, padded with spaces
-    bytes [4096, 4096 + N·S·S·3) the pixels, uint8, in (N, S, S, 3) order (RGB, row-major: as
-                                Pillow's `tobytes()` gives them)
+    bytes [4096, 4096 + N·S·S·C) the pixels, uint8, in (N, S, S, C) order (C = 3: RGB, row-major:
+                                as Pillow's `tobytes()` gives them)
     then `trailer_bytes` bytes   UTF-8 JSON {"names": [...], "skipped": [[name, reason], ...]}
 
 The header holds format_version, source, digest (of the source's file list), size (S), count (N),
-trailer_bytes, grayscale (every image has R = G = B), and a few informative fields. A file is only
-ever written under a temporary name in the same folder and renamed into place (`os.replace`), so a
-reader sees a whole file or none; a file whose header or length does not match is never read
-(`CacheMismatch` says why). The temporary file of a build that was killed is removed by the next
-`open_dataset` on that folder once its writer is gone (atomic.py).
+trailer_bytes, grayscale (every image has R = G = B), channels (C; 3 when absent: caches written
+before it), and a few informative fields. The same format with C = 1 holds a folder's own holes
+beside its image cache (data/holes.py, `kind` "holes"), checked and reused by the same code.
+
+A file is only ever written under a temporary name in the same folder and renamed into place
+(`os.replace`), so a reader sees a whole file or none; a file whose header or length does not match
+is never read (`CacheMismatch` says why). The temporary file of a build that was killed is removed
+by the next `open_dataset` on that folder once its writer is gone (atomic.py).
 """
 
 import hashlib
@@ -73,15 +76,24 @@ def read_header(path):
         n, s, t = int(header["count"]), int(header["size"]), int(header["trailer_bytes"])
     except (KeyError, TypeError, ValueError):
         raise CacheMismatch("damaged (its header lacks count, size or trailer_bytes)") from None
-    expected = HEADER_BYTES + n * s * s * 3 + t
+    expected = HEADER_BYTES + n * s * s * _channels(header) + t
     if length != expected:
         what = "truncated" if length < expected else "longer than its header says"
         raise CacheMismatch(f"{what} ({length} bytes, expected {expected})")
     return header
 
 
+def _channels(header):
+    """Bytes per pixel: 3 (RGB) unless the header says otherwise (a hole cache's 1)."""
+    try:
+        return int(header.get("channels", 3))
+    except (TypeError, ValueError):
+        raise CacheMismatch("damaged (its channels is not a number)") from None
+
+
 class ImageCache:
-    """A validated cache file, memory-mapped: `len(cache)`, `cache.images[i]` (S, S, 3) uint8.
+    """A validated cache file, memory-mapped: `len(cache)`, `cache.images[i]` (S, S, C) uint8
+    (C = `cache.channels`: 3, or 1 for a hole cache).
 
     Pickles without its pixels (a DataLoader worker started by spawn maps the file again).
     """
@@ -91,6 +103,7 @@ class ImageCache:
         self.header = read_header(self.path) if header is None else header
         self.size = int(self.header["size"])
         self.count = int(self.header["count"])
+        self.channels = _channels(self.header)
         self.source = self.header["source"]
         self._images = None
         self._trailer = None
@@ -100,21 +113,21 @@ class ImageCache:
 
     @property
     def images(self):
-        """All images as one uint8 tensor (N, S, S, 3), backed by the file (MAP_PRIVATE)."""
+        """All images as one uint8 tensor (N, S, S, C), backed by the file (MAP_PRIVATE)."""
         if self._images is None:
-            n, s = self.count, self.size
-            total = HEADER_BYTES + n * s * s * 3
+            n, s, c = self.count, self.size, self.channels
+            total = HEADER_BYTES + n * s * s * c
             if n == 0:
-                self._images = torch.empty((0, s, s, 3), dtype=torch.uint8)
+                self._images = torch.empty((0, s, s, c), dtype=torch.uint8)
             else:
                 flat = torch.from_file(self.path, shared=False, size=total, dtype=torch.uint8)
-                self._images = flat[HEADER_BYTES:].view(n, s, s, 3)
+                self._images = flat[HEADER_BYTES:].view(n, s, s, c)
         return self._images
 
     def _read_trailer(self):
         if self._trailer is None:
             with open(self.path, "rb") as f:
-                f.seek(HEADER_BYTES + self.count * self.size * self.size * 3)
+                f.seek(HEADER_BYTES + self.count * self.size * self.size * self.channels)
                 self._trailer = json.loads(f.read().decode("utf-8"))
         return self._trailer
 
@@ -148,8 +161,9 @@ class ImageCache:
         return f"ImageCache({self.path!r}, count={self.count}, size={self.size})"
 
 
-def write_cache(path, *, source, digest, size, items, extra=None):
-    """Write a cache atomically from `items`: an iterable of (name, bytes or None, note).
+def write_cache(path, *, source, digest, size, items, extra=None, channels=3, what="image cache"):
+    """Write a cache atomically from `items`: an iterable of (name, bytes or None, note), each
+    item S·S·`channels` bytes. An exception raised by `items` leaves no file behind.
 
     Items with bytes None are skipped and recorded with their note as the reason; a note
     "upscaled" on a kept item is counted in the header. Writes to a
@@ -157,7 +171,7 @@ def write_cache(path, *, source, digest, size, items, extra=None):
     whole file. Returns the opened ImageCache. An unwritable folder or a full disk is a UserError.
     """
     names, skipped, upscaled, grey = [], [], 0, True
-    frame = size * size * 3
+    frame = size * size * channels
     header = {}
 
     def write(f):
@@ -172,7 +186,7 @@ def write_cache(path, *, source, digest, size, items, extra=None):
             f.write(data)
             names.append(name)
             upscaled += note == "upscaled"
-            grey = grey and data[0::3] == data[1::3] == data[2::3]
+            grey = grey and channels == 3 and data[0::3] == data[1::3] == data[2::3]
         trailer = json.dumps({"names": names, "skipped": skipped}).encode("utf-8")
         f.write(trailer)
         header.update(
@@ -182,7 +196,9 @@ def write_cache(path, *, source, digest, size, items, extra=None):
                 "digest": digest,
                 "size": size,
                 "count": len(names),
-                "layout": "N,S,S,3 uint8 RGB after a 4096-byte header",
+                "layout": f"N,S,S,{channels} uint8{' RGB' * (channels == 3)} after a 4096-byte "
+                "header",
+                "channels": channels,
                 "trailer_bytes": len(trailer),
                 "skipped": len(skipped),
                 "upscaled": upscaled,
@@ -201,7 +217,7 @@ def write_cache(path, *, source, digest, size, items, extra=None):
         atomic_write(path, write)
     except WriteError as err:
         raise UserError(
-            f"cannot write the image cache {path} ({err.reason}); free some "
+            f"cannot write the {what} {path} ({err.reason}); free some "
             "space or pass --cache DIR / set MISSINGGLOW_CACHE to another folder"
         ) from None
     return ImageCache(path, header)
@@ -268,6 +284,11 @@ def open_dataset(
         raise UserError(f"image size must be a positive whole number of pixels, not {size!r}")
     if data is not None and os.path.isfile(data) and str(data).endswith(SUFFIX):
         cache = open_cache(data)
+        if cache.channels != 3:
+            raise UserError(
+                f"{data} holds an image folder's holes, not its images; pass the image cache "
+                "(or the image folder) with --data and the holes with --masks"
+            )
         if cache.size != size:
             raise UserError(
                 f"the image cache {data} holds {cache.size}-pixel images, not {size}; "
@@ -314,12 +335,12 @@ def open_dataset(
         job, what = _decode_item, f"decoding {len(names)} images from {data}"
 
     path = cache_path(source, size, cache_dir)
-    _remove_abandoned(os.path.dirname(path), say)
-    cache = None if rebuild else _reusable(path, source, digest, size, say)
+    remove_abandoned(os.path.dirname(path), say)
+    cache = None if rebuild else reusable(path, source, digest, size, say)
     if cache is not None:
         return cache
     start = time.perf_counter()
-    results = _run(job, items, workers, what if not quiet else None)
+    results = run_jobs(job, items, workers, what if not quiet else None)
     extra = {"pillow": _pillow_version(), "workers": _workers(workers, len(items))}
     cache = write_cache(path, source=source, digest=digest, size=size, items=results, extra=extra)
     say(_summary(cache, len(items), time.perf_counter() - start, path))
@@ -331,7 +352,7 @@ def open_dataset(
     return cache
 
 
-def _reusable(path, source, digest, size, say):
+def reusable(path, source, digest, size, say, what="image cache"):
     """The cache at `path` if it is whole and made from these sources, else None (and why)."""
     try:
         header = read_header(path)
@@ -343,15 +364,15 @@ def _reusable(path, source, digest, size, say):
             raise CacheMismatch("for other source files (the folder changed since it was built)")
     except CacheMismatch as why:
         if str(why) != "missing":
-            say(f"the image cache {path} is {why}; rebuilding it")
+            say(f"the {what} {path} is {why}; rebuilding it")
         return None
     cache = ImageCache(path, header)
     skipped = f" ({header['skipped']} source files were skipped)" if header.get("skipped") else ""
-    say(f"using the image cache {path}: {cache.count} images, {size}×{size}{skipped}")
+    say(f"using the {what} {path}: {cache.count} images, {size}×{size}{skipped}")
     return cache
 
 
-def _remove_abandoned(folder, say):
+def remove_abandoned(folder, say):
     """A build killed mid-way leaves a temp file as large as the cache: take back the space of
     every build whose writer is gone (a concurrent build keeps its file)."""
     removed = remove_abandoned_temp_files(folder)
@@ -376,7 +397,7 @@ def _workers(workers, n):
     return max(1, min(int(workers or 1), n)) if n >= _SERIAL_BELOW else 1
 
 
-def _run(job, items, workers, label):
+def run_jobs(job, items, workers, label):
     """Yield job(item) in order, on a pool of processes when worth it, with a progress bar."""
     n_workers = _workers(workers, len(items))
     with progress_bar(len(items), label, show=bool(label)) as bar:
