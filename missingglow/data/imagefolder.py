@@ -91,6 +91,24 @@ def resize_crop(img, size):
     return img
 
 
+def exif_orientation(img):
+    """The EXIF orientation tag of an opened image (1: as stored)."""
+    return (img.getexif().get(_EXIF_ORIENTATION, 1) if hasattr(img, "getexif") else 1) or 1
+
+
+def upright(img):
+    """An opened image loaded and turned as its EXIF orientation says, as the cache holds it."""
+    orientation = exif_orientation(img)
+    img.load()
+    return ImageOps.exif_transpose(img) if orientation != 1 else img
+
+
+def upright_size(img):
+    """(w, h) of an opened image once turned upright, without decoding its pixels."""
+    w, h = img.size
+    return (h, w) if exif_orientation(img) in (5, 6, 7, 8) else (w, h)
+
+
 def load_square(path, size):
     """Decode one file to `size`×`size` RGB bytes (H, W, 3 order).
 
@@ -108,10 +126,7 @@ def load_square(path, size):
             # (several times faster on large photos; CelebA at 64 px decodes at 1/2).
             img.draft("RGB", (size, size))
             small = min(img.size) < size
-            orientation = img.getexif().get(_EXIF_ORIENTATION, 1) if hasattr(img, "getexif") else 1
-            img.load()
-            if orientation not in (1, None):
-                img = ImageOps.exif_transpose(img)
+            img = upright(img)
             img = resize_crop(to_rgb(img), size)
             data = img.tobytes()
     except Exception as err:  # noqa: BLE001 - any failure skips this one file, named in the summary
