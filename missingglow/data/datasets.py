@@ -5,6 +5,8 @@
     masked, clean, positions = train[0]                     # (3,S,S), (3,S,S) in [0,1]; (count,2)
 
 Squares come from (seed, i) (see `masks`), so any square size and count reads the same cache.
+A folder's own holes (`train --masks`: mask files or the images' alpha) come from a second cache
+beside the image cache (`holes`); `masked_images_of` builds whichever a run's config names.
 The held-out split depends only on the image names and `split_seed`, not on the training seed:
 every run holds out the same images.
 """
@@ -15,6 +17,7 @@ import torch
 
 from ..errors import UserError
 from .cache import SYNTHETIC_COUNT, open_dataset
+from .holes import open_holes
 from .masks import GREY, apply_squares, check_squares, square_mask, square_positions
 
 HELDOUT_FRACTION = 0.05
@@ -30,6 +33,16 @@ def dataset_of(config, size=None, quiet=True):
         synthetic_detail=config.get("synthetic_detail", "full"),
         quiet=quiet,
     )
+
+
+def masked_images_of(config, cache, split, quiet=True):
+    """The MaskedImages of `split` that a run's config (a plain dict) describes: its folder's own
+    holes when it names `masks` (their cache built on first use), else its grey squares."""
+    seed = config.get("seed", 0)
+    if config.get("masks") is None:
+        return MaskedImages(cache, config["square"], config.get("squares", 1), seed, split)
+    holes = open_holes(cache, config["masks"], quiet=quiet)
+    return MaskedImages(cache, 0, 0, seed, split, holes=holes)
 
 
 def heldout_indices(names, fraction=HELDOUT_FRACTION, split_seed=0, minimum=MIN_HELDOUT):
@@ -51,11 +64,13 @@ def heldout_indices(names, fraction=HELDOUT_FRACTION, split_seed=0, minimum=MIN_
 
 
 class MaskedImages(torch.utils.data.Dataset):
-    """Images of one split with their grey squares: item j is (masked, clean, positions).
+    """Images of one split with their holes: item j is (masked, clean, positions).
 
-    masked, clean: float32 (3, S, S) in [0, 1]; masked equals clean outside the squares and `fill`
-    (default 128/255) inside. positions: int64 (count, 2) of (top, left), (0, 2) when square or
-    count is 0. The squares of image i (its index in the cache, `self.indices[j]`) depend only on
+    masked, clean: float32 (3, S, S) in [0, 1]; masked equals clean outside the holes and `fill`
+    (default 128/255) inside. The holes are grey squares, or with `holes` (data/holes.py: a
+    one-channel cache aligned with `cache`, 255 = missing) the folder's own, and then no squares.
+    positions: int64 (count, 2) of (top, left), (0, 2) when square or count is 0 or with `holes`.
+    The squares of image i (its index in the cache, `self.indices[j]`) depend only on
     (seed, i, square, count, S); squares of one image may overlap.
 
     split: "train" (never the held-out images), "heldout", or "all".
@@ -71,8 +86,12 @@ class MaskedImages(torch.utils.data.Dataset):
         heldout_fraction=HELDOUT_FRACTION,
         split_seed=0,
         fill=GREY,
+        holes=None,
     ):
         check_squares(square, count, cache.size)
+        if holes is not None and (square and count or holes.count != len(cache)):
+            raise ValueError("holes replace squares and must have a row per image of the cache")
+        self.holes = holes
         if split not in ("train", "heldout", "all"):
             raise UserError(f"split must be train, heldout or all, not {split!r}")
         self.cache, self.square, self.count, self.seed, self.fill = cache, square, count, seed, fill
@@ -105,6 +124,9 @@ class MaskedImages(torch.utils.data.Dataset):
         s = self.cache.size
         if not len(js):
             return torch.zeros((0, 1, s, s), dtype=torch.bool)
+        if self.holes is not None:
+            rows = torch.as_tensor([self.indices[j] for j in js], dtype=torch.int64)
+            return self.holes.images.index_select(0, rows).permute(0, 3, 1, 2).ne(0)
         return torch.stack([square_mask(self.positions(j), self.square, s) for j in js])
 
     def clean(self, j):
@@ -115,6 +137,8 @@ class MaskedImages(torch.utils.data.Dataset):
     def __getitem__(self, j):
         clean = self.clean(j)
         positions = self.positions(j)
+        if self.holes is not None:
+            return clean.masked_fill(self.missing([j])[0], self.fill), clean, positions
         return apply_squares(clean, positions, self.square, self.fill), clean, positions
 
     def batch(self, js):
@@ -125,6 +149,9 @@ class MaskedImages(torch.utils.data.Dataset):
         pixels = self.cache.images.index_select(0, rows)  # (B, S, S, 3) uint8
         clean = torch.empty((len(rows), 3, self.cache.size, self.cache.size))
         clean.copy_(pixels.permute(0, 3, 1, 2)).div_(255)
+        if self.holes is not None:
+            positions = torch.zeros((len(js), 0, 2), dtype=torch.int64)
+            return clean.masked_fill(self.missing(js), self.fill), clean, positions
         positions = (
             torch.stack([self.positions(j) for j in js])
             if len(js)
