@@ -41,22 +41,24 @@ class Item:
 
 
 def heldout_item(run, index):
-    """Held-out item `index` of the checkpoint's dataset, with its square(s) and clean original."""
-    from ..data.datasets import MaskedImages, dataset_of
-    from ..data.masks import square_mask
+    """Held-out item `index` of the checkpoint's dataset, with its holes (the squares, or the
+    folder's own with `train --masks`) and, for squares, its clean original (under a folder's own
+    holes the truth is unknown)."""
+    from ..data.datasets import dataset_of, masked_images_of
 
     run.need_dataset()
     c = run.config
     cache = dataset_of(c, run.image_size)
-    items = MaskedImages(cache, c["square"], c.get("squares", 1), c.get("seed", 0), split="heldout")
+    items = masked_images_of(c, cache, "heldout")
     if not 0 <= index < len(items):
         raise UserError(
             f"out of range: the held-out split has {len(items)} images (heldout:0 "
             f"to heldout:{len(items) - 1})"
         )
-    masked, clean, positions = items[index]
-    hole = square_mask(positions, c["square"], run.image_size)
-    return Item(f"heldout-{index}", masked, clean, hole, "the dataset")
+    masked, clean, _ = items[index]
+    hole = items.missing([index])[0]
+    own = c.get("masks") is not None
+    return Item(f"heldout-{index}", masked, None if own else clean, hole, "the dataset")
 
 
 @dataclass(frozen=True)
