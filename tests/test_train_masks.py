@@ -3,7 +3,6 @@ path (or the images' alpha), taken through the training geometry, cached beside 
 and reused until they change; every bad input one UserError naming its file; MaskedImages serving
 them; and a tiny training run on them."""
 
-import inspect
 import os
 import pickle
 from types import SimpleNamespace
@@ -360,28 +359,29 @@ def test_a_bad_mask_through_the_command_line_is_one_error_line(world, tmp_path):
     assert f"mask folder {world['masks']}-gone does not exist" in line
 
 
-TRAINS_ON_MASKS = "masked_images_of" in inspect.getsource(loop.open_images)
-needs_loop = pytest.mark.xfail(
-    not TRAINS_ON_MASKS,
-    reason="training/loop.py's open_images does not build its images with masked_images_of yet",
-    strict=True,
-)
-
-
-@needs_loop
-def test_train_with_masks_end_to_end(world, tmp_path, monkeypatch):
+@pytest.mark.parametrize("complete", [False, True], ids=["naive", "complete"])
+def test_train_with_masks_end_to_end(world, tmp_path, monkeypatch, complete):
     monkeypatch.setenv("MISSINGGLOW_CACHE", world["cache"])
     for i in range(13):  # enough images for a held-out split and a batch of 8
         _save(_stripes((16, 16), 10 + i), os.path.join(world["data"], f"more{i}.png"))
         _save(_mask((16, 16), (i, 0, i + 3, 3)), os.path.join(world["masks"], f"more{i}.png"))
-    config = tiny_config(tmp_path, "run", data=world["data"], masks=world["masks"], iterations=3)
+    extra = dict(complete=True, refill_every=2, refill_steps=1) if complete else {}
+    config = tiny_config(
+        tmp_path, "run", data=world["data"], masks=world["masks"], iterations=3, **extra
+    )
     run = loop.train(config, progress=False)
-    assert ckpt.load_checkpoint(run)["iteration"] == 3
-    assert ckpt.load_checkpoint(run)["config"]["masks"] == world["masks"]
+    payload = ckpt.load_checkpoint(run)
+    assert payload["iteration"] == 3
+    assert payload["config"]["masks"] == world["masks"]
     assert [f for f in os.listdir(world["cache"]) if "-holes-" in f]
+    if complete:  # the fills cover exactly the folder's holes
+        cache = cachefile.open_dataset(world["data"], 8, quiet=True)
+        images = datasets.masked_images_of(payload["config"], cache, "train")
+        holes = images.missing(list(range(len(images))))
+        assert payload["fills"]["holes"].numel() == 3 * int(holes.sum()) > 0
+        assert payload["fills"]["refills"] == 1
 
 
-@needs_loop
 @pytest.mark.parametrize("case", ["no mask", "no such folder"])
 def test_train_refuses_bad_masks_with_one_error_line(world, tmp_path, case):
     masks, named = _break(world, case)

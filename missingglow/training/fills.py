@@ -43,9 +43,11 @@ class Fills:
         return masked, self.images.missing(js)
 
     def error(self):
-        """RMSE of the fills against the dataset's clean pixels in the holes, on the 0–1 scale:
-        how far the fills are from the truth where it is known (drawn squares); with users' own
-        masks the pixels under a hole are whatever the file holds."""
+        """RMSE of the fills against the clean pixels in the holes, on the 0–1 scale: how far the
+        fills are from the truth, for drawn squares. None with users' own masks (--masks), where
+        the pixels under a hole are whatever the file holds, not the truth."""
+        if getattr(self.images, "holes", None) is not None:
+            return None
         total, count = 0.0, 0
         for js in self._chunks():
             _, clean, _ = self.images.batch(js)

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..atomic import WriteError, append_line, write_json
-from ..data.datasets import MaskedImages, dataset_of
+from ..data.datasets import dataset_of, masked_images_of
 from ..errors import UserError
 from ..flow.model import Glow
 from ..flow.preprocess import bits_per_dim, from_model, match_channels, quantize
@@ -285,6 +285,7 @@ def open_images(config, env, progress, speak):
     density has no bound."""
     if env.main:
         cache = dataset_of(config.to_dict(), quiet=not progress)
+        masked_images_of(config.to_dict(), cache, "train")  # a --masks run's hole cache, built once
     env.barrier()
     if not env.main:
         cache = dataset_of(config.to_dict())
@@ -295,8 +296,7 @@ def open_images(config, env, progress, speak):
     if config.batch % env.world:
         raise UserError(f"batch {config.batch} does not split evenly over {env.world} processes")
     train_images, heldout = (
-        MaskedImages(cache, config.square, config.squares, config.seed, split)
-        for split in ("train", "heldout")
+        masked_images_of(config.to_dict(), cache, split) for split in ("train", "heldout")
     )
     return config, train_images, heldout
 
@@ -599,7 +599,12 @@ def refill(fills, model, env, config, iteration, bar, speak, metrics):
     speak(
         f"iteration {iteration:,}: re-filled the holes of {n:,} training images from the model "
         f"({config.refill_steps} inversion steps, {result['seconds']:.0f} s; mean change "
-        f"{result['changed']:.3f}, RMSE to the clean pixels {result['fill_rmse']:.3f})"
+        f"{result['changed']:.3f}"
+        + (
+            f", RMSE to the clean pixels {result['fill_rmse']:.3f})"
+            if result["fill_rmse"] is not None
+            else ")"
+        )
     )
     metrics.append({"event": "refill", "iter": iteration, **result})
 
