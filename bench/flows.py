@@ -12,7 +12,7 @@ The flow step and model rows also time the fused step's other mode, interleaved 
 and against the same reference times: a whole affine step as one op driven from C++
 (fused_step.FusedFlowStep.driver = True, csrc/flow_step.cpp) or the fused ops called one by one
 from Python (driver = False). Its row is labelled "C++ driver on" or "C++ driver off", whichever is
-not the default on that device (the driver by default on CUDA, not on the CPU).
+not the default (off, on every device).
 
 --bf16 adds a row for the fused model with precision="bf16" (the coupling networks' two hidden
 convolutions in bfloat16), timed in the same loop.

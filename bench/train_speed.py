@@ -1,5 +1,9 @@
 """Seconds per training iteration (forward + backward + Adam) of a preset, fused vs reference.
 
+An iteration is the training loop's own step (training/step.py: forward, backward, clipping, the
+device-side guard and the optimiser training uses, training/adam.py) unless `--optimiser torch`
+asks for a bare torch.optim.Adam step, as this bench timed before.
+
 Both implementations run in the same process, interleaved step by step, on the same batch, so the
 ratio holds even on a busy machine; medians over the timed steps.
 
@@ -33,8 +37,11 @@ if ROOT not in sys.path:
 
 from missingglow import Glow  # noqa: E402
 from missingglow.flow.preprocess import bits_per_dim  # noqa: E402
+from missingglow.training.adam import GuardedAdam  # noqa: E402
 from missingglow.training.allocator import keep_freed_memory  # noqa: E402
 from missingglow.training.config import PRESETS, preset_config  # noqa: E402
+from missingglow.training.loop import Distributed  # noqa: E402
+from missingglow.training.step import TrainStep  # noqa: E402
 from missingglow.training.threads import Threads  # noqa: E402
 
 BUSY = "while True: pass"
@@ -50,12 +57,36 @@ def make(p, impl):
 def step(model, optimizer, x, bits):
     sync(x.device)
     start = time.perf_counter()
-    loss = bits_per_dim(model.log_prob(x), bits, x[0].numel()).mean()
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if isinstance(optimizer, TrainStep):
+        optimizer.optimizer.stage_lr()
+        optimizer()
+    else:
+        loss = bits_per_dim(model.log_prob(x), bits, x[0].numel()).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
     sync(x.device)
     return time.perf_counter() - start
+
+
+def optimiser(model, x, p, kind):
+    """What one timed iteration runs after the forward: training's whole step (a TrainStep on
+    the static input x, reading nothing back) or a bare torch.optim.Adam."""
+    if kind == "torch":
+        return torch.optim.Adam(model.parameters(), lr=1e-4)
+    params = [q for q in model.parameters() if q.requires_grad]
+    dims = x[0].numel()
+    train_step = TrainStep(
+        lambda batch: bits_per_dim(model.log_prob(batch), p.n_bits, dims).mean(),
+        params,
+        GuardedAdam(params, 1e-4, x.device),
+        x.shape,
+        x.device,
+        p.grad_clip or float("inf"),
+        Distributed(),
+    )
+    train_step.x.copy_(x)
+    return train_step
 
 
 def sync(device):
@@ -150,6 +181,12 @@ def main(argv=None):
     )
     parser.add_argument("--impl", choices=["both", "fused", "reference"], default="both")
     parser.add_argument(
+        "--optimiser",
+        choices=["training", "torch"],
+        default="training",
+        help="training's whole step (clipping, guard, its Adam) or a bare torch.optim.Adam",
+    )
+    parser.add_argument(
         "--busy",
         type=int,
         default=0,
@@ -185,7 +222,8 @@ def main(argv=None):
         f"preset {args.preset}: {p.image_size}x{p.image_size}, {p.blocks} blocks x "
         f"{p.flows} flows, hidden {p.hidden}, batch {p.batch}, "
         f"{args.device}, {thread_range(used)} threads, {args.steps} timed steps (median), "
-        f"{'freed heap kept' if kept else 'glibc default allocator'}"
+        f"{'freed heap kept' if kept else 'glibc default allocator'}, "
+        f"{'training step' if args.optimiser == 'training' else 'torch.optim.Adam'}"
         f"{f', beside {args.busy} busy processes' if args.busy else ''}"
     )
     if min(used) != max(used):
@@ -222,7 +260,7 @@ def timed_steps(args, threads):
         model = make(p, impl).to(args.device)
         with torch.no_grad():
             model.log_prob(x)  # ActNorm init
-        runs[impl] = (model, torch.optim.Adam(model.parameters(), lr=1e-4), [])
+        runs[impl] = (model, optimiser(model, x, p, args.optimiser), [])
     used = []
     for i in range(args.warmup + args.steps):
         if threads is not None and i and i % LOOK_EVERY == 0:

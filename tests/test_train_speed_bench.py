@@ -11,7 +11,7 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = SimpleNamespace(blocks=2, flows=2, hidden=8, image_size=8, batch=4, n_bits=5)
+TINY = SimpleNamespace(blocks=2, flows=2, hidden=8, image_size=8, batch=4, n_bits=5, grad_clip=50.0)
 
 
 def load_bench():
