@@ -5,6 +5,7 @@ import sys
 
 import click
 
+from ..analysis import conditional_table1 as conditional  # squares --posterior's defaults
 from ..analysis.evaluate import SAMPLES, SAMPLING_DEFAULTS  # the samplers' defaults, for --help
 from ..analysis.impute import SAMPLING
 from ..errors import UserError
@@ -94,6 +95,9 @@ def sample(checkpoint, temperatures, n, seed, columns, out):
     click.echo(f"wrote {out}: {n * len(ts)} samples, {total} non-finite")
 
 
+TABLE1_TEMPERATURES = "0.1:1.5:0.1"
+POSTERIOR_TEMPERATURES = "0.3:1.0:0.1"  # squares --posterior's
+
 # Said after counting squares of any size (no --square, no checkpoint to take it from).
 SQUARE_HINT = (
     "giving --square K (the trained square size) counts more reliably; see docs/phenomenon.md"
@@ -104,9 +108,11 @@ SQUARE_HINT = (
 @click.argument("images", nargs=-1)
 @click.option(
     "--checkpoint",
-    default=None,
+    "checkpoints",
+    multiple=True,
     help="Run folder or checkpoint: sample it and print Table 1 [the newest run under "
-    "./runs/ when no IMAGES are given].",
+    "./runs/ when no IMAGES are given]. With --posterior repeatable: a table and a curve "
+    "per run.",
 )
 @click.option(
     "-t",
@@ -114,8 +120,9 @@ SQUARE_HINT = (
     "temperatures",
     type=TEMPERATURES,
     multiple=True,
-    default=["0.1:1.5:0.1"],
-    help="Temperatures (list or START:STOP:STEP); repeatable. [0.1:1.5:0.1]",
+    default=(),
+    help="Temperatures (list or START:STOP:STEP); repeatable. "
+    f"[{TABLE1_TEMPERATURES}; with --posterior {POSTERIOR_TEMPERATURES}]",
 )
 @click.option(
     "-n",
@@ -123,7 +130,8 @@ SQUARE_HINT = (
     type=COUNT,
     default=50,
     show_default=True,
-    help="Samples per temperature (the paper counted 50 by hand).",
+    help="Samples per temperature (the paper counted 50 by hand); with --posterior, the "
+    "held-out images to complete.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
@@ -141,10 +149,56 @@ SQUARE_HINT = (
     help="Resize given images to this side [the checkpoint's, else each image's shorter side].",
 )
 @click.option(
-    "--out", default=None, help="Output folder for Table 1 [<run folder>/table1 or ./table1]."
+    "--posterior",
+    is_flag=True,
+    help="Instead of sampling: complete the run's held-out images, their training squares "
+    "the hole, by posterior draws at each t (and invert's MAP), and count the holes filled "
+    "grey, by the detector and by the pixels (docs/detector.md).",
 )
-def squares(images, checkpoint, temperatures, n, seed, square, image_size, out):
-    """Count grey squares: in samples per temperature (the paper's Table 1), or in IMAGES."""
+@click.option(
+    "--samples",
+    type=COUNT,
+    default=None,
+    help=f"--posterior: completions per image and temperature. [{conditional.SAMPLES}]",
+)
+@click.option(
+    "--posterior-warmup",
+    "sampler_warmup",
+    type=click.IntRange(min=0),
+    default=None,
+    help="--posterior: MALA steps that adapt each chain's step size, not kept. "
+    f"[{conditional.WARMUP}]",
+)
+@click.option(
+    "--posterior-steps",
+    "sampler_steps",
+    type=click.IntRange(min=0),
+    default=None,
+    help="--posterior: MALA steps at the adapted step size; a completion is each chain's "
+    f"last state. [{conditional.STEPS}]",
+)
+@click.option(
+    "--out",
+    default=None,
+    help="Output folder for Table 1 [<run folder>/table1 or ./table1; with --posterior "
+    "./conditional-table1].",
+)
+def squares(
+    images,
+    checkpoints,
+    temperatures,
+    n,
+    seed,
+    square,
+    image_size,
+    posterior,
+    samples,
+    sampler_warmup,
+    sampler_steps,
+    out,
+):
+    """Count grey squares: in samples per temperature (the paper's Table 1), in IMAGES, or with
+    --posterior in completions of held-out images."""
     from ..analysis.runs import open_run
     from ..analysis.table1 import (
         detector_recall,
@@ -155,6 +209,29 @@ def squares(images, checkpoint, temperatures, n, seed, square, image_size, out):
         write_table1,
     )
 
+    if posterior:
+        if images or square is not None or image_size is not None:
+            raise UserError(
+                "--posterior completes the runs' own held-out images at their own square "
+                "size: leave out IMAGES, --square and --size"
+            )
+        _conditional_table1(
+            checkpoints, temperatures, n, seed, samples, sampler_warmup, sampler_steps, out
+        )
+        return
+    sampler = {
+        "--samples": samples,
+        "--posterior-warmup": sampler_warmup,
+        "--posterior-steps": sampler_steps,
+    }
+    given = [name for name, value in sampler.items() if value is not None]
+    if given:
+        raise UserError(f"{', '.join(given)} only go with --posterior")
+    if len(checkpoints) > 1:
+        raise UserError(
+            "Table 1 samples one --checkpoint; several are for --posterior (a curve per run)"
+        )
+    checkpoint = checkpoints[0] if checkpoints else None
     if images:
         from ..analysis.square_counts import count_in_files, format_count
 
@@ -182,7 +259,8 @@ def squares(images, checkpoint, temperatures, n, seed, square, image_size, out):
                 "a run under ./runs/) to sample it and print Table 1"
             ) from None
     run = open_run(checkpoint, square)
-    rows = square_table(run, _flat(temperatures), n, seed, say=echo)
+    ts = _flat(temperatures or (TEMPERATURES.convert(TABLE1_TEMPERATURES, None, None),))
+    rows = square_table(run, ts, n, seed, say=echo)
     click.echo(format_table1(rows))
     bad = sum(r["nonfinite"] for r in rows)
     if bad:
@@ -196,6 +274,46 @@ def squares(images, checkpoint, temperatures, n, seed, square, image_size, out):
     _wrote(
         write_table1(rows, out or table1_folder(checkpoint), recall),
         f" (contact sheet: the first {min(n, 16)} samples per t, detected squares outlined in red)",
+    )
+
+
+def _conditional_table1(checkpoints, temperatures, n, seed, samples, warmup, steps, out):
+    """`squares --posterior`: every run checked before any work, one progress bar for all."""
+    from ..analysis.runs import open_run
+    from ..analysis.table1 import format_recall
+    from ..progress import progress_bar
+
+    ts = _flat(temperatures or (TEMPERATURES.convert(POSTERIOR_TEMPERATURES, None, None),))
+    paths = list(checkpoints) or [_checkpoint(None)]
+    plans = [
+        conditional.plan_conditional(
+            open_run(path),
+            ts,
+            n,
+            samples or conditional.SAMPLES,
+            conditional.WARMUP if warmup is None else warmup,
+            conditional.STEPS if steps is None else steps,
+            say=echo,
+        )
+        for path in paths
+    ]
+    tables = []
+    with progress_bar(sum(p.total_steps for p in plans), "completing") as bar:
+        for plan in plans:
+            tick = (lambda: bar.update(1)) if bar is not None else None
+            tables.append(conditional.conditional_table(plan, seed, on_step=tick))
+    echo("measuring the counter's recall on faint squares (synthetic faces at each run's size)")
+    recalls = conditional.detector_recalls([plan.run for plan in plans])
+    for i, table in enumerate(tables):
+        click.echo(conditional.format_conditional(table))
+        if i == len(tables) - 1 or recalls[i] is not recalls[i + 1]:
+            click.echo(format_recall(recalls[i]))
+        click.echo("")
+    click.echo("\n".join(conditional.RULE))
+    _wrote(
+        conditional.write_conditional(tables, out or "conditional-table1", recalls),
+        f" (sheet: the first {conditional.EXAMPLES} inputs per run, their MAP and one "
+        "completion per t, detected squares outlined in red)",
     )
 
 

@@ -339,3 +339,14 @@ def label_rows(image, labels, top, step, width=None, header=None):
         y = head + top + i * step + step / 2 - h / 2 - 2
         draw.text((4, y), _spell(text, fnt), fill=(0, 0, 0), font=fnt)
     return out
+
+
+def text_lines(lines, width=720, size=11):
+    """Lines of grey text on white, `width` px wide: notes under a chart that one note line
+    cannot hold."""
+    fnt = font(size)
+    step = size + 5
+    image, draw = _canvas(width, 8 + step * len(lines))
+    for i, text in enumerate(lines):
+        draw.text((70, 4 + i * step), _spell(text, fnt), fill=(90, 90, 90), font=fnt)
+    return image
