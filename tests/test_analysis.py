@@ -515,3 +515,22 @@ def test_a_run_trained_without_squares_is_scored_on_the_squares_asked_for(run, t
         )
     with pytest.raises(UserError, match="leave both out"):
         Run(run.model, dict(run.config), run.path, run.image_size, 5).with_dataset(None, 3)
+
+
+def test_a_run_trained_without_squares_opens(run, tmp_path):
+    """Table 1 and evaluate --square K read a clean-trained run: its square of 0 is no error."""
+    payload = torch.load(
+        run.path if run.path.endswith(".pt") else _latest(run.path), weights_only=True
+    )
+    payload["config"] = dict(payload["config"], square=0)
+    path = str(tmp_path / "clean.pt")
+    torch.save(payload, path)
+    clean = open_run(path)
+    assert clean.square is None and clean.config["square"] == 0
+    assert open_run(path, square=3).square == 3
+
+
+def _latest(run_dir):
+    from missingglow.training import checkpoint as ckpt
+
+    return ckpt.resolve(run_dir)

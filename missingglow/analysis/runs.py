@@ -98,7 +98,7 @@ def open_run(path, square=None):
     config = dict(payload.get("config") or {}) if payload else {}
     size = model.image_size
     k = square if square is not None else config.get("square")
-    if k is not None and not 0 < k <= size:
+    if k and not 0 < k <= size:  # 0: a run trained without squares
         raise UserError(f"square size {k} does not fit {size}×{size} images")
     return Run(model, config, path, size, int(config.get("n_bits", 5)), k or None)
 
