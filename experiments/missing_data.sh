@@ -51,6 +51,6 @@ for data in faces photos; do
     # the conditional Table 1: grey fills among posterior completions, naive against complete
     [ -f "$ROOT/conditional-$data/conditional_table1.csv" ] || "$MG" squares --posterior \
         --checkpoint "$ROOT/$data-naive" --checkpoint "$ROOT/$data-complete" -t 0.3:1.0:0.1 \
-        -n 100 --out "$ROOT/conditional-$data"
+        -n 50 --out "$ROOT/conditional-$data"
 done
 "$PY" experiments/missing_data.py "$ROOT"
