@@ -6,6 +6,8 @@
 # reports, and the page's tables (experiments/missing_data.py).
 #
 #   experiments/missing_data.sh [ROOT]     # ROOT: where runs and data go (default: runs/missing-data)
+#   experiments/missing_data.sh ROOT measure faces naive clean   # one stage (train_all, measure,
+#                                                                # conditional) by hand
 #
 # Each training runs at one thread (two side by side fill a 2-core machine); a step that finds its
 # output already there is skipped, so the script resumes where it stopped.
@@ -21,18 +23,26 @@ CROPS=$ROOT/photo-crops-16
 
 train() {  # train NAME [OPTIONS]: one small-preset run, timed
     local name=$1; shift
-    [ -f "$ROOT/$name/latest" ] && [ -f "$ROOT/$name/seconds" ] && return
+    [ -f "$ROOT/$name/seconds" ] && return
     local start; start=$(date +%s)
-    "$MG" train --out "$ROOT/$name" "$@"
+    if [ -f "$ROOT/$name/latest" ]; then  # cut short earlier: resumed (and timed from here)
+        "$MG" train --resume "$ROOT/$name"
+    else
+        "$MG" train --out "$ROOT/$name" "$@"
+    fi
     echo $(( $(date +%s) - start )) > "$ROOT/$name/seconds"
 }
-# the faces first, two at a time (each pair shares the machine alike, so their times compare)
-train faces-naive & train faces-clean --square 0 & wait
-train photos-naive --data "$CROPS" & train photos-clean --data "$CROPS" --square 0 & wait
-train faces-complete --complete & train photos-complete --data "$CROPS" --complete & wait
+train_all() {
+    # two at a time: each pair shares the machine alike
+    train faces-naive & train faces-clean --square 0 & wait
+    train photos-naive --data "$CROPS" & train photos-clean --data "$CROPS" --square 0 & wait
+    train faces-complete --complete & train photos-complete --data "$CROPS" --complete & wait
+}
 
-for data in faces photos; do
-    for kind in naive complete clean; do
+measure() {  # measure DATA KIND...: Table 1 and the hole families (and for naive / complete
+             # the calibration) of the runs DATA-KIND
+    local data=$1 kind run; shift
+    for kind in "$@"; do
         run=$ROOT/$data-$kind
         sq=(); [ "$kind" = clean ] && sq=(--square 5)
         # Table 1 at every t up to 1.0 (the square size given: the counter's best setting)
@@ -41,16 +51,26 @@ for data in faces photos; do
         # every restoring method on the four hole families, 100 held-out images
         [ -f "$run/families.json" ] || "$MG" evaluate --checkpoint "$run" "${sq[@]}" -n 100 \
             --samples 0 --out "$run/families" --json "$run/families.json"
-    done
-    for kind in naive complete; do
-        run=$ROOT/$data-$kind
+        [ "$kind" = clean ] && continue
         # the posterior's calibration in the training square: 100 images, 19 draws each
         [ -f "$run/calibration.json" ] || "$MG" evaluate --checkpoint "$run" -n 100 --masks square \
             --samples 19 --no-classical --out "$run/calibration" --json "$run/calibration.json"
     done
-    # the conditional Table 1: grey fills among posterior completions, naive against complete
+}
+
+conditional() {  # conditional DATA: grey fills among posterior completions, naive and complete
+    local data=$1
     [ -f "$ROOT/conditional-$data/conditional_table1.csv" ] || "$MG" squares --posterior \
         --checkpoint "$ROOT/$data-naive" --checkpoint "$ROOT/$data-complete" -t 0.3:1.0:0.1 \
         -n 50 --out "$ROOT/conditional-$data"
-done
+}
+
+if [ $# -gt 1 ]; then  # one stage by hand, e.g. `missing_data.sh ROOT measure faces naive`
+    shift; "$@"; exit
+fi
+train_all
+# the two datasets side by side, one core each
+(measure faces naive clean complete && conditional faces) &
+(measure photos naive clean complete && conditional photos) &
+wait
 "$PY" experiments/missing_data.py "$ROOT"
