@@ -41,7 +41,7 @@ def model():
 
 
 def test_fills_start_harmonic_and_keep_the_observed_pixels(images):
-    fills = Fills(images, channels=3, n_bits=5, batch=7)  # chunks that do not divide the split
+    fills = Fills(images, channels=3, n_bits=5, chunk=7)  # chunks that do not divide the split
     js = list(range(len(images)))
     masked, clean, _ = images.batch(js)
     missing = images.missing(js)
@@ -55,8 +55,15 @@ def test_fills_start_harmonic_and_keep_the_observed_pixels(images):
     assert not torch.equal(filled[~observed], masked[~observed])
 
 
-def test_a_refill_moves_the_holes_only(images, model):
-    fills = Fills(images, channels=3, n_bits=5, batch=16)
+def log_density(model, images):
+    from missingglow.flow.preprocess import to_model
+
+    with torch.no_grad():
+        return model.log_prob(to_model(images, 5))
+
+
+def test_a_refill_moves_the_holes_only_and_never_lowers_the_density(images, model):
+    fills = Fills(images, channels=3, n_bits=5, chunk=16)
     js = list(range(len(images)))
     before = fills.batch(js)
     result = fills.refill(model, "cpu", steps=3)
@@ -65,12 +72,40 @@ def test_a_refill_moves_the_holes_only(images, model):
     assert torch.equal(after[observed], before[observed])
     assert not torch.equal(after[~observed], before[~observed])
     assert result["changed"] > 0 and result["fill_rmse"] == fills.error()
+    changed = (after != before).flatten(1).any(1)
+    assert result["kept"] == changed.float().mean().item() > 0
+    gain = log_density(model, after) - log_density(model, before)
+    assert (gain[changed] >= 0).all() and (gain[~changed] == 0).all()
     assert model.training  # put back as it was
     assert fills.refills == 1
 
 
+def test_a_refill_inverts_from_the_current_fill(images, model, monkeypatch):
+    import missingglow.training.fills as fills_module
+
+    fills = Fills(images, channels=3, n_bits=5, chunk=64)
+    seen = []
+
+    def spy(model, x, missing, **options):
+        seen.append((x.clone(), missing.clone(), options))
+        return x.clone().unsqueeze(0), None
+
+    monkeypatch.setattr(fills_module, "invert", spy)
+    fills.refill(model, "cpu", steps=7)
+    (x, missing, options), js = seen[0], list(range(len(images)))
+    assert options == {"steps": 7, "start": "input"}  # invert's own alpha, γ and step size
+    assert torch.equal(missing, images.missing(js))
+    from missingglow.flow.preprocess import to_model
+
+    assert torch.equal(x, to_model(fills.batch(js), 5))
+    # the same bins back: the model sees the same images (their 8-bit values are now the bins'
+    # representatives, as from_model gives them)
+    assert fills.refills == 1
+    assert torch.equal(to_model(fills.batch(js), 5), to_model(Fills(images, 3, 5).batch(js), 5))
+
+
 def test_a_non_finite_completion_keeps_its_old_fill(images, model, monkeypatch):
-    fills = Fills(images, channels=3, n_bits=5, batch=64)
+    fills = Fills(images, channels=3, n_bits=5, chunk=64)
     old = fills.values.clone()
     import missingglow.training.fills as fills_module
 
@@ -93,8 +128,12 @@ def test_fills_round_trip_through_a_state_dict(images, model):
     assert not torch.equal(other.values, fills.values)
     other.load_state_dict(state)
     assert torch.equal(other.values, fills.values) and other.refills == 1
-    with pytest.raises(ValueError, match="fills hold"):
-        other.load_state_dict({"holes": state["holes"][:-1], "refills": 1})
+    with pytest.raises(UserError, match="other holes"):
+        other.load_state_dict(dict(state, holes=state["holes"][:-1]))
+    moved = state["sizes"].clone()
+    moved[[0, 1]] = moved[[1, 0]] + torch.tensor([1, -1], dtype=torch.int32)
+    with pytest.raises(UserError, match="other holes"):  # same count, other places
+        other.load_state_dict(dict(state, sizes=moved))
 
 
 def test_training_batches_differ_from_the_naive_ones_only_in_the_holes(tmp_path, monkeypatch):
@@ -118,14 +157,21 @@ def test_training_batches_differ_from_the_naive_ones_only_in_the_holes(tmp_path,
         open_dataset(None, 8, synthetic_count=48, quiet=True), cfg.square, cfg.squares, cfg.seed
     )
     order = train_module.BatchOrder(len(images), cfg.batch, cfg.seed)
-    changed_after_refill = False
+    first = Fills(images, cfg.channels or 3, cfg.n_bits)  # the fills before any refill
     for t in range(5):
         naive, complete = fed["naive"][t], fed["complete"][t]
         hole = images.missing(order(t)).expand_as(naive)
         assert torch.equal(naive[~hole], complete[~hole]), t
         assert not torch.equal(naive[hole], complete[hole]), t
-        changed_after_refill |= t > 2 and not torch.equal(fed["complete"][t], naive)
-    assert changed_after_refill
+    # up to the refill after step 2 the holes hold the harmonic fills; after it, other values
+    noise = fed["naive"][3] - quantize(images.batch(order(3))[0], cfg.n_bits)
+    harmonic = quantize(first.batch(order(3)), cfg.n_bits) + noise
+    assert torch.equal(
+        fed["complete"][1],
+        quantize(first.batch(order(1)), cfg.n_bits)
+        + (fed["naive"][1] - quantize(images.batch(order(1))[0], cfg.n_bits)),
+    )
+    assert not torch.equal(fed["complete"][3], harmonic)
 
 
 def test_a_resumed_complete_run_ends_where_an_uninterrupted_one_does(tmp_path):
@@ -156,11 +202,13 @@ def test_a_rollback_reloads_the_checkpoints_fills(tmp_path, monkeypatch):
     loaded = []
     real_load = Fills.load_state_dict
     monkeypatch.setattr(
-        Fills, "load_state_dict", lambda self, s: loaded.append(s) or real_load(self, s)
+        Fills, "load_state_dict", lambda self, s, *where: loaded.append(s) or real_load(self, s)
     )
     run = train(tiny_config(tmp_path, "roll", max_bad_steps=2, **COMPLETE), progress=False)
     assert ckpt.load_checkpoint(run)["state"]["rollbacks"] >= 1
     assert loaded, "the rollback did not reload the fills"
+    target = torch.load(f"{run}/checkpoints/ckpt-00000003.pt", weights_only=True)["fills"]
+    assert torch.equal(loaded[0]["holes"], target["holes"])
 
 
 def test_complete_needs_holes(tmp_path):
@@ -185,9 +233,48 @@ def test_complete_needs_holes(tmp_path):
     assert "--square" in error_line(code, out, err)
 
 
-def test_quantised_fills_are_what_the_model_sees(images):
-    """Fills stored as 8-bit values lose nothing the model sees: the 5-bit bins of a fill and of
-    its float completion agree."""
-    gen = torch.Generator().manual_seed(3)
-    x = torch.rand(4, 3, 8, 8, generator=gen)
-    assert torch.equal(quantize(to_bytes(x).float() / 255, 5), quantize(x, 5))
+def test_a_run_stopped_during_a_refill_resumes_as_if_it_had_not_stopped(tmp_path, monkeypatch):
+    """Ctrl-C in the middle of the refill after step 4: the checkpoint of 4 keeps the old fills
+    and counts no refill, and the resumed run makes that refill first."""
+    whole = train(tiny_config(tmp_path, "whole", **COMPLETE), progress=False)
+    real, calls = Fills.refill, iter(range(10**9))
+
+    def stopped(self, *args, **kwargs):
+        if next(calls) == 1:  # the second refill, after step 4
+            import missingglow.training.fills as fills_module
+
+            monkeypatch.setattr(fills_module, "invert", interrupt)
+        return real(self, *args, **kwargs)
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Fills, "refill", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(tmp_path, "part", **COMPLETE), progress=False)
+    monkeypatch.undo()
+    part = str(tmp_path / "part")
+    stopped_at = ckpt.load_checkpoint(part)
+    assert stopped_at["iteration"] == 4 and stopped_at["fills"]["refills"] == 1
+    train(resume=part, progress=False)
+    a, b = ckpt.load_checkpoint(whole), ckpt.load_checkpoint(part)
+    assert a["fills"]["refills"] == b["fills"]["refills"] == 2
+    assert torch.equal(a["fills"]["holes"], b["fills"]["holes"])
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+def test_a_run_extended_past_a_refill_it_ended_on_makes_it(tmp_path):
+    whole = train(tiny_config(tmp_path, "whole", **COMPLETE), progress=False)
+    part = train(tiny_config(tmp_path, "part", iterations=4, **COMPLETE), progress=False)
+    assert ckpt.load_checkpoint(part)["fills"]["refills"] == 1  # none at its last iteration
+    train(resume=part, iterations=6, progress=False)
+    a, b = ckpt.load_checkpoint(whole), ckpt.load_checkpoint(part)
+    assert torch.equal(a["fills"]["holes"], b["fills"]["holes"])
+    assert a["fills"]["refills"] == b["fills"]["refills"] == 2
+
+
+def test_masks_and_squares_do_not_mix(tmp_path):
+    with pytest.raises(UserError, match="use one of them"):
+        tiny_config(tmp_path, "x", data=str(tmp_path), masks="alpha", square=3)
+    assert tiny_config(tmp_path, "y", data=str(tmp_path), masks="alpha", square=0).square == 0

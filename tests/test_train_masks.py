@@ -367,7 +367,7 @@ def test_train_with_masks_end_to_end(world, tmp_path, monkeypatch, complete):
         _save(_mask((16, 16), (i, 0, i + 3, 3)), os.path.join(world["masks"], f"more{i}.png"))
     extra = dict(complete=True, refill_every=2, refill_steps=1) if complete else {}
     config = tiny_config(
-        tmp_path, "run", data=world["data"], masks=world["masks"], iterations=3, **extra
+        tmp_path, "run", data=world["data"], masks=world["masks"], square=0, iterations=3, **extra
     )
     run = loop.train(config, progress=False)
     payload = ckpt.load_checkpoint(run)
@@ -386,7 +386,7 @@ def test_train_with_masks_end_to_end(world, tmp_path, monkeypatch, complete):
 def test_train_refuses_bad_masks_with_one_error_line(world, tmp_path, case):
     masks, named = _break(world, case)
     args = ["train", "--data", world["data"], "--masks", masks, "--size", "8", "--blocks", "2"]
-    args += ["--flows", "2", "--hidden", "8", "--batch", "2", "--iterations", "1", "--square", "3"]
+    args += ["--flows", "2", "--hidden", "8", "--batch", "2", "--iterations", "1"]
     args += ["--eval-every", "1000", "--sample-every", "1000", "--quiet"]
     args += ["--out", str(tmp_path / "run")]
     proc = run_in_process(args, env={"MISSINGGLOW_CACHE": world["cache"]})

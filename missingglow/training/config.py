@@ -36,7 +36,7 @@ PRESETS = {
         lr=1e-3,
         warmup=200,
         synthetic_detail="low",
-        refill_every=1_500,
+        refill_every=2_000,
     ),
     "paper": {},  # TrainConfig's defaults are the paper's
 }
@@ -126,8 +126,8 @@ class TrainConfig:
         at_least=1,
     )
     refill_steps: int = setting(
-        5,
-        "With --complete: latent-inversion steps per re-fill, warm-started from the last fill.",
+        15,
+        "With --complete: latent-inversion steps per re-fill, started from the last fill.",
         at_least=1,
     )
     blocks: int = setting(4, "Blocks (latent levels) of the flow.", at_least=1)
@@ -274,7 +274,13 @@ def resolve_config(options, has_gpu=None):
             f"flows, hidden {config.hidden}, batch {config.batch}, "
             f"{config.iterations:,} iterations)"
         )
-    if "square" not in given or ("image_size" not in given and size != PAPER_SIZE):
+    if config.masks is not None:  # the folder's own holes replace the squares
+        if given.get("square"):
+            raise UserError(
+                "--square draws squares and --masks gives the images' own holes: use one of them"
+            )
+        config = replace(config, square=0)
+    elif "square" not in given or ("image_size" not in given and size != PAPER_SIZE):
         paper_square = config.square
         square = max(1, round(paper_square * size / PAPER_SIZE)) if paper_square else 0
         if square != paper_square:

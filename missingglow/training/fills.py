@@ -3,15 +3,20 @@
 A naive run trains on its images as they are, grey holes included, so the model learns the holes
 as content. With --complete each training image's hole pixels hold a fill instead: it starts as
 the harmonic (smooth) fill of the observed pixels around it and is re-fitted every `refill_every`
-iterations from the current model by latent inversion (completion/invert.py), warm-started from
-the last fill. That is MCFlow's loop (Richardson et al., 2020): maximum likelihood on the filled
+iterations from the current model by latent inversion (completion/invert.py) started from the
+current fill. That is MCFlow's loop (Richardson et al., 2020): maximum likelihood on the filled
 images, with the missing values re-imputed from the model every so often, observed values kept.
+A new fill is kept only where the model gives the filled image at least the density of the old
+one, so a refill never lowers the likelihood the training maximises (a hard-EM step), and a short
+inversion that wanders off leaves its image as it was.
 
 A batch is where(missing, fill, observed): the observed pixels never pass through the fills, so
 nothing here can change them. Fills are kept as 8-bit values (what the image cache holds, and
 finer than the bins the model sees), so a checkpoint stores them exactly: the hole pixels only,
-in the order of the training split. A resumed run continues with the very same fills, and a
-rollback goes back to the fills of the checkpoint it reloads.
+in the order of the training split, with each image's hole size to check them against. A refill
+builds its fills aside and swaps them in whole, so a run stopped mid-way keeps the old ones and
+counts no refill (the loop refills on resume). A resumed run continues with the very same fills,
+and a rollback goes back to the fills of the checkpoint it reloads.
 """
 
 import time
@@ -19,14 +24,16 @@ import time
 import torch
 
 from ..completion.invert import harmonic_fill, invert
+from ..errors import UserError
 from ..flow.preprocess import from_model, to_model
 
 
 class Fills:
-    """The current fill of every training image's holes (`images`: a MaskedImages split)."""
+    """The current fill of every training image's holes (`images`: a MaskedImages split), worked
+    on `chunk` images at a time."""
 
-    def __init__(self, images, channels, n_bits, batch=128):
-        self.images, self.channels, self.n_bits, self.chunk = images, channels, n_bits, batch
+    def __init__(self, images, channels, n_bits, chunk=128):
+        self.images, self.channels, self.n_bits, self.chunk = images, channels, n_bits, chunk
         s = images.cache.size
         self.values = torch.zeros((len(images), 3, s, s), dtype=torch.uint8)
         self.refills = 0
@@ -65,37 +72,49 @@ class Fills:
 
     @torch.no_grad()
     def refill(self, model, device, steps, on_chunk=None):
-        """Re-fit every hole from `model` by `steps` inversion steps from its current fill (the
-        prior's weight and step size are invert's defaults). A completion that is not finite keeps
-        its old fill. Returns {"seconds", "changed": mean absolute change of the hole pixels,
-        "fill_rmse": `error()` after}."""
-        start, moved, count = time.perf_counter(), 0.0, 0
+        """Re-fit every hole from `model`: `steps` inversion steps from the current fill (invert's
+        start, prior weight and step size), kept where the completion is finite and the model's
+        log-density of the filled image does not drop. Returns {"seconds", "kept": share of the
+        images given a new fill, "changed": mean absolute change of the hole pixels, "fill_rmse":
+        `error()` after}."""
+        start, moved, count, kept = time.perf_counter(), 0.0, 0, 0
         was_training = model.training
         model.eval()
+        values = self.values.clone()
         try:
             for js in self._chunks():
                 masked, missing = self._masked(js)
-                filled = torch.where(missing, self.values[js].float() / 255, masked)
-                x = to_model(filled, self.n_bits, self.channels).to(device)
-                out, _ = invert(model, x, missing.to(device), steps=steps, start="input", alpha=1.0)
-                completion = from_model(out[0].cpu(), self.n_bits)
-                ok = torch.isfinite(completion).flatten(1).all(1).view(-1, 1, 1, 1)
-                new = torch.where(missing & ok, to_bytes(completion), self.values[js])
+                old = values[js[0] : js[-1] + 1]
+                before = torch.where(missing, old.float() / 255, masked)
+                x = to_model(before, self.n_bits, self.channels).to(device)
+                out, _ = invert(model, x, missing.to(device), steps=steps, start="input")
+                new = torch.where(missing, to_bytes(from_model(out[0].cpu(), self.n_bits)), old)
+                after = torch.where(missing, new.float() / 255, masked)
+                gain = self._log_density(model, after, device) - self._log_density(
+                    model, before, device
+                )
+                better = (torch.isfinite(gain) & (gain >= 0)).view(-1, 1, 1, 1)
+                new = torch.where(better, new, old)
                 hole = missing.expand_as(new)
-                moved += (new[hole].float() - self.values[js][hole].float()).abs().sum().item()
+                moved += (new[hole].float() - old[hole].float()).abs().sum().item()
                 count += int(hole.sum())
-                self.values[js[0] : js[-1] + 1] = new
+                kept += int(better.sum())
+                values[js[0] : js[-1] + 1] = new
                 if on_chunk is not None:
                     on_chunk(len(js))
         finally:
             model.train(was_training)
-        self.refills += 1
-        seconds = time.perf_counter() - start
+        self.values, self.refills = values, self.refills + 1  # whole, or not at all
         return {
-            "seconds": seconds,
+            "seconds": time.perf_counter() - start,
+            "kept": kept / max(len(values), 1),
             "changed": moved / max(count, 1) / 255,
             "fill_rmse": self.error(),
         }
+
+    def _log_density(self, model, images, device):
+        """log p of [0, 1] images at their bins' centres (the same point for old and new)."""
+        return model.log_prob(to_model(images, self.n_bits, self.channels).to(device)).cpu()
 
     def holes(self):
         """bool (N, 3, S, S): where the fills matter."""
@@ -105,15 +124,26 @@ class Fills:
         return out
 
     def state_dict(self):
-        return {"holes": self.values[self.holes()].clone(), "refills": self.refills}
-
-    def load_state_dict(self, state):
         holes = self.holes()
-        stored = state["holes"]
-        if stored.dtype != torch.uint8 or stored.numel() != int(holes.sum()):
-            raise ValueError(
-                f"the checkpoint's fills hold {stored.numel()} values, these images' holes "
-                f"{int(holes.sum())}"
+        return {
+            "holes": self.values[holes].clone(),
+            "sizes": holes.flatten(1).sum(1).to(torch.int32),
+            "refills": self.refills,
+        }
+
+    def load_state_dict(self, state, where="the checkpoint"):
+        """Take the fills of a state_dict; a UserError when they were saved for other holes (the
+        image folder or the masks changed since)."""
+        holes = self.holes()
+        stored, sizes = state["holes"], state.get("sizes")
+        same = stored.dtype == torch.uint8 and stored.numel() == int(holes.sum())
+        if same and sizes is not None:
+            same = torch.equal(sizes, holes.flatten(1).sum(1).to(torch.int32))
+        if not same:
+            raise UserError(
+                f"the fills in {where} were saved for other holes than these training images "
+                "have (the images or masks changed since it was written); put them back as they "
+                "were, or start a new run"
             )
         self.values[holes] = stored
         self.refills = int(state["refills"])

@@ -349,7 +349,7 @@ def train(config=None, resume=None, progress=True, say=None, iterations=None, ma
             state.update(payload["state"])
             start = payload["iteration"]
             if fills is not None:
-                fills.load_state_dict(payload["fills"])
+                fills.load_state_dict(payload["fills"], run_dir)
         net = LogProb(model)
         if env.world > 1:
             net = nn.parallel.DistributedDataParallel(net)
@@ -436,6 +436,11 @@ def train(config=None, resume=None, progress=True, say=None, iterations=None, ma
             )
         )
         try:
+            # a refill due at the checkpoint resumed from but not made (the run was stopped
+            # during it, or ended there before --iterations extended it) comes first
+            if fills is not None and start < config.iterations:
+                if fills.refills < start // config.refill_every:
+                    refill(fills, model, env, config, start, bar, speak, metrics)
             while iteration < config.iterations:
                 # one step on this rank's slice of global batch `iteration`, queued on the device
                 lr = set_lr(optimizer, config, iteration, state["lr_scale"])
@@ -598,8 +603,8 @@ def refill(fills, model, env, config, iteration, bar, speak, metrics):
             return
     speak(
         f"iteration {iteration:,}: re-filled the holes of {n:,} training images from the model "
-        f"({config.refill_steps} inversion steps, {result['seconds']:.0f} s; mean change "
-        f"{result['changed']:.3f}"
+        f"({config.refill_steps} inversion steps, {result['seconds']:.0f} s; "
+        f"{result['kept']:.0%} of the fills improved, mean change {result['changed']:.3f}"
         + (
             f", RMSE to the clean pixels {result['fill_rmse']:.3f})"
             if result["fill_rmse"] is not None
@@ -617,7 +622,7 @@ def roll_back(run_dir, model, optimizer, state, speak, env, metrics, fills=None)
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     if fills is not None:
-        fills.load_state_dict(payload["fills"])
+        fills.load_state_dict(payload["fills"], run_dir)
     state["lr_scale"] *= 0.5
     state["rollbacks"] += 1
     speak(
