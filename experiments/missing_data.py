@@ -108,7 +108,7 @@ def table1_rows(root):
 
 def best(rows, names):
     candidates = [r for r in rows if r["method"] in names and r.get("psnr_hole") is not None]
-    return max(candidates, key=lambda r: r["psnr_hole"]) if candidates else None
+    return max(candidates, key=lambda r: float(r["psnr_hole"])) if candidates else None
 
 
 def family_rows(root):
@@ -133,7 +133,7 @@ def family_rows(root):
                 rows = result["families"][family]["rows"]
                 inv = next(r for r in rows if r["method"] == "invert")
                 classic = best(rows, CLASSICAL + ("harmonic fill",))
-                lead = inv["psnr_hole"] - classic["psnr_hole"] if classic else None
+                lead = float(inv["psnr_hole"]) - float(classic["psnr_hole"]) if classic else None
                 print(
                     f"| {data} | {kind} | {family} | {inv['rmse_hole']:.4f} | "
                     f"{inv['psnr_hole']:.2f} | {classic['method'] if classic else '—'} | "

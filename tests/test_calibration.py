@@ -121,6 +121,13 @@ def test_point_scores_by_hand():
     expected = (ssim_map(completion, truth) * hole[:, 0]).sum((1, 2)) / 16
     assert s["ssim"].tolist() == pytest.approx(expected.tolist())
     assert point_scores(truth, truth, hole)["ssim"].tolist() == pytest.approx([1.0, 1.0])
+    # an exact restoration: the PSNR of half an 8-bit level, not infinity; just above, the formula
+    exact = point_scores(truth, truth, hole)
+    cap = 20 * math.log10(510)
+    assert exact["psnr"].tolist() == pytest.approx([cap, cap])
+    assert exact["psnr_whole"].tolist() == pytest.approx([cap, cap])
+    near = point_scores(torch.where(hole, truth + 0.003, truth), truth, hole)["psnr"]
+    assert near.tolist() == pytest.approx([20 * math.log10(1 / 0.003)] * 2)
     assert (point_scores(truth * 0.5, truth, hole)["ssim"] < 1).all()
 
 

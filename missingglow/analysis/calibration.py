@@ -105,7 +105,11 @@ def sample_scores(samples, truth, missing, levels=LEVELS):
 
 
 def psnr(mse, data_range=1.0):
-    return 10 * torch.log10(data_range**2 / mse)
+    """PSNR in dB of each mean squared error, at most that of an error of half an 8-bit level:
+    a restoration that exact is the truth as an image file holds it, and one flat, perfectly
+    restored image must not make a mean over images infinite."""
+    floor = (data_range / 510) ** 2
+    return 10 * torch.log10(data_range**2 / mse.clamp_min(floor))
 
 
 def point_scores(completion, truth, missing, data_range=1.0):
