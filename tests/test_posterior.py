@@ -294,3 +294,25 @@ def test_bad_settings_are_one_line_user_errors(gen):
             posterior_samples(model, x, missing, 2, **bad, **kw)
     with pytest.raises(UserError, match="chain"):
         posterior_samples(model, x, missing, 0, gamma=0.1, **kw)
+
+
+def test_a_start_that_decodes_to_nan_fails_its_chains_only(gen):
+    """An image the inversion failed on gives NaN draws; the other image's chains run as if it
+    were not there. Only when every start fails is it an error."""
+    model, x, missing = problem(gen)
+    start = model.encode(x).detach()
+    bad = start.clone()
+    bad[0, 0] = float("nan")
+    kw = dict(gamma=GAMMA, steps=3, warmup=3)
+    out, info = posterior_samples(
+        model, x, missing, 4, start=bad, generator=torch.Generator().manual_seed(5), **kw
+    )
+    alone, _ = posterior_samples(
+        model, x, missing, 4, start=start, generator=torch.Generator().manual_seed(5), **kw
+    )
+    assert torch.isnan(out[:, 0]).all() and torch.isfinite(out[:, 1]).all()
+    assert torch.isfinite(info.step_size[:, 1]).all()
+    assert torch.equal(out[:, 1], alone[:, 1])
+    every = start.clone().fill_(float("nan"))
+    with pytest.raises(UserError, match="non-finite"):
+        posterior_samples(model, x, missing, 2, start=every, generator=gen, **kw)

@@ -72,7 +72,8 @@ def posterior_samples(
     """Draw n completions per image of x (B, C, S, S) in model space, `missing` (B, 1, S, S).
 
     Returns (completions (n, B, C, S, S) with every observed pixel exactly as in x, Diagnostics).
-    Each completion is one chain's state after `warmup` adapting steps and `steps` kept steps.
+    Each completion is one chain's state after `warmup` adapting steps and `steps` kept steps; a
+    chain whose start decodes to non-finite pixels gives NaN (a UserError when every one does).
 
     start: None (every chain starts at the latent of x with its hole filled smoothly), a latent
     (B, D) or (n, B, D) such as invert's MAP latent, or images (B, C, S, S) or (n, B, C, S, S) to
@@ -106,9 +107,15 @@ def posterior_samples(
             (g,) = torch.autograd.grad(u.sum(), z)
             return u.detach(), g
 
-        chain = _Chain(target, z, generator)
-        if not torch.isfinite(chain.u).all():
+        # a chain whose start decodes to non-finite pixels (an image the inversion failed on)
+        # runs from the latent 0 instead and gives back NaN, counted by callers as non-finite:
+        # one such image never stops the others
+        failed = ~torch.isfinite(energy(model, z, xs, obs, sigma2.repeat(n), temperature))
+        if failed.all():
             raise UserError("the start decodes to non-finite pixels; start from other latents")
+        z = torch.where(failed.unsqueeze(1), torch.zeros_like(z), z)
+        chain = _Chain(target, z, generator)
+        failed |= ~torch.isfinite(chain.u)
         if step_size is None:
             eps = chain.first_step_size(temperature**2)
         else:
@@ -134,6 +141,7 @@ def posterior_samples(
         for p in params:
             p.requires_grad_(True)
     out = torch.where(missing.repeat(n, 1, 1, 1), out, xs)
+    out[failed] = float("nan")
     rate = accepted / steps if steps else torch.full_like(eps, float("nan"))
     diagnostics = Diagnostics(rate.view(n, b), eps.view(n, b), chain.z.view(n, b, -1), sigma2)
     return out.view(n, b, *x.shape[1:]), diagnostics
