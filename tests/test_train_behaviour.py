@@ -98,6 +98,8 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a shell's background job ignores Ctrl-C, and children inherit that: hear it again
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 120
     while (
