@@ -172,6 +172,8 @@ def calibration_rows(root):
 
 
 def conditional_rows(root):
+    """Per run and t: the share of completions with a grey hole, by the detector / by the
+    pixels (% of finite completions)."""
     for data in DATASETS:
         path = os.path.join(root, f"conditional-{data}", "conditional_table1.csv")
         if not os.path.exists(path):
@@ -179,12 +181,18 @@ def conditional_rows(root):
             continue
         with open(path) as f:
             rows = list(csv.DictReader(f))
-        print(f"{data}:\n")
-        header = list(rows[0])
-        print("| " + " | ".join(header) + " |")
-        print("|" + "---|" * len(header))
-        for r in rows:
-            print("| " + " | ".join(r[h] for h in header) + " |")
+        temps = list(dict.fromkeys(r["temperature"] for r in rows))
+        print(f"{data} (detector / pixels, % of finite completions):\n")
+        header("run", *(t if t == "MAP" else f"t={t}" for t in temps))
+        for run in dict.fromkeys(r["run"] for r in rows):
+            cells = {
+                r["temperature"]: f"{float(r['share_detector_pct']):.1f} / "
+                f"{float(r['share_pixels_pct']):.1f}"
+                for r in rows
+                if r["run"] == run
+            }
+            name = os.path.basename(run.rstrip("/"))
+            print(f"| {name} | " + " | ".join(cells.get(t, "—") for t in temps) + " |")
         print()
 
 
