@@ -255,7 +255,7 @@ def restore_inputs(
 ):
     """Restore prepared Items as the plan says and write them into out_dir (made when missing;
     every file is written atomically, so a failed write leaves the ones before it).
-    `invert_options`: the inversion's settings (analysis.invert); `sampling`: the posterior
+    `invert_options`: the inversion's settings (completion/invert.py); `sampling`: the posterior
     sampler's temperature, warmup and steps (SAMPLING); `on_step(i)`: their progress."""
     if plan.method == "invert":
         options = {**(invert_options or {}), "alpha": plan.alphas[0]}

@@ -130,7 +130,7 @@ class MaskedImages(torch.utils.data.Dataset):
         return torch.stack([square_mask(self.positions(j), self.square, s) for j in js])
 
     def clean(self, j):
-        """Image j without squares: float32 (3, S, S) in [0, 1], contiguous."""
+        """Image j without its holes (as stored): float32 (3, S, S) in [0, 1], contiguous."""
         s, pixels = self.cache.size, self.cache.images[self.indices[j]]
         return torch.empty((3, s, s)).copy_(pixels.permute(2, 0, 1)).div_(255)
 
