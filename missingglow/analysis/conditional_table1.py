@@ -158,18 +158,11 @@ def plan_conditional(
 ):
     """Check the request and the run, open its held-out split: a Plan, or a UserError. A
     temperature given twice is one row."""
-    from ..data.datasets import MaskedImages, dataset_of
+    from ..data.datasets import dataset_of, masked_images_of
 
     check_request(temperatures, n, samples, warmup, steps)
     check_run(run)
-    c = run.config
-    heldout = MaskedImages(
-        dataset_of(c, run.image_size),
-        c["square"],
-        c.get("squares", 1),
-        c.get("seed", 0),
-        split="heldout",
-    )
+    heldout = masked_images_of(run.config, dataset_of(run.config, run.image_size), "heldout")
     if n > len(heldout) and say:
         say(f"{run.path}: the held-out split has {len(heldout)} images; completing all of them")
     n = min(n, len(heldout))
