@@ -72,8 +72,10 @@ def training_rows(root):
             if kind == "naive":
                 naive_seconds = seconds
             ratio = seconds / naive_seconds if seconds and naive_seconds else None
-            refills = [r for r in log if r.get("event") == "refill"]
-            fills = [r["fill_rmse"] for r in log if r.get("event") in ("fills", "refill")]
+            # one event per iteration: a resumed or rolled-back run logs a replayed refill again
+            by_iter = {r["iter"]: r for r in log if r.get("event") in ("fills", "refill")}
+            refills = [r for r in by_iter.values() if r["event"] == "refill"]
+            fills = [r["fill_rmse"] for r in by_iter.values() if r.get("fill_rmse") is not None]
             refill_s = sum(r["seconds"] for r in refills) if refills else None
             trail = " → ".join(f"{v:.3f}" for v in fills) if fills else "—"
             print(
