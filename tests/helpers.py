@@ -155,6 +155,22 @@ TINY = dict(
 )
 
 
+# the tiny setting's model and data as `train` flags, for tests that go through the command line
+TINY_CLI = [
+    word
+    for key, flag in (
+        ("image_size", "--size"),
+        ("blocks", "--blocks"),
+        ("flows", "--flows"),
+        ("hidden", "--hidden"),
+        ("batch", "--batch"),
+        ("synthetic_count", "--synthetic-count"),
+        ("square", "--square"),
+    )
+    for word in (flag, str(TINY[key]))
+]
+
+
 def tiny_config(tmp_path, name, **overrides):
     """The tiny setting as a TrainConfig writing to tmp_path/name, with overrides."""
     from missingglow.training.config import resolve_config

@@ -22,25 +22,12 @@ from missingglow.data.imagefolder import load_square
 from missingglow.data.synthetic import draw_face
 from missingglow.training import checkpoint as ckpt
 
-from helpers import run_in_process, tiny_run
+from helpers import TINY_CLI, run_in_process, tiny_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = [
     "train",
-    "--size",
-    "8",
-    "--blocks",
-    "2",
-    "--flows",
-    "2",
-    "--hidden",
-    "8",
-    "--batch",
-    "8",
-    "--synthetic-count",
-    "48",
-    "--square",
-    "3",
+    *TINY_CLI,
     "--warmup",
     "2",
     "--eval-every",

@@ -12,24 +12,11 @@ import pytest
 from missingglow.errors import UserError
 from missingglow.training.runlock import RunLock
 
-from helpers import run_in_process
+from helpers import TINY_CLI, run_in_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
-    "--size",
-    "8",
-    "--blocks",
-    "2",
-    "--flows",
-    "2",
-    "--hidden",
-    "8",
-    "--batch",
-    "8",
-    "--synthetic-count",
-    "48",
-    "--square",
-    "3",
+    *TINY_CLI,
     "--iterations",
     "2",
     "--eval-every",

@@ -17,24 +17,11 @@ from missingglow.training import loop as train_module
 from missingglow.training.config import TrainConfig, resolve_config
 from missingglow.training.loop import train
 
-from helpers import TINY, tiny_config
+from helpers import TINY, TINY_CLI, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_ARGS = [
-    "--size",
-    "8",
-    "--blocks",
-    "2",
-    "--flows",
-    "2",
-    "--hidden",
-    "8",
-    "--batch",
-    "8",
-    "--synthetic-count",
-    "48",
-    "--square",
-    "3",
+    *TINY_CLI,
     "--lr",
     "1e-3",
     "--warmup",

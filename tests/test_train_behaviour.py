@@ -21,7 +21,7 @@ from missingglow.training import loop as train_module
 from missingglow.training.config import PRESETS, TrainConfig, validate
 from missingglow.training.loop import open_images, set_lr, train
 
-from helpers import TINY, run_in_process, tiny_config
+from helpers import TINY, TINY_CLI, run_in_process, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,20 +66,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     run = str(tmp_path / "stopped")
     args = [
         "train",
-        "--size",
-        "8",
-        "--blocks",
-        "2",
-        "--flows",
-        "2",
-        "--hidden",
-        "8",
-        "--batch",
-        "8",
-        "--synthetic-count",
-        "48",
-        "--square",
-        "3",
+        *TINY_CLI,
         "--eval-every",
         "100000",
         "--sample-every",
