@@ -35,6 +35,7 @@ import torch
 
 from ..errors import UserError
 from ..flow.preprocess import from_model, to_model
+from ..render.images import finite_mask
 from .evaluate import SAMPLING_DEFAULTS
 from .square_bank import match
 from .squares import detect, detector_sizes_for
@@ -49,9 +50,6 @@ SAMPLES = 4  # completions per image and temperature
 WARMUP, STEPS = SAMPLING_DEFAULTS["warmup"], SAMPLING_DEFAULTS["steps"]
 MAP = "MAP"  # the row of invert's completion, which has no temperature
 EXAMPLES = 8  # images per run on the sheet of examples
-# invert's options for a search of no steps from the MAP completion itself: map_and_draws then
-# starts the chains at Φ(MAP completion), so invert runs once per image, not once per t
-FROM_MAP = dict(steps=0, alpha=1.0, start="input")
 CSV_NAME, PLOT_NAME, SHEET_NAME = (
     "conditional_table1.csv",
     "conditional_table1.png",
@@ -74,8 +72,7 @@ def grey_fraction(images, missing, n_bits):
     near = ((images - hole_grey(n_bits)).abs() <= GREY_TOLERANCE).all(1, keepdim=True)
     hole = missing.expand(images.shape[0], 1, *images.shape[2:])
     share = (near & hole).flatten(1).sum(1).double() / hole.flatten(1).sum(1).clamp_min(1)
-    finite = torch.isfinite(images.flatten(1)).all(1)
-    return torch.where(finite, share, torch.full_like(share, float("nan")))
+    return torch.where(finite_mask(images), share, torch.full_like(share, float("nan")))
 
 
 def grey_by_pixels(images, missing, n_bits):
@@ -209,6 +206,7 @@ def conditional_table(plan, seed=0, on_step=None, say=None):
     Returns {"run", "rows" (the MAP's first, t None; then one per t), "images", "samples",
     "warmup", "steps", "gamma", "square", "examples": [(label, images, detected squares)]}."""
     from ..completion.invert import DEFAULTS
+    from ..completion.posterior import posterior_samples
     from ..seeding import generator
     from .impute import map_and_draws
 
@@ -231,11 +229,20 @@ def conditional_table(plan, seed=0, on_step=None, say=None):
         tallies[MAP].judge(shown, missing, holes, sizes, bits)
         examples.setdefault(MAP, shown[:EXAMPLES])
         reps = plan.samples
-        for t in ts:
-            sampling = dict(temperature=t, warmup=plan.warmup, steps=plan.steps)
+        for t in ts:  # chains from Φ(MAP completion): invert runs once per image, not once per t
             gen = generator(seed, "conditional-table1", f"{t:.6g}", start)
-            _, draws, _, diagnostics = map_and_draws(
-                run.model, best, missing, reps, gen, tick, sampling, **FROM_MAP
+            draws, diagnostics = posterior_samples(
+                run.model,
+                best,
+                missing,
+                reps,
+                gamma=DEFAULTS["gamma"],
+                temperature=t,
+                warmup=plan.warmup,
+                steps=plan.steps,
+                generator=gen,
+                start=best,
+                on_step=tick,
             )
             images = from_model(draws.flatten(0, 1), bits)  # draw k of image b at k·B + b
             tallies[t].judge(images, missing.repeat(reps, 1, 1, 1), holes * reps, sizes, bits)

@@ -110,12 +110,15 @@ def posterior_samples(
         # a chain whose start decodes to non-finite pixels (an image the inversion failed on)
         # runs from the latent 0 instead and gives back NaN, counted by callers as non-finite:
         # one such image never stops the others
-        failed = ~torch.isfinite(energy(model, z, xs, obs, sigma2.repeat(n), temperature))
+        chain = _Chain(target, z, generator)
+        failed = ~torch.isfinite(chain.u)
         if failed.all():
             raise UserError("the start decodes to non-finite pixels; start from other latents")
-        z = torch.where(failed.unsqueeze(1), torch.zeros_like(z), z)
-        chain = _Chain(target, z, generator)
-        failed |= ~torch.isfinite(chain.u)
+        if failed.any():
+            chain = _Chain(
+                target, torch.where(failed.unsqueeze(1), torch.zeros_like(z), z), generator
+            )
+            failed |= ~torch.isfinite(chain.u)
         if step_size is None:
             eps = chain.first_step_size(temperature**2)
         else:

@@ -141,14 +141,18 @@ class MaskedImages(torch.utils.data.Dataset):
             return clean.masked_fill(self.missing([j])[0], self.fill), clean, positions
         return apply_squares(clean, positions, self.square, self.fill), clean, positions
 
+    def clean_batch(self, js):
+        """Items js without their holes (as stored): float32 (B, 3, S, S) in [0, 1]."""
+        rows = torch.as_tensor([self.indices[j] for j in js], dtype=torch.int64)
+        pixels = self.cache.images.index_select(0, rows)  # (B, S, S, 3) uint8
+        clean = torch.empty((len(rows), 3, self.cache.size, self.cache.size))
+        return clean.copy_(pixels.permute(0, 3, 1, 2)).div_(255)
+
     def batch(self, js):
         """Items js stacked: (masked (B,3,S,S), clean (B,3,S,S), positions (B,count,2)).
 
         Faster than a DataLoader over __getitem__ for direct use: one gather from the cache."""
-        rows = torch.as_tensor([self.indices[j] for j in js], dtype=torch.int64)
-        pixels = self.cache.images.index_select(0, rows)  # (B, S, S, 3) uint8
-        clean = torch.empty((len(rows), 3, self.cache.size, self.cache.size))
-        clean.copy_(pixels.permute(0, 3, 1, 2)).div_(255)
+        clean = self.clean_batch(js)
         if self.holes is not None:
             positions = torch.zeros((len(js), 0, 2), dtype=torch.int64)
             return clean.masked_fill(self.missing(js), self.fill), clean, positions

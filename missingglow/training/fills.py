@@ -66,9 +66,9 @@ class Fills:
 
     def batch(self, js):
         """Items js with their holes filled: float32 (B, 3, S, S) in [0, 1], observed pixels
-        exactly as the dataset gives them."""
-        masked, missing = self._masked(js)
-        return torch.where(missing, self.values[js].float() / 255, masked)
+        exactly as the dataset gives them (the holes' grey is never painted: the fills cover it)."""
+        clean = self.images.clean_batch(js)
+        return torch.where(self.images.missing(js), self.values[js].float() / 255, clean)
 
     @torch.no_grad()
     def refill(self, model, device, steps, on_chunk=None):
