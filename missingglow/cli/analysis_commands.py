@@ -104,6 +104,60 @@ SQUARE_HINT = (
 )
 
 
+def sampler_options(defaults, note="", only_with=None):
+    """The posterior sampler's temperature and chain length (`impute` and `evaluate`, each with
+    its own defaults); `note` ends the warm-up's help. With `only_with` (squares' --posterior)
+    the chain lengths belong to that flag: they default to None, so that giving them without it
+    can be refused, their help names it and the default, and there is no --temperature (the
+    command's own -t gives the temperatures)."""
+
+    def described(text, key):
+        return f"{only_with}: {text} [{defaults[key]}]" if only_with else text
+
+    def chain_option(flag, name, key, text):
+        return click.option(
+            flag,
+            name,
+            type=click.IntRange(min=0),
+            default=None if only_with else defaults[key],
+            show_default=not only_with,
+            help=described(text, key),
+        )
+
+    options = [
+        chain_option(
+            "--posterior-warmup",
+            "sampler_warmup",
+            "warmup",
+            f"MALA steps that adapt each chain's step size, not kept.{note}",
+        ),
+        chain_option(
+            "--posterior-steps",
+            "sampler_steps",
+            "steps",
+            "MALA steps at the adapted step size; a draw is each chain's last state.",
+        ),
+    ]
+    if not only_with:
+        options.insert(
+            0,
+            click.option(
+                "--temperature",
+                type=FiniteRange(min=0, min_open=True),
+                default=defaults["temperature"],
+                show_default=True,
+                help="The posterior's prior temperature t: N(0, t²·I) on the latent.",
+            ),
+        )
+
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
 @click.command()
 @click.argument("images", nargs=-1)
 @click.option(
@@ -161,22 +215,7 @@ SQUARE_HINT = (
     default=None,
     help=f"--posterior: completions per image and temperature. [{conditional.SAMPLES}]",
 )
-@click.option(
-    "--posterior-warmup",
-    "sampler_warmup",
-    type=click.IntRange(min=0),
-    default=None,
-    help="--posterior: MALA steps that adapt each chain's step size, not kept. "
-    f"[{conditional.WARMUP}]",
-)
-@click.option(
-    "--posterior-steps",
-    "sampler_steps",
-    type=click.IntRange(min=0),
-    default=None,
-    help="--posterior: MALA steps at the adapted step size; a completion is each chain's "
-    f"last state. [{conditional.STEPS}]",
-)
+@sampler_options(dict(warmup=conditional.WARMUP, steps=conditional.STEPS), only_with="--posterior")
 @click.option(
     "--out",
     default=None,
@@ -364,43 +403,6 @@ def invert_options(f):
 NOISE_NEEDS_GAMMA = (
     "--samples needs --gamma above 0: it sets the posterior's observation noise (σ² = γ·M/D)"
 )
-
-
-def sampler_options(defaults, note=""):
-    """The posterior sampler's temperature and chain length (`impute` and `evaluate`, each with
-    its own defaults); `note` ends the warm-up's help."""
-    options = [
-        click.option(
-            "--temperature",
-            type=FiniteRange(min=0, min_open=True),
-            default=defaults["temperature"],
-            show_default=True,
-            help="The posterior's prior temperature t: N(0, t²·I) on the latent.",
-        ),
-        click.option(
-            "--posterior-warmup",
-            "sampler_warmup",
-            type=click.IntRange(min=0),
-            default=defaults["warmup"],
-            show_default=True,
-            help=f"MALA steps that adapt each chain's step size, not kept.{note}",
-        ),
-        click.option(
-            "--posterior-steps",
-            "sampler_steps",
-            type=click.IntRange(min=0),
-            default=defaults["steps"],
-            show_default=True,
-            help="MALA steps at the adapted step size; a draw is each chain's last state.",
-        ),
-    ]
-
-    def decorate(f):
-        for option in reversed(options):
-            f = option(f)
-        return f
-
-    return decorate
 
 
 @click.command()
