@@ -1,7 +1,10 @@
 """Does the conditional Table 1 depend on where the posterior's chains start? Start them at the
 held-out images as they are (the hole grey) instead of at invert's completion, and count the
-completions whose hole is still grey after the same 40 + 40 MALA steps (the pixel rule of
-`squares --posterior`: at least 90 % of the hole within 1/32 of grey in every channel).
+completions whose hole is still grey after the same 40 + 40 MALA steps. The count is taken in
+model space, on the hole's values (pixels × channels): a completion is grey when at least
+GREY_SHARE of them lie within GREY_TOLERANCE of grey's bin centre. That is close to, not the
+same as, `squares --posterior`'s pixel rule, which asks every channel of a pixel to be near grey
+in the image's [0, 1] and sets non-finite completions aside.
 
     python experiments/conditional_start.py runs/missing-data/faces-{naive,complete}
 
@@ -17,6 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from missingglow.analysis.conditional_table1 import GREY_SHARE, GREY_TOLERANCE  # noqa: E402
 from missingglow.analysis.runs import open_run  # noqa: E402
 from missingglow.completion.posterior import posterior_samples  # noqa: E402
 from missingglow.data.datasets import dataset_of, masked_images_of  # noqa: E402
@@ -55,8 +59,8 @@ def main():
                 generator=torch.Generator().manual_seed(0),
                 start=x,
             )
-            near = ((out - grey).abs() <= 1 / 32) & hole
-            share = (near.flatten(2).sum(2) / hole.flatten(1).sum(1) >= 0.9).float().mean()
+            near = ((out - grey).abs() <= GREY_TOLERANCE) & hole
+            share = (near.flatten(2).sum(2) / hole.flatten(1).sum(1) >= GREY_SHARE).float().mean()
             print(
                 f"| {os.path.basename(path.rstrip('/'))} | {t:g} | {out.shape[0] * out.shape[1]} | "
                 f"{share:.2f} | {info.acceptance.nanmean():.2f} |"

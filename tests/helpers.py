@@ -155,6 +155,18 @@ TINY = dict(
 )
 
 
+def load_script(relative_path, name):
+    """A script of the repository (bench/, experiments/) imported as a module by its path: they
+    are not part of the package, and their tests call into them."""
+    import importlib.util
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(root, relative_path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 # the tiny setting's model and data as `train` flags, for tests that go through the command line
 TINY_CLI = [
     word

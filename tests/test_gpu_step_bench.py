@@ -2,20 +2,13 @@
 seconds: the JSON it writes has every variant (the opt-in C++ driver beside the default), and the
 sync-like ops it counts tell the old step (host reads every step) from the loop's (none)."""
 
-import importlib.util
 import json
-import os
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import load_script
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location(
-        "gpu_step", os.path.join(ROOT, "bench", "gpu_step.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/gpu_step.py", "gpu_step")
 
 
 def test_gpu_step_runs_on_the_cpu_and_writes_json(tmp_path):

@@ -1,7 +1,6 @@
 """experiments/study.py on a tiny model: milestones are measured once, runs resume, the report
 draws."""
 
-import importlib.util
 import json
 import math
 import os
@@ -9,16 +8,12 @@ import os
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import load_script
 
 
 @pytest.fixture
 def study(monkeypatch, tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        "study", os.path.join(ROOT, "experiments", "study.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("experiments/study.py", "study")
     tiny = dict(
         module.base_config(),
         image_size=8,
@@ -139,11 +134,7 @@ def test_report_writes_curves_and_tables(study, tmp_path):
 
 
 def test_every_lever_makes_a_valid_config(tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        "study_real", os.path.join(ROOT, "experiments", "study.py")
-    )
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    study = load_script("experiments/study.py", "study_real")
     assert study.run_config("base", str(tmp_path))["synthetic_detail"] == "full"  # not the preset's
     for name, lever in study.LEVERS.items():
         config = study.run_config(name, str(tmp_path))

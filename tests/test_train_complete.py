@@ -9,7 +9,7 @@ from missingglow.data.cache import open_dataset
 from missingglow.data.datasets import MaskedImages
 from missingglow.errors import UserError
 from missingglow.flow.model import Glow
-from missingglow.flow.preprocess import quantize
+from missingglow.flow.preprocess import quantize, to_model
 from missingglow.training import checkpoint as ckpt
 from missingglow.training import loop as train_module
 from missingglow.training.fills import Fills, to_bytes
@@ -56,8 +56,6 @@ def test_fills_start_harmonic_and_keep_the_observed_pixels(images):
 
 
 def log_density(model, images):
-    from missingglow.flow.preprocess import to_model
-
     with torch.no_grad():
         return model.log_prob(to_model(images, 5))
 
@@ -95,8 +93,6 @@ def test_a_refill_inverts_from_the_current_fill(images, model, monkeypatch):
     (x, missing, options), js = seen[0], list(range(len(images)))
     assert options == {"steps": 7, "start": "input"}  # invert's own alpha, γ and step size
     assert torch.equal(missing, images.missing(js))
-    from missingglow.flow.preprocess import to_model
-
     assert torch.equal(x, to_model(fills.batch(js), 5))
     # the same bins back: the model sees the same images (their 8-bit values are now the bins'
     # representatives, as from_model gives them)
@@ -214,23 +210,9 @@ def test_a_rollback_reloads_the_checkpoints_fills(tmp_path, monkeypatch):
 def test_complete_needs_holes(tmp_path):
     with pytest.raises(UserError, match="--complete fills holes"):
         tiny_config(tmp_path, "none", square=0, complete=True)
-    code, out, err = (lambda r: (r.returncode, r.stdout, r.stderr))(
-        run_in_process(
-            [
-                "train",
-                "--size",
-                "8",
-                "--blocks",
-                "2",
-                "--square",
-                "0",
-                "--complete",
-                "--out",
-                str(tmp_path / "cli"),
-            ]
-        )
-    )
-    assert "--square" in error_line(code, out, err)
+    args = ["train", "--size", "8", "--blocks", "2", "--square", "0", "--complete"]
+    proc = run_in_process([*args, "--out", str(tmp_path / "cli")])
+    assert "--square" in error_line(proc.returncode, proc.stdout, proc.stderr)
 
 
 def test_a_run_stopped_during_a_refill_resumes_as_if_it_had_not_stopped(tmp_path, monkeypatch):

@@ -2,25 +2,19 @@
 the `--busy` processes run (else it counts the cores they are about to take as free), look again
 while timing, and print the threads the timed steps actually used."""
 
-import importlib.util
-import os
 import time
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import load_script
+
 TINY = SimpleNamespace(blocks=2, flows=2, hidden=8, image_size=8, batch=4, n_bits=5, grad_clip=50.0)
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location(
-        "train_speed", os.path.join(ROOT, "bench", "train_speed.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/train_speed.py", "train_speed")
 
 
 @pytest.fixture
