@@ -90,6 +90,18 @@ def flow_step_inverse(y, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3):
     )
 
 
+# --- the optimiser's update ----------------------------------------------------------------------
+
+
+def masked_adam_(params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, eps, found_inf):
+    """Adam's update of CPU tensors in place, in one op (csrc/masked_adam.cpp), or nothing when
+    found_inf is 1; `lr`, `found_inf` and each of `steps` are one-number tensors the op reads
+    itself, so the host reads no value. Each grad and moment has its param's strides."""
+    torch.ops.missingglow.masked_adam_.default(
+        params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, eps, found_inf
+    )
+
+
 def coupling_simd(name=None):
     """The build of the CPU coupling loops in use ("avx512", "avx2" or "portable"), after
     switching to `name` first if given ("best": the widest this CPU runs); ValueError where that
@@ -464,3 +476,21 @@ if AVAILABLE:
         _flow_step_inverse_backward,
         setup_context=_flow_step_inverse_setup,
     )
+
+    _ADAM_MISMATCH = (
+        "each grad and moment must have its param's shape, dtype, device and memory layout"
+    )
+
+    @torch.library.register_fake("missingglow::masked_adam_")
+    def _(params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, eps, found_inf):
+        op = "masked_adam_"
+        lists = (grads, exp_avgs, exp_avg_sqs, steps)
+        torch._check(
+            all(len(t) == len(params) for t in lists),
+            lambda: (
+                f"{op}: params, grads, exp_avgs, exp_avg_sqs and steps must be lists of one length"
+            ),
+        )
+        for p, *state in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True):
+            for t in state:
+                _check_shape(t, p.shape, op, _ADAM_MISMATCH)

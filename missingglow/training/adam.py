@@ -9,12 +9,16 @@ On CUDA the step is torch's fused Adam with `found_inf` (the flag GradScaler use
 returns early and the step count is put back), `capturable` and the learning rate as a tensor.
 Elsewhere no torch Adam runs without host reads (the CPU's fused kernel and the per-tensor
 implementations read the step count and the learning rate as numbers), so `step()` runs
-`masked_adam_`: the same update, written in foreach ops on tensors only, with the bad step's
-gradients zeroed and its coefficients turned into exact no-ops. The state, its dict and the
-checkpoints are torch Adam's, so runs move freely between the two and older checkpoints load.
+`masked_adam_`: the same update as one compiled op over all the tensors (flow/ops.py), which
+reads the flag, the rate and the step counts itself, or where the extension is not built its
+reference (flow/ops_reference.py), written in foreach ops on tensors only. The state, its dict
+and the checkpoints are torch Adam's, so runs move freely between the two and older checkpoints
+load.
 """
 
 import torch
+
+from ..flow import ops, ops_reference
 
 
 class GuardedAdam(torch.optim.Adam):
@@ -61,7 +65,7 @@ class GuardedAdam(torch.optim.Adam):
             self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, [], steps)
             if params:
                 beta1, beta2 = group["betas"]
-                masked_adam_(
+                _masked_adam_for(params)(
                     params,
                     grads,
                     exp_avgs,
@@ -93,36 +97,8 @@ class GuardedAdam(torch.optim.Adam):
         super().load_state_dict(dict(state_dict, param_groups=groups))
 
 
-def masked_adam_(params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, eps, found_inf):
-    """Adam's update (the fused kernel's formula) in place, or nothing where found_inf is 1, with
-    no value read on the host. `lr`, `found_inf` and each of `steps` are 0-dim tensors."""
-    n = len(params)
-    ok = 1 - found_inf.to(params[0].dtype)
-    # a bad step's gradients may be non-finite: zero them in one pass, so that the masked
-    # arithmetic below leaves every tensor exactly as it was
-    flat = torch.nan_to_num(torch.cat([g.reshape(-1) for g in grads]), 0.0, 0.0, 0.0).mul_(ok)
-    grads = [
-        part.view(g.shape)
-        for part, g in zip(flat.split([g.numel() for g in grads]), grads, strict=True)
-    ]
-
-    # the step count (put back on a bad step) and the bias corrections in float64, as the fused
-    # kernel computes them; at least 1 step in them, so a bad first step divides by no zero
-    torch._foreach_add_(steps, [ok] * n)
-    t = torch.stack(steps).double().clamp_min(1)
-    rate = ((-lr.double() * ok) / (1 - beta1**t)).to(ok.dtype)  # −lr/(1 − β1^t), 0 when bad
-    correction2 = torch.sqrt(1 - beta2**t).to(ok.dtype)  # √(1 − β2^t)
-
-    # the moments: m ← β1·m + (1 − β1)·g and v ← β2·v + (1 − β2)·g², or unchanged when bad
-    torch._foreach_mul_(exp_avgs, [1 - (1 - beta1) * ok] * n)
-    torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
-    torch._foreach_mul_(exp_avg_sqs, [1 - (1 - beta2) * ok] * n)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-
-    # θ ← θ + rate · m / (√v / √(1 − β2^t) + ε)
-    denom = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_div_(denom, list(correction2.unbind()))
-    torch._foreach_add_(denom, eps)
-    update = torch._foreach_div(exp_avgs, denom)
-    torch._foreach_mul_(update, list(rate.unbind()))
-    torch._foreach_add_(params, update)
+def _masked_adam_for(params):
+    """The compiled masked_adam_ for CPU tensors where it is built, else its reference."""
+    if ops.AVAILABLE and params[0].device.type == "cpu":
+        return ops.masked_adam_
+    return ops_reference.masked_adam_
