@@ -14,17 +14,24 @@ step-by-step ratios beside the ratio of the medians.
     python bench/train_speed.py --impl fused --busy 1  # beside a process that keeps a core busy
     python bench/train_speed.py --shared-cpu 3         # threads and OpenMP's wait policy, idle
                                                        # and beside a busy process, 3 rounds
+    python bench/train_speed.py --busy-vs-idle 1       # fused, idle and beside 1 busy process
+                                                       # step by step in one process
 
 Like `missingglow train`, it keeps freed heap memory (missingglow/training/allocator.py) unless
 told not to. `--threads auto` sets the threads as training does (training/threads.py): it looks
 at the load after the `--busy` processes have started and again every few iterations, and the
 threads each timed step ran with are printed (a range when they changed).
+`--busy-vs-idle N` times the same fused model idle and beside N busy processes in turn, step by
+step in one process: the busy processes are paused (SIGSTOP) for each idle step and resumed for
+each busy one, threads on `auto` look at the load afresh before every step, and the ratio is the
+median of each pair's busy/idle, so a slow spell of the machine slows both sides of a pair.
 `--shared-cpu` runs this script in a fresh process per setting (OpenMP reads OMP_WAIT_POLICY when
 it starts), the settings interleaved round by round, so that the ratios hold on a loaded machine.
 """
 
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -98,6 +105,52 @@ def sync(device):
 def busy_processes(n):
     """n processes that keep a core busy each, as another user's job would."""
     return [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(n)]
+
+
+def busy_vs_idle(args):
+    """({"idle": seconds of each timed step, "busy": ...}, their thread counts): the fused model's
+    steps idle and beside `args.busy_vs_idle` busy processes in turn (see the module docstring)."""
+    if args.allocator == "keep":
+        keep_freed_memory()
+    p = preset_config(args.preset)
+    x = (torch.rand(p.batch, 3, p.image_size, p.image_size) - 0.5).to(args.device)
+    model = make(p, "fused").to(args.device)
+    with torch.no_grad():
+        model.log_prob(x)  # ActNorm init
+    optimizer = optimiser(model, x, p, args.optimiser)
+    others = busy_processes(args.busy_vs_idle)
+    times, used = {"idle": [], "busy": []}, {"idle": [], "busy": []}
+    try:
+        pause(others, signal.SIGSTOP)
+        threads = Threads(None, args.device, lambda line: None)
+        for i in range(args.warmup + args.steps):
+            for phase in ("idle", "busy"):
+                pause(others, signal.SIGCONT if phase == "busy" else signal.SIGSTOP)
+                threads.look(SETTLE)
+                t = step(model, optimizer, x, p.n_bits)
+                if i >= args.warmup:
+                    times[phase].append(t)
+                    used[phase].append(torch.get_num_threads())
+    finally:
+        for proc in others:
+            proc.kill()
+            proc.wait()
+    print(
+        f"preset {args.preset}: fused, {args.device}, threads auto, {args.steps} timed steps "
+        f"each idle and beside {args.busy_vs_idle} busy processes, in turn"
+    )
+    print(f"{'phase':<6} {'s/iter':>8} {'threads':>8}")
+    for phase in ("idle", "busy"):
+        print(f"{phase:<6} {statistics.median(times[phase]):8.3f} {thread_range(used[phase]):>8}")
+    paired = statistics.median(b / i for b, i in zip(times["busy"], times["idle"], strict=True))
+    print(f"busy / idle: {paired:.2f}x (median of the step pairs' ratios)")
+    return times, used
+
+
+def pause(processes, how):
+    """Stop (SIGSTOP) or resume (SIGCONT) the busy processes."""
+    for proc in processes:
+        os.kill(proc.pid, how)
 
 
 def shared_cpu(args):
@@ -194,6 +247,13 @@ def main(argv=None):
         help="processes that keep a core busy each while this one is timed",
     )
     parser.add_argument(
+        "--busy-vs-idle",
+        type=int,
+        default=0,
+        metavar="N",
+        help="fused steps idle and beside N busy processes in turn, threads on auto",
+    )
+    parser.add_argument(
         "--shared-cpu",
         type=int,
         default=0,
@@ -205,6 +265,8 @@ def main(argv=None):
     if args.shared_cpu:
         shared_cpu(args)
         return
+    if args.busy_vs_idle:
+        return busy_vs_idle(args)
     kept = args.allocator == "keep" and keep_freed_memory()
     # the busy processes run before `--threads auto` looks at the load, as another user's job
     # would be running when training starts

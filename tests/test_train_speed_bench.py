@@ -72,3 +72,49 @@ def test_a_fixed_thread_count_is_printed_plainly(monkeypatch, capsys, torch_thre
     out = capsys.readouterr().out
     assert "cpu, 1 threads," in out and "followed the load" not in out
     assert "fused speed-up" in out
+
+
+def _state(pid):
+    """A process's state letter from /proc ("T" when stopped)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGSTOP"), reason="needs POSIX signals")
+def test_busy_vs_idle_pauses_the_busy_processes_for_each_idle_step(
+    monkeypatch, capsys, torch_threads
+):
+    """Every timed step follows a fresh look at the load, taken with the busy processes stopped
+    for the idle steps and running for the busy ones; they are killed at the end."""
+    bench = load_bench()
+    monkeypatch.setattr(bench, "preset_config", lambda name: TINY)
+    monkeypatch.setattr(bench, "SETTLE", 0.05)
+    monkeypatch.setattr(bench, "BUSY", "import time; time.sleep(60)")
+    started, looks = [], []
+    real_busy = bench.busy_processes
+
+    def start_busy(n):
+        started.extend(real_busy(n))
+        return started
+
+    class Looking:
+        """Threads as the bench uses it: what each look saw, 2 threads when idle, else 1."""
+
+        def __init__(self, setting, device, speak):
+            assert setting is None
+
+        def look(self, seconds):
+            time.sleep(seconds)  # as Threads.look watches first (signals land meanwhile)
+            stopped = [_state(p.pid) == "T" for p in started]
+            looks.append(stopped)
+            torch.set_num_threads(2 if all(stopped) else 1)
+
+    monkeypatch.setattr(bench, "busy_processes", start_busy)
+    monkeypatch.setattr(bench, "Threads", Looking)
+    times, used = bench.main("--busy-vs-idle 1 --steps 3 --warmup 1 --device cpu".split())
+    assert looks == [[True], [False]] * 4  # idle then busy, for the warm-up and 3 timed steps
+    assert used == {"idle": [2, 2, 2], "busy": [1, 1, 1]}
+    assert len(times["idle"]) == len(times["busy"]) == 3
+    assert all(p.poll() is not None for p in started)
+    out = capsys.readouterr().out
+    assert "busy / idle:" in out and "idle " in out

@@ -414,9 +414,11 @@ def test_threads_follow_the_cores_other_processes_leave_free(monkeypatch):
         [
             (0.0, 0, 0.0),
             (1.0, 1.9 * ticks, 1.0),  # others 0.9 core: one thread
-            (2.0, 2.9 * ticks, 1.8),
+            (2.0, 2.9 * ticks, 1.8),  # then 0.2 of a core: two
+            (3.0, 2.9 * ticks, 2.8),  # a look starts afresh here: what came before is
+            (4.0, 4.8 * ticks, 3.8),  # forgotten, and others use 0.9 of a core during it
         ]
-    )  # then 0.2 of a core: two
+    )
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads_module, "allowed_cores", lambda: [0, 1])
     monkeypatch.setattr(threads_module, "_snapshot", lambda cores: next(looks))
@@ -429,6 +431,7 @@ def test_threads_follow_the_cores_other_processes_leave_free(monkeypatch):
             "thread and following the load (--threads N to fix it)"
         ]
         assert threads.update() == 2 and torch.get_num_threads() == 2
+        assert threads.look(0) == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
     assert busy_elsewhere((0.0, None, 0.0), (1.0, 5, 0.0)) == 0.0  # no /proc/stat: all free

@@ -28,15 +28,21 @@ class Threads:
         self.count = torch.get_num_threads()
         if self.fixed:
             return
-        self.mark = _snapshot(self.cores)
-        time.sleep(look)
-        self.update()
+        self.look(look)
         if self.count < len(self.cores) and torch.device(device).type == "cpu":
             speak(
                 f"other processes keep {len(self.cores) - self.count} of this process's "
                 f"{len(self.cores)} cores busy: training with {self.count} "
                 f"thread{'s' * (self.count > 1)} and following the load (--threads N to fix it)"
             )
+
+    def look(self, seconds):
+        """Watch the load for `seconds` from now, then set the threads from it; returns them."""
+        if self.fixed:
+            return self.count
+        self.mark = _snapshot(self.cores)
+        time.sleep(seconds)
+        return self.update()
 
     def update(self):
         """Set the threads from what other processes used since the last look; returns them."""
