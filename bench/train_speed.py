@@ -14,6 +14,7 @@ step-by-step ratios beside the ratio of the medians.
     python bench/train_speed.py --impl fused --busy 1  # beside a process that keeps a core busy
     python bench/train_speed.py --shared-cpu 3         # threads and OpenMP's wait policy, idle
                                                        # and beside a busy process, 3 rounds
+    python bench/train_speed.py --profile              # then where each step's time goes
     python bench/train_speed.py --busy-vs-idle 1       # fused, idle and beside 1 busy process
                                                        # step by step in one process
 
@@ -247,6 +248,11 @@ def main(argv=None):
         help="processes that keep a core busy each while this one is timed",
     )
     parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after timing, where each implementation's step spends its time (torch profiler)",
+    )
+    parser.add_argument(
         "--busy-vs-idle",
         type=int,
         default=0,
@@ -275,7 +281,7 @@ def main(argv=None):
         if others:
             time.sleep(SETTLE)
         threads = set_threads(args.threads, args.device)
-        runs, used = timed_steps(args, threads)
+        runs, used, x = timed_steps(args, threads)
     finally:
         for proc in others:
             proc.kill()
@@ -306,7 +312,40 @@ def main(argv=None):
             f"fused speed-up: {medians['reference'] / medians['fused']:.2f}x "
             f"(median of the step pairs' ratios: {paired:.2f}x)"
         )
+    if args.profile:
+        for impl, (model, optimizer, _) in runs.items():
+            print(profile_line(impl, model, optimizer, x, p.n_bits))
     return medians, used
+
+
+# what `--profile` sums a step's self CPU time into, by the profiler's op names
+KINDS = {
+    "convolutions": ("aten::mkldnn_convolution", "aten::convolution_backward"),
+    "ReLU": ("aten::relu_", "aten::relu", "aten::clamp_min_", "aten::threshold_backward"),
+    "GEMMs": ("aten::mm", "aten::addmm", "aten::bmm"),
+}
+
+
+def profile_line(impl, model, optimizer, x, bits, steps=10):
+    """One line: ms per step of self CPU time by kind (KINDS; our ops; autograd's nodes; every
+    other op), over `steps` steps under torch's profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step(model, optimizer, x, bits)
+    sums = dict.fromkeys([*KINDS, "our ops", "autograd nodes", "other ops"], 0.0)
+    for event in prof.key_averages():
+        name = event.key
+        kind = next((k for k, names in KINDS.items() if name in names), None)
+        if kind is None and name.startswith("missingglow::"):
+            kind = "our ops"
+        elif kind is None and (name.startswith("autograd::") or "Backward" in name):
+            kind = "autograd nodes"
+        sums[kind or "other ops"] += event.self_cpu_time_total / 1e3 / steps
+    total = sum(sums.values())
+    parts = ", ".join(f"{k} {v:.1f} ({100 * v / total:.0f} %)" for k, v in sums.items())
+    return f"{impl} profile, ms of self CPU time per step: {parts}; total {total:.1f}"
 
 
 def set_threads(setting, device):
@@ -320,9 +359,9 @@ def set_threads(setting, device):
 
 
 def timed_steps(args, threads):
-    """({impl: (model, optimizer, seconds of each timed step)}, threads of each timed step). The
-    threads are looked at again every LOOK_EVERY iterations, between steps, as training looks at
-    every log."""
+    """({impl: (model, optimizer, seconds of each timed step)}, threads of each timed step, the
+    batch). The threads are looked at again every LOOK_EVERY iterations, between steps, as
+    training looks at every log."""
     p = preset_config(args.preset)
     x = (torch.rand(p.batch, 3, p.image_size, p.image_size) - 0.5).to(args.device)
     runs = {}
@@ -342,7 +381,7 @@ def timed_steps(args, threads):
                 times.append(t)
         if i >= args.warmup:
             used.append(torch.get_num_threads())
-    return runs, used
+    return runs, used, x
 
 
 def thread_range(used):

@@ -118,3 +118,21 @@ def test_busy_vs_idle_pauses_the_busy_processes_for_each_idle_step(
     assert all(p.poll() is not None for p in started)
     out = capsys.readouterr().out
     assert "busy / idle:" in out and "idle " in out
+
+
+def test_profile_sums_each_implementations_step_by_kind(monkeypatch, capsys, torch_threads):
+    bench = load_bench()
+    monkeypatch.setattr(bench, "preset_config", lambda name: TINY)
+    bench.main("--impl both --steps 1 --warmup 0 --threads 1 --device cpu --profile".split())
+    lines = [x for x in capsys.readouterr().out.splitlines() if " profile, " in x]
+    assert [x.split()[0] for x in lines] == ["reference", "fused"]
+    for line in lines:
+        parts = dict(
+            (kind.rsplit(" ", 3)[0], float(kind.rsplit(" ", 3)[1]))
+            for kind in line.split(": ", 1)[1].split("; ")[0].split(", ")
+        )
+        assert set(parts) == {*bench.KINDS, "our ops", "autograd nodes", "other ops"}
+        total = float(line.rsplit("total ", 1)[1])
+        assert parts["convolutions"] > 0 and abs(sum(parts.values()) - total) <= 0.05 * (
+            len(parts) + 1
+        )  # rounding
