@@ -17,6 +17,17 @@ def load_bench():
     return load_script("bench/train_speed.py", "train_speed")
 
 
+def bench_beside_sleepers(monkeypatch, **settings):
+    """The bench at TINY shapes, its "busy" processes sleeping (the order of things is tested,
+    not the load), and its module constants set from `settings`."""
+    bench = load_bench()
+    monkeypatch.setattr(bench, "preset_config", lambda name: TINY)
+    monkeypatch.setattr(bench, "BUSY", "import time; time.sleep(60)")
+    for name, value in settings.items():
+        monkeypatch.setattr(bench, name, value)
+    return bench
+
+
 @pytest.fixture
 def torch_threads():
     before = torch.get_num_threads()
@@ -25,11 +36,7 @@ def torch_threads():
 
 
 def test_auto_threads_look_after_the_busy_processes_start(monkeypatch, capsys, torch_threads):
-    bench = load_bench()
-    monkeypatch.setattr(bench, "preset_config", lambda name: TINY)
-    monkeypatch.setattr(bench, "LOOK_EVERY", 3)
-    # the order is tested, not the load
-    monkeypatch.setattr(bench, "BUSY", "import time; time.sleep(60)")
+    bench = bench_beside_sleepers(monkeypatch, LOOK_EVERY=3)
     busy, looks = [], []
     real_busy = bench.busy_processes
 
@@ -86,10 +93,7 @@ def test_busy_vs_idle_pauses_the_busy_processes_for_each_idle_step(
 ):
     """Every timed step follows a fresh look at the load, taken with the busy processes stopped
     for the idle steps and running for the busy ones; they are killed at the end."""
-    bench = load_bench()
-    monkeypatch.setattr(bench, "preset_config", lambda name: TINY)
-    monkeypatch.setattr(bench, "SETTLE", 0.05)
-    monkeypatch.setattr(bench, "BUSY", "import time; time.sleep(60)")
+    bench = bench_beside_sleepers(monkeypatch, SETTLE=0.05)
     started, looks = [], []
     real_busy = bench.busy_processes
 
