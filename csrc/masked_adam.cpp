@@ -88,13 +88,14 @@ struct Rates {
 // sqrt (its argument is never negative), let the compiler vectorise it.
 template <typename T>
 void update_range(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m, T* __restrict__ v,
-                  int64_t begin, int64_t end, T beta1, T beta2, T eps, T rate, T correction2) {
-  const T one_minus_beta1 = T(1) - beta1;
-  const T one_minus_beta2 = T(1) - beta2;
+                  int64_t begin, int64_t end, double beta1, double beta2, T eps, T rate,
+                  T correction2) {
+  // the coefficients rounded once from double, as the reference's Python numbers are
+  const T keep1 = T(beta1), add1 = T(1.0 - beta1), keep2 = T(beta2), add2 = T(1.0 - beta2);
   for (int64_t k = begin; k < end; ++k) {
     const T grad = g[k];
-    const T mk = m[k] * beta1 + grad * one_minus_beta1;
-    const T vk = v[k] * beta2 + one_minus_beta2 * (grad * grad);
+    const T mk = m[k] * keep1 + grad * add1;
+    const T vk = v[k] * keep2 + add2 * grad * grad;
     m[k] = mk;
     v[k] = vk;
     const T denom = std::sqrt(vk) / correction2 + eps;
@@ -129,7 +130,7 @@ void masked_adam_(at::TensorList params, at::TensorList grads, at::TensorList ex
         update_range<scalar_t>(params[i].data_ptr<scalar_t>(), grads[i].const_data_ptr<scalar_t>(),
                                exp_avgs[i].data_ptr<scalar_t>(),
                                exp_avg_sqs[i].data_ptr<scalar_t>(), begin - offsets[i],
-                               stop - offsets[i], scalar_t(beta1), scalar_t(beta2), scalar_t(eps),
+                               stop - offsets[i], beta1, beta2, scalar_t(eps),
                                scalar_t(rates[i].rate), scalar_t(rates[i].correction2));
         begin = stop;
         ++i;

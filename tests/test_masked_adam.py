@@ -14,25 +14,34 @@ BETAS, EPS = (0.9, 0.999), 1e-8
 
 def _tensors(gen, dtype):
     """Params of odd shapes and layouts, as a Glow has them: channels-last 3×3 weights, 1×1
-    weights (whose grads may carry other strides in their size-1 dims), vectors, a scalar, and
-    one big enough to be split across threads mid-tensor."""
+    weights (whose grads carry other strides in their size-1 dims: `_layout` makes them
+    channels-last), vectors, a scalar, an empty one, and in the middle one big enough that two
+    threads split the flat index inside it and run on across the borders around it."""
     cl = torch.channels_last
     params = [
         torch.randn(7, 5, 3, 3, generator=gen, dtype=dtype).contiguous(memory_format=cl),
         torch.randn(6, 6, 1, 1, generator=gen, dtype=dtype),
         torch.randn(13, generator=gen, dtype=dtype),
+        torch.randn(3, 40_001, generator=gen, dtype=dtype),
+        torch.randn(0, 3, dtype=dtype),
         torch.randn((), generator=gen, dtype=dtype),
         torch.randn(1, 9, 1, 1, generator=gen, dtype=dtype),
-        torch.randn(3, 40_001, generator=gen, dtype=dtype),
     ]
     grads = [
         torch.randn(p.shape, generator=gen, dtype=dtype).to(memory_format=_layout(p))
         for p in params
     ]
-    # a 1×1 weight's grad as autograd may leave it: the same order in memory, other strides
-    # in the size-1 dims
-    grads[1] = grads[1].contiguous(memory_format=cl)
+    assert grads[1].stride() != params[1].stride()  # the size-1 dims' strides differ
     return params, grads
+
+
+@pytest.fixture
+def two_threads():
+    """Two torch threads, so that the op's flat index is split between them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
 
 
 def _layout(p):
@@ -64,7 +73,7 @@ def _copies(tensors):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_masked_adam_matches_its_reference_over_good_and_bad_steps(gen, dtype):
+def test_masked_adam_matches_its_reference_over_good_and_bad_steps(gen, dtype, two_threads):
     params, grads = _tensors(gen, dtype)
     exp_avgs, exp_avg_sqs, steps = _state(params, gen)
     fast = [_copies(params), _copies(exp_avgs), _copies(exp_avg_sqs), _copies(steps)]
@@ -80,6 +89,7 @@ def test_masked_adam_matches_its_reference_over_good_and_bad_steps(gen, dtype):
             step_grads[0][1, 2, 0, 1] = float("inf")
         found_inf = torch.tensor(float(bad))
         before = [_copies(kind) for kind in fast]
+        slow_before = _copies(slow[0])
         p, m, v, s = fast
         ops.masked_adam_(p, step_grads, m, v, s, lr, *BETAS, EPS, found_inf)
         p, m, v, s = slow
@@ -91,7 +101,13 @@ def test_masked_adam_matches_its_reference_over_good_and_bad_steps(gen, dtype):
             for a, b in zip(kind_fast, kind_slow, strict=True):
                 torch.testing.assert_close(a, b, **tolerance)
                 assert a.stride() == b.stride()
+        # the updates themselves, not only where they land: at most a rounding of the params
+        # (|θ| < 8 or so) apart, three orders below the rate
+        ulp = torch.finfo(dtype).eps * 8
+        for a, a0, b, b0 in zip(fast[0], before[0], slow[0], slow_before, strict=True):
+            torch.testing.assert_close(a - a0, b - b0, rtol=1e-4, atol=ulp)
     assert [s.item() for s in fast[3]] == [k + 2 + 3 for k in range(len(params))]
+    assert all(t._version > 0 for kind in fast for t in kind)  # autograd sees them changed
 
 
 def test_masked_adam_takes_a_float32_learning_rate_and_an_empty_list(gen):
@@ -125,6 +141,12 @@ def test_masked_adam_refuses_mismatched_arguments():
         ops.masked_adam_(p, [torch.zeros(5)], m, v, s, lr, *BETAS, EPS, ok)
     with pytest.raises(RuntimeError, match="memory layout"):
         ops.masked_adam_(p, [torch.zeros(8)[::2]], m, v, s, lr, *BETAS, EPS, ok)
+    # dense, but in another order: a channels-last grad of a contiguous 3×3 weight
+    weight, cl = [torch.zeros(4, 3, 3, 3)], torch.channels_last
+    moments = [torch.zeros(4, 3, 3, 3)], [torch.zeros(4, 3, 3, 3)]
+    with pytest.raises(RuntimeError, match="memory layout"):
+        grad = [torch.zeros(4, 3, 3, 3).contiguous(memory_format=cl)]
+        ops.masked_adam_(weight, grad, *moments, s, lr, *BETAS, EPS, ok)
     with pytest.raises(RuntimeError, match="one number"):
         ops.masked_adam_(p, [torch.zeros(4)], m, v, s, torch.ones(2), *BETAS, EPS, ok)
     with pytest.raises(RuntimeError, match="float32 or all float64"):

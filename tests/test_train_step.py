@@ -6,6 +6,7 @@ capture; the guard's rollback waits for the read after its run of bad steps; a l
 makes no sync-like op but one read every log_every steps; checkpoints are written in the
 background from a snapshot, and a failed write surfaces in the training thread."""
 
+import copy
 import errno
 import json
 import os
@@ -101,6 +102,34 @@ def test_guarded_adam_reads_a_plain_adam_state_dict_and_keeps_its_mode():
     saved = guarded.state_dict()
     assert saved["param_groups"][0]["lr"] == 0.5  # a float, as checkpoints always held
     assert saved["state"][0]["step"].item() == 1
+
+
+def test_guarded_adam_resumes_moments_saved_in_another_layout(gen):
+    """A run of the reference model (contiguous 3×3 weights) resumed with the fused one
+    (channels-last): the moments take the parameters' layout, and the step is the one a fresh
+    copy of the saved state would take."""
+    torch.manual_seed(0)
+    saved_model = Glow(blocks=1, flows=1, hidden=4, image_size=4, impl="reference")
+    torch.manual_seed(0)
+    fused_model = Glow(blocks=1, flows=1, hidden=4, image_size=4, impl="fused")
+    saved = GuardedAdam(saved_model.parameters(), 1e-2, "cpu")
+    for q in saved_model.parameters():
+        q.grad = torch.randn(q.shape, generator=gen)
+    saved.step()
+    fused_model.load_state_dict(saved_model.state_dict())  # the checkpoint, resumed
+    resumed = GuardedAdam(fused_model.parameters(), 1e-2, "cpu")
+    resumed.load_state_dict(copy.deepcopy(saved.state_dict()))  # as read from a checkpoint
+    grads = [torch.randn(q.shape, generator=gen) for q in saved_model.parameters()]
+    for model in (saved_model, fused_model):
+        for q, g in zip(model.parameters(), grads, strict=True):
+            q.grad = torch.empty_like(q).copy_(g)
+    saved.step()
+    resumed.step()
+    for q in fused_model.parameters():
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert resumed.state[q][key].stride() == q.stride()
+    for a, b in zip(saved_model.parameters(), fused_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
 # --- the graph-ready step against the step as it was ------------------------------------------

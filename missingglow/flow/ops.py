@@ -94,12 +94,15 @@ def flow_step_inverse(y, loc, scale, weight, w1, b1, w2, b2, w3, b3, s3):
 
 
 def masked_adam_(params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, eps, found_inf):
-    """Adam's update of CPU tensors in place, in one op (csrc/masked_adam.cpp), or nothing when
-    found_inf is 1; `lr`, `found_inf` and each of `steps` are one-number tensors the op reads
-    itself, so the host reads no value. Each grad and moment has its param's strides."""
+    """Adam's update of float32 or float64 CPU tensors in place, in one op (csrc/masked_adam.cpp),
+    or nothing when found_inf (0 or 1) is 1; `lr`, `found_inf` and each of `steps` are one-number
+    tensors the op reads itself, so the host reads no value. Each grad and moment lies in memory
+    as its param does. The tensors' version counters move as an in-place op's would, so autograd
+    still refuses a backward through values the step has changed."""
     torch.ops.missingglow.masked_adam_.default(
         params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, eps, found_inf
     )
+    torch.autograd.graph.increment_version([*params, *exp_avgs, *exp_avg_sqs, *steps])
 
 
 def coupling_simd(name=None):

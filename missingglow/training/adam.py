@@ -91,14 +91,29 @@ class GuardedAdam(torch.optim.Adam):
 
     def load_state_dict(self, state_dict):
         """A torch Adam state dict (a checkpoint's, this one's or a plain Adam's), kept in this
-        optimiser's mode: the saved flags would otherwise replace fused/capturable."""
+        optimiser's mode: the saved flags would otherwise replace fused/capturable. Moments
+        saved in another memory layout than their parameter's (a run of the reference model
+        resumed with the fused one, whose 3×3 weights are channels-last) are copied into the
+        parameter's layout, which the compiled step walks them in."""
         mine = {k: self.defaults[k] for k in ("fused", "capturable", "foreach")}
         groups = [dict(g, **mine) for g in state_dict["param_groups"]]
         super().load_state_dict(dict(state_dict, param_groups=groups))
+        for group in self.param_groups:
+            for param in group["params"]:
+                state = self.state.get(param, {})
+                for key in ("exp_avg", "exp_avg_sq"):
+                    moment = state.get(key)
+                    if moment is not None and moment.stride() != param.stride():
+                        state[key] = torch.empty_like(param).copy_(moment)
 
 
 def _masked_adam_for(params):
-    """The compiled masked_adam_ for CPU tensors where it is built, else its reference."""
-    if ops.AVAILABLE and params[0].device.type == "cpu":
+    """The compiled masked_adam_ for float32 or float64 CPU tensors where it is built, else its
+    reference (which also takes other dtypes)."""
+    first = params[0]
+    if ops.AVAILABLE and first.device.type == "cpu" and first.dtype in _COMPILED_DTYPES:
         return ops.masked_adam_
     return ops_reference.masked_adam_
+
+
+_COMPILED_DTYPES = (torch.float32, torch.float64)
