@@ -31,6 +31,8 @@ it starts), the settings interleaved round by round, so that the ratios hold on 
 """
 
 import argparse
+import contextlib
+import ctypes
 import os
 import signal
 import statistics
@@ -104,8 +106,38 @@ def sync(device):
 
 
 def busy_processes(n):
-    """n processes that keep a core busy each, as another user's job would."""
-    return [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(n)]
+    """n processes that keep a core busy each, as another user's job would; each is killed by
+    the system when this process dies, even stopped or killed itself."""
+    return [
+        subprocess.Popen(
+            [sys.executable, "-c", BUSY],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+        for _ in range(n)
+    ]
+
+
+@contextlib.contextmanager
+def busy(n):
+    """The list of n busy processes (busy_processes), killed on the way out."""
+    others = []
+    try:
+        others.extend(busy_processes(n))
+        yield others
+    finally:
+        for proc in others:
+            proc.kill()
+            proc.wait()
+
+
+def _die_with_parent():
+    """In a child before it starts: SIGKILL it when its parent dies (Linux; elsewhere nothing)."""
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def busy_vs_idle(args):
@@ -119,26 +151,23 @@ def busy_vs_idle(args):
     with torch.no_grad():
         model.log_prob(x)  # ActNorm init
     optimizer = optimiser(model, x, p, args.optimiser)
-    others = busy_processes(args.busy_vs_idle)
     times, used = {"idle": [], "busy": []}, {"idle": [], "busy": []}
-    try:
+    with busy(args.busy_vs_idle) as others:
         pause(others, signal.SIGSTOP)
         threads = Threads(None, args.device, lambda line: None)
         for i in range(args.warmup + args.steps):
-            for phase in ("idle", "busy"):
+            # the pair's order alternates, so that neither side always follows the other
+            for phase in ("idle", "busy") if i % 2 == 0 else ("busy", "idle"):
                 pause(others, signal.SIGCONT if phase == "busy" else signal.SIGSTOP)
                 threads.look(SETTLE)
                 t = step(model, optimizer, x, p.n_bits)
                 if i >= args.warmup:
                     times[phase].append(t)
                     used[phase].append(torch.get_num_threads())
-    finally:
-        for proc in others:
-            proc.kill()
-            proc.wait()
+    setting = "fixed by OMP_NUM_THREADS" if threads.fixed else "auto"
     print(
-        f"preset {args.preset}: fused, {args.device}, threads auto, {args.steps} timed steps "
-        f"each idle and beside {args.busy_vs_idle} busy processes, in turn"
+        f"preset {args.preset}: fused, {args.device}, threads {setting}, {args.steps} timed "
+        f"steps each idle and beside {args.busy_vs_idle} busy processes, in turn"
     )
     print(f"{'phase':<6} {'s/iter':>8} {'threads':>8}")
     for phase in ("idle", "busy"):
@@ -272,20 +301,20 @@ def main(argv=None):
         shared_cpu(args)
         return
     if args.busy_vs_idle:
+        if args.threads or args.busy or args.impl == "reference":
+            parser.error(
+                "--busy-vs-idle times the fused step with threads on auto and its own "
+                "busy processes: drop --threads, --busy and --impl reference"
+            )
         return busy_vs_idle(args)
     kept = args.allocator == "keep" and keep_freed_memory()
     # the busy processes run before `--threads auto` looks at the load, as another user's job
     # would be running when training starts
-    others = busy_processes(args.busy)
-    try:
+    with busy(args.busy) as others:
         if others:
             time.sleep(SETTLE)
         threads = set_threads(args.threads, args.device)
         runs, used, x = timed_steps(args, threads)
-    finally:
-        for proc in others:
-            proc.kill()
-            proc.wait()
     p = preset_config(args.preset)
     print(
         f"preset {args.preset}: {p.image_size}x{p.image_size}, {p.blocks} blocks x "
@@ -320,7 +349,12 @@ def main(argv=None):
 
 # what `--profile` sums a step's self CPU time into, by the profiler's op names
 KINDS = {
-    "convolutions": ("aten::mkldnn_convolution", "aten::convolution_backward"),
+    "convolutions": (
+        "aten::mkldnn_convolution",
+        "aten::convolution_backward",
+        "aten::_slow_conv2d_forward",  # ATen's own, where oneDNN is not used
+        "aten::_slow_conv2d_backward",
+    ),
     "ReLU": ("aten::relu_", "aten::relu", "aten::clamp_min_", "aten::threshold_backward"),
     "GEMMs": ("aten::mm", "aten::addmm", "aten::bmm"),
 }

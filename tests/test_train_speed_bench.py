@@ -2,6 +2,10 @@
 the `--busy` processes run (else it counts the cores they are about to take as free), look again
 while timing, and print the threads the timed steps actually used."""
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from types import SimpleNamespace
 
@@ -10,6 +14,7 @@ import torch
 
 from helpers import load_script
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = SimpleNamespace(blocks=2, flows=2, hidden=8, image_size=8, batch=4, n_bits=5, grad_clip=50.0)
 
 
@@ -87,6 +92,18 @@ def _state(pid):
         return f.read().rsplit(")", 1)[1].split()[0]
 
 
+def _states_once_settled(processes, within=5.0):
+    """[stopped?] per process, read again until two reads agree (a signal takes effect a moment
+    after it is sent), for at most `within` seconds."""
+    deadline, last = time.monotonic() + within, None
+    while True:
+        now = [_state(p.pid) == "T" for p in processes]
+        if now == last or time.monotonic() > deadline:
+            return now
+        last = now
+        time.sleep(0.02)
+
+
 @pytest.mark.skipif(not hasattr(__import__("signal"), "SIGSTOP"), reason="needs POSIX signals")
 def test_busy_vs_idle_pauses_the_busy_processes_for_each_idle_step(
     monkeypatch, capsys, torch_threads
@@ -104,24 +121,27 @@ def test_busy_vs_idle_pauses_the_busy_processes_for_each_idle_step(
     class Looking:
         """Threads as the bench uses it: what each look saw, 2 threads when idle, else 1."""
 
+        fixed = False
+
         def __init__(self, setting, device, speak):
             assert setting is None
 
         def look(self, seconds):
             time.sleep(seconds)  # as Threads.look watches first (signals land meanwhile)
-            stopped = [_state(p.pid) == "T" for p in started]
+            stopped = _states_once_settled(started)
             looks.append(stopped)
             torch.set_num_threads(2 if all(stopped) else 1)
 
     monkeypatch.setattr(bench, "busy_processes", start_busy)
     monkeypatch.setattr(bench, "Threads", Looking)
     times, used = bench.main("--busy-vs-idle 1 --steps 3 --warmup 1 --device cpu".split())
-    assert looks == [[True], [False]] * 4  # idle then busy, for the warm-up and 3 timed steps
+    # the warm-up and 3 timed pairs, idle first then busy first in turn
+    assert looks == [[True], [False], [False], [True]] * 2
     assert used == {"idle": [2, 2, 2], "busy": [1, 1, 1]}
     assert len(times["idle"]) == len(times["busy"]) == 3
     assert all(p.poll() is not None for p in started)
     out = capsys.readouterr().out
-    assert "busy / idle:" in out and "idle " in out
+    assert "busy / idle:" in out and "threads auto," in out
 
 
 def test_profile_sums_each_implementations_step_by_kind(monkeypatch, capsys, torch_threads):
@@ -140,3 +160,35 @@ def test_profile_sums_each_implementations_step_by_kind(monkeypatch, capsys, tor
         assert parts["convolutions"] > 0 and abs(sum(parts.values()) - total) <= 0.05 * (
             len(parts) + 1
         )  # rounding
+
+
+def test_busy_vs_idle_refuses_the_options_it_sets_itself(capsys):
+    bench = load_bench()
+    for extra in ("--threads 2", "--busy 1", "--impl reference"):
+        with pytest.raises(SystemExit) as stop:
+            bench.main(f"--busy-vs-idle 1 {extra}".split())
+        assert stop.value.code == 2
+        assert "drop --threads, --busy and --impl reference" in capsys.readouterr().err
+
+
+def test_busy_processes_die_with_the_bench(tmp_path):
+    """A bench killed outright (no `finally` runs) takes its busy processes with it."""
+    script = (
+        "import sys, os; sys.path.insert(0, 'tests'); from helpers import load_script\n"
+        "bench = load_script('bench/train_speed.py', 'train_speed')\n"
+        "bench.BUSY = 'import time; time.sleep(60)'\n"
+        "print(bench.busy_processes(1)[0].pid, flush=True)\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    child = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    try:
+        while os.path.exists(f"/proc/{child}") and _state(child) != "Z":
+            assert time.monotonic() < deadline, "the busy process outlived the bench"
+            time.sleep(0.05)
+    finally:
+        if os.path.exists(f"/proc/{child}"):
+            os.kill(child, signal.SIGKILL)
