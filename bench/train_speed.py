@@ -22,10 +22,11 @@ Like `missingglow train`, it keeps freed heap memory (missingglow/training/alloc
 told not to. `--threads auto` sets the threads as training does (training/threads.py): it looks
 at the load after the `--busy` processes have started and again every few iterations, and the
 threads each timed step ran with are printed (a range when they changed).
-`--busy-vs-idle N` times the same fused model idle and beside N busy processes in turn, step by
-step in one process: the busy processes are paused (SIGSTOP) for each idle step and resumed for
-each busy one, threads on `auto` look at the load afresh before every step, and the ratio is the
-median of each pair's busy/idle, so a slow spell of the machine slows both sides of a pair.
+`--busy-vs-idle N` times the same fused model idle and beside N busy processes in turn, in one
+process: the busy processes are paused (SIGSTOP) for each idle phase and resumed for each busy
+one, threads on `auto` look at the load afresh before each phase, a phase is a few steps in a row
+(the first, cold after the look, untimed), each pair's order alternates, and the ratio is the
+median of the pairs' busy/idle, so a slow spell of the machine slows both sides of a pair.
 `--shared-cpu` runs this script in a fresh process per setting (OpenMP reads OMP_WAIT_POLICY when
 it starts), the settings interleaved round by round, so that the ratios hold on a loaded machine.
 """
@@ -57,6 +58,7 @@ from missingglow.training.threads import Threads  # noqa: E402
 
 BUSY = "while True: pass"
 SETTLE = 0.3  # seconds the busy processes run before `--threads auto` looks
+BURST = 3  # --busy-vs-idle: steps in a row per phase, the first (cold after the look) untimed
 LOOK_EVERY = 5  # iterations between looks at the load under `--threads auto`
 
 
@@ -141,8 +143,9 @@ def _die_with_parent():
 
 
 def busy_vs_idle(args):
-    """({"idle": seconds of each timed step, "busy": ...}, their thread counts): the fused model's
-    steps idle and beside `args.busy_vs_idle` busy processes in turn (see the module docstring)."""
+    """({"idle": seconds a step of each timed phase, "busy": ...}, their thread counts): the
+    fused model's steps idle and beside `args.busy_vs_idle` busy processes in turn (see the
+    module docstring)."""
     if args.allocator == "keep":
         keep_freed_memory()
     p = preset_config(args.preset)
@@ -160,9 +163,10 @@ def busy_vs_idle(args):
             for phase in ("idle", "busy") if i % 2 == 0 else ("busy", "idle"):
                 pause(others, signal.SIGCONT if phase == "busy" else signal.SIGSTOP)
                 threads.look(SETTLE)
-                t = step(model, optimizer, x, p.n_bits)
+                # back-to-back steps as training runs them: the first after the look is cold
+                burst = [step(model, optimizer, x, p.n_bits) for _ in range(BURST)][1:]
                 if i >= args.warmup:
-                    times[phase].append(t)
+                    times[phase].append(statistics.mean(burst))
                     used[phase].append(torch.get_num_threads())
     setting = "fixed by OMP_NUM_THREADS" if threads.fixed else "auto"
     print(

@@ -110,8 +110,10 @@ def test_busy_vs_idle_pauses_the_busy_processes_for_each_idle_step(
 ):
     """Every timed step follows a fresh look at the load, taken with the busy processes stopped
     for the idle steps and running for the busy ones; they are killed at the end."""
-    bench = bench_beside_sleepers(monkeypatch, SETTLE=0.05)
-    started, looks = [], []
+    bench = bench_beside_sleepers(monkeypatch, SETTLE=0.05, BURST=2)
+    started, looks, steps = [], [], []
+    real_step = bench.step
+    monkeypatch.setattr(bench, "step", lambda *a: steps.append(len(looks)) or real_step(*a))
     real_busy = bench.busy_processes
 
     def start_busy(n):
@@ -138,6 +140,7 @@ def test_busy_vs_idle_pauses_the_busy_processes_for_each_idle_step(
     # the warm-up and 3 timed pairs, idle first then busy first in turn
     assert looks == [[True], [False], [False], [True]] * 2
     assert used == {"idle": [2, 2, 2], "busy": [1, 1, 1]}
+    assert steps == [k for k in range(1, 9) for _ in range(2)]  # a burst of 2 after each look
     assert len(times["idle"]) == len(times["busy"]) == 3
     assert all(p.poll() is not None for p in started)
     out = capsys.readouterr().out
