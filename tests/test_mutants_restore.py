@@ -105,6 +105,10 @@ def test_harmonic_fill_of_a_corner_and_a_centre_by_hand():
         # the centre's four neighbours are all observed: their mean after any sweep
         assert filled[1, 0, 1, 1].item() == pytest.approx((2 + 4 + 6 + 8) / 4, abs=1e-14)
         assert filled[1, 1, 1, 1].item() == pytest.approx(-(2 + 4 + 6 + 8) / 4, abs=1e-14)
+    # no sweep at all: the start, each image's mean observed colour (not the default's sweeps)
+    start = harmonic_fill(images, missing, 0)
+    assert start[0, 0, 0, 0].item() == pytest.approx(12 / 8, abs=1e-14)
+    assert start[1, 0, 1, 1].item() == pytest.approx((1 + 2 + 3 + 4 + 6 + 7 + 8 + 0) / 8)
     # the default's 12 sweeps are visible: 11 or 13 would move the corner by more than 1e-4
     assert abs(corner_fill(1.5, 6, 2, 12) - corner_fill(1.5, 6, 2, 13)) > 1e-4
 

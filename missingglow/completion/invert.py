@@ -31,10 +31,11 @@ def harmonic_fill(images, missing, iterations=None):
     """Fill the missing pixels by repeated 4-neighbour averaging (a discrete Laplace equation).
 
     images: (B, C, S, S); missing: (B, 1, S, S) bool. Observed pixels are never changed. Starts from
-    each image's mean observed colour; the number of sweeps grows with the image side.
+    each image's mean observed colour; `iterations` sweeps (0: that start alone), by default a
+    number that grows with the image side.
     """
     x = torch.where(missing, observed_mean(images, missing), images)
-    for _ in range(iterations or 4 * images.shape[-1]):
+    for _ in range(4 * images.shape[-1] if iterations is None else iterations):
         padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")
         average = (
             padded[..., :-2, 1:-1]
