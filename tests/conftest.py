@@ -79,3 +79,10 @@ def float32_proper():
             yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """An image cache of the test's own (MISSINGGLOW_CACHE), so that training tests neither read
+    nor write the user's; modules that train take it for every test through `pytestmark`."""
+    monkeypatch.setenv("MISSINGGLOW_CACHE", str(tmp_path / "cache"))

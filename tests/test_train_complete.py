@@ -20,9 +20,7 @@ from helpers import error_line, randomize, run_in_process, tiny_config
 COMPLETE = dict(complete=True, refill_every=2, refill_steps=2)
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MISSINGGLOW_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # conftest.py
 
 
 @pytest.fixture

@@ -31,10 +31,7 @@ from missingglow.training.threads import Threads, busy_elsewhere
 
 from helpers import tiny_config
 
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MISSINGGLOW_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # conftest.py
 
 
 config = tiny_config
