@@ -367,7 +367,13 @@ def test_train_with_masks_end_to_end(world, tmp_path, monkeypatch, complete):
     config = tiny_config(
         tmp_path, "run", data=world["data"], masks=world["masks"], square=0, iterations=3, **extra
     )
+    walks = []
+    real_open = datasets.open_holes
+    monkeypatch.setattr(
+        datasets, "open_holes", lambda *a, **k: walks.append(1) or real_open(*a, **k)
+    )
     run = loop.train(config, progress=False)
+    assert len(walks) == 1  # the mask folder is walked once at start-up, for both splits
     payload = ckpt.load_checkpoint(run)
     assert payload["iteration"] == 3
     assert payload["config"]["masks"] == world["masks"]

@@ -35,13 +35,15 @@ def dataset_of(config, size=None, quiet=True):
     )
 
 
-def masked_images_of(config, cache, split, quiet=True):
+def masked_images_of(config, cache, split, quiet=True, holes=None):
     """The MaskedImages of `split` that a run's config (a plain dict) describes: its folder's own
-    holes when it names `masks` (their cache built on first use), else its grey squares."""
+    holes when it names `masks` (their cache built on first use), else its grey squares. `holes`:
+    that folder's holes already open (another split's `.holes`), so the folder is walked once."""
     seed = config.get("seed", 0)
     if config.get("masks") is None:
         return MaskedImages(cache, config["square"], config.get("squares", 1), seed, split)
-    holes = open_holes(cache, config["masks"], quiet=quiet)
+    if holes is None:
+        holes = open_holes(cache, config["masks"], quiet=quiet)
     return MaskedImages(cache, 0, 0, seed, split, holes=holes)
 
 

@@ -283,21 +283,20 @@ def open_images(config, env, progress, speak):
     A new run on a dataset whose every image is grey trains a one-channel model (the config's
     `channels` says which): three equal channels would put the data on a subspace, where a flow's
     density has no bound."""
-    if env.main:
+    if env.main:  # a --masks run's hole cache is built here, once, before the others read it
         cache = dataset_of(config.to_dict(), quiet=not progress)
-        masked_images_of(config.to_dict(), cache, "train")  # a --masks run's hole cache, built once
+        train_images = masked_images_of(config.to_dict(), cache, "train")
     env.barrier()
     if not env.main:
         cache = dataset_of(config.to_dict())
+        train_images = masked_images_of(config.to_dict(), cache, "train")
     if config.channels is None:
         config = replace(config, channels=1 if cache.grayscale else 3)
         if cache.grayscale:
             speak(f"every image of {cache.source} is grayscale: training a one-channel model")
     if config.batch % env.world:
         raise UserError(f"batch {config.batch} does not split evenly over {env.world} processes")
-    train_images, heldout = (
-        masked_images_of(config.to_dict(), cache, split) for split in ("train", "heldout")
-    )
+    heldout = masked_images_of(config.to_dict(), cache, "heldout", holes=train_images.holes)
     return config, train_images, heldout
 
 
