@@ -272,6 +272,15 @@ def test_cli_says_which_preset_and_scales_the_square():
         resolve_config({"synthetic_detail": "blurry"}, has_gpu=False)
 
 
+def test_the_command_line_stores_folders_as_absolute_paths(tmp_path, monkeypatch):
+    """A run started in one directory and resumed from another still finds its folders."""
+    monkeypatch.chdir(tmp_path)
+    config = resolve_config({"data": "faces", "masks": "holes/x"}, has_gpu=False)[0]
+    assert config.data == str(tmp_path / "faces") and config.masks == str(tmp_path / "holes/x")
+    assert resolve_config({"data": "faces", "masks": "alpha"}, has_gpu=False)[0].masks == "alpha"
+    assert resolve_config({}, has_gpu=False)[0].data is None
+
+
 def test_speed_after_a_rollback_is_measured_from_the_checkpoint(tmp_path, monkeypatch):
     nonfinite_losses(monkeypatch, {4, 5})
     run = train(config(tmp_path, "rollback", max_bad_steps=2), progress=False)

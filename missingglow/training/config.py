@@ -10,9 +10,11 @@ command's options are generated from the fields. A run stores its config as a pl
 """
 
 import math
+import os
 import types
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 
+from ..data.holes import ALPHA
 from ..data.synthetic import DETAILS
 from ..errors import UserError
 
@@ -260,6 +262,12 @@ def resolve_config(options, has_gpu=None):
             has_gpu = torch.cuda.is_available()
         name = "paper" if has_gpu or any(k in given for k in ARCHITECTURE) else "small"
     config = replace(preset_config(name), **given)
+    # the folders as absolute paths, so that a run resumed from another directory finds them
+    config = replace(
+        config,
+        data=None if config.data is None else os.path.abspath(config.data),
+        masks=config.masks if config.masks in (None, ALPHA) else os.path.abspath(config.masks),
+    )
     note = None
     size = config.image_size
     if not chosen and name == "small":
