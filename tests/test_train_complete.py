@@ -1,6 +1,11 @@
 """train --complete: the holes start as a harmonic fill and are re-fitted from the model, the
 observed pixels never change, the fills are checkpointed and a resumed run continues exactly."""
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -15,7 +20,7 @@ from missingglow.training import loop as train_module
 from missingglow.training.fills import Fills, to_bytes
 from missingglow.training.loop import train
 
-from helpers import error_line, randomize, run_in_process, tiny_config
+from helpers import TINY_CLI, error_line, randomize, run_in_process, tiny_config
 
 COMPLETE = dict(complete=True, refill_every=2, refill_steps=2)
 
@@ -74,6 +79,38 @@ def test_a_refill_moves_the_holes_only_and_never_lowers_the_density(images, mode
     assert (gain[changed] >= 0).all() and (gain[~changed] == 0).all()
     assert model.training  # put back as it was
     assert fills.refills == 1
+
+
+def test_a_refill_split_over_two_processes_makes_one_processs_fills(images, model):
+    """Each of two ranks re-fits every other chunk; what `share` hands rank 0 (rank 1's rows and
+    sums, as the loop's broadcasts would) gives it the fills and figures of one process."""
+    whole = Fills(images, channels=3, n_bits=5, chunk=7)  # 4 chunks, the last one short
+    expected = whole.refill(model, "cpu", steps=2)
+    from_rank1 = {}
+
+    def record(values, owners, totals):
+        from_rank1.update(values=values.clone(), totals=totals.clone(), owners=owners)
+
+    Fills(images, channels=3, n_bits=5, chunk=7).refill(
+        model, "cpu", 2, rank=1, world=2, share=record
+    )
+
+    def merge(values, owners, totals):
+        assert owners == from_rank1["owners"] == [0, 1, 0, 1]
+        rows = whole.chunk_rows()  # the same chunks on every rank
+        for (first, end), owner in zip(rows, owners, strict=True):
+            if owner == 1:
+                values[first:end] = from_rank1["values"][first:end]
+        totals += from_rank1["totals"]
+
+    rank0 = Fills(images, channels=3, n_bits=5, chunk=7)
+    seen = []
+    result = rank0.refill(model, "cpu", 2, on_chunk=seen.append, rank=0, world=2, share=merge)
+    assert seen == [7, 7]  # its own chunks only
+    assert torch.equal(rank0.values, whole.values) and rank0.refills == 1
+    assert {k: v for k, v in result.items() if k != "seconds"} == {
+        k: v for k, v in expected.items() if k != "seconds"
+    }
 
 
 def test_a_refill_inverts_from_the_current_fill(images, model, monkeypatch):
@@ -258,3 +295,26 @@ def test_masks_and_squares_do_not_mix(tmp_path):
     with pytest.raises(UserError, match="use one of them"):
         tiny_config(tmp_path, "x", data=str(tmp_path), masks="alpha", square=3)
     assert tiny_config(tmp_path, "y", data=str(tmp_path), masks="alpha", square=0).square == 0
+
+
+def test_two_gloo_processes_refill_together(tmp_path):
+    """Under torchrun the refill's chunks are split over the processes and shared back (the
+    loop's broadcasts and sum, over gloo here): the run trains through a refill and records it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, MISSINGGLOW_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    run = str(tmp_path / "two")
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        + ["-m", "missingglow", "train", *TINY_CLI, "--iterations", "3", "--complete"]
+        + ["--refill-every", "2", "--refill-steps", "1", "--out", run, "--quiet"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert ckpt.load_checkpoint(run)["fills"]["refills"] == 1
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        events = [json.loads(line) for line in f if '"refill"' in line]
+    assert len(events) == 1 and 0 <= events[0]["kept"] <= 1

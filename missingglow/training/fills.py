@@ -71,46 +71,60 @@ class Fills:
         return torch.where(self.images.missing(js), self.values[js].float() / 255, clean)
 
     @torch.no_grad()
-    def refill(self, model, device, steps, on_chunk=None):
+    def refill(self, model, device, steps, on_chunk=None, rank=0, world=1, share=None):
         """Re-fit every hole from `model`: `steps` inversion steps from the current fill (invert's
         start, prior weight and step size), kept where the completion is finite and the model's
         log-density of the filled image does not drop. Returns {"seconds", "kept": share of the
         images given a new fill, "changed": mean absolute change of the hole pixels, "fill_rmse":
-        `error()` after}."""
-        start, moved, count, kept = time.perf_counter(), 0.0, 0, 0
+        `error()` after}.
+
+        Under torchrun each of `world` processes re-fits every world-th chunk, from its `rank`
+        on, and `share(values, owners, totals)` (in the training loop) gives every process the
+        other chunks' new values (chunk k's rows from process owners[k]) and sums `totals`
+        (moved, counted, kept) over the processes; the fills are those one process would make."""
+        start, totals = time.perf_counter(), torch.zeros(3, dtype=torch.float64)
         was_training = model.training
         model.eval()
         values = self.values.clone()
+        chunks = self._chunks()
         try:
-            for js in self._chunks():
-                masked, missing = self._masked(js)
-                old = values[js[0] : js[-1] + 1]
-                before = torch.where(missing, old.float() / 255, masked)
-                x = to_model(before, self.n_bits, self.channels).to(device)
-                out, _ = invert(model, x, missing.to(device), steps=steps, start="input")
-                new = torch.where(missing, to_bytes(from_model(out[0].cpu(), self.n_bits)), old)
-                after = torch.where(missing, new.float() / 255, masked)
-                gain = self._log_density(model, after, device) - self._log_density(
-                    model, before, device
-                )
-                better = (torch.isfinite(gain) & (gain >= 0)).view(-1, 1, 1, 1)
-                new = torch.where(better, new, old)
-                hole = missing.expand_as(new)
-                moved += (new[hole].float() - old[hole].float()).abs().sum().item()
-                count += int(hole.sum())
-                kept += int(better.sum())
-                values[js[0] : js[-1] + 1] = new
+            for js in chunks[rank::world]:
+                totals += self._refill_chunk(model, device, steps, js, values)
                 if on_chunk is not None:
                     on_chunk(len(js))
         finally:
             model.train(was_training)
+        if share is not None:
+            share(values, [k % world for k in range(len(chunks))], totals)
         self.values, self.refills = values, self.refills + 1  # whole, or not at all
+        moved, count, kept = totals.tolist()
         return {
             "seconds": time.perf_counter() - start,
             "kept": kept / max(len(values), 1),
             "changed": moved / max(count, 1) / 255,
             "fill_rmse": self.error(),
         }
+
+    def _refill_chunk(self, model, device, steps, js, values):
+        """Re-fit the images js into `values`; returns (moved, counted, kept) of them."""
+        masked, missing = self._masked(js)
+        old = values[js[0] : js[-1] + 1]
+        before = torch.where(missing, old.float() / 255, masked)
+        x = to_model(before, self.n_bits, self.channels).to(device)
+        out, _ = invert(model, x, missing.to(device), steps=steps, start="input")
+        new = torch.where(missing, to_bytes(from_model(out[0].cpu(), self.n_bits)), old)
+        after = torch.where(missing, new.float() / 255, masked)
+        gain = self._log_density(model, after, device) - self._log_density(model, before, device)
+        better = (torch.isfinite(gain) & (gain >= 0)).view(-1, 1, 1, 1)
+        new = torch.where(better, new, old)
+        hole = missing.expand_as(new)
+        moved = (new[hole].float() - old[hole].float()).abs().sum().item()
+        values[js[0] : js[-1] + 1] = new  # `old` is a view of these rows: measured first
+        return torch.tensor([moved, int(hole.sum()), int(better.sum())], dtype=torch.float64)
+
+    def chunk_rows(self):
+        """(first, end) rows of each chunk, in order: what `share` exchanges."""
+        return [(js[0], js[-1] + 1) for js in self._chunks()]
 
     def _log_density(self, model, images, device):
         """log p of [0, 1] images at their bins' centres (the same point for old and new)."""

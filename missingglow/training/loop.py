@@ -581,25 +581,37 @@ def name_the_last_checkpoint(run_dir):
 
 
 def refill(fills, model, env, config, iteration, bar, speak, metrics):
-    """Re-fit the training images' holes from the model on rank 0 and give every rank the same
-    fills; the progress bar's label counts the images."""
+    """Re-fit the training images' holes from the model, the chunks split over the processes,
+    and give every process the same fills; the progress bar's label counts the images (this
+    process's share times the processes)."""
     n, done = len(fills.values), 0
 
     def show(count):
         nonlocal done
-        done += count
+        done = min(n, done + count * env.world)
         if bar is not None:
             bar.update(0, f"re-filling holes {done:,}/{n:,}")
 
-    if env.main:
-        result = fills.refill(model, env.device, config.refill_steps, show)
-    if env.world > 1:
-        values = fills.values.to(env.device)
-        dist.broadcast(values, 0)
-        fills.values.copy_(values.cpu())
-        if not env.main:
-            fills.refills += 1
-            return
+    def share(values, owners, totals):
+        for (first, end), owner in zip(fills.chunk_rows(), owners, strict=True):
+            rows = values[first:end].to(env.device)
+            dist.broadcast(rows, owner)
+            values[first:end] = rows.cpu()
+        summed = totals.to(env.device)
+        dist.all_reduce(summed)
+        totals.copy_(summed.cpu())
+
+    result = fills.refill(
+        model,
+        env.device,
+        config.refill_steps,
+        show,
+        rank=env.rank,
+        world=env.world,
+        share=share if env.world > 1 else None,
+    )
+    if not env.main:
+        return
     speak(
         f"iteration {iteration:,}: re-filled the holes of {n:,} training images from the model "
         f"({config.refill_steps} inversion steps, {result['seconds']:.0f} s; "
