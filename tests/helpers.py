@@ -188,3 +188,21 @@ def tiny_config(tmp_path, name, **overrides):
     from missingglow.training.config import resolve_config
 
     return resolve_config(dict(TINY, out=str(tmp_path / name), **overrides), has_gpu=False)[0]
+
+
+def torchrun_train(args, env, processes=2):
+    """`missingglow train *args` under torchrun with `processes` CPU processes (gloo), from the
+    repository root; the finished CompletedProcess, its output captured."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    return subprocess.run(
+        [*command, str(processes), "-m", "missingglow", "train", *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )

@@ -17,7 +17,7 @@ from missingglow.training import loop as train_module
 from missingglow.training.config import TrainConfig, resolve_config
 from missingglow.training.loop import train
 
-from helpers import TINY, TINY_CLI, tiny_config
+from helpers import TINY, TINY_CLI, tiny_config, torchrun_train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_ARGS = [
@@ -219,30 +219,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     two = str(tmp_path / "two")
     single = _cli("train", *TINY_ARGS, "--iterations", "1", "--out", one, "--quiet", env=env)
     assert single.wait(timeout=300) == 0, single.stderr.read()
-    ddp = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "missingglow",
-            "train",
-            *TINY_ARGS,
-            "--iterations",
-            "1",
-            "--out",
-            two,
-            "--quiet",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    ddp = torchrun_train([*TINY_ARGS, "--iterations", "1", "--out", two, "--quiet"], env)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     a, b = final_params(one), final_params(two)
     start = torch.load(os.path.join(one, "checkpoints", "ckpt-00000000.pt"), weights_only=True)[

@@ -3,8 +3,6 @@ observed pixels never change, the fills are checkpointed and a resumed run conti
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -20,7 +18,14 @@ from missingglow.training import loop as train_module
 from missingglow.training.fills import Fills, to_bytes
 from missingglow.training.loop import train
 
-from helpers import TINY_CLI, error_line, randomize, run_in_process, tiny_config
+from helpers import (
+    TINY_CLI,
+    error_line,
+    randomize,
+    run_in_process,
+    tiny_config,
+    torchrun_train,
+)
 
 COMPLETE = dict(complete=True, refill_every=2, refill_steps=2)
 
@@ -300,18 +305,12 @@ def test_masks_and_squares_do_not_mix(tmp_path):
 def test_two_gloo_processes_refill_together(tmp_path):
     """Under torchrun the refill's chunks are split over the processes and shared back (the
     loop's broadcasts and sum, over gloo here): the run trains through a refill and records it."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, MISSINGGLOW_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
     run = str(tmp_path / "two")
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-        + ["-m", "missingglow", "train", *TINY_CLI, "--iterations", "3", "--complete"]
-        + ["--refill-every", "2", "--refill-steps", "1", "--out", run, "--quiet"],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = torchrun_train(
+        [*TINY_CLI, "--iterations", "3", "--complete", "--refill-every", "2"]
+        + ["--refill-steps", "1", "--out", run, "--quiet"],
+        env,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert ckpt.load_checkpoint(run)["fills"]["refills"] == 1
