@@ -32,10 +32,8 @@ a stale or truncated file rebuilt, a killed build's temp file removed).
 import hashlib
 import os
 import time
-import warnings
 
 import torch
-from PIL import Image
 
 from ..errors import UserError
 from ..progress import echo
@@ -176,20 +174,12 @@ def _mask_source(masks):
     return f"folder:{root}", root
 
 
-def _open(path):
-    """An image file opened as load_square opens it (a large photo below Pillow's refusal opens
-    without a warning)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        return Image.open(path)
-
-
 def _read_hole(item):
     """One image's hole → (name, S·S bytes with 255 = missing, "") or (name, None, what is
     wrong); a worker's job, so it never raises for a bad file."""
     kind, name, image_path, mask_path, size = item
     try:
-        with _open(image_path) as img:
+        with imagefolder.open_image(image_path) as img:
             if kind == ALPHA:
                 hole = alpha_mask(imagefolder.upright(img), size, image_path, ALPHA_BELOW)
             else:

@@ -109,6 +109,15 @@ def upright_size(img):
     return (h, w) if exif_orientation(img) in (5, 6, 7, 8) else (w, h)
 
 
+def open_image(path):
+    """An image file opened lazily by Pillow. Pillow warns from MAX_IMAGE_PIXELS and refuses from
+    twice that; a large photo below the refusal decodes (JPEGs at a fraction of their size) and
+    needs no warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path)
+
+
 def load_square(path, size):
     """Decode one file to `size`×`size` RGB bytes (H, W, 3 order).
 
@@ -116,11 +125,7 @@ def load_square(path, size):
     below `size`, or, with bytes None, why the file was skipped.
     """
     try:
-        with warnings.catch_warnings():
-            # Pillow warns from MAX_IMAGE_PIXELS and refuses from twice that; a large photo
-            # below the refusal decodes (JPEGs at a fraction of their size) and needs no warning
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+        img = open_image(path)
         with img:
             # JPEG: let the decoder shrink by 1/2, 1/4 or 1/8 while keeping both sides >= size
             # (several times faster on large photos; CelebA at 64 px decodes at 1/2).
