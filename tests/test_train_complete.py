@@ -164,6 +164,9 @@ def test_fills_round_trip_through_a_state_dict(images, model):
     assert not torch.equal(other.values, fills.values)
     other.load_state_dict(state)
     assert torch.equal(other.values, fills.values) and other.refills == 1
+    resumed = Fills(images, channels=3, n_bits=5, start=False)  # no harmonic fill to overwrite
+    resumed.load_state_dict(state)
+    assert torch.equal(resumed.values, fills.values)
     with pytest.raises(UserError, match="other holes"):
         other.load_state_dict(dict(state, holes=state["holes"][:-1]))
     moved = state["sizes"].clone()

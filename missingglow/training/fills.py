@@ -30,16 +30,19 @@ from ..flow.preprocess import from_model, to_model
 
 class Fills:
     """The current fill of every training image's holes (`images`: a MaskedImages split), worked
-    on `chunk` images at a time."""
+    on `chunk` images at a time. `start=False` (a resumed run, whose checkpoint gives every
+    hole's fill) skips the harmonic fill the state dict would overwrite."""
 
-    def __init__(self, images, channels, n_bits, chunk=128):
+    def __init__(self, images, channels, n_bits, chunk=128, start=True):
         self.images, self.channels, self.n_bits, self.chunk = images, channels, n_bits, chunk
         s = images.cache.size
         self.values = torch.zeros((len(images), 3, s, s), dtype=torch.uint8)
         self.refills = 0
         for js in self._chunks():
             masked, missing = self._masked(js)
-            self.values[js[0] : js[-1] + 1] = to_bytes(harmonic_fill(masked, missing))
+            # outside the holes the harmonic fill is the image's own bytes: the same either way
+            filled = harmonic_fill(masked, missing) if start else masked
+            self.values[js[0] : js[-1] + 1] = to_bytes(filled)
 
     def _chunks(self):
         n = len(self.images)

@@ -327,7 +327,7 @@ def train(config=None, resume=None, progress=True, say=None, iterations=None, ma
         # with --complete the holes are missing values: a smooth fill at first, re-fitted from
         # the model every refill_every iterations (fills.py); else the images as they are
         fills = (
-            Fills(train_images, config.channels, bits, config.eval_batch)
+            Fills(train_images, config.channels, bits, config.eval_batch, start=payload is None)
             if config.complete
             else None
         )
