@@ -140,29 +140,41 @@ class Fills:
             out[js[0] : js[-1] + 1] = self.images.missing(js).expand(-1, 3, -1, -1)
         return out
 
+    def _chunk_holes(self):
+        """(first, end, bool (n, 3, S, S) holes) of each chunk: a checkpoint's gathers and
+        checks go chunk by chunk, never holding the whole split's mask."""
+        for js in self._chunks():
+            yield js[0], js[-1] + 1, self.images.missing(js).expand(-1, 3, -1, -1)
+
     def state_dict(self):
-        holes = self.holes()
-        return {
-            "holes": self.values[holes].clone(),
-            "sizes": holes.flatten(1).sum(1).to(torch.int32),
-            "refills": self.refills,
-        }
+        parts, sizes = [torch.zeros(0, dtype=torch.uint8)], [torch.zeros(0, dtype=torch.int32)]
+        for first, end, hole in self._chunk_holes():
+            parts.append(self.values[first:end][hole])
+            sizes.append(hole.flatten(1).sum(1).to(torch.int32))
+        return {"holes": torch.cat(parts), "sizes": torch.cat(sizes), "refills": self.refills}
 
     def load_state_dict(self, state, where="the checkpoint"):
         """Take the fills of a state_dict; a UserError when they were saved for other holes (the
         image folder or the masks changed since)."""
-        holes = self.holes()
         stored, sizes = state["holes"], state.get("sizes")
-        same = stored.dtype == torch.uint8 and stored.numel() == int(holes.sum())
+        mine = torch.cat(
+            [torch.zeros(0, dtype=torch.int32)]
+            + [hole.flatten(1).sum(1).to(torch.int32) for _, _, hole in self._chunk_holes()]
+        )
+        same = stored.dtype == torch.uint8 and stored.numel() == int(mine.sum())
         if same and sizes is not None:
-            same = torch.equal(sizes, holes.flatten(1).sum(1).to(torch.int32))
+            same = torch.equal(sizes, mine)
         if not same:
             raise UserError(
                 f"the fills in {where} were saved for other holes than these training images "
                 "have (the images or masks changed since it was written); put them back as they "
                 "were, or start a new run"
             )
-        self.values[holes] = stored
+        at = 0
+        for first, end, hole in self._chunk_holes():
+            count = int(hole.sum())
+            self.values[first:end][hole] = stored[at : at + count]
+            at += count
         self.refills = int(state["refills"])
 
 
