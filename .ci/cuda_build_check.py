@@ -12,7 +12,8 @@ import torch
 import missingglow
 from missingglow.flow import ops
 
-# every op of csrc/: the flow ops, each with a forward, an inverse and a backward, and the
+# every op of csrc/: the flow ops, each with a forward, an inverse and a backward, the training
+# step's ActNorm + 1×1 conv GEMM split for the coupling (a forward and its backward), and the
 # optimiser's update, whose CUDA counterpart is torch's fused Adam (training/adam.py)
 CPU_ONLY = ["missingglow::masked_adam_"]
 EXPECTED = sorted(
@@ -21,6 +22,7 @@ EXPECTED = sorted(
         for op in ("actnorm_conv", "coupling_step", "flow_step")
         for part in ("forward", "inverse", "backward")
     ]
+    + [f"missingglow::channel_gemm_split_{part}" for part in ("forward", "backward")]
     + CPU_ONLY
 )
 

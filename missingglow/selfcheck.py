@@ -112,9 +112,10 @@ def fused_ops_difference(device, gen):
 
     A flow step with every parameter randomly perturbed (a fresh one is the identity in its
     coupling) runs on channels-last float64 activations, as the fused model calls the ops: one by
-    one (ops.actnorm_conv, fused_step.coupling_net, ops.coupling_step) and as one op
-    (ops.flow_step), forward, inverse, and the gradients of x and every parameter, each against
-    its namesake in ops_reference."""
+    one (ops.actnorm_conv, fused_step.coupling_net, ops.coupling_step), as the training step calls
+    them (ops.channel_gemm_split, ActNorm folded into the 1×1 conv, in place of
+    ops.actnorm_conv) and as one op (ops.flow_step), forward, inverse, and the gradients of x and
+    every parameter, each against its namesake in ops_reference."""
     step = fused_step.FusedFlowStep(12, hidden=16).double()
     with torch.no_grad():
         for p in step.parameters():
@@ -134,6 +135,11 @@ def fused_ops_difference(device, gen):
         out = ops.actnorm_conv(x, loc, scale, weight)
         return ops.coupling_step(out, fused_step.coupling_net(out[:, : out.shape[1] // 2], *net))
 
+    def as_trained(x, loc, scale, weight, *net):
+        folded = weight * scale.reshape(1, -1)  # W·diag(scale), as step_params folds it
+        out, out_a = ops.channel_gemm_split(x, folded.T, folded @ loc.reshape(-1))
+        return ops.coupling_step(out, fused_step.coupling_net(out_a, *net))
+
     y_ref, logdet_ref = ops_reference.flow_step(x, *params)
     out = ops.actnorm_conv(x, loc, scale, weight)
     compare([out], [ops_reference.actnorm_conv(x, loc, scale, weight)])
@@ -152,7 +158,7 @@ def fused_ops_difference(device, gen):
         return torch.autograd.grad((y * weights).sum() + logdet.pow(2).sum(), [x, *params])
 
     grads_ref = grads(y_ref, logdet_ref)
-    for fast in (ops.flow_step, one_by_one):
+    for fast in (ops.flow_step, one_by_one, as_trained):
         y, logdet = fast(x, *params)
         compare([y, logdet], [y_ref, logdet_ref])
         compare(grads(y, logdet), grads_ref)

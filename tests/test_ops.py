@@ -165,6 +165,75 @@ def test_actnorm_conv_refuses_bad_arguments():
         ops.actnorm_conv(x, torch.zeros(4), torch.ones(4), torch.eye(4, dtype=torch.float64))
 
 
+# --- ActNorm + 1×1 conv as one GEMM, split for the coupling ------------------------------------
+
+
+def _gemm_params(gen, c, device, dtype=torch.float64):
+    weight = torch.randn(c, c, generator=gen, dtype=dtype) / c**0.5
+    bias = torch.randn(c, generator=gen, dtype=dtype)
+    return [t.to(device) for t in (weight, bias)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", CHANNEL_SHAPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_channel_gemm_split_matches_reference(gen, device, shape, layout):
+    """Both outputs and every gradient, the two output gradients taken together, in float64;
+    both outputs come back channels-last and the half dense."""
+    x = _activations(gen, shape, device, layout).requires_grad_()
+    params = [p.requires_grad_() for p in _gemm_params(gen, shape[1], device)]
+    got = ops.channel_gemm_split(x, *params)
+    want = ops_reference.channel_gemm_split(x, *params)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        assert a.is_contiguous(memory_format=torch.channels_last)
+    weights = [torch.randn(t.shape, generator=gen, dtype=t.dtype).to(device) for t in want]
+    grads = torch.autograd.grad(got, [x, *params], weights)
+    grads_ref = torch.autograd.grad(want, [x, *params], weights)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_channel_gemm_split_gradients(gen, device, layout):
+    x = _activations(gen, (2, 4, 3, 5), device, layout).requires_grad_()
+    params = [p.requires_grad_() for p in _gemm_params(gen, 4, device)]
+    assert torch.autograd.gradcheck(ops.channel_gemm_split, [x, *params])
+
+
+def test_channel_gemm_split_with_one_output_unused(gen):
+    """Autograd hands the backward no gradient for an output nobody used: it counts as zeros."""
+    x = _activations(gen, (2, 6, 3, 3), "cpu", "channels_last").requires_grad_()
+    params = [p.requires_grad_() for p in _gemm_params(gen, 6, "cpu")]
+    for used in (0, 1):
+        got = ops.channel_gemm_split(x, *params)[used]
+        want = ops_reference.channel_gemm_split(x, *params)[used]
+        weights = torch.randn(want.shape, generator=gen, dtype=want.dtype)
+        for g, g_ref in zip(
+            torch.autograd.grad(got, [x, *params], weights),
+            torch.autograd.grad(want, [x, *params], weights),
+            strict=True,
+        ):
+            torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_channel_gemm_split_opcheck(gen, device, layout):
+    x = _activations(gen, (3, 6, 5, 7), device, layout)
+    params = _gemm_params(gen, 6, device)
+    torch.library.opcheck(
+        torch.ops.missingglow.channel_gemm_split_forward.default,
+        [x.detach().requires_grad_(), *[p.detach().requires_grad_() for p in params]],
+    )
+    half = _activations(gen, (3, 3, 5, 7), device, layout)
+    torch.library.opcheck(
+        torch.ops.missingglow.channel_gemm_split_backward.default,
+        [torch.randn_like(x), half, x, params[0]],
+    )
+
+
 # --- the whole-tensor coupling -------------------------------------------------------------------
 
 
@@ -508,9 +577,11 @@ def test_backward_ops_match_their_references(gen, device, layout):
     grad_logdet = torch.randn(3, generator=gen, dtype=x.dtype).to(device)
     params = _actnorm_conv_params(gen, 6, device)
     y = ops_reference.coupling_step(x, h)[0]
+    grad_half = _activations(gen, (3, 3, 5, 7), device, layout)
     for name, args in [
         ("actnorm_conv_backward", (grad_y, x, *params)),
         ("coupling_step_backward", (grad_y, grad_logdet, y, h)),
+        ("channel_gemm_split_backward", (grad_y, grad_half, x, params[2])),
     ]:
         got, want = getattr(ops, name)(*args), getattr(ops_reference, name)(*args)
         assert len(got) == len(want)
@@ -562,6 +633,19 @@ MALFORMED = [
         "actnorm_conv_backward",
         lambda: (_z(2, 4, 3, 4), _z(2, 4, 3, 3), _z(4), _z(4), _z(4, 4)),
         "grad_y must match",
+    ),
+    ("channel_gemm_split_forward", lambda: (_z(2, 4, 3, 3), _z(4, 3), _z(4)), "weight must be"),
+    ("channel_gemm_split_forward", lambda: (_z(2, 3, 3, 3), _z(3, 3), _z(3)), "even"),
+    ("channel_gemm_split_forward", lambda: (_z(4, 3, 3), _z(4, 4), _z(4)), "N, C, H, W"),
+    (
+        "channel_gemm_split_forward",
+        lambda: (_z(2, 4, 3, 3), _z(4, 4), _z(4, dtype=torch.float32)),
+        "one dtype",
+    ),
+    (
+        "channel_gemm_split_backward",
+        lambda: (_z(2, 4, 3, 3), _z(2, 4, 3, 3), _z(2, 4, 3, 3), _z(4, 4)),
+        "grad_half must be",
     ),
     ("coupling_step_forward", lambda: (_z(2, 3, 3, 3), _z(2, 3, 3, 3)), "even"),
     ("coupling_step_forward", lambda: (_z(2, 4, 3, 3), _z(2, 6, 3, 3)), "one shape"),
@@ -619,6 +703,7 @@ def test_fake_kernels_accept_well_formed_calls():
         x, *params = [mode.from_tensor(t) for t in _flow_step_args()]
         assert ops.actnorm_conv(x, *params[:3]).shape == x.shape
         assert ops.coupling_step(x, x)[1].shape == (2,)
+        assert ops.channel_gemm_split(x, params[2], params[0].reshape(-1))[1].shape == (2, 2, 3, 3)
         y, logdet, h1, h2, h = torch.ops.missingglow.flow_step_forward.default(x, *params)
         assert h1.shape == (2, 3, 3, 3)
         grads = torch.ops.missingglow.flow_step_backward.default(
@@ -639,12 +724,15 @@ def _op_inputs(gen, name):
         return [x, *an]
     if name.startswith("coupling_step"):
         return [x, h]
+    if name == "channel_gemm_split":
+        return [x, *_gemm_params(gen, 6, "cpu")]
     return [x, *an, *_net_params(gen, 6, 5, "cpu")]
 
 
 BACKWARD_OPS = [
     "actnorm_conv",
     "actnorm_conv_inverse",
+    "channel_gemm_split",
     "coupling_step",
     "coupling_step_inverse",
     "flow_step",
@@ -670,8 +758,9 @@ def test_backward_gives_none_to_inputs_that_need_no_gradient(gen, name):
         # the op's own backward, called as the engine would (flow_step's op also returns the
         # network's activations h1, h2, h, which get no gradient)
         unused = [None] * (3 if name == "flow_step" else 0)
+        node = outputs[0].grad_fn  # a Python formula's node has apply, a C++ one is called
         with torch.no_grad():
-            returned = outputs[0].grad_fn.apply(*weights, *unused)
+            returned = getattr(node, "apply", node)(*weights, *unused)
         assert all(g is None for j, g in enumerate(returned[: len(inputs)]) if j != i), (name, i)
         assert torch.equal(returned[i], all_grads[i]), (name, i)
         (through_autograd,) = torch.autograd.grad(outputs, alone[i], weights)

@@ -3,7 +3,8 @@
 `FusedFlowStep` is a `layers.FlowStep` (same modules, parameter names and state-dict keys, so
 checkpoints move freely between the two) whose forward and reverse run:
 
-    ActNorm + 1×1 conv   one GEMM, ActNorm folded into the weights and bias    `channel_gemm`
+    ActNorm + 1×1 conv   one GEMM, ActNorm folded into the weights and bias, which also
+                         hands the coupling network its half    ops.channel_gemm_split
     coupling network     ATen's conv2d, channels-last, the zero-conv's pad-with-1 replaced by a
                          precomputed border and its exp(3·scale) folded into the weights
                          (`zero_conv`, `coupling_net` below)
@@ -75,7 +76,8 @@ def coupling_net_params(coupling):
 def channel_gemm(x, weight, bias):
     """x·weight + bias over the channels of a channels-last (N, C, H, W) x: ActNorm and the 1×1
     conv (or their inverses) as one GEMM with the weights folded once per block
-    (step_params.StepParams). The result is channels-last."""
+    (step_params.StepParams). The result is channels-last. The training forward runs it as
+    ops.channel_gemm_split instead, whose backward is one node."""
     n, c, height, width = x.shape
     out = torch.addmm(bias, x.permute(0, 2, 3, 1).reshape(-1, c), weight)
     return out.view(n, height, width, c).permute(0, 3, 1, 2)
@@ -164,11 +166,11 @@ class FusedFlowStep(FlowStep):
                 params.matrix,
                 *coupling_net_params(self.coupling),
             )
-        out = channel_gemm(x, params.gemm_weight, params.gemm_bias)
-        half = out.shape[1] // 2
-        h = prepared_coupling_net(out[:, :half], params)
+        out, out_a = ops.channel_gemm_split(x, params.gemm_weight, params.gemm_bias)
+        h = prepared_coupling_net(out_a, params)
         if self.coupling.affine:
             return ops.coupling_step(out, h)
+        half = out.shape[1] // 2
         return _channels_last(torch.cat([out[:, :half], out[:, half:] + h], 1)), None
 
     def reverse_prepared(self, y, params):

@@ -2,8 +2,10 @@
 
 This is the only module that touches the extension. Each op has a fake kernel, so torch.compile
 can trace it, which refuses through torch._check what the C++ op refuses (csrc/flow.h,
-csrc/actnorm_conv.cpp, csrc/flow_step.cpp), and an autograd formula that returns no gradient
-for an input that needs none. Each function here has a pure-PyTorch reference of the same name
+csrc/actnorm_conv.cpp, csrc/channel_gemm.cpp, csrc/flow_step.cpp), and an autograd formula that
+returns no gradient for an input that needs none: registered here, or in C++ for the two ops the
+training step calls once per flow step (channel_gemm_split, coupling_step), where a formula in
+Python would cost more host time than the op itself at small shapes. Each function here has a pure-PyTorch reference of the same name
 and signature in ops_reference.py. Without the compiled extension, `AVAILABLE` is False,
 `WHY_UNAVAILABLE` says why, and the model falls back to the reference layers with one warning.
 """
@@ -40,6 +42,19 @@ def actnorm_conv_backward(grad_y, x, loc, scale, weight):
     """(grad_x, grad_loc, grad_scale, grad_weight) of Σ grad_y·actnorm_conv(x, loc, scale, weight),
     all four in one pass; grad_x keeps x's layout."""
     return torch.ops.missingglow.actnorm_conv_backward.default(grad_y, x, loc, scale, weight)
+
+
+def channel_gemm_split(x, weight, bias):
+    """(out, out_a): out = x·weight + bias over the channels of (N, C, H, W) x, channels-last,
+    and out_a its first C/2 channels copied dense and channels-last, the coupling network's
+    input. ActNorm and the 1×1 conv as one GEMM, weight and bias folded once per block
+    (step_params.py); the backward adds out_a's gradient into out's once."""
+    return torch.ops.missingglow.channel_gemm_split_forward.default(x, weight, bias)
+
+
+def channel_gemm_split_backward(grad_out, grad_half, x, weight):
+    """(grad_x, grad_weight, grad_bias) of Σ grad_out·out + Σ grad_half·out_a."""
+    return torch.ops.missingglow.channel_gemm_split_backward.default(grad_out, grad_half, x, weight)
 
 
 # --- the affine coupling -------------------------------------------------------------------------
@@ -130,6 +145,15 @@ def _check_like(x, others, names, op):
         torch._check(t.dtype == x.dtype, lambda: f"{op}: {names} must have one dtype")
         torch._check(t.device == x.device, lambda: f"{op}: {names} must be on one device")
     torch._check(x.dtype.is_floating_point, lambda: f"{op}: expected floating-point tensors")
+
+
+def _check_channel_gemm_args(x, weight, bias, op):
+    torch._check(x.dim() == 4, lambda: f"{op}: expected (N, C, H, W) activations")
+    c = x.shape[1]
+    torch._check(c % 2 == 0, lambda: f"{op}: the channel count must be even, got {c}")
+    _check_shape(weight, (c, c), op, f"weight must be (C, C) with C = {c}")
+    _check_shape(bias, (c,), op, f"bias must be (C,) with C = {c}")
+    _check_like(x, (weight, bias), "x, weight and bias", op)
 
 
 def _check_actnorm_conv_args(x, loc, scale, weight, op):
@@ -325,6 +349,29 @@ if AVAILABLE:
         setup_context=_actnorm_conv_setup,
     )
 
+    # --- ActNorm + 1×1 conv as one GEMM, split for the coupling (autograd: channel_gemm.cpp) ----
+
+    @torch.library.register_fake("missingglow::channel_gemm_split_forward")
+    def _(x, weight, bias):
+        _check_channel_gemm_args(x, weight, bias, "channel_gemm_split_forward")
+        return (
+            torch.empty_like(x, memory_format=torch.channels_last),
+            torch.empty_like(x[:, : x.shape[1] // 2], memory_format=torch.channels_last),
+        )
+
+    @torch.library.register_fake("missingglow::channel_gemm_split_backward")
+    def _(grad_out, grad_half, x, weight):
+        op = "channel_gemm_split_backward"
+        _check_shape(grad_out, x.shape, op, "grad_out must match x's shape")
+        n, c, height, width = x.shape
+        half = "grad_half must be the shape of x's first half of channels"
+        _check_shape(grad_half, (n, c // 2, height, width), op, half)
+        return (
+            torch.empty_like(x, memory_format=torch.channels_last),
+            weight.new_empty(weight.shape),
+            weight.new_empty(weight.shape[:1]),
+        )
+
     # --- the affine coupling --------------------------------------------------------------------
 
     @torch.library.register_fake("missingglow::coupling_step_forward")
@@ -343,20 +390,7 @@ if AVAILABLE:
         _check_backward_grads(grad_y, grad_logdet, y, "coupling_step_backward", "y")
         return tuple(torch.empty_like(y, memory_format=_layout(y)) for _ in range(2))
 
-    def _coupling_step_setup(ctx, inputs, output):
-        ctx.save_for_backward(output[0], inputs[1])  # the output y and h: x is not needed
-
-    def _coupling_step_backward(ctx, grad_y, grad_logdet):
-        # the op computes both gradients in one pass; only the wanted ones go back
-        y, h = ctx.saved_tensors
-        grad_y, grad_logdet = _zeros_for_none(grad_y, grad_logdet, y)
-        return _grads_wanted(ctx, coupling_step_backward(grad_y, grad_logdet, y, h))
-
-    torch.library.register_autograd(
-        "missingglow::coupling_step_forward",
-        _coupling_step_backward,
-        setup_context=_coupling_step_setup,
-    )
+    # coupling_step_forward's autograd formula is C++ (csrc/coupling_autograd.cpp)
 
     def _coupling_step_inverse_setup(ctx, inputs, output):
         ctx.save_for_backward(*inputs)

@@ -33,6 +33,21 @@ def actnorm_conv_backward(grad_y, x, loc, scale, weight):
         return torch.autograd.grad(actnorm_conv(*inputs), inputs, grad_y)
 
 
+def channel_gemm_split(x, weight, bias):
+    """(out, out_a): out = x·weight + bias over the channels (a 1×1 conv with weightᵀ), and
+    out_a its first half of channels."""
+    out = F.conv2d(x, weight.T[:, :, None, None], bias)
+    return out, out[:, : out.shape[1] // 2]
+
+
+def channel_gemm_split_backward(grad_out, grad_half, x, weight):
+    """(grad_x, grad_weight, grad_bias) of Σ grad_out·out + Σ grad_half·out_a."""
+    bias = weight.new_zeros(weight.shape[1])
+    inputs = [t.detach().requires_grad_() for t in (x, weight, bias)]
+    with torch.enable_grad():
+        return torch.autograd.grad(channel_gemm_split(*inputs), inputs, (grad_out, grad_half))
+
+
 # --- the affine coupling -------------------------------------------------------------------------
 
 
