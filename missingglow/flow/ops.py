@@ -5,9 +5,10 @@ can trace it, which refuses through torch._check what the C++ op refuses (csrc/f
 csrc/actnorm_conv.cpp, csrc/channel_gemm.cpp, csrc/flow_step.cpp), and an autograd formula that
 returns no gradient for an input that needs none: registered here, or in C++ for the two ops the
 training step calls once per flow step (channel_gemm_split, coupling_step), where a formula in
-Python would cost more host time than the op itself at small shapes. Each function here has a pure-PyTorch reference of the same name
-and signature in ops_reference.py. Without the compiled extension, `AVAILABLE` is False,
-`WHY_UNAVAILABLE` says why, and the model falls back to the reference layers with one warning.
+Python would cost more host time than the op itself at small shapes. Each function here has a
+pure-PyTorch reference of the same name and signature in ops_reference.py. Without the compiled
+extension, `AVAILABLE` is False, `WHY_UNAVAILABLE` says why, and the model falls back to the
+reference layers with one warning.
 """
 
 import torch
