@@ -106,26 +106,30 @@ def _full_matrices(steps):
 def _network(steps, height, width):
     """Per step (w1, b1, w2, b2, w3, border) of the coupling network (see StepParams).
 
-    Convolution weights are stacked as (F, out, kh, kw, in) so that each step's slice, viewed
-    back as (out, in, kh, kw), is channels-last: the layout the channels-last activations
-    convolve with, which a contiguous weight would be copied into on every call."""
+    The hidden convolutions' parameters are the steps' own unless they are cast (one cast for
+    every step at once). Computed convolution weights are stacked as (F, out, kh, kw, in) so that
+    each step's slice, viewed back as (out, in, kh, kw), is channels-last: the layout the
+    channels-last activations convolve with (FusedFlowStep stores its 3×3 weights so), which a
+    contiguous weight would be copied into on every call."""
     nets = [step.coupling.net for step in steps]
     dtype = hidden_dtype(steps[0].precision, nets[0][0].weight.dtype)
-    w1 = torch.stack([net[0].weight.permute(0, 2, 3, 1) for net in nets]).to(dtype)
     hidden = [
+        [net[0].weight for net in nets],
         [net[0].bias for net in nets],
         [net[2].weight for net in nets],
         [net[2].bias for net in nets],
     ]
     if dtype != nets[0][0].weight.dtype:  # a cast: one for every step at once
-        hidden = [torch.stack(kind).to(dtype).unbind(0) for kind in hidden]
+        w1 = torch.stack([w.permute(0, 2, 3, 1) for w in hidden[0]]).to(dtype)
+        hidden = [w1.permute(0, 1, 4, 2, 3).unbind(0)] + [
+            torch.stack(kind).to(dtype).unbind(0) for kind in hidden[1:]
+        ]
     gain = torch.exp(torch.stack([net[4].scale.reshape(-1) for net in nets]) * 3)  # (F, C_out)
     w3 = torch.stack([net[4].conv.weight.permute(0, 2, 3, 1) for net in nets])
     w3 = w3 * gain[:, :, None, None, None]
     bias = torch.stack([net[4].conv.bias for net in nets]) * gain
     border = _padding_term(w3.sum(4), height, width) + bias[:, :, None, None]
     return (
-        w1.permute(0, 1, 4, 2, 3).unbind(0),
         *hidden,
         w3.permute(0, 1, 4, 2, 3).unbind(0),
         border[:, None].unbind(0),
