@@ -65,9 +65,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> channel_gemm_split_backward(
                   grad_half.size(1) == c / 2 && grad_half.size(2) == x.size(2) &&
                   grad_half.size(3) == x.size(3),
               op, ": grad_half must be the shape of x's first half of channels");
+  const int64_t half = c / 2;
+  const auto rows = rows_of(grad_out);
   auto grad = at::empty({x.numel() / c, c}, x.options());
-  grad.copy_(rows_of(grad_out));
-  grad.narrow(1, 0, c / 2).add_(rows_of(grad_half));
+  auto first = grad.narrow(1, 0, half);
+  at::add_out(first, rows.narrow(1, 0, half), rows_of(grad_half));
+  grad.narrow(1, half, half).copy_(rows.narrow(1, half, half));
   auto grad_x = from_rows(at::mm(grad, weight.t()), x);
   return {grad_x, at::mm(rows_of(x).t(), grad), grad.sum(0)};
 }
