@@ -6,6 +6,7 @@ without a GPU, such as CI, still compiles and links them). FORCE_ONLY_CPU=1 skip
 
 import glob
 import os
+import sys
 
 from setuptools import find_packages, setup
 from torch.utils import cpp_extension
@@ -26,8 +27,11 @@ def extension():
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     define_macros = []
     # the C++ standard is torch's own choice (2.14 needs C++20); no code reads errno, and setting
-    # it keeps sqrt out of vectorised loops
-    extra = {"cxx": ["-O3", "-fno-math-errno"]}
+    # it keeps sqrt out of vectorised loops. at::parallel_for is a header template that runs
+    # serially unless compiled with OpenMP; linked with -fopenmp the library needs libgomp.so.1,
+    # which the loader finds already loaded by torch (one OpenMP runtime, torch's thread count).
+    openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
+    extra = {"cxx": ["-O3", "-fno-math-errno", *openmp]}
     builder = cpp_extension.CppExtension
     if want_cuda():
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
@@ -40,6 +44,7 @@ def extension():
         include_dirs=[os.path.join(here, "csrc")],
         define_macros=define_macros,
         extra_compile_args=extra,
+        extra_link_args=openmp,
         py_limited_api=False,
     )
 
