@@ -6,6 +6,7 @@ import ast
 import inspect
 import os
 import re
+import sys
 
 import pytest
 import torch
@@ -446,6 +447,23 @@ def test_coupling_net_float32_is_as_accurate_as_the_reference(
     for name, a, r, e, size in zip(names, fast, ref32, exact, sizes, strict=True):
         assert a.dtype == torch.float32
         assert_float32_close(a, r, e, size, what=f"coupling_net {name}")
+
+
+# --- the CPU ops' threads -------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the Linux process's maps")
+def test_the_cpu_ops_run_on_torchs_openmp_runtime():
+    """at::parallel_for runs serially in a library built without OpenMP, so the ops' loops would
+    use one thread whatever torch.set_num_threads says; built with it, the library must share
+    torch's OpenMP runtime rather than load a second one."""
+    from missingglow import _C
+
+    with open(_C.__file__, "rb") as library:
+        assert b"GOMP_parallel" in library.read(), "missingglow._C was built without OpenMP"
+    with open("/proc/self/maps") as maps:
+        runtimes = {line.split()[-1] for line in maps if "libgomp" in line or "libiomp" in line}
+    assert len(runtimes) == 1, runtimes
 
 
 # --- the SIMD builds of the CPU coupling loops (csrc/coupling_runs*.{h,cpp}) ---------------------
