@@ -47,7 +47,11 @@ std::tuple<at::Tensor, at::Tensor> channel_gemm_split_forward(const at::Tensor& 
                                                               const at::Tensor& bias) {
   check_channel_gemm_args(x, weight, bias, "channel_gemm_split_forward");
   auto out = from_rows(at::addmm(bias, rows_of(x), weight), x);
-  auto half = out.narrow(1, 0, x.size(1) / 2).contiguous(at::MemoryFormat::ChannelsLast);
+  // always a copy: `contiguous` would return the slice itself where it already counts as
+  // channels-last (one 1×1 image, or none), and the two outputs must not share memory
+  auto half = at::empty({x.size(0), x.size(1) / 2, x.size(2), x.size(3)}, x.options(),
+                        at::MemoryFormat::ChannelsLast);
+  half.copy_(out.narrow(1, 0, x.size(1) / 2));
   return {out, half};
 }
 
@@ -57,9 +61,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> channel_gemm_split_backward(
     const at::Tensor& grad_out, const at::Tensor& grad_half, const at::Tensor& x,
     const at::Tensor& weight) {
   const char* op = "channel_gemm_split_backward";
-  TORCH_CHECK(x.dim() == 4 && weight.dim() == 2 && weight.size(0) == x.size(1), op,
-              ": expected (N, C, H, W) x and its (C, C) weight");
+  TORCH_CHECK(x.dim() == 4, op, ": expected (N, C, H, W) activations, got ", x.dim(), " dims");
   const int64_t c = x.size(1);
+  TORCH_CHECK(c % 2 == 0, op, ": the channel count must be even, got ", c);
+  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == c && weight.size(1) == c, op,
+              ": weight must be (C, C) with C = ", c, ", got ", weight.sizes());
   TORCH_CHECK(grad_out.sizes() == x.sizes(), op, ": grad_out must match x's shape");
   TORCH_CHECK(grad_half.dim() == 4 && grad_half.size(0) == x.size(0) &&
                   grad_half.size(1) == c / 2 && grad_half.size(2) == x.size(2) &&

@@ -188,6 +188,7 @@ def test_channel_gemm_split_matches_reference(gen, device, shape, layout):
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
         assert a.is_contiguous(memory_format=torch.channels_last)
+    assert got[0].untyped_storage().data_ptr() != got[1].untyped_storage().data_ptr()
     weights = [torch.randn(t.shape, generator=gen, dtype=t.dtype).to(device) for t in want]
     grads = torch.autograd.grad(got, [x, *params], weights)
     grads_ref = torch.autograd.grad(want, [x, *params], weights)
@@ -221,14 +222,15 @@ def test_channel_gemm_split_with_one_output_unused(gen):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_channel_gemm_split_opcheck(gen, device, layout):
-    x = _activations(gen, (3, 6, 5, 7), device, layout)
-    params = _gemm_params(gen, 6, device)
+@pytest.mark.parametrize("shape", [(3, 6, 5, 7), (1, 4, 1, 1)])  # the second: both layouts at once
+def test_channel_gemm_split_opcheck(gen, device, layout, shape):
+    x = _activations(gen, shape, device, layout)
+    params = _gemm_params(gen, shape[1], device)
     torch.library.opcheck(
         torch.ops.missingglow.channel_gemm_split_forward.default,
         [x.detach().requires_grad_(), *[p.detach().requires_grad_() for p in params]],
     )
-    half = _activations(gen, (3, 3, 5, 7), device, layout)
+    half = _activations(gen, (shape[0], shape[1] // 2, *shape[2:]), device, layout)
     torch.library.opcheck(
         torch.ops.missingglow.channel_gemm_split_backward.default,
         [torch.randn_like(x), half, x, params[0]],
@@ -460,9 +462,15 @@ def test_the_cpu_ops_run_on_torchs_openmp_runtime():
     from missingglow import _C
 
     with open(_C.__file__, "rb") as library:
-        assert b"GOMP_parallel" in library.read(), "missingglow._C was built without OpenMP"
+        binary = library.read()
+    # GNU's entry point, or LLVM's and Intel's
+    assert b"GOMP_parallel" in binary or b"__kmpc_fork_call" in binary, "built without OpenMP"
     with open("/proc/self/maps") as maps:
-        runtimes = {line.split()[-1] for line in maps if "libgomp" in line or "libiomp" in line}
+        runtimes = {
+            line.split()[-1]
+            for line in maps
+            if re.match(r"lib(gomp|iomp5|omp)[.-]", os.path.basename(line.split()[-1]))
+        }
     assert len(runtimes) == 1, runtimes
 
 
@@ -665,6 +673,17 @@ MALFORMED = [
         lambda: (_z(2, 4, 3, 3), _z(2, 4, 3, 3), _z(2, 4, 3, 3), _z(4, 4)),
         "grad_half must be",
     ),
+    (
+        "channel_gemm_split_backward",
+        lambda: (_z(2, 5, 3, 3), _z(2, 2, 3, 3), _z(2, 5, 3, 3), _z(5, 5)),
+        "even",
+    ),
+    (
+        "channel_gemm_split_backward",
+        lambda: (_z(2, 4, 3, 3), _z(2, 2, 3, 3), _z(2, 4, 3, 3), _z(4, 3)),
+        "weight must be",
+    ),
+    ("channel_gemm_split_backward", lambda: (_z(4, 3), _z(2, 3), _z(4, 3), _z(3, 3)), "N, C, H, W"),
     ("coupling_step_forward", lambda: (_z(2, 3, 3, 3), _z(2, 3, 3, 3)), "even"),
     ("coupling_step_forward", lambda: (_z(2, 4, 3, 3), _z(2, 6, 3, 3)), "one shape"),
     (

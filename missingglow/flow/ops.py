@@ -363,8 +363,11 @@ if AVAILABLE:
     @torch.library.register_fake("missingglow::channel_gemm_split_backward")
     def _(grad_out, grad_half, x, weight):
         op = "channel_gemm_split_backward"
-        _check_shape(grad_out, x.shape, op, "grad_out must match x's shape")
+        torch._check(x.dim() == 4, lambda: f"{op}: expected (N, C, H, W) activations")
         n, c, height, width = x.shape
+        torch._check(c % 2 == 0, lambda: f"{op}: the channel count must be even, got {c}")
+        _check_shape(weight, (c, c), op, f"weight must be (C, C) with C = {c}")
+        _check_shape(grad_out, x.shape, op, "grad_out must match x's shape")
         half = "grad_half must be the shape of x's first half of channels"
         _check_shape(grad_half, (n, c // 2, height, width), op, half)
         return (
