@@ -60,8 +60,8 @@ def prepare_steps(steps, height, width, inverse=False):
             or step.coupling.affine != first.coupling.affine
         ):
             raise ValueError("prepare_steps needs steps of one kind (lu, affine, precision)")
-    loc = _stack(steps, lambda s: s.actnorm.loc.reshape(-1))  # (F, C)
-    scale = _stack(steps, lambda s: s.actnorm.scale.reshape(-1))
+    loc = _stack(steps, lambda s: s.actnorm.loc).reshape(len(steps), -1)  # (F, C)
+    scale = _stack(steps, lambda s: s.actnorm.scale).reshape(len(steps), -1)
     matrix, conv_logdet = _lu_matrices(steps) if lu else _full_matrices(steps)
     logdet = None
     if inverse:
@@ -82,6 +82,8 @@ def prepare_steps(steps, height, width, inverse=False):
 
 
 def _stack(steps, get):
+    """One parameter kind of every step, stacked; reshaped after the stack, not step by step,
+    so that the backward has one view node instead of one per step."""
     return torch.stack([get(step) for step in steps])
 
 
@@ -99,7 +101,8 @@ def _lu_matrices(steps):
 
 def _full_matrices(steps):
     """(F, C, C) W of plain 1×1 convs and Σ log|det W| over every step."""
-    matrix = _stack(steps, lambda s: s.invconv.weight.reshape(s.invconv.weight.shape[:2]))
+    matrix = _stack(steps, lambda s: s.invconv.weight)
+    matrix = matrix.reshape(matrix.shape[:3])
     return matrix, torch.linalg.slogdet(matrix)[1].sum()
 
 
@@ -124,7 +127,8 @@ def _network(steps, height, width):
         hidden = [w1.permute(0, 1, 4, 2, 3).unbind(0)] + [
             torch.stack(kind).to(dtype).unbind(0) for kind in hidden[1:]
         ]
-    gain = torch.exp(torch.stack([net[4].scale.reshape(-1) for net in nets]) * 3)  # (F, C_out)
+    gain = torch.stack([net[4].scale for net in nets]).reshape(len(nets), -1)  # (F, C_out)
+    gain = torch.exp(gain * 3)
     w3 = torch.stack([net[4].conv.weight.permute(0, 2, 3, 1) for net in nets])
     w3 = w3 * gain[:, :, None, None, None]
     bias = torch.stack([net[4].conv.bias for net in nets]) * gain
