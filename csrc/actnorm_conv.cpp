@@ -38,10 +38,7 @@ Folded check_actnorm_conv_args(const at::Tensor& x, const at::Tensor& loc, const
 at::Tensor channel_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
   const int64_t n = x.size(0), c = x.size(1);
   if (layout_is_channels_last(x)) {
-    const int64_t h = x.size(2), wd = x.size(3);
-    auto x2 = x.permute({0, 2, 3, 1}).reshape({n * h * wd, c});  // a view: x is NHWC-dense
-    auto y2 = at::addmm(bias, x2, w.t());
-    return y2.view({n, h, wd, c}).permute({0, 3, 1, 2});
+    return from_pixel_rows(at::addmm(bias, pixel_rows(x), w.t()), x);  // a view: x is NHWC-dense
   }
   auto x3 = x.contiguous().view({n, c, -1});
   auto y = at::matmul(w, x3);
@@ -77,12 +74,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> actnorm_conv_backward
   auto g_in = grad_y.to(x.scalar_type());
   at::Tensor grad_x, m, g_sum;
   if (layout_is_channels_last(x)) {
-    const int64_t h = x.size(2), wd = x.size(3);
-    auto g2 =
-        g_in.contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1}).reshape({-1, c});
-    auto x2 = x.permute({0, 2, 3, 1}).reshape({-1, c});
-    grad_x = at::mm(g2, w_folded).view({n, h, wd, c}).permute({0, 3, 1, 2});
-    m = at::mm(g2.t(), x2);
+    auto g2 = pixel_rows(g_in.contiguous(at::MemoryFormat::ChannelsLast));
+    grad_x = from_pixel_rows(at::mm(g2, w_folded), x);
+    m = at::mm(g2.t(), pixel_rows(x));
     g_sum = g2.sum(0);
   } else {
     auto g3 = g_in.contiguous().view({n, c, -1});

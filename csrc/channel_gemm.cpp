@@ -17,36 +17,31 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// (N, C, H, W) as the (N·H·W, C) matrix of its pixels: a view for channels-last x
-at::Tensor rows_of(const at::Tensor& x) { return x.permute({0, 2, 3, 1}).reshape({-1, x.size(1)}); }
-
-// the (N·H·W, C) matrix `rows` as channels-last (N, C, H, W) activations shaped like `like`
-at::Tensor from_rows(const at::Tensor& rows, const at::Tensor& like) {
-  return rows.view({like.size(0), like.size(2), like.size(3), rows.size(1)}).permute({0, 3, 1, 2});
-}
-
-void check_channel_gemm_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                             const char* op) {
+// x and the folded weight, as both ops take them; the forward's bias is checked beside
+void check_channel_gemm_args(const at::Tensor& x, const at::Tensor& weight, const char* op) {
   TORCH_CHECK(x.dim() == 4, op, ": expected (N, C, H, W) activations, got ", x.dim(), " dims");
   const int64_t c = x.size(1);
   TORCH_CHECK(c % 2 == 0, op, ": the channel count must be even, got ", c);
   TORCH_CHECK(weight.dim() == 2 && weight.size(0) == c && weight.size(1) == c, op,
               ": weight must be (C, C) with C = ", c, ", got ", weight.sizes());
-  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == c, op, ": bias must be (C,) with C = ", c,
-              ", got ", bias.sizes());
-  for (const at::Tensor* t : {&weight, &bias}) {
-    TORCH_CHECK(t->scalar_type() == x.scalar_type(), op,
-                ": x, weight and bias must have one dtype");
-    TORCH_CHECK(t->device() == x.device(), op, ": x, weight and bias must be on one device");
-  }
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), op,
+              ": x, weight and bias must have one dtype");
+  TORCH_CHECK(weight.device() == x.device(), op, ": x, weight and bias must be on one device");
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": expected floating-point tensors");
 }
 
 std::tuple<at::Tensor, at::Tensor> channel_gemm_split_forward(const at::Tensor& x,
                                                               const at::Tensor& weight,
                                                               const at::Tensor& bias) {
-  check_channel_gemm_args(x, weight, bias, "channel_gemm_split_forward");
-  auto out = from_rows(at::addmm(bias, rows_of(x), weight), x);
+  const char* op = "channel_gemm_split_forward";
+  check_channel_gemm_args(x, weight, op);
+  const int64_t c = x.size(1);
+  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == c, op, ": bias must be (C,) with C = ", c,
+              ", got ", bias.sizes());
+  TORCH_CHECK(bias.scalar_type() == x.scalar_type(), op,
+              ": x, weight and bias must have one dtype");
+  TORCH_CHECK(bias.device() == x.device(), op, ": x, weight and bias must be on one device");
+  auto out = from_pixel_rows(at::addmm(bias, pixel_rows(x), weight), x);
   // always a copy: `contiguous` would return the slice itself where it already counts as
   // channels-last (one 1×1 image, or none), and the two outputs must not share memory
   auto half = at::empty({x.size(0), x.size(1) / 2, x.size(2), x.size(3)}, x.options(),
@@ -61,24 +56,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> channel_gemm_split_backward(
     const at::Tensor& grad_out, const at::Tensor& grad_half, const at::Tensor& x,
     const at::Tensor& weight) {
   const char* op = "channel_gemm_split_backward";
-  TORCH_CHECK(x.dim() == 4, op, ": expected (N, C, H, W) activations, got ", x.dim(), " dims");
+  check_channel_gemm_args(x, weight, op);
   const int64_t c = x.size(1);
-  TORCH_CHECK(c % 2 == 0, op, ": the channel count must be even, got ", c);
-  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == c && weight.size(1) == c, op,
-              ": weight must be (C, C) with C = ", c, ", got ", weight.sizes());
   TORCH_CHECK(grad_out.sizes() == x.sizes(), op, ": grad_out must match x's shape");
   TORCH_CHECK(grad_half.dim() == 4 && grad_half.size(0) == x.size(0) &&
                   grad_half.size(1) == c / 2 && grad_half.size(2) == x.size(2) &&
                   grad_half.size(3) == x.size(3),
               op, ": grad_half must be the shape of x's first half of channels");
   const int64_t half = c / 2;
-  const auto rows = rows_of(grad_out);
+  const auto rows = pixel_rows(grad_out);
   auto grad = at::empty({x.numel() / c, c}, x.options());
   auto first = grad.narrow(1, 0, half);
-  at::add_out(first, rows.narrow(1, 0, half), rows_of(grad_half));
+  at::add_out(first, rows.narrow(1, 0, half), pixel_rows(grad_half));
   grad.narrow(1, half, half).copy_(rows.narrow(1, half, half));
-  auto grad_x = from_rows(at::mm(grad, weight.t()), x);
-  return {grad_x, at::mm(rows_of(x).t(), grad), grad.sum(0)};
+  auto grad_x = from_pixel_rows(at::mm(grad, weight.t()), x);
+  return {grad_x, at::mm(pixel_rows(x).t(), grad), grad.sum(0)};
 }
 
 const c10::TypedOperatorHandle<decltype(channel_gemm_split_forward)>& forward_op() {

@@ -17,6 +17,18 @@ inline at::MemoryFormat layout_of(const at::Tensor& x) {
   return layout_is_channels_last(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
+// (N, C, H, W) activations as the (N·H·W, C) matrix of their pixels, for GEMMs over the channels:
+// a view when x is channels-last-dense, a copy otherwise.
+inline at::Tensor pixel_rows(const at::Tensor& x) {
+  return x.permute({0, 2, 3, 1}).reshape({-1, x.size(1)});
+}
+
+// The (N·H·W, C) matrix `rows` (contiguous) as channels-last (N, C, H, W) activations shaped like
+// `like` in every dim but C: a view.
+inline at::Tensor from_pixel_rows(const at::Tensor& rows, const at::Tensor& like) {
+  return rows.view({like.size(0), like.size(2), like.size(3), rows.size(1)}).permute({0, 3, 1, 2});
+}
+
 // The whole-tensor coupling ops take x (or y) of shape (N, C, ...) with an even C and the coupling
 // network's output h of the same shape (h = [log_s, t] along channels).
 inline void check_coupling_step_args(const at::Tensor& x, const at::Tensor& h, const char* op) {

@@ -148,13 +148,13 @@ def _check_like(x, others, names, op):
     torch._check(x.dtype.is_floating_point, lambda: f"{op}: expected floating-point tensors")
 
 
-def _check_channel_gemm_args(x, weight, bias, op):
+def _check_channel_gemm_args(x, weight, op):
+    """csrc/channel_gemm.cpp, check_channel_gemm_args: x and the folded weight."""
     torch._check(x.dim() == 4, lambda: f"{op}: expected (N, C, H, W) activations")
     c = x.shape[1]
     torch._check(c % 2 == 0, lambda: f"{op}: the channel count must be even, got {c}")
     _check_shape(weight, (c, c), op, f"weight must be (C, C) with C = {c}")
-    _check_shape(bias, (c,), op, f"bias must be (C,) with C = {c}")
-    _check_like(x, (weight, bias), "x, weight and bias", op)
+    _check_like(x, (weight,), "x, weight and bias", op)
 
 
 def _check_actnorm_conv_args(x, loc, scale, weight, op):
@@ -354,7 +354,10 @@ if AVAILABLE:
 
     @torch.library.register_fake("missingglow::channel_gemm_split_forward")
     def _(x, weight, bias):
-        _check_channel_gemm_args(x, weight, bias, "channel_gemm_split_forward")
+        op = "channel_gemm_split_forward"
+        _check_channel_gemm_args(x, weight, op)
+        _check_shape(bias, (x.shape[1],), op, f"bias must be (C,) with C = {x.shape[1]}")
+        _check_like(x, (bias,), "x, weight and bias", op)
         return (
             torch.empty_like(x, memory_format=torch.channels_last),
             torch.empty_like(x[:, : x.shape[1] // 2], memory_format=torch.channels_last),
@@ -363,10 +366,8 @@ if AVAILABLE:
     @torch.library.register_fake("missingglow::channel_gemm_split_backward")
     def _(grad_out, grad_half, x, weight):
         op = "channel_gemm_split_backward"
-        torch._check(x.dim() == 4, lambda: f"{op}: expected (N, C, H, W) activations")
+        _check_channel_gemm_args(x, weight, op)
         n, c, height, width = x.shape
-        torch._check(c % 2 == 0, lambda: f"{op}: the channel count must be even, got {c}")
-        _check_shape(weight, (c, c), op, f"weight must be (C, C) with C = {c}")
         _check_shape(grad_out, x.shape, op, "grad_out must match x's shape")
         half = "grad_half must be the shape of x's first half of channels"
         _check_shape(grad_half, (n, c // 2, height, width), op, half)
