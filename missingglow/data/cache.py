@@ -310,7 +310,7 @@ def open_dataset(
         detail = " low-detail" if synthetic_detail == "low" else ""
         job, what = synthetic.face_bytes, f"drawing {synthetic_count}{detail} synthetic faces"
     else:
-        root = os.path.abspath(os.path.expanduser(os.fspath(data)))
+        root = imagefolder.folder_path(data)
         if not os.path.exists(root):
             raise UserError(
                 f"image folder {data} does not exist; pass --data with a folder of "

@@ -159,7 +159,7 @@ def _mask_source(masks):
     """(the cache's name for MASKS, its absolute folder or None for `alpha`)."""
     if masks == ALPHA:
         return ALPHA, None
-    root = os.path.abspath(os.path.expanduser(os.fspath(masks)))
+    root = imagefolder.folder_path(masks)
     if not os.path.exists(root):
         raise UserError(
             f"mask folder {masks} does not exist; pass --masks with a folder that mirrors "

@@ -109,6 +109,12 @@ def upright_size(img):
     return (h, w) if exif_orientation(img) in (5, 6, 7, 8) else (w, h)
 
 
+def folder_path(path):
+    """A folder given by the user (str or path-like, `~` allowed) as an absolute path: what a run
+    stores and what its caches are named by, so that it resolves the same from any directory."""
+    return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
 def open_image(path):
     """An image file opened lazily by Pillow. Pillow warns from MAX_IMAGE_PIXELS and refuses from
     twice that; a large photo below the refusal decodes (JPEGs at a fraction of their size) and

@@ -10,11 +10,11 @@ command's options are generated from the fields. A run stores its config as a pl
 """
 
 import math
-import os
 import types
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 
 from ..data.holes import ALPHA
+from ..data.imagefolder import folder_path
 from ..data.synthetic import DETAILS
 from ..errors import UserError
 
@@ -265,8 +265,8 @@ def resolve_config(options, has_gpu=None):
     # the folders as absolute paths, so that a run resumed from another directory finds them
     config = replace(
         config,
-        data=None if config.data is None else os.path.abspath(config.data),
-        masks=config.masks if config.masks in (None, ALPHA) else os.path.abspath(config.masks),
+        data=None if config.data is None else folder_path(config.data),
+        masks=config.masks if config.masks in (None, ALPHA) else folder_path(config.masks),
     )
     note = None
     size = config.image_size
