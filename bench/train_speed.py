@@ -67,6 +67,19 @@ def make(p, impl):
     return Glow(blocks=p.blocks, flows=p.flows, hidden=p.hidden, image_size=p.image_size, impl=impl)
 
 
+def batch(p, device):
+    """A preset's batch of images in model space."""
+    return (torch.rand(p.batch, 3, p.image_size, p.image_size) - 0.5).to(device)
+
+
+def prepared(p, impl, x, kind):
+    """(model, optimiser) of `impl` on x's device, ActNorm initialised from the batch x."""
+    model = make(p, impl).to(x.device)
+    with torch.no_grad():
+        model.log_prob(x)  # ActNorm init
+    return model, optimiser(model, x, p, kind)
+
+
 def step(model, optimizer, x, bits):
     sync(x.device)
     start = time.perf_counter()
@@ -149,11 +162,8 @@ def busy_vs_idle(args):
     if args.allocator == "keep":
         keep_freed_memory()
     p = preset_config(args.preset)
-    x = (torch.rand(p.batch, 3, p.image_size, p.image_size) - 0.5).to(args.device)
-    model = make(p, "fused").to(args.device)
-    with torch.no_grad():
-        model.log_prob(x)  # ActNorm init
-    optimizer = optimiser(model, x, p, args.optimiser)
+    x = batch(p, args.device)
+    model, optimizer = prepared(p, "fused", x, args.optimiser)
     times, used = {"idle": [], "busy": []}, {"idle": [], "busy": []}
     with busy(args.busy_vs_idle) as others:
         pause(others, signal.SIGSTOP)
@@ -401,14 +411,11 @@ def timed_steps(args, threads):
     batch). The threads are looked at again every LOOK_EVERY iterations, between steps, as
     training looks at every log."""
     p = preset_config(args.preset)
-    x = (torch.rand(p.batch, 3, p.image_size, p.image_size) - 0.5).to(args.device)
+    x = batch(p, args.device)
     runs = {}
     impls = ("reference", "fused") if args.impl == "both" else (args.impl,)
     for impl in impls:
-        model = make(p, impl).to(args.device)
-        with torch.no_grad():
-            model.log_prob(x)  # ActNorm init
-        runs[impl] = (model, optimiser(model, x, p, args.optimiser), [])
+        runs[impl] = (*prepared(p, impl, x, args.optimiser), [])
     used = []
     for i in range(args.warmup + args.steps):
         if threads is not None and i and i % LOOK_EVERY == 0:
