@@ -43,7 +43,7 @@ def main():
         held = masked_images_of(c, dataset_of(c, run.image_size), "heldout")
         js = list(range(min(args.n, len(held))))
         masked, missing = held.batch(js)[0], held.missing(js)
-        x = to_model(masked, run.n_bits)
+        x = to_model(masked, run.n_bits, model.in_channels)
         grey = to_model(torch.full((1, 3, 1, 1), GREY), run.n_bits)[0, 0, 0, 0]
         hole = missing.expand_as(x)
         for t in args.t:
