@@ -15,10 +15,24 @@ CUDA_TORCH=torch==2.14.1    # a CUDA 13.0 build, matching nvcc 13.0, only to com
 BASELINES="scikit-image opencv-python-headless"   # the optional `baselines` extra (evaluation only)
 LINT="ruff clang-format==23.1.5"   # the lint run.sh test runs (and so CI)
 
-setup_venv() {  # setup_venv DIR TORCH_REQUIREMENT [EXTRA PACKAGES]
-    local dir=$1 torch_req=$2 extra=${3:-}
+need_disk() {  # need_disk DIR GIB WHAT: say so in one line before pip fills the disk halfway
+    local dir=$1 gib=$2 what=$3 free_kib
+    free_kib=$(df -Pk "$dir" | awk 'NR == 2 {print $4}')
+    if [ "$free_kib" -lt $((gib * 1024 * 1024)) ]; then
+        echo "error: $what needs about $gib GiB free in $(cd "$dir" && pwd), which has" \
+            "$((free_kib / 1024)) MiB free: free some space there and run this again" >&2
+        exit 1
+    fi
+}
+
+setup_venv() {  # setup_venv DIR GIB TORCH_REQUIREMENT [EXTRA PACKAGES]; GIB: what a new one takes
+    local dir=$1 gib=$2 torch_req=$3 extra=${4:-}
     local want="$torch_req $extra"
-    [ -x "$dir/bin/python" ] || "$PYTHON" -m venv "$dir"
+    if [ ! -x "$dir/bin/python" ]; then
+        mkdir -p "$dir"
+        need_disk "$dir" "$gib" "a new $dir ($torch_req)"
+        "$PYTHON" -m venv "$dir"
+    fi
     if [ ! -f "$dir/.missingglow-deps" ] || [ "$(cat "$dir/.missingglow-deps")" != "$want" ]; then
         "$dir/bin/python" -m pip install -q --upgrade pip
         # shellcheck disable=SC2086  # the extra packages are a word list on purpose
@@ -48,7 +62,7 @@ case "${1:-}" in
     main)
         # train the small preset on the synthetic faces (resumed, or left as it is, when the run
         # exists), then the paper's pictures and Table 1 from its checkpoint
-        setup_venv "$VENV" "$CPU_TORCH" "$BASELINES $LINT"; build_cpu
+        setup_venv "$VENV" 2 "$CPU_TORCH" "$BASELINES $LINT"; build_cpu
         shift
         RUN=${RUN:-runs/main}
         mg="$VENV/bin/missingglow"
@@ -67,17 +81,17 @@ case "${1:-}" in
         echo "pictures and tables are in $RUN/"
         ;;
     lint)
-        setup_venv "$VENV" "$CPU_TORCH" "$BASELINES $LINT"
+        setup_venv "$VENV" 2 "$CPU_TORCH" "$BASELINES $LINT"
         lint
         ;;
     test)
-        setup_venv "$VENV" "$CPU_TORCH" "$BASELINES $LINT"; build_cpu
+        setup_venv "$VENV" 2 "$CPU_TORCH" "$BASELINES $LINT"; build_cpu
         shift
         lint
         "$VENV/bin/python" -m pytest tests -q "$@"
         ;;
     cuda-build)
-        setup_venv "$CUDA_VENV" "$CUDA_TORCH"
+        setup_venv "$CUDA_VENV" 6 "$CUDA_TORCH"
         rm -rf build/cuda
         # nvcc on the PATH may be a wrapper script; ask it where the toolkit (and libcudart) lives
         CUDA_HOME=${CUDA_HOME:-$(cd /tmp && nvcc --dryrun -x cu /dev/null 2>&1 | sed -n 's/^#\$ TOP=\(.*\)\/bin\/\.\.$/\1/p')}
