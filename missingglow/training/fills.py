@@ -136,8 +136,8 @@ class Fills:
     def holes(self):
         """bool (N, 3, S, S): where the fills matter."""
         out = torch.zeros(self.values.shape, dtype=torch.bool)
-        for js in self._chunks():
-            out[js[0] : js[-1] + 1] = self.images.missing(js).expand(-1, 3, -1, -1)
+        for first, end, hole in self._chunk_holes():
+            out[first:end] = hole
         return out
 
     def _chunk_holes(self):
