@@ -79,7 +79,7 @@ class Fills:
         start, prior weight and step size), kept where the completion is finite and the model's
         log-density of the filled image does not drop. Returns {"seconds", "kept": share of the
         images given a new fill, "changed": mean absolute change of the hole pixels, "fill_rmse":
-        `error()` after}.
+        `error()` after, measured by rank 0 alone, which logs it (None on the others)}.
 
         Under torchrun each of `world` processes re-fits every world-th chunk, from its `rank`
         on, and `share(values, owners, totals)` (in the training loop) gives every process the
@@ -105,7 +105,7 @@ class Fills:
             "seconds": time.perf_counter() - start,
             "kept": kept / max(len(values), 1),
             "changed": moved / max(count, 1) / 255,
-            "fill_rmse": self.error(),
+            "fill_rmse": self.error() if rank == 0 else None,
         }
 
     def _refill_chunk(self, model, device, steps, js, values):
