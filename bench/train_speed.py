@@ -159,15 +159,13 @@ def busy_vs_idle(args):
     """({"idle": seconds a step of each timed phase, "busy": ...}, their thread counts): the
     fused model's steps idle and beside `args.busy_vs_idle` busy processes in turn (see the
     module docstring)."""
-    if args.allocator == "keep":
-        keep_freed_memory()
     p = preset_config(args.preset)
     x = batch(p, args.device)
     model, optimizer = prepared(p, "fused", x, args.optimiser)
     times, used = {"idle": [], "busy": []}, {"idle": [], "busy": []}
     with busy(args.busy_vs_idle) as others:
         pause(others, signal.SIGSTOP)
-        threads = Threads(None, args.device, lambda line: None)
+        threads = set_threads("auto", args.device)
         for i in range(args.warmup + args.steps):
             # the pair's order alternates, so that neither side always follows the other
             for phase in ("idle", "busy") if i % 2 == 0 else ("busy", "idle"):
@@ -314,14 +312,14 @@ def main(argv=None):
     if args.shared_cpu:
         shared_cpu(args)
         return
-    if args.busy_vs_idle:
-        if args.threads or args.busy or args.impl == "reference":
-            parser.error(
-                "--busy-vs-idle times the fused step with threads on auto and its own "
-                "busy processes: drop --threads, --busy and --impl reference"
-            )
-        return busy_vs_idle(args)
+    if args.busy_vs_idle and (args.threads or args.busy or args.impl == "reference"):
+        parser.error(
+            "--busy-vs-idle times the fused step with threads on auto and its own "
+            "busy processes: drop --threads, --busy and --impl reference"
+        )
     kept = args.allocator == "keep" and keep_freed_memory()
+    if args.busy_vs_idle:
+        return busy_vs_idle(args)
     # the busy processes run before `--threads auto` looks at the load, as another user's job
     # would be running when training starts
     with busy(args.busy) as others:
