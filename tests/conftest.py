@@ -82,6 +82,14 @@ def float32_proper():
 
 
 @pytest.fixture
+def torch_threads():
+    """torch's thread count put back after the test, which may set its own."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def private_cache(tmp_path, monkeypatch):
     """An image cache of the test's own (MISSINGGLOW_CACHE), so that training tests neither read
     nor write the user's; modules that train take it for every test through `pytestmark`."""

@@ -13,6 +13,8 @@ from missingglow.flow.model import Glow
 from missingglow.flow.preprocess import quantize
 from missingglow.training.checkpoint import save_checkpoint
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
+
 
 @torch.no_grad()
 def randomize(module, generator=None, scale=0.1):
@@ -160,8 +162,7 @@ def load_script(relative_path, name):
     are not part of the package, and their tests call into them."""
     import importlib.util
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location(name, os.path.join(root, relative_path))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, relative_path))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -190,17 +191,19 @@ def tiny_config(tmp_path, name, **overrides):
     return resolve_config(dict(TINY, out=str(tmp_path / name), **overrides), has_gpu=False)[0]
 
 
-def torchrun_train(args, env, processes=2):
+def torchrun_train(args, env=None, processes=2):
     """`missingglow train *args` under torchrun with `processes` CPU processes (gloo), from the
-    repository root; the finished CompletedProcess, its output captured."""
+    repository root; the finished CompletedProcess, its output captured. `env`: the processes'
+    environment (None: this one's, at one thread per process)."""
     import subprocess
     import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if env is None:
+        env = dict(os.environ, OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
     return subprocess.run(
         [*command, str(processes), "-m", "missingglow", "train", *args],
-        cwd=root,
+        cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,

@@ -36,12 +36,9 @@ def _tensors(gen, dtype):
 
 
 @pytest.fixture
-def two_threads():
+def two_threads(torch_threads):
     """Two torch threads, so that the op's flat index is split between them."""
-    before = torch.get_num_threads()
     torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
 
 
 def _layout(p):

@@ -308,12 +308,10 @@ def test_masks_and_squares_do_not_mix(tmp_path):
 def test_two_gloo_processes_refill_together(tmp_path):
     """Under torchrun the refill's chunks are split over the processes and shared back (the
     loop's broadcasts and sum, over gloo here): the run trains through a refill and records it."""
-    env = dict(os.environ, MISSINGGLOW_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
-    run = str(tmp_path / "two")
+    run = str(tmp_path / "two")  # the image cache: the module's private_cache
     done = torchrun_train(
         [*TINY_CLI, "--iterations", "3", "--complete", "--refill-every", "2"]
-        + ["--refill-steps", "1", "--out", run, "--quiet"],
-        env,
+        + ["--refill-steps", "1", "--out", run, "--quiet"]
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert ckpt.load_checkpoint(run)["fills"]["refills"] == 1

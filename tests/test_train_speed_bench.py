@@ -12,9 +12,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from helpers import load_script
+from helpers import ROOT, load_script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = SimpleNamespace(blocks=2, flows=2, hidden=8, image_size=8, batch=4, n_bits=5, grad_clip=50.0)
 
 
@@ -22,22 +21,21 @@ def load_bench():
     return load_script("bench/train_speed.py", "train_speed")
 
 
+def tiny_bench(monkeypatch):
+    """The bench with every preset at TINY shapes."""
+    bench = load_bench()
+    monkeypatch.setattr(bench, "preset_config", lambda name: TINY)
+    return bench
+
+
 def bench_beside_sleepers(monkeypatch, **settings):
     """The bench at TINY shapes, its "busy" processes sleeping (the order of things is tested,
     not the load), and its module constants set from `settings`."""
-    bench = load_bench()
-    monkeypatch.setattr(bench, "preset_config", lambda name: TINY)
+    bench = tiny_bench(monkeypatch)
     monkeypatch.setattr(bench, "BUSY", "import time; time.sleep(60)")
     for name, value in settings.items():
         monkeypatch.setattr(bench, name, value)
     return bench
-
-
-@pytest.fixture
-def torch_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
 
 
 def test_auto_threads_look_after_the_busy_processes_start(monkeypatch, capsys, torch_threads):
@@ -77,8 +75,7 @@ def test_auto_threads_look_after_the_busy_processes_start(monkeypatch, capsys, t
 
 
 def test_a_fixed_thread_count_is_printed_plainly(monkeypatch, capsys, torch_threads):
-    bench = load_bench()
-    monkeypatch.setattr(bench, "preset_config", lambda name: TINY)
+    bench = tiny_bench(monkeypatch)
     _, used = bench.main("--impl both --steps 2 --warmup 0 --threads 1 --device cpu".split())
     assert used == [1, 1]
     out = capsys.readouterr().out
@@ -148,8 +145,7 @@ def test_busy_vs_idle_pauses_the_busy_processes_for_each_idle_step(
 
 
 def test_profile_sums_each_implementations_step_by_kind(monkeypatch, capsys, torch_threads):
-    bench = load_bench()
-    monkeypatch.setattr(bench, "preset_config", lambda name: TINY)
+    bench = tiny_bench(monkeypatch)
     bench.main("--impl both --steps 1 --warmup 0 --threads 1 --device cpu --profile".split())
     lines = [x for x in capsys.readouterr().out.splitlines() if " profile, " in x]
     assert [x.split()[0] for x in lines] == ["reference", "fused"]

@@ -105,9 +105,7 @@ def test_guarded_adam_resumes_moments_saved_in_another_layout(gen):
     """A run of the reference model (contiguous 3×3 weights) resumed with the fused one
     (channels-last): the moments take the parameters' layout, and the step is the one a fresh
     copy of the saved state would take."""
-    torch.manual_seed(0)
     saved_model = Glow(blocks=1, flows=1, hidden=4, image_size=4, impl="reference")
-    torch.manual_seed(0)
     fused_model = Glow(blocks=1, flows=1, hidden=4, image_size=4, impl="fused")
     saved = GuardedAdam(saved_model.parameters(), 1e-2, "cpu")
     for q in saved_model.parameters():
